@@ -1,0 +1,102 @@
+"""`stageflow`: run the flow locally and inspect its results."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+from stageflow.stages import ROOT
+
+DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
+DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
+RUNS = ROOT / "runs"
+
+
+def new_run_dir() -> Path:
+    """runs/<UTC time>, plus runs/latest pointing at it; never reuses a directory by accident."""
+    RUNS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = RUNS / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    latest = RUNS / "latest"
+    tmp = RUNS / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(path.name)
+    os.replace(tmp, latest)
+    return path
+
+
+def summary(run) -> str:
+    rows = [("stage", "status", "seconds")]
+    rows += [(name, r.status, f"{r.seconds:.2f}") for name, r in run.results.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stageflow import dag as dag_module
+    from stageflow.runner import ProcessBackend, Run, RunDirLock, RunError
+
+    backends = {"process": ProcessBackend}
+    params = {"data_path_a": str(Path(args.data_path_a).resolve()),
+              "data_path_b": str(Path(args.data_path_b).resolve()),
+              "epochs": args.epochs, "batch_size": args.batch_size}
+    try:
+        dag = dag_module.load(Path(args.flow))
+        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir()
+        with RunDirLock(run_dir):
+            run = Run(dag, run_dir, backends[args.backend](), params, timeout=args.timeout)
+            print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
+            ok = run.execute()
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n" + summary(run))
+    if run.interrupted:
+        print(f"\ninterrupted; stopped every running stage. Record: {run_dir / 'run.json'}", file=sys.stderr)
+        return 130
+    if not ok:
+        print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
+        print(f"\nflow failed. Record: {run_dir / 'run.json'}", file=sys.stderr)
+        return 1
+    model, metrics_path = run.output_path("model"), run.output_path("metrics")
+    metrics = json.loads(metrics_path.read_text())
+    print(f"\nmodel:   {model}\nmetrics: {metrics_path}\nrecord:  {run_dir / 'run.json'}")
+    print(f"hold-out accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
+          f"({metrics['n_train']} train / {metrics['n_test']} test rows, {metrics['epochs']} epochs)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole flow locally")
+    run.add_argument("--backend", choices=["process"], default="process",
+                     help="process: each stage a local process (default)")
+    run.add_argument("--run-dir", help="directory for this run (default: a new runs/<time>, linked as runs/latest)")
+    run.add_argument("--data-path-a", default=str(DEFAULT_DATA_A), help="source A (default: bundled sample)")
+    run.add_argument("--data-path-b", default=str(DEFAULT_DATA_B), help="source B (default: bundled sample)")
+    run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
+    run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
+    run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")
+    run.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    run.set_defaults(func=cmd_run)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The flow's DAG, read from flow.py itself by compiling its workflow with flytekit.
+
+There is no second, hand-written list of stages and edges: the runner, the compose harness and the
+tests all take the graph that Flyte (and so Domino) will run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stageflow import contract
+from stageflow.stages import ROOT, STAGES, Stage
+
+FLOW_FILE = ROOT / "flow.py"
+WORKFLOW_NAME = "model_training"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an input's value comes from: a flow input, an upstream stage's output, or a constant."""
+    flow_input: str | None = None
+    stage: str | None = None
+    output: str | None = None
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Node:
+    stage: Stage
+    inputs: dict[str, tuple[type, Source]]
+    outputs: dict[str, type]
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    @property
+    def upstream(self) -> set[str]:
+        return {src.stage for _, src in self.inputs.values() if src.stage}
+
+
+@dataclass(frozen=True)
+class Dag:
+    nodes: list[Node]
+    inputs: dict[str, type]
+    defaults: dict[str, Any]
+    outputs: dict[str, Source]
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def contract_type(kind: type) -> type:
+    """Map a Flyte interface type to the contract's: any FlyteFile is a file; primitives stay as they are."""
+    return kind if kind in contract.SIMPLE_TYPES else contract.File
+
+
+def _source(binding, node_names: dict[str, str]) -> Source:
+    data = binding.binding
+    if data.promise is not None:
+        ref = data.promise
+        if ref.node_id in node_names:
+            return Source(stage=node_names[ref.node_id], output=ref.var)
+        return Source(flow_input=ref.var)
+    if data.scalar is not None and data.scalar.primitive is not None:
+        return Source(value=data.scalar.primitive.value)
+    raise ValueError(f"input {binding.var}: unsupported binding in flow.py (only flow inputs, stage outputs "
+                     f"and primitive constants can be run locally)")
+
+
+def load(flow_file: Path = FLOW_FILE, workflow_name: str = WORKFLOW_NAME) -> Dag:
+    spec = importlib.util.spec_from_file_location("stageflow_flow", flow_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    workflow = getattr(module, workflow_name)
+    workflow.compile()
+    node_names = {node.id: node.flyte_entity.name for node in workflow.nodes}
+    nodes = []
+    for node in workflow.nodes:
+        interface = node.flyte_entity.python_interface
+        inputs = {b.var: (contract_type(interface.inputs[b.var]), _source(b, node_names)) for b in node.bindings}
+        outputs = {name: contract_type(kind) for name, kind in interface.outputs.items()}
+        nodes.append(Node(STAGES[node.flyte_entity.name], inputs, outputs))
+    outputs = {b.var: _source(b, node_names) for b in workflow.output_bindings}
+    iface = workflow.python_interface
+    return Dag(nodes, dict(iface.inputs), dict(iface.default_inputs_as_kwargs), outputs)

@@ -1,0 +1,330 @@
+"""The local runner: the whole flow on this machine, each stage in its own fake /workflow tree.
+
+It does what Domino (copilot plus the Flyte engine) does for a run and what flytekit's local execution of
+raw containers gets wrong: every input materialised as the contract says (primitives as text, files as
+files), every exit status and declared output checked, downstream stages stopped after a failure, and a
+record of the run (run.json) with the hash of every input and output.
+
+Layout of a run directory:
+    run.json                 what ran, how it ended, hashes, where the flow's outputs are
+    logs/<stage>.log         each stage's stdout and stderr
+    <stage>/inputs/<name>    the stage's /workflow tree (mounted at /workflow in a container)
+    <stage>/outputs/<name>
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from stageflow import contract
+from stageflow.dag import Dag, Node
+from stageflow.stages import ROOT
+
+LOG_TAIL = 20
+
+
+class RunError(Exception):
+    """A problem with the run itself (its inputs or run directory), reported before any stage starts."""
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    reason: str | None = None  # "timeout", "oom" or "interrupted" when the exit code alone would mislead
+
+
+class Handle(Protocol):
+    def lines(self) -> Iterator[str]: ...
+    def wait(self, timeout: float) -> Outcome: ...
+    def kill(self) -> None: ...
+
+
+class ProcessBackend:
+    """Each stage as a local Python process: no Docker needed, the fastest way to iterate."""
+
+    name = "process"
+
+    def start(self, node: Node, tree: Path) -> "ProcessHandle":
+        env = {**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen([sys.executable, str(ROOT / node.stage.script)], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", start_new_session=True)
+        return ProcessHandle(proc)
+
+
+class ProcessHandle:
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.killed_for: str | None = None
+
+    def lines(self) -> Iterator[str]:
+        yield from self.proc.stdout
+
+    def wait(self, timeout: float) -> Outcome:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill("timeout")
+            code = self.proc.wait()
+        return Outcome(code, self.killed_for)
+
+    def kill(self, reason: str = "interrupted") -> None:
+        """Kill the stage's whole process group, so no grandchild outlives the run."""
+        self.killed_for = self.killed_for or reason
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class StageResult:
+    status: str = "pending"  # pending, running, succeeded, failed, skipped
+    seconds: float = 0.0
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    exit_code: int | None = None
+    error: str | None = None
+    log: str | None = None
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link an upstream output into a downstream input (no copy of big data); copy across devices."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def tail(path: Path, lines: int = LOG_TAIL) -> str:
+    with open(path, errors="replace") as handle:
+        return "".join(deque(handle, maxlen=lines))
+
+
+class Run:
+    """One execution of the DAG in one run directory."""
+
+    def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
+                 echo: bool = True):
+        self.dag, self.run_dir, self.backend, self.timeout, self.echo = dag, Path(run_dir), backend, timeout, echo
+        self.params = self._check_params(params)
+        self.results = {node.name: StageResult() for node in dag.nodes}
+        self.handles: dict[str, Handle] = {}
+        self.print_lock = threading.Lock()
+        self.started_at = dt.datetime.now(dt.timezone.utc)
+        self.interrupted = False
+
+    def _check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Flow inputs are checked against flow.py's types before anything runs, as Flyte would."""
+        merged = {**self.dag.defaults, **{k: v for k, v in params.items() if v is not None}}
+        unknown = sorted(set(merged) - set(self.dag.inputs))
+        if unknown:
+            raise RunError(f"flow input {', '.join(unknown)}: not an input of the flow")
+        missing = sorted(set(self.dag.inputs) - set(merged))
+        if missing:
+            raise RunError(f"flow input {', '.join(missing)}: required but not given")
+        checked = {}
+        for name, value in merged.items():
+            kind = self.dag.inputs[name]
+            if isinstance(value, str) and kind is not str:
+                try:
+                    value = contract.parse_value(value, kind)
+                except ValueError as err:
+                    raise RunError(f"flow input {name}: {err}, found {value!r}") from None
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise RunError(f"flow input {name}: expected {kind.__name__}, found {value!r}")
+            checked[name] = value
+        return checked
+
+    # ------------------------------------------------------------ one stage
+
+    def tree(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def _materialise(self, node: Node) -> dict[str, str]:
+        inputs = self.tree(node.name) / "inputs"
+        for name, (kind, src) in node.inputs.items():
+            target = inputs / name
+            if src.stage:
+                link_or_copy(self.tree(src.stage) / "outputs" / src.output, target)
+            else:
+                value = self.params[src.flow_input] if src.flow_input else src.value
+                target.write_text(contract.format_value(value))
+        return {name: contract.sha256_file(inputs / name) for name in node.inputs}
+
+    def _echo(self, name: str, line: str) -> None:
+        if self.echo:
+            with self.print_lock:
+                print(f"[{name}] {line.rstrip()}", flush=True)
+
+    def _run_stage(self, node: Node) -> None:
+        result = self.results[node.name]
+        tree = self.tree(node.name)
+        (tree / "inputs").mkdir(parents=True)
+        (tree / "outputs").mkdir()
+        log_path = self.run_dir / "logs" / f"{node.name}.log"
+        result.log = str(log_path)
+        started = time.perf_counter()
+        try:
+            result.inputs = self._materialise(node)
+            handle = self.backend.start(node, tree)
+            self.handles[node.name] = handle
+            with open(log_path, "w") as log:
+                for line in handle.lines():
+                    log.write(line)
+                    log.flush()
+                    self._echo(node.name, line)
+            outcome = handle.wait(self.timeout)
+            result.exit_code = outcome.exit_code
+            result.error = self._failure(node, outcome)
+        except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
+            result.error = contract.one_line(err)
+        finally:
+            self.handles.pop(node.name, None)
+        result.seconds = round(time.perf_counter() - started, 3)
+        if result.error is None:
+            outputs = tree / "outputs"
+            result.outputs = {name: contract.sha256_file(outputs / name) for name in node.outputs}
+            for name in node.outputs:
+                os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
+        result.status = "failed" if result.error else "succeeded"
+
+    def _failure(self, node: Node, outcome: Outcome) -> str | None:
+        """Why the stage failed, in one line, or None when it did what it declared."""
+        if outcome.reason == "timeout":
+            return f"timed out after {self.timeout:g} s"
+        if outcome.reason == "oom":
+            return "killed: out of memory (the hardware tier's memory limit)"
+        if outcome.reason == "interrupted":
+            return "interrupted"
+        error_file = self.tree(node.name) / "outputs" / contract.ERROR_FILE
+        if outcome.exit_code != 0:
+            message = error_file.read_text(errors="replace").strip() if error_file.is_file() else ""
+            return f"exit status {outcome.exit_code}" + (f": {message}" if message else "")
+        missing = [name for name in node.outputs if not (self.tree(node.name) / "outputs" / name).is_file()]
+        if missing:
+            return f"exited 0 but did not write declared output {', '.join(missing)}"
+        if error_file.exists():
+            return f"exited 0 but wrote {contract.ERROR_FILE}: {error_file.read_text(errors='replace').strip()}"
+        return None
+
+    # ------------------------------------------------------------ the whole flow
+
+    def execute(self) -> bool:
+        """Run every stage whose upstream succeeded, in parallel where the DAG allows; True if all did."""
+        for stale in [self.run_dir / "logs", *(self.tree(node.name) for node in self.dag.nodes)]:
+            shutil.rmtree(stale, ignore_errors=True)  # a reused run directory starts clean
+        (self.run_dir / "logs").mkdir(parents=True)
+        done: queue.Queue[str] = queue.Queue()
+        pending = {node.name: node for node in self.dag.nodes}
+        running: dict[str, threading.Thread] = {}
+
+        def worker(node: Node) -> None:
+            try:
+                self._run_stage(node)
+            finally:
+                done.put(node.name)
+
+        try:
+            while pending or running:
+                for name, node in list(pending.items()):
+                    states = {self.results[up].status for up in node.upstream}
+                    if states & {"failed", "skipped"}:
+                        self.results[name].status = "skipped"
+                        del pending[name]
+                    elif states <= {"succeeded"}:
+                        self.results[name].status = "running"
+                        running[name] = threading.Thread(target=worker, args=(node,), daemon=True)
+                        running[name].start()
+                        del pending[name]
+                if not running:
+                    break
+                finished = done.get()
+                running.pop(finished).join()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            for handle in list(self.handles.values()):
+                handle.kill()
+            for thread in running.values():
+                thread.join()
+            for name in pending:
+                self.results[name].status = "skipped"
+        finally:
+            self.write_record()
+        return all(r.status == "succeeded" for r in self.results.values())
+
+    def output_path(self, name: str) -> Path:
+        src = self.dag.outputs[name]
+        return self.tree(src.stage) / "outputs" / src.output
+
+    def record(self) -> dict:
+        ok = all(r.status == "succeeded" for r in self.results.values())
+        return {
+            "flow": "model_training",
+            "backend": self.backend.name,
+            "status": "interrupted" if self.interrupted else ("succeeded" if ok else "failed"),
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "params": {k: contract.format_value(v) for k, v in self.params.items()},
+            "stages": {name: vars(result) for name, result in self.results.items()},
+            "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
+        }
+
+    def write_record(self) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".run.json.", dir=self.run_dir)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.record(), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, self.run_dir / "run.json")
+
+    def failures(self) -> list[str]:
+        """One report per failed stage: its one-line error, then the tail of its log."""
+        reports = []
+        for name, result in self.results.items():
+            if result.status == "failed":
+                text = f"stage {name} failed: {result.error}"
+                if result.log and Path(result.log).is_file():
+                    text += f"\n--- last {LOG_TAIL} lines of {result.log} ---\n{tail(Path(result.log)).rstrip()}"
+                reports.append(text)
+        return reports
+
+
+class RunDirLock:
+    """Two runs writing one run directory would corrupt each other's trees: the second one stops at once."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+
+    def __enter__(self) -> "RunDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            owner = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise RunError(f"run directory {self.path.parent} is in use by another run ({owner})") from None
+        self.handle.truncate(0)
+        self.handle.write(f"pid {os.getpid()}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()

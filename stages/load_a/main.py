@@ -1,0 +1,15 @@
+"""Stage load_a: snapshot source A (input data_path) as a typed, checked Parquet file (datasetA).
+
+The snapshot pins the source as it was at this moment (its sha256, row count and load time ride in the
+file's metadata), so later stages never see a source that changed under them.
+"""
+
+from stageflow import contract, sources
+
+
+def main() -> None:
+    contract.main(lambda wf: sources.load(wf, "datasetA"), outputs=["datasetA"])
+
+
+if __name__ == "__main__":
+    main()

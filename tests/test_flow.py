@@ -1,0 +1,153 @@
+"""The whole flow through the local runner (process backend), DAG taken from flow.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stageflow import dag as dag_module
+from stageflow.runner import ProcessBackend, Run, RunDirLock, RunError
+
+from conftest import ROOT
+
+DATA_A = ROOT / "data" / "source_a.csv"
+DATA_B = ROOT / "data" / "source_b.jsonl"
+
+
+def stageflow(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "stageflow", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def flow_dag():
+    return dag_module.load()
+
+
+def test_dag_comes_from_flow_py(flow_dag):
+    assert [n.name for n in flow_dag.nodes] == ["load_a", "load_b", "merge", "process", "train"]
+    merge = flow_dag.node("merge")
+    assert {k: (s.stage, s.output) for k, (_, s) in merge.inputs.items()} == {
+        "datasetA": ("load_a", "datasetA"), "datasetB": ("load_b", "datasetB")}
+    train = flow_dag.node("train")
+    assert {k: s.flow_input for k, (_, s) in train.inputs.items() if s.flow_input} == {
+        "epochs": "epochs", "batch_size": "batch_size"}
+    assert list(train.outputs) == ["model", "metrics"]
+    assert flow_dag.defaults == {"epochs": 10, "batch_size": 32}
+    assert {k: (s.stage, s.output) for k, s in flow_dag.outputs.items()} == {
+        "model": ("train", "model"), "metrics": ("train", "metrics")}
+
+
+@pytest.fixture(scope="module")
+def bundled_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = stageflow("run", "--run-dir", str(run_dir))
+    return run_dir, proc
+
+
+def test_bundled_run_succeeds_and_reports(bundled_run):
+    run_dir, proc = bundled_run
+    assert proc.returncode == 0, proc.stderr
+    assert f"model:   {run_dir}/train/outputs/model" in proc.stdout
+    assert "hold-out accuracy" in proc.stdout
+    assert "[load_a]" in proc.stdout and "[train]" in proc.stdout  # streamed, prefixed by stage
+
+
+def test_bundled_run_metrics(bundled_run):
+    run_dir, _ = bundled_run
+    metrics = json.loads((run_dir / "train" / "outputs" / "metrics").read_text())
+    assert metrics["accuracy"] >= 0.9 and metrics["macro_f1"] >= 0.9
+    assert metrics["classes"] == ["setosa", "versicolor", "virginica"]
+    assert metrics["n_train"] + metrics["n_test"] == 150 and metrics["n_test"] == 30
+    assert sum(map(sum, metrics["confusion_matrix"])) == 30
+    assert (metrics["epochs"], metrics["batch_size"]) == (10, 32) and len(metrics["loss_per_epoch"]) == 10
+    assert "Id" not in metrics["feature_names"]
+
+
+def test_bundled_run_record(bundled_run):
+    run_dir, _ = bundled_run
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    assert set(record["stages"]) == {"load_a", "load_b", "merge", "process", "train"}
+    for name, stage in record["stages"].items():
+        assert stage["status"] == "succeeded" and stage["seconds"] > 0
+        for digest in [*stage["inputs"].values(), *stage["outputs"].values()]:
+            assert len(digest) == 64
+    stages = record["stages"]
+    assert stages["merge"]["inputs"]["datasetA"] == stages["load_a"]["outputs"]["datasetA"]
+    assert stages["train"]["inputs"]["processed_data"] == stages["process"]["outputs"]["processed_data"]
+    assert record["outputs"] == {"model": str(run_dir / "train" / "outputs" / "model"),
+                                 "metrics": str(run_dir / "train" / "outputs" / "metrics")}
+
+
+def test_primitive_inputs_are_materialised_as_text(bundled_run):
+    run_dir, _ = bundled_run
+    assert (run_dir / "train" / "inputs" / "epochs").read_text() == "10"
+    assert (run_dir / "load_a" / "inputs" / "data_path").read_text() == str(DATA_A)
+
+
+def test_model_loads_and_predicts(bundled_run):
+    import pickle
+
+    import pandas as pd
+    run_dir, _ = bundled_run
+    model = pickle.loads((run_dir / "train" / "outputs" / "model").read_bytes())
+    assert list(model.feature_names_in_) == ["SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"]
+    assert list(model.classes_) == ["setosa", "versicolor", "virginica"]
+    row = pd.DataFrame([[5.0, 3.4, 1.5, 0.2]], columns=list(model.feature_names_in_))
+    assert model.predict(row)[0] == "setosa"
+    with pytest.raises(ValueError, match="feature names"):
+        model.predict(row.rename(columns={"SepalLengthCm": "Sepal"}))
+
+
+def test_failed_stage_stops_downstream_and_is_reported(tmp_path):
+    bad = tmp_path / "b.csv"
+    bad.write_text("Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n1,x,1,1,1,setosa\n")
+    proc = stageflow("run", "--run-dir", str(tmp_path / "run"), "--data-path-b", str(bad))
+    assert proc.returncode == 1
+    assert (f"stage load_b failed: exit status 1: input data_path: {bad}: column SepalLengthCm must be a "
+            f"number in every row, found 'x' in row 1") in proc.stderr
+    assert "--- last 20 lines of" in proc.stderr
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    states = {name: s["status"] for name, s in record["stages"].items()}
+    assert states == {"load_a": "succeeded", "load_b": "failed", "merge": "skipped", "process": "skipped",
+                      "train": "skipped"}
+    assert record["status"] == "failed" and record["outputs"] == {}
+    assert os.listdir(tmp_path / "run" / "load_b" / "outputs") == ["_ERROR"]
+
+
+def test_bad_flow_input_stops_before_any_stage(tmp_path):
+    proc = stageflow("run", "--run-dir", str(tmp_path / "run"), "--epochs", "ten")
+    assert proc.returncode == 2
+    assert "error: flow input epochs: expected a base-10 integer, found 'ten'" in proc.stderr
+    assert not (tmp_path / "run" / "load_a").exists()
+
+
+def test_second_run_on_a_busy_run_dir_stops_at_once(tmp_path):
+    with RunDirLock(tmp_path):
+        proc = stageflow("run", "--run-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert f"error: run directory {tmp_path} is in use by another run (pid {os.getpid()})" in proc.stderr
+
+
+def test_stage_that_exits_zero_without_its_output_fails(tmp_path, flow_dag, monkeypatch):
+    class Liar(ProcessBackend):
+        def start(self, node, tree):
+            if node.name == "merge":  # a stage script that "succeeds" without writing merged_data
+                node = type(node)(node.stage.__class__("merge", "Medium", "x"), node.inputs, node.outputs)
+                monkeypatch.setattr(type(node.stage), "script", property(lambda s: "tests/fixtures/noop.py"))
+            return super().start(node, tree)
+    (ROOT / "tests" / "fixtures").mkdir(exist_ok=True)
+    run = Run(flow_dag, tmp_path, Liar(), {"data_path_a": str(DATA_A), "data_path_b": str(DATA_B)}, echo=False)
+    assert not run.execute()
+    assert run.results["merge"].error == "exited 0 but did not write declared output merged_data"
+    assert run.results["process"].status == "skipped"
+
+
+def test_unknown_and_missing_flow_inputs(flow_dag, tmp_path):
+    with pytest.raises(RunError, match="flow input data_path_b: required but not given"):
+        Run(flow_dag, tmp_path, ProcessBackend(), {"data_path_a": "x"})
+    with pytest.raises(RunError, match="flow input colour: not an input of the flow"):
+        Run(flow_dag, tmp_path, ProcessBackend(), {"data_path_a": "x", "data_path_b": "y", "colour": "red"})

@@ -1,0 +1,249 @@
+"""Stage logic on tiny in-code tables: the seed's bugs fixed, and the negative cases."""
+
+import gzip
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stageflow import dataset, sources
+from stageflow.contract import StageError
+
+from conftest import load_stage
+
+merge = load_stage("merge")
+process = load_stage("process")
+train = load_stage("train")
+
+HEADER = "Id,SepalLengthCm,SepalWidthCm,RandomColumn,PetalLengthCm,PetalWidthCm,Species"
+
+
+def table(rows, **overrides):
+    """An iris-shaped table from (Id, species) pairs with plausible feature values."""
+    cols = {"Id": [r[0] for r in rows]}
+    for i, name in enumerate(dataset.FEATURES):
+        cols[name] = [float(r[0] or 0) + i / 10 for r in rows]
+    cols[dataset.NOISE] = [0.5] * len(rows)
+    cols[dataset.LABEL] = [r[1] for r in rows]
+    cols.update(overrides)
+    return dataset.conform(pa.table(cols), "t")
+
+
+# ------------------------------------------------------------------ schema
+
+
+def test_conform_casts_and_orders_columns():
+    raw = pa.table({"Species": ["a"], "PetalWidthCm": [1], "PetalLengthCm": [1], "SepalWidthCm": [1],
+                    "SepalLengthCm": ["5.5 "], "Id": ["7"]})
+    out = dataset.conform(raw, "src")
+    assert out.column_names == ["Id", *dataset.FEATURES, "Species"]
+    assert out.schema.field("Id").type == pa.int64()
+    assert out.column("SepalLengthCm").to_pylist() == [5.5]
+
+
+def test_missing_column_is_named():
+    raw = pa.table({"Id": [1], "SepalLengthCm": [1.0], "SepalWidthCm": [1.0], "PetalLengthCm": [1.0],
+                    "Species": ["setosa"]})
+    with pytest.raises(StageError, match="src: missing required column PetalWidthCm"):
+        dataset.conform(raw, "src")
+
+
+def test_unknown_column_is_rejected():
+    raw = table([(1, "setosa")]).append_column("Colour", pa.array(["red"]))
+    with pytest.raises(StageError, match="src: unknown column Colour; expected only Id, "):
+        dataset.conform(raw, "src")
+
+
+def test_non_numeric_feature_names_column_value_and_row():
+    raw = pa.table({"Id": ["1", "2"], **{f: ["1.0", "2.0"] for f in dataset.FEATURES}, "Species": ["a", "b"]})
+    raw = raw.set_column(2, "SepalWidthCm", pa.array(["3.0", "wide"]))
+    with pytest.raises(StageError, match=r"src: column SepalWidthCm must be a number in every row, "
+                                         r"found 'wide' in row 2"):
+        dataset.conform(raw, "src")
+
+
+def test_non_integer_id_is_refused():
+    raw = pa.table({"Id": [1.0, 2.5], **{f: [1.0, 2.0] for f in dataset.FEATURES}, "Species": ["a", "b"]})
+    with pytest.raises(StageError, match="src: column Id must be an integer in every row, found '2.5' in row 2"):
+        dataset.conform(raw, "src")
+
+
+def test_missing_and_duplicate_ids_are_refused():
+    with pytest.raises(StageError, match=r"src: column Id is empty in 1 row\(s\)"):
+        dataset.check_ids(table([(1, "a"), (None, "b")]), "src")
+    with pytest.raises(StageError, match=r"src: duplicate Id 2, 5 \(2 Id\(s\) appear more than once\)"):
+        dataset.check_ids(table([(5, "a"), (2, "b"), (5, "c"), (2, "d"), (3, "e")]), "src")
+
+
+# ------------------------------------------------------------------ sources
+
+
+def write_csv(path, body, opener=open):
+    with opener(path, "wt") as handle:
+        handle.write(body)
+    return path
+
+
+GOOD_ROWS = "1,5.1,3.5,0.1,1.4,0.2,Iris-setosa\n2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor\n"
+
+
+@pytest.mark.parametrize("name, writer", [
+    ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS)),
+    ("s.csv.gz", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS, gzip.open)),
+    ("s.jsonl", lambda p: p.write_text("".join(json.dumps(dict(zip(HEADER.split(","), [int(r.split(",")[0]), *map(float, r.split(",")[1:6]), r.split(",")[6]]))) + "\n" for r in GOOD_ROWS.splitlines()))),
+    ("s.parquet", lambda p: pq.write_table(table([(1, "Iris-setosa"), (2, "Iris-versicolor")]), p)),
+])
+def test_every_source_format_loads(tmp_path, name, writer):
+    path = tmp_path / name
+    writer(path)
+    raw, _ = sources.read_source(path)
+    out = dataset.conform(raw, "src")
+    assert out.num_rows == 2 and out.column("Id").to_pylist() == [1, 2]
+
+
+def test_unsupported_extension_and_missing_file(tmp_path):
+    with pytest.raises(StageError, match=r"input data_path: .*s\.xlsx has an unsupported extension"):
+        sources.read_source(tmp_path / "s.xlsx")
+    with pytest.raises(StageError, match=r"input data_path: .*nope\.csv does not exist"):
+        sources.read_source(tmp_path / "nope.csv")
+
+
+def test_empty_and_header_only_files(tmp_path):
+    with pytest.raises(StageError, match="is empty"):
+        sources.read_source(write_csv(tmp_path / "e.csv", ""))
+    with pytest.raises(StageError, match="has a header but no data rows"):
+        sources.read_source(write_csv(tmp_path / "h.csv", HEADER + "\n"))
+
+
+def test_padded_numbers_take_the_slow_path_and_load(tmp_path):
+    path = write_csv(tmp_path / "s.csv", HEADER + "\n1, 5.1 ,3.5,0.1,1.4,0.2,setosa\n")
+    out = dataset.conform(sources.read_source(path)[0], "src")
+    assert out.column("SepalLengthCm").to_pylist() == [5.1]
+
+
+# ------------------------------------------------------------------ merge
+
+
+def test_merge_is_the_union_of_a_and_b_not_a_twice():
+    a = table([(1, "setosa"), (2, "setosa")])
+    b = table([(3, "virginica"), (4, "virginica")])
+    merged, overlap = merge.union(a, b)
+    assert merged.column("Id").to_pylist() == [1, 2, 3, 4] and overlap == 0
+
+
+def test_merge_keeps_identical_rows_once_and_sorts_by_id():
+    a = table([(3, "setosa"), (1, "setosa")])
+    b = table([(2, "virginica"), (3, "setosa")])
+    merged, overlap = merge.union(a, b)
+    assert merged.column("Id").to_pylist() == [1, 2, 3] and overlap == 1
+
+
+def test_merge_accepts_columns_in_another_order():
+    a = table([(1, "setosa")])
+    b = table([(2, "virginica")])
+    b = b.select(list(reversed(b.column_names)))
+    assert merge.union(a, b)[0].column_names == a.column_names
+
+
+def test_merge_refuses_conflicting_ids_and_names_them():
+    a = table([(1, "setosa"), (2, "setosa"), (3, "setosa")])
+    b = table([(1, "setosa"), (2, "virginica"), (3, "versicolor")])
+    with pytest.raises(StageError, match=r"merge: Id 2, 3 \(2 in all\) have different values"):
+        merge.union(a, b)
+
+
+def test_merge_treats_two_missing_values_as_equal():
+    a = table([(1, "setosa")], SepalLengthCm=[None])
+    b = table([(1, "setosa")], SepalLengthCm=[None])
+    assert merge.union(a, b)[0].num_rows == 1
+
+
+def test_merge_refuses_different_column_sets():
+    a = table([(1, "setosa")])
+    b = table([(2, "setosa")]).drop_columns([dataset.NOISE])
+    with pytest.raises(StageError, match=r"only in A: RandomColumn; only in B: -"):
+        merge.union(a, b)
+
+
+def test_merge_refuses_different_types():
+    a = table([(1, "setosa")])
+    b = pa.table({**{c: a.column(c) for c in a.column_names}}).set_column(1, "SepalLengthCm", pa.array([1], pa.int64()))
+    with pytest.raises(StageError, match="column SepalLengthCm is double in datasetA but int64 in datasetB"):
+        merge.union(a, b)
+
+
+# ------------------------------------------------------------------ process
+
+
+def test_process_drops_noise_normalises_labels_and_counts_dropped():
+    t = table([(1, " Iris-setosa "), (2, "VERSICOLOR"), (3, "iris-virginica"), (4, "setosa"), (5, None)],
+              PetalWidthCm=[0.1, 0.2, math.nan, 0.3, 0.4])
+    out, dropped = process.process_table(t)
+    assert dataset.NOISE not in out.column_names
+    assert out.column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
+    assert dropped == 2  # the NaN feature and the missing label
+
+
+def test_process_refuses_when_every_row_is_dropped():
+    t = table([(1, "setosa"), (2, "setosa")], SepalLengthCm=[math.inf, None])
+    with pytest.raises(StageError, match="all 2 rows have a missing or non-finite feature or label"):
+        process.process_table(t)
+
+
+def test_process_refuses_unknown_labels():
+    with pytest.raises(StageError, match=r"column Species has unknown label 'setsoa' in 1 row\(s\)"):
+        process.process_table(table([(1, "setosa"), (2, "setsoa")]))
+
+
+# ------------------------------------------------------------------ train
+
+
+def iris_like(n_per_class=20, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = {"setosa": [5.0, 3.4, 1.5, 0.2], "versicolor": [5.9, 2.8, 4.3, 1.3], "virginica": [6.6, 3.0, 5.6, 2.0]}
+    x = np.vstack([rng.normal(c, 0.15, (n_per_class, 4)) for c in centres.values()])
+    y = np.repeat(list(centres), n_per_class).astype(object)
+    return x, y
+
+
+def test_fit_honours_epochs_and_learns():
+    x, y = iris_like()
+    x_train, x_test, y_train, y_test = train.split(x, y)
+    model, losses = train.fit(x_train, y_train, epochs=7, batch_size=8)
+    assert len(losses) == 7 and losses[-1] < losses[0]
+    assert train.evaluate(model, x_test, y_test)["accuracy"] >= 0.9
+
+
+def test_split_is_stratified_and_seeded():
+    x, y = iris_like()
+    first, second = train.split(x, y), train.split(x, y)
+    assert np.array_equal(first[3], second[3])
+    assert np.unique(first[3], return_counts=True)[1].tolist() == [4, 4, 4]  # 20% of 20 per class
+
+
+def test_single_class_is_refused():
+    x, y = iris_like()
+    with pytest.raises(StageError, match=r"only one class \(setosa\) is left"):
+        train.split(x[:20], y[:20])
+
+
+def test_too_few_rows_for_a_split_are_refused():
+    x, y = iris_like(n_per_class=2)
+    y[0] = "virginica"  # setosa left with one row
+    with pytest.raises(StageError, match="too few for a stratified hold-out split"):
+        train.split(x, y)
+
+
+@pytest.mark.parametrize("epochs, batch_size, message", [
+    (0, 32, "input epochs: must be at least 1, found 0"),
+    (-3, 32, "input epochs: must be at least 1, found -3"),
+    (10, 0, "input batch_size: must be at least 1, found 0"),
+    (10**9, 32, "input epochs: 1000000000 is more than the limit of 10000"),
+    (10, 10**12, "input batch_size: 1000000000000 is more than the limit of 10000000"),
+])
+def test_bad_training_parameters_are_refused(epochs, batch_size, message):
+    with pytest.raises(StageError, match=message):
+        train.check_params(epochs, batch_size)
