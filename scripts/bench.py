@@ -1,0 +1,348 @@
+"""Benchmark: the seed-style stages against this project's flow, on generated iris-shaped sources.
+
+    make bench ROWS=1000000
+    .venv/bin/python scripts/bench.py --rows 1000000 [--epochs 2] [--batch-size 1024] [--keep]
+
+Generates two CSV sources of ROWS rows each (Ids 1..N in A and N+1..2N in B, class-dependent features,
+Kaggle-spelt labels) in a temporary directory, then runs side by side:
+  - the seed-style baseline: each stage a separate process doing what the seed's scripts did
+    (scripts/bench_seed.py: pandas read_csv / to_csv with CSV between stages);
+  - the flow through the local runner (DAG from flow.py), process backend, and docker backend when the
+    runner has one and a daemon answers;
+  - the bare estimator fit, in this process, on the very arrays the train stage trains on.
+and prints per stage wall seconds, peak RSS and rows per second, then the ratios. Peak RSS is the child's
+own high-water mark (wait4's ru_maxrss), so it includes the interpreter and its libraries.
+It is a benchmark, not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.path]
+
+from bench_seed import bare_fit, train_stage  # noqa: E402
+from stageflow import contract, dag as dag_module, dataset, runner  # noqa: E402
+
+COLUMNS = ["Id", "SepalLengthCm", "SepalWidthCm", "RandomColumn", "PetalLengthCm", "PetalWidthCm", "Species"]
+SPECIES = ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
+# Per-class mean and standard deviation of (sepal length, sepal width, petal length, petal width) in the
+# real iris data, so the generated classes overlap as the real ones do.
+MEAN = np.array([[5.006, 3.428, 1.462, 0.246], [5.936, 2.770, 4.260, 1.326], [6.588, 2.974, 5.552, 2.026]])
+STD = np.array([[0.352, 0.379, 0.174, 0.105], [0.516, 0.314, 0.470, 0.198], [0.636, 0.322, 0.552, 0.275]])
+CHUNK = 1_000_000
+STAGES = ["load_a", "load_b", "merge", "process", "train"]
+DATA_STAGES = STAGES[:4]
+
+
+# ------------------------------------------------------------------ the sources
+
+
+def _decimal_strings(low: int, high: int, places: int) -> pa.Array:
+    """Every decimal with `places` digits after the point from low to high (in units of the last digit)."""
+    scale = 10 ** places
+    return pa.array([f"{'-' if v < 0 else ''}{abs(v) // scale}.{abs(v) % scale:0{places}d}" for v in range(low, high + 1)])
+
+
+def generate(path: Path, rows: int, first_id: int, seed: int) -> None:
+    """Write an iris-shaped CSV, a chunk at a time (bounded memory at any size).
+
+    Numbers are written through dictionaries of their decimal strings: formatting floats is what makes
+    a CSV writer slow, and a one-decimal feature has only about a hundred distinct values.
+    """
+    rng = np.random.default_rng(seed)
+    features, noise, labels = _decimal_strings(0, 99, 1), _decimal_strings(-40000, 40000, 4), pa.array(SPECIES)
+    with open(path, "wb") as handle:
+        handle.write((",".join(COLUMNS) + "\n").encode())
+        for start in range(0, rows, CHUNK):
+            n = min(CHUNK, rows - start)
+            species = rng.integers(0, 3, n, dtype=np.int8)
+            tenths = np.clip(np.rint(rng.normal(MEAN[species], STD[species]) * 10), 1, 99).astype(np.int8)
+            noise_index = np.clip(np.rint(rng.normal(0, 1, n) * 10_000), -40000, 40000).astype(np.int32) + 40000
+            columns = {
+                "Id": pa.array(np.arange(first_id + start, first_id + start + n, dtype=np.int64)),
+                **{name: pa.DictionaryArray.from_arrays(pa.array(tenths[:, i]), features)
+                   for i, name in enumerate(("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"))},
+                "RandomColumn": pa.DictionaryArray.from_arrays(pa.array(noise_index), noise),
+                "Species": pa.DictionaryArray.from_arrays(pa.array(species), labels),
+            }
+            pcsv.write_csv(pa.table({name: columns[name] for name in COLUMNS}), handle,
+                           pcsv.WriteOptions(include_header=False, quoting_style="none"))
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@dataclasses.dataclass
+class Measure:
+    seconds: float | None = None
+    rss_mb: float | None = None
+    note: str = ""
+
+
+def measured(cmd: list[str], log: Path) -> Measure:
+    """Run one child to completion; its wall seconds and its own peak RSS (wait4)."""
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}")
+    return Measure(seconds, usage.ru_maxrss / 1024)
+
+
+class RusageHandle:
+    """A runner handle that reaps its stage with wait4, to keep the stage's peak RSS."""
+
+    def __init__(self, inner, sink: dict, name: str):
+        self.inner, self.sink, self.name = inner, sink, name
+
+    def lines(self):
+        return self.inner.lines()
+
+    def kill(self, *args) -> None:
+        self.inner.kill(*args)
+
+    def wait(self, timeout: float) -> runner.Outcome:
+        pid, deadline = self.inner.proc.pid, time.monotonic() + timeout
+        while True:
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+            if got:
+                break
+            if time.monotonic() > deadline:
+                self.inner.kill("timeout")
+                _, status, usage = os.wait4(pid, 0)
+                break
+            time.sleep(0.005)
+        self.inner.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.sink[self.name] = usage.ru_maxrss / 1024
+        return runner.Outcome(self.inner.proc.returncode, self.inner.killed_for)
+
+
+class RusageProcessBackend(runner.ProcessBackend):
+    """The process backend, measuring each stage's peak RSS (for a runner that does not record it yet)."""
+
+    def __init__(self):
+        self.peak_rss_mb: dict[str, float] = {}
+
+    def start(self, node, tree):
+        return RusageHandle(super().start(node, tree), self.peak_rss_mb, node.name)
+
+
+def runner_records_rss() -> bool:
+    return "peak_rss_mb" in {f.name for f in dataclasses.fields(runner.StageResult)}
+
+
+# ------------------------------------------------------------------ the three contenders
+
+
+def run_baseline(work: Path, a: Path, b: Path, epochs: int, batch_size: int) -> dict[str, Measure]:
+    seed = [sys.executable, str(ROOT / "scripts" / "bench_seed.py")]
+    d = work / "seed"
+    d.mkdir()
+    steps = {
+        "load_a": ["load", a, d / "datasetA.csv"],
+        "load_b": ["load", b, d / "datasetB.csv"],
+        "merge": ["merge", d / "datasetA.csv", d / "datasetB.csv", d / "merged.csv"],
+        "process": ["process", d / "merged.csv", d / "processed.csv"],
+        "train": ["train", d / "processed.csv", epochs, batch_size, d / "model.pkl"],
+    }
+    results = {}
+    for name, args in steps.items():
+        print(f"  seed-style {name} ...", flush=True)
+        results[name] = measured([*seed, *map(str, args)], d / f"{name}.log")
+    return results
+
+
+def run_flow(work: Path, backend, a: Path, b: Path, epochs: int, batch_size: int,
+             timeout: float) -> tuple[dict[str, Measure], float, runner.Run]:
+    run_dir = work / f"run-{backend.name}"
+    params = {"data_path_a": str(a), "data_path_b": str(b), "epochs": epochs, "batch_size": batch_size}
+    run = runner.Run(dag_module.load(), run_dir, backend, params, timeout=timeout, echo=False)
+    started = time.perf_counter()
+    ok = run.execute()
+    wall = time.perf_counter() - started
+    if not ok:
+        failed = next(n for n, r in run.results.items() if r.status == "failed")
+        raise RuntimeError(f"stage {failed} failed: {run.results[failed].error} (log {run.results[failed].log})")
+    record = json.loads((run_dir / "run.json").read_text())["stages"]
+    own = getattr(backend, "peak_rss_mb", {})
+    results = {name: Measure(r.seconds, record[name].get("peak_rss_mb", own.get(name))) for name, r in
+               run.results.items()}
+    return results, wall, run
+
+
+def run_bare(run: runner.Run, epochs: int, batch_size: int) -> Measure:
+    """The estimator's fit on the same arrays the train stage built (same split, epochs, batch size)."""
+    train = train_stage()
+    table, _ = dataset.read(run.tree("process") / "outputs" / "processed_data", "processed_data")
+    x_train, _, y_train, _ = train.split(*train.to_arrays(table))
+    del table
+    started = time.perf_counter()
+    bare_fit(x_train, y_train, epochs, batch_size)
+    return Measure(time.perf_counter() - started, None, "in-process")
+
+
+def docker_backend():
+    """The runner's docker backend if it has one and a daemon answers; else (None, why not)."""
+    cls = getattr(runner, "DockerBackend", None)
+    if cls is None:
+        return None, "stageflow.runner has no DockerBackend"
+    if shutil.which("docker") is None:
+        return None, "no docker CLI on PATH"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
+        return None, "no Docker daemon answers `docker info`"
+    try:
+        return cls(), None
+    except Exception as err:  # noqa: BLE001 - any reason the backend cannot start is a reason to skip
+        return None, contract.one_line(err)
+
+
+# ------------------------------------------------------------------ the report
+
+
+def stage_rows(n: int) -> dict[str, int]:
+    """Rows each stage reads: a source for a load, both for the rest."""
+    return {"load_a": n, "load_b": n, "merge": 2 * n, "process": 2 * n, "train": 2 * n}
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(columns: dict[str, dict[str, Measure]], rows: dict[str, int]) -> str:
+    head = ["stage", "rows"] + [f"{label} {unit}" for label in columns for unit in ("s", "MB", "rows/s")]
+    lines = [head]
+    for name in STAGES:
+        line = [name, f"{rows[name]:,}"]
+        for results in columns.values():
+            m = results.get(name, Measure())
+            line += [fmt(m.seconds, ".2f"), fmt(m.rss_mb, ".0f"),
+                     fmt(rows[name] / m.seconds if m.seconds else None, ",.0f")]
+        lines.append(line)
+    for label, names in (("4 data stages", DATA_STAGES), ("whole flow", STAGES)):
+        line = [label, ""]
+        for results in columns.values():
+            secs = [results[n].seconds for n in names if n in results and results[n].seconds is not None]
+            rss = [results[n].rss_mb for n in names if n in results and results[n].rss_mb is not None]
+            line += [fmt(sum(secs), ".2f") if len(secs) == len(names) else "-",
+                     fmt(max(rss), ".0f") if rss else "-", ""]
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+           for row in lines]
+    out.insert(1, "-" * len(out[0]))
+    out.insert(len(STAGES) + 2, "-" * len(out[0]))
+    return "\n".join(out)
+
+
+def total(results: dict[str, Measure], names: list[str]) -> float:
+    return sum(results[n].seconds for n in names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per source (default 1000000)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="training batch size (default 1024)")
+    parser.add_argument("--work-dir", help="where sources and runs go (default: a new temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (default: delete it)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare estimator fit")
+    parser.add_argument("--no-docker", action="store_true", help="skip the docker backend")
+    parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
+    args = parser.parse_args(argv)
+    if args.rows < 50:
+        parser.error("--rows must be at least 50 (the train stage needs a stratified split)")
+
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="stageflow-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return bench(args, work.resolve())
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> int:
+    n = args.rows
+    a, b = work / "source_a.csv", work / "source_b.csv"
+    started = time.perf_counter()
+    generate(a, n, 1, seed=1)
+    generate(b, n, n + 1, seed=2)
+    size = (a.stat().st_size + b.stat().st_size) / 1e6
+    print(f"generated 2 x {n:,} rows ({size:,.0f} MB of CSV) in {time.perf_counter() - started:.1f} s in {work}",
+          flush=True)
+    print(f"training: epochs {args.epochs}, batch size {args.batch_size}", flush=True)
+
+    columns: dict[str, dict[str, Measure]] = {}
+    if not args.no_baseline:
+        print("seed-style baseline (pandas, CSV between stages, one process per stage)", flush=True)
+        columns["seed"] = run_baseline(work, a, b, args.epochs, args.batch_size)
+
+    print("stageflow, process backend", flush=True)
+    backend = runner.ProcessBackend() if runner_records_rss() else RusageProcessBackend()
+    ours, wall, run = run_flow(work, backend, a, b, args.epochs, args.batch_size, args.timeout)
+    columns["process"] = ours
+
+    docker_note = None
+    if args.no_docker:
+        docker_note = "docker backend: skipped (--no-docker)"
+    else:
+        docker, why_not = docker_backend()
+        if docker is None:
+            docker_note = f"docker backend: skipped ({why_not})"
+        else:
+            print("stageflow, docker backend", flush=True)
+            try:
+                columns["docker"], _, _ = run_flow(work, docker, a, b, args.epochs, args.batch_size, args.timeout)
+            except RuntimeError as err:
+                docker_note = f"docker backend: skipped ({err})"
+
+    bare = None
+    if not args.no_bare:
+        print("bare estimator fit, in this process", flush=True)
+        bare = run_bare(run, args.epochs, args.batch_size)
+
+    rows = stage_rows(n)
+    print(f"\n{n:,} rows per source; wall seconds, peak RSS (MB) and input rows per second per stage\n")
+    print(table(columns, rows))
+    print(f"\nprocess backend, whole flow wall clock: {wall:.2f} s (load_a and load_b run in parallel)")
+    if "seed" in columns:
+        seed = columns["seed"]
+        print(f"data stages, seed-style / ours: {total(seed, DATA_STAGES):.2f} s / {total(ours, DATA_STAGES):.2f} s"
+              f" = {total(seed, DATA_STAGES) / total(ours, DATA_STAGES):.1f}x faster")
+        print(f"whole flow,  seed-style / ours: {total(seed, STAGES):.2f} s / {total(ours, STAGES):.2f} s"
+              f" = {total(seed, STAGES) / total(ours, STAGES):.2f}x faster")
+    if bare is not None:
+        print(f"train, ours / bare estimator fit: {ours['train'].seconds:.2f} s / {bare.seconds:.2f} s"
+              f" = {ours['train'].seconds / bare.seconds:.2f}x"
+              f" (stage overhead {ours['train'].seconds - bare.seconds:.2f} s)")
+    if "docker" in columns:
+        extra = {name: columns["docker"][name].seconds - ours[name].seconds for name in STAGES}
+        print("docker - process, per stage: " + ", ".join(f"{k} {v:+.2f} s" for k, v in extra.items()))
+    if docker_note:
+        print(docker_note)
+    worst = max((ours[name].rss_mb or 0, name) for name in DATA_STAGES)
+    print(f"largest data stage peak RSS: {worst[1]} {worst[0]:.0f} MB; train {fmt(ours['train'].rss_mb, '.0f')} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
