@@ -65,7 +65,8 @@ def usable_rows(table: pa.Table) -> pa.ChunkedArray:
     """True where every feature is a finite number and the label is present."""
     keep = pc.is_valid(table.column(dataset.LABEL))
     for name in dataset.FEATURES:
-        keep = pc.and_(keep, pc.fill_null(pc.is_finite(table.column(name)), False))
+        values = table.column(name)
+        keep = pc.and_(keep, pc.and_kleene(pc.is_valid(values), pc.is_finite(values)))  # never null
     return keep
 
 

@@ -51,7 +51,8 @@ def to_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         features[:, i] = table.column(name).to_numpy()
     labels = pc.cast(table.column(dataset.LABEL), dataset.LABEL_TYPE).unify_dictionaries().combine_chunks()
     names = np.asarray(labels.dictionary.to_pylist() + [None], dtype=object)  # the last one stands for null
-    codes = pc.fill_null(labels.indices, len(labels.dictionary)).to_numpy()
+    codes = labels.indices.to_numpy() if not labels.null_count else \
+        pc.fill_null(labels.indices, len(labels.dictionary)).to_numpy()
     return features, names[codes]
 
 
