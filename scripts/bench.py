@@ -10,8 +10,9 @@ Kaggle-spelt labels) in a temporary directory, then runs side by side:
   - the flow through the local runner (DAG from flow.py), process backend, and docker backend when the
     runner has one and a daemon answers;
   - the bare estimator fit, in this process, on the very arrays the train stage trains on.
-and prints per stage wall seconds, peak RSS and rows per second, then the ratios. Peak RSS is the child's
-own high-water mark (wait4's ru_maxrss), so it includes the interpreter and its libraries.
+and prints per stage wall seconds, peak RSS and rows per second, then the ratios. Peak RSS is each child's
+own high-water mark (VmHWM), so it includes the interpreter and its libraries; CPU seconds (user + system,
+from wait4) are steadier than wall seconds on a busy machine.
 It is a benchmark, not a test: it asserts nothing about speed.
 """
 
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -89,9 +91,46 @@ def generate(path: Path, rows: int, first_id: int, seed: int) -> None:
 
 @dataclasses.dataclass
 class Measure:
-    seconds: float | None = None
-    rss_mb: float | None = None
-    note: str = ""
+    seconds: float | None = None  # wall
+    rss_mb: float | None = None  # peak resident set
+    cpu: float | None = None  # user + system seconds: steadier than wall on a busy machine
+
+
+class PeakRss:
+    """A child's own peak resident set: VmHWM, polled from /proc until it exits.
+
+    Not wait4's ru_maxrss: Linux folds the parent's resident set at fork/vfork time into the child's
+    ru_maxrss, so every child of a 200 MB runner would report at least 200 MB. VmHWM belongs to the
+    child's own address space (reset at exec) and only grows, so the last sample is the peak, short of
+    growth in the final poll interval.
+    """
+
+    INTERVAL = 0.01
+
+    def __init__(self, pid: int):
+        self.path, self.mb, self.done = Path(f"/proc/{pid}/status"), None, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.done.is_set():
+            try:
+                text = self.path.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.mb = int(line.split()[1]) / 1024
+            self.done.wait(self.INTERVAL)
+
+    def stop(self) -> float | None:
+        self.done.set()
+        self.thread.join()
+        return self.mb
+
+
+def from_rusage(seconds: float, usage, peak_mb: float | None) -> Measure:
+    return Measure(seconds, peak_mb, usage.ru_utime + usage.ru_stime)
 
 
 def measured(cmd: list[str], log: Path) -> Measure:
@@ -99,19 +138,21 @@ def measured(cmd: list[str], log: Path) -> Measure:
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        peak = PeakRss(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}")
-    return Measure(seconds, usage.ru_maxrss / 1024)
+    return from_rusage(seconds, usage, peak.stop())
 
 
 class RusageHandle:
-    """A runner handle that reaps its stage with wait4, to keep the stage's peak RSS."""
+    """A runner handle that watches its stage's peak RSS and reaps it with wait4, for its CPU seconds."""
 
     def __init__(self, inner, sink: dict, name: str):
         self.inner, self.sink, self.name = inner, sink, name
+        self.peak = PeakRss(inner.proc.pid)
 
     def lines(self):
         return self.inner.lines()
@@ -131,22 +172,18 @@ class RusageHandle:
                 break
             time.sleep(0.005)
         self.inner.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.sink[self.name] = usage.ru_maxrss / 1024
+        self.sink[self.name] = (usage, self.peak.stop())
         return runner.Outcome(self.inner.proc.returncode, self.inner.killed_for)
 
 
 class RusageProcessBackend(runner.ProcessBackend):
-    """The process backend, measuring each stage's peak RSS (for a runner that does not record it yet)."""
+    """The process backend, keeping each stage's resource usage (peak RSS, CPU seconds)."""
 
     def __init__(self):
-        self.peak_rss_mb: dict[str, float] = {}
+        self.usage: dict[str, object] = {}
 
     def start(self, node, tree):
-        return RusageHandle(super().start(node, tree), self.peak_rss_mb, node.name)
-
-
-def runner_records_rss() -> bool:
-    return "peak_rss_mb" in {f.name for f in dataclasses.fields(runner.StageResult)}
+        return RusageHandle(super().start(node, tree), self.usage, node.name)
 
 
 # ------------------------------------------------------------------ the three contenders
@@ -182,9 +219,9 @@ def run_flow(work: Path, backend, a: Path, b: Path, epochs: int, batch_size: int
         failed = next(n for n, r in run.results.items() if r.status == "failed")
         raise RuntimeError(f"stage {failed} failed: {run.results[failed].error} (log {run.results[failed].log})")
     record = json.loads((run_dir / "run.json").read_text())["stages"]
-    own = getattr(backend, "peak_rss_mb", {})
-    results = {name: Measure(r.seconds, record[name].get("peak_rss_mb", own.get(name))) for name, r in
-               run.results.items()}
+    own = getattr(backend, "usage", {})
+    results = {name: from_rusage(r.seconds, *own[name]) if name in own else
+               Measure(r.seconds, record[name].get("peak_rss_mb")) for name, r in run.results.items()}
     return results, wall, run
 
 
@@ -196,7 +233,7 @@ def run_bare(run: runner.Run, epochs: int, batch_size: int) -> Measure:
     del table
     started = time.perf_counter()
     bare_fit(x_train, y_train, epochs, batch_size)
-    return Measure(time.perf_counter() - started, None, "in-process")
+    return Measure(time.perf_counter() - started)
 
 
 def docker_backend():
@@ -226,34 +263,41 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+TITLES = {"seed": "seed-style (pandas, CSV)", "process": "stageflow, process backend",
+          "docker": "stageflow, docker backend"}
+UNITS = ("wall s", "cpu s", "peak MB", "rows/s")
+
+
 def table(columns: dict[str, dict[str, Measure]], rows: dict[str, int]) -> str:
-    head = ["stage", "rows"] + [f"{label} {unit}" for label in columns for unit in ("s", "MB", "rows/s")]
-    lines = [head]
+    """One group of columns per contender, one row per stage, then the totals (sums; peak is the max)."""
+    lines = [["stage", "rows"] + [unit for _ in columns for unit in UNITS]]
     for name in STAGES:
         line = [name, f"{rows[name]:,}"]
         for results in columns.values():
             m = results.get(name, Measure())
-            line += [fmt(m.seconds, ".2f"), fmt(m.rss_mb, ".0f"),
+            line += [fmt(m.seconds, ".2f"), fmt(m.cpu, ".2f"), fmt(m.rss_mb, ".0f"),
                      fmt(rows[name] / m.seconds if m.seconds else None, ",.0f")]
         lines.append(line)
     for label, names in (("4 data stages", DATA_STAGES), ("whole flow", STAGES)):
         line = [label, ""]
         for results in columns.values():
-            secs = [results[n].seconds for n in names if n in results and results[n].seconds is not None]
+            def summed(attr):
+                values = [getattr(results[n], attr) for n in names if n in results]
+                return fmt(sum(values), ".2f") if len(values) == len(names) and None not in values else "-"
             rss = [results[n].rss_mb for n in names if n in results and results[n].rss_mb is not None]
-            line += [fmt(sum(secs), ".2f") if len(secs) == len(names) else "-",
-                     fmt(max(rss), ".0f") if rss else "-", ""]
+            line += [summed("seconds"), summed("cpu"), fmt(max(rss), ".0f") if rss else "-", ""]
         lines.append(line)
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-           for row in lines]
-    out.insert(1, "-" * len(out[0]))
-    out.insert(len(STAGES) + 2, "-" * len(out[0]))
-    return "\n".join(out)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    render = lambda row: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    out = [render(row).rstrip() for row in lines]
+    group = sum(widths[2:6]) + 2 * 3
+    titles = " " * (widths[0] + widths[1] + 4) + "  ".join(TITLES[k].center(group) for k in columns)
+    rule = "-" * len(out[0])
+    return "\n".join([titles.rstrip(), out[0], rule, *out[1:len(STAGES) + 1], rule, *out[len(STAGES) + 1:]])
 
 
-def total(results: dict[str, Measure], names: list[str]) -> float:
-    return sum(results[n].seconds for n in names)
+def total(results: dict[str, Measure], names: list[str], attr: str = "seconds") -> float:
+    return sum(getattr(results[n], attr) for n in names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +341,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         columns["seed"] = run_baseline(work, a, b, args.epochs, args.batch_size)
 
     print("stageflow, process backend", flush=True)
-    backend = runner.ProcessBackend() if runner_records_rss() else RusageProcessBackend()
+    backend = RusageProcessBackend()
     ours, wall, run = run_flow(work, backend, a, b, args.epochs, args.batch_size, args.timeout)
     columns["process"] = ours
 
@@ -328,10 +372,11 @@ def bench(args: argparse.Namespace, work: Path) -> int:
           f"whole flow wall clock {wall:.2f} s")
     if "seed" in columns:
         seed = columns["seed"]
-        print(f"data stages, seed-style / ours: {total(seed, DATA_STAGES):.2f} s / {total(ours, DATA_STAGES):.2f} s"
-              f" = {total(seed, DATA_STAGES) / total(ours, DATA_STAGES):.1f}x faster")
-        print(f"whole flow,  seed-style / ours: {total(seed, STAGES):.2f} s / {total(ours, STAGES):.2f} s"
-              f" = {total(seed, STAGES) / total(ours, STAGES):.2f}x faster")
+        for label, names in (("data stages", DATA_STAGES), ("whole flow ", STAGES)):
+            faster = total(seed, names, "seconds") / total(ours, names, "seconds")
+            cpu = total(seed, names, "cpu") / total(ours, names, "cpu")
+            print(f"{label}, seed-style / ours: wall {total(seed, names, 'seconds'):.2f} s / "
+                  f"{total(ours, names, 'seconds'):.2f} s = {faster:.1f}x faster; cpu {cpu:.1f}x less")
     if bare is not None:
         print(f"train, ours / bare estimator fit: {ours['train'].seconds:.2f} s / {bare.seconds:.2f} s"
               f" = {ours['train'].seconds / bare.seconds:.2f}x"
