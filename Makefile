@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+ROWS ?= 1000000
+BENCH_ARGS ?=
 
-.PHONY: help venv run test data clean
+.PHONY: help venv run test data bench clean
 
 ## help: list the targets
 help:
@@ -32,6 +34,10 @@ test: venv
 ## data: regenerate the bundled sample sources in data/ from scikit-learn's iris data
 data: venv
 	$(PY) scripts/make_data.py
+
+## bench: time the flow against seed-style stages on 2 x ROWS generated rows (ROWS=1000000; BENCH_ARGS)
+bench: venv
+	$(PY) scripts/bench.py --rows $(ROWS) $(BENCH_ARGS)
 
 ## clean: remove run directories and caches (keeps .venv)
 clean:
