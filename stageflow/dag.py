@@ -7,7 +7,9 @@ tests all take the graph that Flyte (and so Domino) will run.
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,9 +78,15 @@ def load(flow_file: Path = FLOW_FILE, workflow_name: str = WORKFLOW_NAME) -> Dag
     spec = importlib.util.spec_from_file_location("stageflow_flow", flow_file)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    workflow = getattr(module, workflow_name)
-    workflow.compile()
+    on_interrupt = signal.getsignal(signal.SIGINT)
+    try:
+        spec.loader.exec_module(module)
+        workflow = getattr(module, workflow_name)
+        workflow.compile()
+    finally:
+        # flytekit swaps in a SIGINT handler that exits at once; the runner must see Ctrl-C to clean up.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_interrupt)
     node_names = {node.id: node.flyte_entity.name for node in workflow.nodes}
     nodes = []
     for node in workflow.nodes:

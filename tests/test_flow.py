@@ -134,11 +134,11 @@ def test_second_run_on_a_busy_run_dir_stops_at_once(tmp_path):
 
 def test_stage_that_exits_zero_without_its_output_fails(tmp_path, flow_dag, monkeypatch):
     class Liar(ProcessBackend):
-        def start(self, node, tree):
+        def start(self, node, tree, timeout, mounts):
             if node.name == "merge":  # a stage script that "succeeds" without writing merged_data
                 node = type(node)(node.stage.__class__("merge", "Medium", "x"), node.inputs, node.outputs)
                 monkeypatch.setattr(type(node.stage), "script", property(lambda s: "tests/fixtures/noop.py"))
-            return super().start(node, tree)
+            return super().start(node, tree, timeout, mounts)
     (ROOT / "tests" / "fixtures").mkdir(exist_ok=True)
     run = Run(flow_dag, tmp_path, Liar(), {"data_path_a": str(DATA_A), "data_path_b": str(DATA_B)}, echo=False)
     assert not run.execute()
