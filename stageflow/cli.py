@@ -49,6 +49,7 @@ def _interrupt(signum, frame):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
+    from stageflow.cache import Cache
     from stageflow.runner import ProcessBackend, Run, RunDirLock, RunError
 
     def backends(name: str):
@@ -66,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend = backends(args.backend)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
         with RunDirLock(run_dir):
-            run = Run(dag, run_dir, backend, params, timeout=args.timeout)
+            run = Run(dag, run_dir, backend, params, timeout=args.timeout,
+                      cache=None if args.no_cache else Cache())
             print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
             ok = run.execute()
     except RunError as err:
@@ -135,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
     run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="run every stage even when the cache holds its outputs for the same inputs")
     run.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
     for action, text in (("wheels", "download the stages' pinned wheels into wheels/ (host side)"),

@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -23,3 +24,9 @@ def wf_root(tmp_path, monkeypatch):
     (tmp_path / "outputs").mkdir()
     monkeypatch.setenv("WORKFLOW_ROOT", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Tests never reuse (or fill) the developer's stage cache."""
+    os.environ["STAGEFLOW_CACHE"] = str(tmp_path_factory.mktemp("stage-cache"))
