@@ -63,8 +63,10 @@ class Cache:
             shutil.rmtree(self.root / entry_key, ignore_errors=True)
             os.replace(tmp, self.root / entry_key)
         except OSError:
+            # A concurrent run stored the same entry first (same key, same content): theirs is as good.
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            if not (self.root / entry_key / MANIFEST).is_file():
+                raise
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -124,6 +124,18 @@ def cmd_compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_model(args: argparse.Namespace) -> int:
+    from stageflow import model
+
+    try:
+        digest = model.verify(Path(args.model), Path(args.metrics))
+    except model.ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.model} matches sha256 {digest} recorded in {args.metrics}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -150,6 +162,10 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--force", action="store_true", help="rebuild even when the version tag exists")
         if action == "push":
             cmd.add_argument("--registry", required=True, help="host:port/prefix to push to")
+    verify = sub.add_parser("verify-model", help="check a model file against the sha256 in its metrics")
+    verify.add_argument("model")
+    verify.add_argument("metrics")
+    verify.set_defaults(func=cmd_verify_model)
     compose = sub.add_parser("compose-file", help="regenerate docker-compose.yml from the stage registry")
     compose.add_argument("--check", action="store_true", help="only check that docker-compose.yml is current")
     compose.set_defaults(func=cmd_compose, action="file")

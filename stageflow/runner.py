@@ -240,7 +240,11 @@ class Run:
                 os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
             self._count_rows(node)
             if self.cache:
-                self.cache.store(entry, outputs, result.outputs, rows_in=result.rows_in, rows_out=result.rows_out)
+                try:
+                    self.cache.store(entry, outputs, result.outputs, rows_in=result.rows_in,
+                                     rows_out=result.rows_out)
+                except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
+                    self._echo(node.name, f"warning: could not add outputs to the cache ({err})")
         result.status = "failed" if result.error else "succeeded"
 
     def _count_rows(self, node: Node) -> None:
@@ -340,6 +344,7 @@ class Run:
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.results.items()},
             "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
+            "model_sha256": self.results["train"].outputs.get("model") if ok else None,
         }
 
     def write_record(self) -> None:
