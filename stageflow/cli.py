@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from stageflow import report
-from stageflow.report import DASH, fmt, rows_cell
+from stageflow.report import DASH, fmt, rows_cell, seconds
 from stageflow.runner import link_or_copy
 from stageflow.stages import ROOT
 
@@ -42,7 +42,7 @@ def new_run_dir() -> Path:
 def summary(record: dict) -> str:
     """The per-stage table printed at the end of every run, from its run.json."""
     rows = [("stage", "status", "seconds", "rows", "cached")]
-    rows += [(name, stage.get("status", DASH), fmt(stage.get("seconds"), ".2f"), rows_cell(stage),
+    rows += [(name, stage.get("status", DASH), fmt(seconds(stage), ".2f"), rows_cell(stage),
               fmt(stage.get("cached"))) for name, stage in record.get("stages", {}).items()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -38,7 +38,8 @@ code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, mo
 .card .value { font-size: 22px; font-weight: 600; }
 table { border-collapse: collapse; margin: 4px 0; }
 th, td { border-bottom: 1px solid var(--line); padding: 5px 12px 5px 0; text-align: left; vertical-align: top; }
-th { color: var(--muted); font-weight: 600; font-size: 12.5px; }
+th { color: var(--muted); font-weight: 600; font-size: 12.5px; white-space: nowrap; }
+.nowrap { white-space: nowrap; }
 td.num, th.num { text-align: right; padding-right: 16px; font-variant-numeric: tabular-nums; }
 .plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 16px; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 8px; padding: 8px; }
@@ -77,6 +78,11 @@ def rows_cell(stage: Mapping[str, Any]) -> str:
     if rows_in is None and rows_out is None:
         return DASH
     return f"{fmt(rows_in, ',')} → {fmt(rows_out, ',')}"
+
+
+def seconds(stage: Mapping[str, Any]) -> float | None:
+    """A stage's duration; none for one that never ran (the record says 0 for a skipped stage)."""
+    return None if stage.get("status") in ("skipped", "pending") else stage.get("seconds")
 
 
 def link(href: str, text: Any) -> Html:
@@ -257,7 +263,7 @@ def training_report(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> st
 
 # ---------------------------------------------------------------- the run report
 
-BOX_W, BOX_H, COL_W, ROW_H, PAD = 170, 58, 220, 78, 16
+BOX_W, BOX_H, COL_W, ROW_H, PAD = 184, 58, 234, 78, 16
 FILL = {"succeeded": ("#dafbe1", "#1a7f37"), "failed": ("#ffebe9", "#cf222e"), "running": ("#fff8c5", "#9a6700")}
 GREY = ("#eaeef2", "#59636e")
 
@@ -306,9 +312,10 @@ def dag_svg(order: Sequence[str], edges: Sequence[tuple[str, str]], stages: Mapp
         stage = stages.get(name, {})
         status = stage.get("status", "pending")
         fill, ink = FILL.get(status, GREY)
-        detail = status + (f" · {stage['seconds']:.1f} s" if stage.get("seconds") is not None else "")
+        detail = status + (f" · {seconds(stage):.1f} s" if seconds(stage) is not None else "")
         detail += " · cached" if stage.get("cached") else ""
-        parts.append(f'<a href="#stage-{escape(name)}"><rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" '
+        tip = f"<title>{escape(stage['error'])}</title>" if stage.get("error") else ""
+        parts.append(f'<a href="#stage-{escape(name)}">{tip}<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" '
                      f'rx="8" fill="{fill}" stroke="{ink}" stroke-width="1.5"/>'
                      f'<text x="{x + BOX_W / 2}" y="{y + 24}" text-anchor="middle" font-size="15" font-weight="600" '
                      f'fill="#1f2328">{escape(name)}</text>'
@@ -344,11 +351,12 @@ def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[
     for name in order:
         stage = stages.get(name, {})
         status = stage.get("status", "pending")
-        outputs = Html("<br>".join(f"{link(f'{name}/outputs/{out}', out)} <span class=mono>{digest[:12]}</span>"
+        outputs = Html("<br>".join(f"<span class=nowrap>{link(f'{name}/outputs/{out}', out)} "
+                                   f"<span class=mono>{digest[:12]}</span></span>"
                                    for out, digest in stage.get("outputs", {}).items()) or DASH)
         row = [Html(f'<span id="stage-{escape(name)}">{escape(name)}</span>'),
                Html(f'<span class="status {escape(status)}">{escape(status)}</span>'),
-               fmt(stage.get("seconds"), ".2f"), fmt(stage.get("peak_rss_mb"), ",.0f"), rows_cell(stage),
+               fmt(seconds(stage), ".2f"), fmt(stage.get("peak_rss_mb"), ",.0f"), rows_cell(stage),
                fmt(stage.get("cached")), link(f"logs/{name}.log", f"{name}.log") if stage.get("log") else DASH,
                outputs]
         rows.append(row + [Html(f'<span class="error">{escape(stage.get("error") or "")}</span>')] * errors)

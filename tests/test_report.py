@@ -197,7 +197,10 @@ def test_run_report_draws_the_dag_with_each_stage_and_edge(run_page):
         assert f">{name}</text>" in svg
     assert svg.count('marker-end="url(#arrow)"') == len(EDGES)
     assert "succeeded · 1.2 s" in svg and "failed · 0.5 s" in svg and "cached" in svg
-    x = {name: float(re.search(rf'<a href="#stage-{name}"><rect x="([\d.]+)"', svg).group(1)) for name in ORDER}
+    assert "<title>exit status 1: input data_path: &lt;bad&gt; value</title>" in svg  # the error on hover
+    assert ">skipped</text>" in svg  # no duration for a stage that never ran
+    x = {name: float(re.search(rf'<a href="#stage-{name}">(?:<title>[^<]*</title>)?<rect x="([\d.]+)"', svg).group(1))
+         for name in ORDER}
     assert x["load_a"] == x["load_b"] < x["merge"] < x["train"]  # columns by depth: every edge points right
 
 
