@@ -65,8 +65,7 @@ def output_file(run_dir: Path, record: dict, name: str) -> Path | None:
     return None
 
 
-def write_run_report(run_dir: Path, dag) -> Path:
-    record = json.loads((run_dir / "run.json").read_text())
+def write_run_report(run_dir: Path, record: dict, dag) -> Path:
     metrics_path = output_file(run_dir, record, "metrics")
     metrics = json.loads(metrics_path.read_text()) if metrics_path else None
     # The training report is an output with a bare name, which a browser shows as text: give it a .html twin.
@@ -98,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
             ok = run.execute()
             record = json.loads((run_dir / "run.json").read_text())
-            run_report = write_run_report(run_dir, dag)
+            run_report = write_run_report(run_dir, record, dag)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -125,7 +124,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (run_dir / "run.json").is_file():
         print(f"error: {run_dir} is not a run directory (no run.json)", file=sys.stderr)
         return 2
-    print(write_run_report(run_dir, dag_module.load(Path(args.flow))))
+    record = json.loads((run_dir / "run.json").read_text())
+    print(write_run_report(run_dir, record, dag_module.load(Path(args.flow))))
     return 0
 
 

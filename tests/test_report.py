@@ -49,14 +49,19 @@ def training_page():
     return report.training_report(METRICS, PARAMS)
 
 
+def card(label, value):
+    return f'<div class="label">{label}</div><div class="value">{value}</div>'
+
+
 def test_training_report_shows_the_metrics(training_page):
-    text = re.sub(r"<[^>]+>", " ", training_page)  # the visible text
-    assert "0.933" in text and "0.933 " in text.replace("0.9333", "0.933 ")
+    assert card("accuracy", "0.933") in training_page and card("macro F1", "0.933") in training_page
+    assert card("final loss", "0.2000") in training_page and card("test rows", "30") in training_page
+    text = " ".join(re.sub(r"<[^>]+>", " ", training_page).split())  # the visible text
     for row in ("setosa 1.000 1.000 1.000 10", "versicolor 1.000 0.800 0.889 10", "virginica 0.833 1.000 0.909 10"):
-        assert row in " ".join(text.split())
-    assert "ab" * 32 in text
-    assert "hidden_layers 16" in " ".join(text.split()) and "learning_rate 0.05" in " ".join(text.split())
-    assert "final loss" in text.lower() and "0.2000" in text
+        assert row in text
+    assert "class train test setosa 40 10 versicolor 40 10 virginica 40 10" in text  # class balance
+    assert "hidden_layers 16" in text and "learning_rate 0.05" in text
+    assert f"Model sha256: {'ab' * 32}" in text
 
 
 def test_training_report_embeds_three_png_plots(training_page):
@@ -234,7 +239,7 @@ def test_summary_table_has_rows_and_cached_with_dashes_when_missing():
     assert lines[1].split() == ["load_a", "succeeded", "1.25", "1,000", "→", "1,000", "no"]
     assert lines[2].split() == ["load_b", "failed", "0.50", report.DASH, report.DASH]
     assert lines[4].split() == ["train", "succeeded", "3.00", report.DASH, "yes"]
-    assert len({line.index("status") if i == 0 else None for i, line in enumerate(lines)}) == 2
+    assert len({line.index(line.split()[1]) for line in lines}) == 1  # the status column lines up
 
 
 def test_headline_names_accuracy_f1_and_final_loss():
