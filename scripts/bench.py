@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -147,8 +148,16 @@ def measured(cmd: list[str], log: Path) -> Measure:
     return from_rusage(seconds, usage, peak.stop())
 
 
+REAP_LOCK = threading.Lock()
+
+
 class RusageHandle:
-    """A runner handle that watches its stage's peak RSS and reaps it with wait4, for its CPU seconds."""
+    """The runner's own process handle, plus the stage's true peak RSS and its CPU seconds.
+
+    CPU seconds come from this process's RUSAGE_CHILDREN just before and after the runner's handle reaps
+    the stage: waiting (without reaping) until it has exited and reaping under a lock keeps two stages
+    that end together (load_a, load_b) from mixing their figures.
+    """
 
     def __init__(self, inner, sink: dict, name: str):
         self.inner, self.sink, self.name = inner, sink, name
@@ -157,33 +166,29 @@ class RusageHandle:
     def lines(self):
         return self.inner.lines()
 
-    def kill(self, *args) -> None:
-        self.inner.kill(*args)
+    def kill(self, reason: str = "interrupted") -> None:
+        self.inner.kill(reason)
 
-    def wait(self, timeout: float) -> runner.Outcome:
-        pid, deadline = self.inner.proc.pid, time.monotonic() + timeout
-        while True:
-            got, status, usage = os.wait4(pid, os.WNOHANG)
-            if got:
-                break
-            if time.monotonic() > deadline:
-                self.inner.kill("timeout")
-                _, status, usage = os.wait4(pid, 0)
-                break
-            time.sleep(0.005)
-        self.inner.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.sink[self.name] = (usage, self.peak.stop())
-        return runner.Outcome(self.inner.proc.returncode, self.inner.killed_for)
+    def wait(self) -> runner.Outcome:
+        os.waitid(os.P_PID, self.inner.proc.pid, os.WEXITED | os.WNOWAIT)
+        with REAP_LOCK:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            outcome = self.inner.wait()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        outcome.peak_rss_mb = self.peak.stop()
+        self.sink[self.name] = (cpu, outcome.peak_rss_mb)
+        return outcome
 
 
 class RusageProcessBackend(runner.ProcessBackend):
-    """The process backend, keeping each stage's resource usage (peak RSS, CPU seconds)."""
+    """The process backend, keeping each stage's true peak RSS and CPU seconds."""
 
     def __init__(self):
-        self.usage: dict[str, object] = {}
+        self.usage: dict[str, tuple[float, float | None]] = {}
 
-    def start(self, node, tree):
-        return RusageHandle(super().start(node, tree), self.usage, node.name)
+    def start(self, node, tree, *args, **kwargs):
+        return RusageHandle(super().start(node, tree, *args, **kwargs), self.usage, node.name)
 
 
 # ------------------------------------------------------------------ the three contenders
@@ -207,11 +212,11 @@ def run_baseline(work: Path, a: Path, b: Path, epochs: int, batch_size: int) -> 
     return results
 
 
-def run_flow(work: Path, backend, a: Path, b: Path, epochs: int, batch_size: int,
+def run_flow(work: Path, dag, backend, a: Path, b: Path, epochs: int, batch_size: int,
              timeout: float) -> tuple[dict[str, Measure], float, runner.Run]:
     run_dir = work / f"run-{backend.name}"
     params = {"data_path_a": str(a), "data_path_b": str(b), "epochs": epochs, "batch_size": batch_size}
-    run = runner.Run(dag_module.load(), run_dir, backend, params, timeout=timeout, echo=False)
+    run = runner.Run(dag, run_dir, backend, params, timeout=timeout, echo=False)
     started = time.perf_counter()
     ok = run.execute()
     wall = time.perf_counter() - started
@@ -220,7 +225,7 @@ def run_flow(work: Path, backend, a: Path, b: Path, epochs: int, batch_size: int
         raise RuntimeError(f"stage {failed} failed: {run.results[failed].error} (log {run.results[failed].log})")
     record = json.loads((run_dir / "run.json").read_text())["stages"]
     own = getattr(backend, "usage", {})
-    results = {name: from_rusage(r.seconds, *own[name]) if name in own else
+    results = {name: Measure(r.seconds, own[name][1], own[name][0]) if name in own else
                Measure(r.seconds, record[name].get("peak_rss_mb")) for name, r in run.results.items()}
     return results, wall, run
 
@@ -236,19 +241,18 @@ def run_bare(run: runner.Run, epochs: int, batch_size: int) -> Measure:
     return Measure(time.perf_counter() - started)
 
 
-def docker_backend():
-    """The runner's docker backend if it has one and a daemon answers; else (None, why not)."""
-    cls = getattr(runner, "DockerBackend", None)
-    if cls is None:
-        return None, "stageflow.runner has no DockerBackend"
-    if shutil.which("docker") is None:
-        return None, "no docker CLI on PATH"
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
-        return None, "no Docker daemon answers `docker info`"
+def docker_backend(dag):
+    """The runner's docker backend if it exists, a daemon answers and the images are built; else (None, why)."""
     try:
-        return cls(), None
-    except Exception as err:  # noqa: BLE001 - any reason the backend cannot start is a reason to skip
+        from stageflow.containers import DockerBackend
+    except ImportError:
+        return None, "this checkout has no docker backend (stageflow.containers)"
+    try:
+        backend = DockerBackend()
+        backend.check(dag)
+    except Exception as err:  # noqa: BLE001 - any reason the backend cannot run is a reason to skip it
         return None, contract.one_line(err)
+    return backend, None
 
 
 # ------------------------------------------------------------------ the report
@@ -342,20 +346,22 @@ def bench(args: argparse.Namespace, work: Path) -> int:
 
     print("stageflow, process backend", flush=True)
     backend = RusageProcessBackend()
-    ours, wall, run = run_flow(work, backend, a, b, args.epochs, args.batch_size, args.timeout)
+    dag = dag_module.load()
+    ours, wall, run = run_flow(work, dag, backend, a, b, args.epochs, args.batch_size, args.timeout)
     columns["process"] = ours
 
     docker_note = None
     if args.no_docker:
         docker_note = "docker backend: skipped (--no-docker)"
     else:
-        docker, why_not = docker_backend()
+        docker, why_not = docker_backend(dag)
         if docker is None:
             docker_note = f"docker backend: skipped ({why_not})"
         else:
             print("stageflow, docker backend", flush=True)
             try:
-                columns["docker"], _, _ = run_flow(work, docker, a, b, args.epochs, args.batch_size, args.timeout)
+                columns["docker"], _, _ = run_flow(work, dag, docker, a, b, args.epochs, args.batch_size,
+                                                     args.timeout)
             except RuntimeError as err:
                 docker_note = f"docker backend: skipped ({err})"
 

@@ -1,4 +1,4 @@
-"""`stageflow`: run the flow locally and inspect its results."""
+"""`stageflow`: run the flow locally and inspect its results (`stageflow run`, `stageflow report`)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
+from stageflow import report
+from stageflow.report import DASH, fmt, rows_cell, seconds
+from stageflow.runner import link_or_copy
 from stageflow.stages import ROOT
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
 DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
 RUNS = ROOT / "runs"
+TRAINING_REPORT = "training-report.html"  # in the run directory, beside report.html
 
 
 def new_run_dir() -> Path:
@@ -35,44 +40,152 @@ def new_run_dir() -> Path:
     return path
 
 
-def summary(run) -> str:
-    rows = [("stage", "status", "seconds")]
-    rows += [(name, r.status, f"{r.seconds:.2f}") for name, r in run.results.items()]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+def summary(record: dict) -> str:
+    """The per-stage table printed at the end of every run, from its run.json."""
+    rows = [("stage", "status", "seconds", "rows", "cached")]
+    rows += [(name, stage.get("status", DASH), fmt(seconds(stage), ".2f"), rows_cell(stage),
+              fmt(stage.get("cached"))) for name, stage in record.get("stages", {}).items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def headline(metrics: dict) -> str:
+    losses = metrics.get("loss_per_epoch") or [float("nan")]
+    per_class = ", ".join(f"{name} {scores['f1']:.3f}" for name, scores in metrics.get("per_class", {}).items())
+    return (f"hold-out accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
+            f"({metrics['n_train']} train / {metrics['n_test']} test rows, {metrics['epochs']} epochs, "
+            f"final loss {losses[-1]:.4f})\nF1 per class: {per_class}")
+
+
+def output_file(run_dir: Path, record: dict, name: str) -> Path | None:
+    """A flow output of the run, found by the runner's layout; None when the run did not produce it."""
+    for stage, result in record.get("stages", {}).items():
+        path = run_dir / stage / "outputs" / name
+        if name in result.get("outputs", {}) and path.is_file():
+            return path
+    return None
+
+
+def write_run_report(run_dir: Path, record: dict, dag) -> Path:
+    metrics_path = output_file(run_dir, record, "metrics")
+    metrics = json.loads(metrics_path.read_text()) if metrics_path else None
+    # The training report is an output with a bare name, which a browser shows as text: give it a .html twin.
+    training = run_dir / TRAINING_REPORT
+    training.unlink(missing_ok=True)
+    training_path = output_file(run_dir, record, "report")
+    if training_path:
+        link_or_copy(training_path, training)
+    edges = [(up, node.name) for node in dag.nodes for up in sorted(node.upstream)]
+    path = run_dir / "report.html"
+    report.write(path, report.run_report(record, [node.name for node in dag.nodes], edges, metrics,
+                                         TRAINING_REPORT if training_path else None))
+    return path
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
+    from stageflow.cache import Cache
     from stageflow.runner import ProcessBackend, Run, RunDirLock, RunError
 
-    backends = {"process": ProcessBackend}
+    def backends(name: str):
+        if name == "process":
+            return ProcessBackend()
+        from stageflow import containers  # needs the Docker SDK only when asked for
+        return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
+
     params = {"data_path_a": str(Path(args.data_path_a).resolve()),
               "data_path_b": str(Path(args.data_path_b).resolve()),
               "epochs": args.epochs, "batch_size": args.batch_size}
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped job cleans up as a Ctrl-C does
     try:
         dag = dag_module.load(Path(args.flow))
-        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir()
+        backend = backends(args.backend)
+        run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
         with RunDirLock(run_dir):
-            run = Run(dag, run_dir, backends[args.backend](), params, timeout=args.timeout)
+            run = Run(dag, run_dir, backend, params, timeout=args.timeout,
+                      cache=None if args.no_cache else Cache())
             print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
             ok = run.execute()
+            record = json.loads((run_dir / "run.json").read_text())
+            run_report = write_run_report(run_dir, record, dag)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("\n" + summary(run))
+    print("\n" + summary(record))
+    print(f"\nrun report:      {run_report}\nrecord:          {run_dir / 'run.json'}")
     if run.interrupted:
-        print(f"\ninterrupted; stopped every running stage. Record: {run_dir / 'run.json'}", file=sys.stderr)
+        print("\ninterrupted; stopped every running stage.", file=sys.stderr)
         return 130
     if not ok:
         print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
-        print(f"\nflow failed. Record: {run_dir / 'run.json'}", file=sys.stderr)
+        print("\nflow failed.", file=sys.stderr)
         return 1
-    model, metrics_path = run.output_path("model"), run.output_path("metrics")
-    metrics = json.loads(metrics_path.read_text())
-    print(f"\nmodel:   {model}\nmetrics: {metrics_path}\nrecord:  {run_dir / 'run.json'}")
-    print(f"hold-out accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
-          f"({metrics['n_train']} train / {metrics['n_test']} test rows, {metrics['epochs']} epochs)")
+    metrics_path = run.output_path("metrics")
+    print(f"training report: {run_dir / TRAINING_REPORT}\nmodel:           {run.output_path('model')}\n"
+          f"metrics:         {metrics_path}\n")
+    print(headline(json.loads(metrics_path.read_text())))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from stageflow import dag as dag_module
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "run.json").is_file():
+        print(f"error: {run_dir} is not a run directory (no run.json)", file=sys.stderr)
+        return 2
+    record = json.loads((run_dir / "run.json").read_text())
+    print(write_run_report(run_dir, record, dag_module.load(Path(args.flow))))
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from stageflow import images
+
+    try:
+        if args.action == "wheels":
+            images.download_wheels()
+            print(f"wheelhouse: {images.WHEELS} ({len(list(images.WHEELS.glob('*.whl')))} wheels)")
+        elif args.action == "build":
+            images.build_all(force=args.force)
+        else:
+            images.push_all(args.registry)
+    except images.ImageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from stageflow import containers
+
+    if args.action == "file":
+        text = containers.compose_file()
+        if args.check:
+            current = (ROOT / "docker-compose.yml").read_text()
+            if current != text:
+                print("error: docker-compose.yml is stale; run `stageflow compose-file`", file=sys.stderr)
+                return 1
+            return 0
+        (ROOT / "docker-compose.yml").write_text(text)
+    else:
+        print(containers.shell_env())
+    return 0
+
+
+def cmd_verify_model(args: argparse.Namespace) -> int:
+    from stageflow import model
+
+    try:
+        digest = model.verify(Path(args.model), Path(args.metrics))
+    except model.ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.model} matches sha256 {digest} recorded in {args.metrics}")
     return 0
 
 
@@ -80,16 +193,44 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole flow locally")
-    run.add_argument("--backend", choices=["process"], default="process",
-                     help="process: each stage a local process (default)")
+    run.add_argument("--backend", choices=["process", "docker", "compose"], default="process",
+                     help="process: each stage a local process (default); docker: each stage in its image "
+                          "(Docker SDK); compose: through docker-compose.yml, run directory .workflow")
     run.add_argument("--run-dir", help="directory for this run (default: a new runs/<time>, linked as runs/latest)")
     run.add_argument("--data-path-a", default=str(DEFAULT_DATA_A), help="source A (default: bundled sample)")
     run.add_argument("--data-path-b", default=str(DEFAULT_DATA_B), help="source B (default: bundled sample)")
     run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
     run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="run every stage even when the cache holds its outputs for the same inputs")
     run.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
+    for action, text in (("wheels", "download the stages' pinned wheels into wheels/ (host side)"),
+                         ("build", "build every stage image that is not up to date"),
+                         ("push", "push every stage image to a registry; prints digests")):
+        cmd = sub.add_parser(f"images-{action}" if action != "wheels" else "wheels", help=text)
+        cmd.set_defaults(func=cmd_images, action=action)
+        if action == "build":
+            cmd.add_argument("--force", action="store_true", help="rebuild even when the version tag exists")
+        if action == "push":
+            cmd.add_argument("--registry", required=True, help="host:port/prefix to push to")
+    verify = sub.add_parser("verify-model", help="check a model file against the sha256 in its metrics")
+    verify.add_argument("model")
+    verify.add_argument("metrics")
+    verify.set_defaults(func=cmd_verify_model)
+    compose = sub.add_parser("compose-file", help="regenerate docker-compose.yml from the stage registry")
+    compose.add_argument("--check", action="store_true", help="only check that docker-compose.yml is current")
+    compose.set_defaults(func=cmd_compose, action="file")
+    env = sub.add_parser("compose-env", help="print export lines for using docker-compose.yml by hand")
+    env.set_defaults(func=cmd_compose, action="env")
+
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
+                                        "memory, rows, logs and outputs")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
+    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    rep.set_defaults(func=cmd_report)
     return top
 
 

@@ -186,9 +186,15 @@ class Writer:
         self.rows = 0
         # zstd at its fastest level; Ids (usually ascending) delta-encoded, smaller and cheaper than a
         # dictionary; features and labels dictionary-encoded (few distinct values); the noise column plain.
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd", compression_level=1,
-                                       use_dictionary=[name for name in (*FEATURES, LABEL) if name in schema.names],
-                                       column_encoding={ID: "DELTA_BINARY_PACKED"} if ID in schema.names else None)
+        self.sink = pa.OSFile(str(path), "wb")  # ours to close, even when the writer cannot finish
+        try:
+            self.writer = pq.ParquetWriter(
+                self.sink, schema, compression="zstd", compression_level=1,
+                use_dictionary=[name for name in (*FEATURES, LABEL) if name in schema.names],
+                column_encoding={ID: "DELTA_BINARY_PACKED"} if ID in schema.names else None)
+        except BaseException:
+            self.sink.close()
+            raise
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -208,12 +214,26 @@ class Writer:
         self.pending, self.buffered = [], 0
 
     def close(self, meta: dict) -> None:
-        self._flush()
-        self.writer.add_key_value_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
-        self.writer.close()
+        try:
+            self._flush()
+            self.writer.add_key_value_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+            self.writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.sink.close()
 
     def abort(self) -> None:
-        self.writer.close()
+        """Give up on the file (the caller deletes it): release it and never mask the error that got us here.
+
+        On a full disk the footer cannot be written either, and a file left open keeps its blocks, so the
+        stage could not even write its _ERROR."""
+        try:
+            self.writer.close()
+        except (OSError, pa.ArrowException):
+            pass
+        finally:
+            self.sink.close()
 
 
 def write(table: pa.Table, path: Path, meta: dict) -> None:

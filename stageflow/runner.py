@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from stageflow import contract
+from stageflow.cache import Cache, key as cache_key, link_or_copy
 from stageflow.dag import Dag, Node
 from stageflow.stages import ROOT
 
@@ -46,12 +47,13 @@ class RunError(Exception):
 class Outcome:
     exit_code: int | None
     reason: str | None = None  # "timeout", "oom" or "interrupted" when the exit code alone would mislead
+    peak_rss_mb: float | None = None
 
 
 class Handle(Protocol):
     def lines(self) -> Iterator[str]: ...
-    def wait(self, timeout: float) -> Outcome: ...
-    def kill(self) -> None: ...
+    def wait(self) -> Outcome: ...
+    def kill(self, reason: str = "interrupted") -> None: ...
 
 
 class ProcessBackend:
@@ -59,30 +61,38 @@ class ProcessBackend:
 
     name = "process"
 
-    def start(self, node: Node, tree: Path) -> "ProcessHandle":
+    def check(self, dag: Dag) -> None:
+        """Nothing to prepare: the stages run from this checkout with this Python."""
+
+    def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
         env = {**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.Popen([sys.executable, str(ROOT / node.stage.script)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True)
-        return ProcessHandle(proc)
+        return ProcessHandle(proc, timeout)
 
 
 class ProcessHandle:
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc: subprocess.Popen, timeout: float):
         self.proc = proc
         self.killed_for: str | None = None
+        # The clock starts now, not when we begin waiting: a stage that hangs silently must time out too.
+        self.timer = threading.Timer(timeout, self.kill, ("timeout",))
+        self.timer.daemon = True
+        self.timer.start()
 
     def lines(self) -> Iterator[str]:
         yield from self.proc.stdout
 
-    def wait(self, timeout: float) -> Outcome:
+    def wait(self) -> Outcome:
+        """Reap the process with wait4, which also tells its peak memory (ru_maxrss, in KiB on Linux)."""
         try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill("timeout")
-            code = self.proc.wait()
-        return Outcome(code, self.killed_for)
+            _, status, usage = os.wait4(self.proc.pid, 0)
+        finally:
+            self.timer.cancel()
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return Outcome(self.proc.returncode, self.killed_for, round(usage.ru_maxrss / 1024, 1))
 
     def kill(self, reason: str = "interrupted") -> None:
         """Kill the stage's whole process group, so no grandchild outlives the run."""
@@ -102,14 +112,23 @@ class StageResult:
     exit_code: int | None = None
     error: str | None = None
     log: str | None = None
+    peak_rss_mb: float | None = None
+    rows_in: int | None = None
+    rows_out: int | None = None
+    cached: bool = False
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link an upstream output into a downstream input (no copy of big data); copy across devices."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def parquet_rows(paths: list[Path]) -> int | None:
+    """Rows across the Parquet files among `paths` (from their footers, no data read); None if none is."""
+    import pyarrow.parquet as pq
+
+    counts = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"PAR1":
+                continue
+        counts.append(pq.read_metadata(path).num_rows)
+    return sum(counts) if counts else None
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> str:
@@ -121,8 +140,9 @@ class Run:
     """One execution of the DAG in one run directory."""
 
     def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
-                 echo: bool = True):
+                 echo: bool = True, cache: Cache | None = None):
         self.dag, self.run_dir, self.backend, self.timeout, self.echo = dag, Path(run_dir), backend, timeout, echo
+        self.cache = cache
         self.params = self._check_params(params)
         self.results = {node.name: StageResult() for node in dag.nodes}
         self.handles: dict[str, Handle] = {}
@@ -168,6 +188,12 @@ class Run:
                 target.write_text(contract.format_value(value))
         return {name: contract.sha256_file(inputs / name) for name in node.inputs}
 
+    def _host_files(self, node: Node) -> list[Path]:
+        """Host files a stage names in a str input (a source's data_path): a container must see them."""
+        values = [self.params.get(src.flow_input) if src.flow_input else src.value
+                  for kind, src in node.inputs.values() if kind is str and not src.stage]
+        return [Path(v) for v in values if isinstance(v, str) and os.path.isabs(v) and Path(v).exists()]
+
     def _echo(self, name: str, line: str) -> None:
         if self.echo:
             with self.print_lock:
@@ -183,15 +209,24 @@ class Run:
         started = time.perf_counter()
         try:
             result.inputs = self._materialise(node)
-            handle = self.backend.start(node, tree)
+            host_files = self._host_files(node)
+            entry = cache_key(node.name, node.stage.version, result.inputs,
+                              {str(path): contract.sha256_file(path) for path in host_files if path.is_file()})
+            if self.cache and self._reuse(node, entry, log_path):
+                result.seconds = round(time.perf_counter() - started, 3)
+                result.status = "succeeded"
+                return
+            handle = self.backend.start(node, tree, self.timeout, host_files)
             self.handles[node.name] = handle
+            if self.interrupted:  # Ctrl-C came while this stage was starting
+                handle.kill()
             with open(log_path, "w") as log:
                 for line in handle.lines():
                     log.write(line)
                     log.flush()
                     self._echo(node.name, line)
-            outcome = handle.wait(self.timeout)
-            result.exit_code = outcome.exit_code
+            outcome = handle.wait()
+            result.exit_code, result.peak_rss_mb = outcome.exit_code, outcome.peak_rss_mb
             result.error = self._failure(node, outcome)
         except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
             result.error = contract.one_line(err)
@@ -203,7 +238,31 @@ class Run:
             result.outputs = {name: contract.sha256_file(outputs / name) for name in node.outputs}
             for name in node.outputs:
                 os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
+            self._count_rows(node)
+            if self.cache:
+                try:
+                    self.cache.store(entry, outputs, result.outputs, rows_in=result.rows_in,
+                                     rows_out=result.rows_out)
+                except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
+                    self._echo(node.name, f"warning: could not add outputs to the cache ({err})")
         result.status = "failed" if result.error else "succeeded"
+
+    def _count_rows(self, node: Node) -> None:
+        tree, result = self.tree(node.name), self.results[node.name]
+        result.rows_in = parquet_rows([tree / "inputs" / name for name in node.inputs])
+        result.rows_out = parquet_rows([tree / "outputs" / name for name in node.outputs])
+
+    def _reuse(self, node: Node, entry: str, log_path: Path) -> bool:
+        """Take a stage's outputs from the cache when an entry for exactly these inputs is intact."""
+        result = self.results[node.name]
+        manifest = self.cache.restore(entry, list(node.outputs), self.tree(node.name) / "outputs")
+        if manifest is None:
+            return False
+        result.outputs, result.cached = manifest["outputs"], True
+        result.rows_in, result.rows_out = manifest.get("rows_in"), manifest.get("rows_out")
+        log_path.write_text(f"cached: outputs reused from cache entry {entry}\n")
+        self._echo(node.name, f"cached (entry {entry[:12]})")
+        return True
 
     def _failure(self, node: Node, outcome: Outcome) -> str | None:
         """Why the stage failed, in one line, or None when it did what it declared."""
@@ -228,6 +287,7 @@ class Run:
 
     def execute(self) -> bool:
         """Run every stage whose upstream succeeded, in parallel where the DAG allows; True if all did."""
+        self.backend.check(self.dag)
         for stale in [self.run_dir / "logs", *(self.tree(node.name) for node in self.dag.nodes)]:
             shutil.rmtree(stale, ignore_errors=True)  # a reused run directory starts clean
         (self.run_dir / "logs").mkdir(parents=True)
@@ -284,6 +344,7 @@ class Run:
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.results.items()},
             "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
+            "model_sha256": self.results["train"].outputs.get("model") if ok else None,
         }
 
     def write_record(self) -> None:

@@ -34,7 +34,8 @@ def test_bench_runs_and_prints_the_table(tmp_path):
                            "--batch-size", "256", "--no-docker", "--work-dir", str(work)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    cells = [line.split() for line in proc.stdout.splitlines()]
+    rows = {row[0]: row for row in cells if len(row) > 1 and row[1].replace(",", "").isdigit()}
     for stage in bench.STAGES:
         assert len(rows[stage]) == 2 + 2 * len(bench.UNITS), rows[stage]  # seed-style and process columns
     assert "data stages, seed-style / ours: wall" in proc.stdout

@@ -12,7 +12,7 @@ import pytest
 from stageflow import dataset, sources
 from stageflow.contract import StageError
 
-from conftest import load_stage
+from conftest import iris_like, load_stage
 
 merge = load_stage("merge")
 process = load_stage("process")
@@ -87,13 +87,23 @@ def write_csv(path, body, opener=open):
     return path
 
 
+def write_jsonl(path, csv_rows):
+    names = HEADER.split(",")
+    with open(path, "w") as handle:
+        for row in csv_rows.splitlines():
+            values = row.split(",")
+            record = {**dict(zip(names, values)), "Id": int(values[0])}
+            record.update({name: float(record[name]) for name in names[1:6]})
+            handle.write(json.dumps(record) + "\n")
+
+
 GOOD_ROWS = "1,5.1,3.5,0.1,1.4,0.2,Iris-setosa\n2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor\n"
 
 
 @pytest.mark.parametrize("name, writer", [
     ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS)),
     ("s.csv.gz", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS, gzip.open)),
-    ("s.jsonl", lambda p: p.write_text("".join(json.dumps(dict(zip(HEADER.split(","), [int(r.split(",")[0]), *map(float, r.split(",")[1:6]), r.split(",")[6]]))) + "\n" for r in GOOD_ROWS.splitlines()))),
+    ("s.jsonl", lambda p: write_jsonl(p, GOOD_ROWS)),
     ("s.parquet", lambda p: pq.write_table(table([(1, "Iris-setosa"), (2, "Iris-versicolor")]), p)),
 ])
 def test_every_source_format_loads(tmp_path, name, writer):
@@ -199,14 +209,6 @@ def test_process_refuses_unknown_labels():
 
 
 # ------------------------------------------------------------------ train
-
-
-def iris_like(n_per_class=20, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = {"setosa": [5.0, 3.4, 1.5, 0.2], "versicolor": [5.9, 2.8, 4.3, 1.3], "virginica": [6.6, 3.0, 5.6, 2.0]}
-    x = np.vstack([rng.normal(c, 0.15, (n_per_class, 4)) for c in centres.values()])
-    y = np.repeat(list(centres), n_per_class).astype(object)
-    return x, y
 
 
 def test_fit_honours_epochs_and_learns():

@@ -1,0 +1,156 @@
+"""Stage images: the wheelhouse, the builds (through the Docker SDK) and the push to a registry.
+
+Builds never reach PyPI or a container registry: wheels are downloaded on the host first (`make wheels`)
+and installed from there with --no-index, and the base image may be one built locally from Debian's
+packages (`make base-image`). That is the air-gapped path, and the only one this project tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stageflow.stages import ROOT, STAGES, Stage
+
+WHEELS = ROOT / "wheels"
+BUILD = ROOT / "build"
+PUSHED = BUILD / "pushed.json"
+DEFAULT_BASE = "python:3.11-slim-bookworm"
+LOCAL_BASE = "stageflow-base:bookworm-py311"
+BASE_ENV = "BASE_IMAGE"
+
+
+class ImageError(Exception):
+    """A build or push problem, reported as one line."""
+
+
+def client():
+    """A Docker client, or a clear error naming what to do when no daemon answers."""
+    import docker
+
+    try:
+        found = docker.from_env()
+        found.ping()
+        return found
+    except Exception as err:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise ImageError(f"no Docker daemon reachable ({' '.join(str(err).split())[:160]}); "
+                         f"start one (scripts/docker-up.sh does it on Debian)") from None
+
+
+def requirement_files() -> list[Path]:
+    return [stage.folder / "requirements.txt" for stage in STAGES.values()]
+
+
+def download_wheels(dest: Path = WHEELS) -> None:
+    """Fetch every stage's pinned wheels for the images' platform (CPython 3.11 on manylinux)."""
+    machine = platform.machine()
+    platforms = [f"--platform=manylinux{tag}_{machine}" for tag in ("2014", "_2_17", "_2_28")]
+    args = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(dest),
+            "--only-binary=:all:", "--python-version=3.11", "--implementation=cp", "--abi=cp311", *platforms]
+    for req in requirement_files():
+        args += ["-r", str(req)]
+    dest.mkdir(exist_ok=True)
+    subprocess.run(args, check=True)
+
+
+def base_image() -> str:
+    """BASE_IMAGE if set; else the local Debian-built base when present; else the public default."""
+    if os.environ.get(BASE_ENV):
+        return os.environ[BASE_ENV]
+    try:
+        client().images.get(LOCAL_BASE)
+        return LOCAL_BASE
+    except Exception:  # noqa: BLE001 - not there (or no daemon): the public default it is
+        return DEFAULT_BASE
+
+
+def revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def missing_wheels() -> list[str]:
+    """Pinned requirements with no wheel in the wheelhouse: the build would fail later, less clearly."""
+    have = {p.name.split("-")[0].lower().replace("_", "-") + "==" + p.name.split("-")[1]
+            for p in WHEELS.glob("*.whl")}
+    wanted = set()
+    for req in requirement_files():
+        for line in req.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line:
+                wanted.add(line.lower().replace("_", "-"))
+    return sorted(wanted - have)
+
+
+def build(stage: Stage, base: str, force: bool = False) -> tuple[str, str]:
+    """Build one stage image unless its version tag already exists; returns (tag, what happened)."""
+    import docker
+
+    docker_client = client()
+    tag = stage.image()
+    if not force:
+        try:
+            docker_client.images.get(tag)
+            return tag, "up to date"
+        except docker.errors.ImageNotFound:
+            pass
+    try:
+        docker_client.images.build(
+            path=str(ROOT), dockerfile=f"stages/{stage.name}/Dockerfile", tag=tag, rm=True, forcerm=True,
+            buildargs={"BASE_IMAGE": base, "VERSION": stage.version, "REVISION": revision()},
+            labels={"io.stageflow.stage": stage.name})
+    except docker.errors.BuildError as err:
+        log = "".join(chunk.get("stream", "") for chunk in err.build_log)[-2000:]
+        raise ImageError(f"build of {tag} failed: {err.msg}\n{log}") from None
+    return tag, "built"
+
+
+def build_all(force: bool = False) -> list[str]:
+    missing = missing_wheels()
+    if missing:
+        raise ImageError(f"wheelhouse {WHEELS} lacks {', '.join(missing[:5])}; run `make wheels` first")
+    base = base_image()
+    tags = []
+    for stage in STAGES.values():
+        started = time.perf_counter()
+        tag, what = build(stage, base, force)
+        size = client().images.get(tag).attrs["Size"] / 1e6
+        print(f"{stage.name:8} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
+        tags.append(tag)
+    return tags
+
+
+def push_all(registry: str) -> dict[str, str]:
+    """Tag each stage image into `registry` and push it; returns and records {stage: image@digest}."""
+    docker_client = client()
+    pushed = {}
+    for stage in STAGES.values():
+        local, remote = stage.image(), stage.image(registry)
+        try:
+            image = docker_client.images.get(local)
+        except Exception:  # noqa: BLE001
+            raise ImageError(f"image {local} is missing; build it with `make images`") from None
+        repo, tag = remote.rsplit(":", 1)
+        image.tag(repo, tag)
+        digest = None
+        for event in docker_client.images.push(repo, tag=tag, stream=True, decode=True):
+            if "error" in event:
+                raise ImageError(f"push of {remote} failed: {event['error']}")
+            digest = event.get("aux", {}).get("Digest", digest)
+        if not digest:
+            raise ImageError(f"push of {remote} reported no digest")
+        pushed[stage.name] = f"{repo}@{digest}"
+        print(f"{stage.name:8} {remote}  {digest}", flush=True)
+    BUILD.mkdir(exist_ok=True)
+    record = {"registry": registry, "images": pushed,
+              "versions": {name: stage.version for name, stage in STAGES.items()}}
+    PUSHED.write_text(json.dumps(record, indent=2) + "\n")
+    return pushed
