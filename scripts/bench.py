@@ -1,19 +1,19 @@
 """Benchmark: the seed-style stages against this project's flow, on generated iris-shaped sources.
 
     make bench ROWS=1000000
-    .venv/bin/python scripts/bench.py --rows 1000000 [--epochs 2] [--batch-size 1024] [--keep]
+    .venv/bin/python scripts/bench.py --rows 1000000 [--epochs 2] [--batch-size 1024] [--keep] [--interleave]
 
-Generates two CSV sources of ROWS rows each (Ids 1..N in A and N+1..2N in B, class-dependent features,
-Kaggle-spelt labels) in a temporary directory, then runs side by side:
+Generates two CSV sources of ROWS rows each (Ids 1..N in A and N+1..2N in B, or odd and even Ids with
+--interleave; class-dependent features; Kaggle-spelt labels) in a temporary directory, then runs:
   - the seed-style baseline: each stage a separate process doing what the seed's scripts did
     (scripts/bench_seed.py: pandas read_csv / to_csv with CSV between stages);
-  - the flow through the local runner (DAG from flow.py), process backend, and docker backend when the
-    runner has one and a daemon answers;
-  - the bare estimator fit, in this process, on the very arrays the train stage trains on.
-and prints per stage wall seconds, peak RSS and rows per second, then the ratios. Peak RSS is each child's
-own high-water mark (VmHWM), so it includes the interpreter and its libraries; CPU seconds (user + system,
-from wait4) are steadier than wall seconds on a busy machine.
-It is a benchmark, not a test: it asserts nothing about speed.
+  - the flow through the local runner (DAG from flow.py, no cache), process backend, and docker backend
+    when a daemon answers and the stage images are built (`make images`);
+  - the bare estimator fit, in this process, on the very arrays the train stage trains on;
+and prints per stage wall seconds, CPU seconds, peak memory and rows per second, then the ratios.
+Peak memory of a process is its own high-water mark (VmHWM, MiB: the interpreter and libraries included);
+of a container, its cgroup's (which counts page cache too). CPU seconds (user + system) are steadier than
+wall seconds on a busy machine. It is a benchmark, not a test: it asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _decimal_strings(low: int, high: int, places: int) -> pa.Array:
     return pa.array([f"{'-' if v < 0 else ''}{abs(v) // scale}.{abs(v) % scale:0{places}d}" for v in range(low, high + 1)])
 
 
-def generate(path: Path, rows: int, first_id: int, seed: int) -> None:
+def generate(path: Path, rows: int, first_id: int, seed: int, id_step: int = 1) -> None:
     """Write an iris-shaped CSV, a chunk at a time (bounded memory at any size).
 
     Numbers are written through dictionaries of their decimal strings: formatting floats is what makes
@@ -77,7 +77,7 @@ def generate(path: Path, rows: int, first_id: int, seed: int) -> None:
             tenths = np.clip(np.rint(rng.normal(MEAN[species], STD[species]) * 10), 1, 99).astype(np.int8)
             noise_index = np.clip(np.rint(rng.normal(0, 1, n) * 10_000), -40000, 40000).astype(np.int32) + 40000
             columns = {
-                "Id": pa.array(np.arange(first_id + start, first_id + start + n, dtype=np.int64)),
+                "Id": pa.array(first_id + id_step * np.arange(start, start + n, dtype=np.int64)),
                 **{name: pa.DictionaryArray.from_arrays(pa.array(tenths[:, i]), features)
                    for i, name in enumerate(("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"))},
                 "RandomColumn": pa.DictionaryArray.from_arrays(pa.array(noise_index), noise),
@@ -236,9 +236,9 @@ def run_bare(run: runner.Run, epochs: int, batch_size: int) -> Measure:
     table, _ = dataset.read(run.tree("process") / "outputs" / "processed_data", "processed_data")
     x_train, _, y_train, _ = train.split(*train.to_arrays(table))
     del table
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     bare_fit(x_train, y_train, epochs, batch_size)
-    return Measure(time.perf_counter() - started)
+    return Measure(time.perf_counter() - started, None, time.process_time() - cpu)
 
 
 def docker_backend(dag):
@@ -269,7 +269,7 @@ def fmt(value: float | None, spec: str) -> str:
 
 TITLES = {"seed": "seed-style (pandas, CSV)", "process": "stageflow, process backend",
           "docker": "stageflow, docker backend"}
-UNITS = ("wall s", "cpu s", "peak MB", "rows/s")
+UNITS = ("wall s", "cpu s", "peak MiB", "rows/s")
 
 
 def table(columns: dict[str, dict[str, Measure]], rows: dict[str, int]) -> str:
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare estimator fit")
     parser.add_argument("--no-docker", action="store_true", help="skip the docker backend")
+    parser.add_argument("--interleave", action="store_true",
+                        help="odd Ids in A, even in B (merge cannot stream; default: A 1..N, B N+1..2N)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
     args = parser.parse_args(argv)
     if args.rows < 50:
@@ -332,8 +334,12 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     n = args.rows
     a, b = work / "source_a.csv", work / "source_b.csv"
     started = time.perf_counter()
-    generate(a, n, 1, seed=1)
-    generate(b, n, n + 1, seed=2)
+    if args.interleave:
+        generate(a, n, 1, seed=1, id_step=2)
+        generate(b, n, 2, seed=2, id_step=2)
+    else:
+        generate(a, n, 1, seed=1)
+        generate(b, n, n + 1, seed=2)
     size = (a.stat().st_size + b.stat().st_size) / 1e6
     print(f"generated 2 x {n:,} rows ({size:,.0f} MB of CSV) in {time.perf_counter() - started:.1f} s in {work}",
           flush=True)
@@ -371,7 +377,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         bare = run_bare(run, args.epochs, args.batch_size)
 
     rows = stage_rows(n)
-    print(f"\n{n:,} rows per source; wall seconds, peak RSS (MB) and input rows per second per stage\n")
+    print(f"\n{n:,} rows per source{' (Ids interleaved)' if args.interleave else ''}: per stage, wall and CPU "
+          f"seconds, peak memory and input rows per second\n")
     print(table(columns, rows))
     path = max(ours["load_a"].seconds, ours["load_b"].seconds) + ours["merge"].seconds + ours["process"].seconds
     print(f"\nprocess backend: load_a and load_b run in parallel; data stages' critical path {path:.2f} s, "
@@ -384,16 +391,18 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             print(f"{label}, seed-style / ours: wall {total(seed, names, 'seconds'):.2f} s / "
                   f"{total(ours, names, 'seconds'):.2f} s = {faster:.1f}x faster; cpu {cpu:.1f}x less")
     if bare is not None:
-        print(f"train, ours / bare estimator fit: {ours['train'].seconds:.2f} s / {bare.seconds:.2f} s"
-              f" = {ours['train'].seconds / bare.seconds:.2f}x"
-              f" (stage overhead {ours['train'].seconds - bare.seconds:.2f} s)")
+        train = ours["train"]
+        print(f"train, ours / bare estimator fit: wall {train.seconds:.2f} s / {bare.seconds:.2f} s = "
+              f"{train.seconds / bare.seconds:.2f}x (stage overhead {train.seconds - bare.seconds:.2f} s); "
+              f"cpu {train.cpu:.2f} s / {bare.cpu:.2f} s = {train.cpu / bare.cpu:.2f}x")
     if "docker" in columns:
         extra = {name: columns["docker"][name].seconds - ours[name].seconds for name in STAGES}
         print("docker - process, per stage: " + ", ".join(f"{k} {v:+.2f} s" for k, v in extra.items()))
     if docker_note:
         print(docker_note)
     worst = max((ours[name].rss_mb or 0, name) for name in DATA_STAGES)
-    print(f"largest data stage peak RSS: {worst[1]} {worst[0]:.0f} MB; train {fmt(ours['train'].rss_mb, '.0f')} MB")
+    print(f"process backend, largest data stage peak: {worst[1]} {worst[0]:.0f} MiB; "
+          f"train {fmt(ours['train'].rss_mb, '.0f')} MiB")
     return 0
 
 

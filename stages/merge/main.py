@@ -3,11 +3,15 @@
 The seed concatenated A with itself; here both sources count. A row that both sources hold with the
 same values is kept once; the same Id with different values is a conflict no merge rule can settle
 silently, so it stops the flow and names the Ids.
+
+When both snapshots are sorted by Id and one's Ids all come before the other's (consecutive extracts), the
+stage streams them row group by row group; otherwise it holds both and writes the sorted union in slices.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,8 +51,8 @@ def find_conflicts(a: pa.Table, b: pa.Table) -> list[int]:
     return sorted(pc.filter(both.column(dataset.ID), differs).to_pylist())
 
 
-def union(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
-    """A plus the rows of B whose Id A lacks, sorted by Id; also returns how many Ids overlapped."""
+def combine(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
+    """A plus the rows of B whose Id A lacks, unsorted (no copy when nothing overlaps); and the overlap."""
     b = check_same_columns(a, b)
     overlap = pc.is_in(b.column(dataset.ID), value_set=a.column(dataset.ID).combine_chunks())
     n_overlap = pc.sum(overlap).as_py() or 0
@@ -58,8 +62,21 @@ def union(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
             shown = ", ".join(str(i) for i in conflicts[:10])
             raise StageError(f"merge: Id {shown} ({len(conflicts)} in all) have different values "
                              f"in datasetA and datasetB")
-    merged = pa.concat_tables([a, b.filter(pc.invert(overlap))])
-    return merged.sort_by(dataset.ID), n_overlap
+        b = b.filter(pc.invert(overlap))
+    return pa.concat_tables([a, b]), n_overlap
+
+
+def union(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
+    """A plus the rows of B whose Id A lacks, sorted by Id; also returns how many Ids overlapped."""
+    combined, n_overlap = combine(a, b)
+    return combined.sort_by(dataset.ID), n_overlap
+
+
+def sorted_slices(table: pa.Table) -> Iterator[pa.Table]:
+    """`table` sorted by Id, one row group at a time: a sorted copy of the whole table is never made."""
+    order = pc.sort_indices(table, sort_keys=[(dataset.ID, "ascending")])
+    for start in range(0, len(order), dataset.ROW_GROUP):
+        yield table.take(order.slice(start, dataset.ROW_GROUP))
 
 
 def sorted_apart(ids_a: pa.ChunkedArray, ids_b: pa.ChunkedArray) -> str | None:
@@ -92,9 +109,10 @@ def merge(wf: Workflow) -> None:
                 for snapshot in (a, b) if order == "ab" else (b, a):
                     for table in snapshot.tables():
                         writer.write(table.select(names))
-            else:  # Ids interleave or repeat: both snapshots in memory
-                merged, n_overlap = union(a.read(), b.read())
-                writer.write(merged)
+            else:  # Ids interleave or repeat: both snapshots in memory, written out in sorted slices
+                combined, n_overlap = combine(a.read(), b.read())
+                for table in sorted_slices(combined):
+                    writer.write(table)
         except BaseException:
             writer.abort()
             raise

@@ -1,0 +1,134 @@
+"""The streaming paths: several batches and row groups, made small so tiny data crosses their boundaries.
+
+A stage that streams must give what the whole-table logic gives, and name rows by their place in the whole
+source, not in the batch they arrived in.
+"""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stageflow import contract, dataset, sources
+from stageflow.contract import StageError
+
+from conftest import load_stage
+
+merge = load_stage("merge")
+process = load_stage("process")
+
+HEADER = "Id,SepalLengthCm,SepalWidthCm,RandomColumn,PetalLengthCm,PetalWidthCm,Species"
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Row groups of 3 rows and CSV batches of 100 bytes (the header and a row, then two or three rows)."""
+    monkeypatch.setattr(dataset, "ROW_GROUP", 3)
+    monkeypatch.setattr(sources, "CSV_BLOCK", 100)
+
+
+def csv_rows(ids, species="Iris-setosa", bad=None):
+    lines = [HEADER]
+    for i in ids:
+        lines.append(f"{i},{'wide' if i == bad else 5.1},3.5,0.1,1.4,0.2,{species}")
+    return "\n".join(lines) + "\n"
+
+
+def snapshot(path, ids, species="setosa", **overrides):
+    columns = {dataset.ID: pa.array(ids, pa.int64()),
+               **{name: pa.array([float(i) + k / 10 for i in ids]) for k, name in enumerate(dataset.FEATURES)},
+               dataset.NOISE: pa.array([0.5] * len(ids)),
+               dataset.LABEL: pa.array([species] * len(ids) if isinstance(species, str) else species)}
+    columns.update(overrides)
+    dataset.write(dataset.conform(pa.table(columns), "t"), path, {"source": {"sha256": "x", "rows": len(ids),
+                                                                              "format": "csv"}})
+    return path
+
+
+def run(wf_root, body, outputs):
+    return contract.run(body, outputs, root=wf_root)
+
+
+def test_load_streams_a_csv_in_batches_into_row_groups(wf_root, small_pieces):
+    source = wf_root / "a.csv"
+    source.write_text(csv_rows(range(1, 11)))
+    (wf_root / "inputs" / "data_path").write_text(str(source))
+    assert run(wf_root, lambda wf: sources.load(wf, "datasetA"), ["datasetA"]) == 0
+    out = pq.ParquetFile(wf_root / "outputs" / "datasetA")
+    assert out.metadata.num_row_groups == 4  # 10 rows in groups of 3
+    table = dataset.Snapshot(wf_root / "outputs" / "datasetA", "datasetA").read()
+    assert table.column("Id").to_pylist() == list(range(1, 11))
+    assert dataset.Snapshot(wf_root / "outputs" / "datasetA", "datasetA").meta["source"]["rows"] == 10
+
+
+def test_load_names_a_bad_value_by_its_row_in_the_whole_source(wf_root, small_pieces):
+    source = wf_root / "a.csv"
+    source.write_text(csv_rows(range(1, 11), bad=9))  # in a late batch, after rows were written
+    (wf_root / "inputs" / "data_path").write_text(str(source))
+    assert run(wf_root, lambda wf: sources.load(wf, "datasetA"), ["datasetA"]) == 1
+    assert (wf_root / "outputs" / "_ERROR").read_text() == (
+        f"input data_path: {source}: column SepalLengthCm must be a number in every row, found 'wide' in row 9\n")
+    assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
+
+
+def test_load_finds_a_duplicate_id_across_batches(wf_root, small_pieces):
+    source = wf_root / "a.csv"
+    source.write_text(csv_rows([1, 2, 3, 4, 5, 6, 7, 2]))
+    (wf_root / "inputs" / "data_path").write_text(str(source))
+    assert run(wf_root, lambda wf: sources.load(wf, "datasetA"), ["datasetA"]) == 1
+    assert "duplicate Id 2 (1 Id(s) appear more than once)" in (wf_root / "outputs" / "_ERROR").read_text()
+
+
+def test_merge_streams_sources_whose_id_ranges_are_apart(wf_root, small_pieces, capsys):
+    snapshot(wf_root / "inputs" / "datasetA", [11, 12, 13, 14])  # B's Ids all come first
+    snapshot(wf_root / "inputs" / "datasetB", [1, 2, 3, 4, 5], species="virginica")
+    assert run(wf_root, merge.merge, ["merged_data"]) == 0
+    assert "into 9 rows (streamed: Id ranges apart)" in capsys.readouterr().err
+    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
+    assert out.read().column("Id").to_pylist() == [1, 2, 3, 4, 5, 11, 12, 13, 14]
+    assert (out.meta["rows"], out.meta["overlap"]) == (9, 0)
+
+
+def test_merge_of_interleaved_ids_is_the_sorted_union(wf_root, small_pieces, capsys):
+    a = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetA", [1, 3, 5, 7, 9]), "a").read()
+    b = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetB", [2, 4, 5, 6, 8]), "b").read()
+    assert run(wf_root, merge.merge, ["merged_data"]) == 0
+    log = capsys.readouterr().err
+    assert "into 9 rows" in log and "streamed" not in log
+    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
+    assert out.read().equals(merge.union(a, b)[0])
+    assert out.read().column("Id").to_pylist() == list(range(1, 10))
+    assert (out.meta["rows"], out.meta["overlap"]) == (9, 1)  # Id 5, the same row in both
+
+
+def test_merge_stage_refuses_conflicts_without_an_output(wf_root, small_pieces):
+    snapshot(wf_root / "inputs" / "datasetA", [1, 2, 3])
+    snapshot(wf_root / "inputs" / "datasetB", [3, 4], species="virginica")
+    assert run(wf_root, merge.merge, ["merged_data"]) == 1
+    assert (wf_root / "outputs" / "_ERROR").read_text().startswith("merge: Id 3 (1 in all) have different values")
+    assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
+
+
+def test_process_counts_and_checks_across_row_groups(wf_root, small_pieces):
+    labels = ["Iris-setosa", " setosa", "VERSICOLOR", "setsoa", "virginica", "setsoa", "setosa", "iris-virginica"]
+    snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels)
+    assert run(wf_root, process.process, ["processed_data"]) == 1
+    assert (wf_root / "outputs" / "_ERROR").read_text() == (
+        "input merged_data: column Species has unknown label 'setsoa' in 2 row(s); "
+        "expected one of setosa, versicolor, virginica\n")
+
+
+def test_process_streams_to_what_process_table_gives(wf_root, small_pieces):
+    labels = ["Iris-setosa", " setosa", "VERSICOLOR", None, "virginica", "setosa", "setosa", "iris-virginica"]
+    widths = pa.array([0.1, 0.2, float("nan"), 0.4, 0.5, None, 0.7, 0.8])
+    path = snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels, PetalWidthCm=widths)
+    assert run(wf_root, process.process, ["processed_data"]) == 0
+    out = dataset.Snapshot(wf_root / "outputs" / "processed_data", "processed_data")
+    expected, dropped = process.process_table(dataset.Snapshot(path, "merged_data").read())
+    assert out.read().equals(expected)
+    assert (out.meta["rows"], out.meta["dropped"], dropped) == (5, 3, 3)
+    assert out.read().column("Species").to_pylist() == ["setosa", "setosa", "virginica", "setosa", "virginica"]
+
+
+def test_a_file_that_is_not_parquet_is_refused_naming_the_input():
+    with pytest.raises(StageError, match=r"input x: not a readable Parquet snapshot"):
+        dataset.Snapshot(__file__, "x")
