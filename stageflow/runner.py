@@ -316,6 +316,10 @@ class Run:
         running: dict[str, threading.Thread] = {}
 
         def worker(node: Node) -> None:
+            # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would
+            # not wake the main thread's wait, and the stages would run on until one of them finished.
+            # Threads this one starts (timers, watchers) inherit the mask.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 self._run_stage(node)
             finally:

@@ -106,7 +106,7 @@ def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted"
     stages = record["stages"]
-    assert "interrupted" in {stages[name]["error"] for name in ("load_a", "load_b")}  # one load may have won
+    assert "interrupted" in {stages[name]["error"] for name in ("load_a", "load_b")}, stages  # one may have won
     assert {stages[name]["status"] for name in ("merge", "process", "train")} == {"skipped"}
 
 
