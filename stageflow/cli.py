@@ -17,10 +17,10 @@ DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
 RUNS = ROOT / "runs"
 
 
-def new_run_dir() -> Path:
-    """runs/<UTC time>, plus runs/latest pointing at it; never reuses a directory by accident."""
+def new_run_dir(prefix: str = "") -> Path:
+    """runs/<prefix><UTC time>, plus runs/latest pointing at it; never reuses a directory by accident."""
     RUNS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = prefix + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         path = RUNS / (stamp if n == 1 else f"{stamp}-{n}")
         try:

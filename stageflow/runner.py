@@ -189,8 +189,11 @@ class Run:
             target = inputs / name
             if src.stage:
                 link_or_copy(self.tree(src.stage) / "outputs" / src.output, target)
+                continue
+            value = self.params[src.flow_input] if src.flow_input else src.value
+            if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
+                link_or_copy(Path(value), target)
             else:
-                value = self.params[src.flow_input] if src.flow_input else src.value
                 target.write_text(contract.format_value(value))
         return {name: contract.sha256_file(inputs / name) for name in node.inputs}
 
