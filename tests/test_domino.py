@@ -1,7 +1,6 @@
 """flow.py as Domino and Flyte see it: the calls it makes to Domino's plugin, and the raw-container tasks
 and workflow that plain flytekit serialises from it when the plugin is absent."""
 
-import importlib
 import importlib.util
 import inspect
 import os
@@ -20,9 +19,8 @@ from flytekit.types.file import FlyteFile
 from stageflow import domino
 from stageflow.stages import STAGES
 
-from conftest import ROOT
+from conftest import ROOT, STANDIN
 
-STANDIN = ROOT / "tests" / "domino_standin"
 
 # What Domino must get, written out here rather than derived from the registry, so a wrong registry fails.
 JOBS = {  # stage: (environment, hardware tier)
@@ -65,19 +63,6 @@ def kind(python_type) -> str:
     if isinstance(python_type, type) and issubclass(python_type, FlyteFile):
         return f"file:{python_type.extension()}"
     return python_type.__name__
-
-
-@pytest.fixture
-def standin(monkeypatch):
-    """The recording plugin, importable as flytekitplugins.domino.helpers for this test only."""
-    for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
-        monkeypatch.delitem(sys.modules, name)  # a real plugin, if loaded, comes back after the test
-    monkeypatch.syspath_prepend(str(STANDIN))
-    helpers = importlib.import_module("flytekitplugins.domino.helpers")
-    helpers.CALLS.clear()
-    yield helpers
-    for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
-        del sys.modules[name]
 
 
 @pytest.fixture
