@@ -12,6 +12,8 @@ import pytest
 from stageflow import cli, environments
 from stageflow.stages import STAGES
 
+from conftest import ROOT
+
 KEY = "secret-key"
 CREATE = "/api/environments/beta/environments"
 
@@ -201,3 +203,32 @@ def test_a_wrong_key_is_reported(records, domino, capsys, monkeypatch):
     monkeypatch.setenv("DOMINO_USER_API_KEY", "wrong")
     code, _, err = run(capsys)
     assert code == 1 and f"GET {domino.host}/v1/environments: HTTP 401" in err
+
+
+@pytest.mark.docker
+def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path):
+    """What Domino builds (FROM the stage image, then the instructions) runs flow.py's command for the stage
+    as Domino's user (when root), with a /workflow tree: through a shell, as a job's command, not the entrypoint."""
+    import io
+    import shutil
+
+    from stageflow import containers, images
+
+    client = images.client()
+    stage = STAGES["load_a"]
+    dockerfile = f"FROM {stage.image()}\n{environments.dockerfile_instructions(stage)}"
+    tag = f"stageflow-environment-test:{stage.version}"
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    try:
+        assert image.labels["io.stageflow.version"] == stage.version
+        for part in ("inputs", "outputs"):
+            (tmp_path / part).mkdir()
+        source = tmp_path / "source_a.csv"
+        shutil.copy(ROOT / "data" / "source_a.csv", source)
+        (tmp_path / "inputs" / "data_path").write_text(str(source))
+        containers.prepare_tree(tmp_path)
+        client.containers.run(tag, entrypoint=["/bin/sh", "-c", stage.command], user=containers.stage_user(), remove=True,
+                              volumes=containers.volumes(tmp_path, [source]), network_mode="none")
+        assert (tmp_path / "outputs" / "datasetA").read_bytes()[:4] == b"PAR1"
+    finally:
+        client.images.remove(tag, force=True)
