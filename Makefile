@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements-dev.txt pyproject.toml
 ## venv: create .venv with the pinned host dependencies (other targets do this when needed)
 venv: $(VENV)/.installed
 
-## run: run the whole flow locally on the bundled data; prints the model, metrics and headline figures
+## run: run the whole flow locally on the bundled data; prints a stage summary, headline metrics and report paths
 run: venv
 	$(PY) -m stageflow run $(RUN_ARGS)
 

@@ -15,13 +15,20 @@ try:  # Domino's plugin, present in Domino environments only
     from flytekitplugins.domino.helpers import Input, Output, run_domino_job_task
 except ImportError:
     from stageflow.domino import Input, Output, run_domino_job_task
+try:  # Flow Artifacts, in the plugin versions that have them; without, the report is a plain FlyteFile
+    from flytekitplugins.domino.artifact import REPORT, Artifact
+except ImportError:
+    from stageflow.domino import REPORT, Artifact
 from stageflow.stages import STAGES
 
 Parquet = FlyteFile[TypeVar("parquet")]
 Pickle = FlyteFile[TypeVar("pkl")]
 Json = FlyteFile[TypeVar("json")]
+Html = FlyteFile[TypeVar("html")]
+ReportArtifact = Artifact(name="Training report", type=REPORT)
 
-TrainingOutputs = NamedTuple("TrainingOutputs", model=Pickle, metrics=Json)
+TrainingOutputs = NamedTuple("TrainingOutputs", model=Pickle, metrics=Json,
+                             report=ReportArtifact.File(name="report.html"))
 
 
 def job(name: str) -> dict:
@@ -61,6 +68,7 @@ def model_training(data_path_a: str, data_path_b: str, epochs: int = 10, batch_s
         inputs=[Input(name="processed_data", type=Parquet, value=process["processed_data"]),
                 Input(name="epochs", type=int, value=epochs),
                 Input(name="batch_size", type=int, value=batch_size)],
-        output_specs=[Output(name="model", type=Pickle), Output(name="metrics", type=Json)],
+        output_specs=[Output(name="model", type=Pickle), Output(name="metrics", type=Json),
+                      Output(name="report", type=Html)],
     )
-    return TrainingOutputs(model=train["model"], metrics=train["metrics"])
+    return TrainingOutputs(model=train["model"], metrics=train["metrics"], report=train["report"])

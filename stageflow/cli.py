@@ -1,4 +1,4 @@
-"""`stageflow`: run the flow locally and inspect its results."""
+"""`stageflow`: run the flow locally and inspect its results (`stageflow run`, `stageflow report`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import signal
 import sys
 from pathlib import Path
 
+from stageflow import report
+from stageflow.report import DASH, fmt, rows_cell, seconds
+from stageflow.runner import link_or_copy
 from stageflow.stages import ROOT
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
 DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
 RUNS = ROOT / "runs"
+TRAINING_REPORT = "training-report.html"  # in the run directory, beside report.html
 
 
 def new_run_dir(prefix: str = "") -> Path:
@@ -36,10 +40,12 @@ def new_run_dir(prefix: str = "") -> Path:
     return path
 
 
-def summary(run) -> str:
-    rows = [("stage", "status", "seconds")]
-    rows += [(name, r.status, f"{r.seconds:.2f}") for name, r in run.results.items()]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+def summary(record: dict) -> str:
+    """The per-stage table printed at the end of every run, from its run.json."""
+    rows = [("stage", "status", "seconds", "rows", "cached")]
+    rows += [(name, stage.get("status", DASH), fmt(seconds(stage), ".2f"), rows_cell(stage),
+              fmt(stage.get("cached"))) for name, stage in record.get("stages", {}).items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
@@ -47,8 +53,42 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def headline(metrics: dict) -> str:
+    losses = metrics.get("loss_per_epoch") or [float("nan")]
+    per_class = ", ".join(f"{name} {scores['f1']:.3f}" for name, scores in metrics.get("per_class", {}).items())
+    return (f"hold-out accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
+            f"({metrics['n_train']} train / {metrics['n_test']} test rows, {metrics['epochs']} epochs, "
+            f"final loss {losses[-1]:.4f})\nF1 per class: {per_class}")
+
+
+def output_file(run_dir: Path, record: dict, name: str) -> Path | None:
+    """A flow output of the run, found by the runner's layout; None when the run did not produce it."""
+    for stage, result in record.get("stages", {}).items():
+        path = run_dir / stage / "outputs" / name
+        if name in result.get("outputs", {}) and path.is_file():
+            return path
+    return None
+
+
+def write_run_report(run_dir: Path, record: dict, dag) -> Path:
+    metrics_path = output_file(run_dir, record, "metrics")
+    metrics = json.loads(metrics_path.read_text()) if metrics_path else None
+    # The training report is an output with a bare name, which a browser shows as text: give it a .html twin.
+    training = run_dir / TRAINING_REPORT
+    training.unlink(missing_ok=True)
+    training_path = output_file(run_dir, record, "report")
+    if training_path:
+        link_or_copy(training_path, training)
+    edges = [(up, node.name) for node in dag.nodes for up in sorted(node.upstream)]
+    path = run_dir / "report.html"
+    report.write(path, report.run_report(record, [node.name for node in dag.nodes], edges, metrics,
+                                         TRAINING_REPORT if training_path else None))
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
+    from stageflow.cache import Cache
     from stageflow.runner import ProcessBackend, Run, RunDirLock, RunError
 
     def backends(name: str):
@@ -66,25 +106,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend = backends(args.backend)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
         with RunDirLock(run_dir):
-            run = Run(dag, run_dir, backend, params, timeout=args.timeout)
+            run = Run(dag, run_dir, backend, params, timeout=args.timeout,
+                      cache=None if args.no_cache else Cache())
             print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
             ok = run.execute()
+            record = json.loads((run_dir / "run.json").read_text())
+            run_report = write_run_report(run_dir, record, dag)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("\n" + summary(run))
+    print("\n" + summary(record))
+    print(f"\nrun report:      {run_report}\nrecord:          {run_dir / 'run.json'}")
     if run.interrupted:
-        print(f"\ninterrupted; stopped every running stage. Record: {run_dir / 'run.json'}", file=sys.stderr)
+        print("\ninterrupted; stopped every running stage.", file=sys.stderr)
         return 130
     if not ok:
         print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
-        print(f"\nflow failed. Record: {run_dir / 'run.json'}", file=sys.stderr)
+        print("\nflow failed.", file=sys.stderr)
         return 1
-    model, metrics_path = run.output_path("model"), run.output_path("metrics")
-    metrics = json.loads(metrics_path.read_text())
-    print(f"\nmodel:   {model}\nmetrics: {metrics_path}\nrecord:  {run_dir / 'run.json'}")
-    print(f"hold-out accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
-          f"({metrics['n_train']} train / {metrics['n_test']} test rows, {metrics['epochs']} epochs)")
+    metrics_path = run.output_path("metrics")
+    print(f"training report: {run_dir / TRAINING_REPORT}\nmodel:           {run.output_path('model')}\n"
+          f"metrics:         {metrics_path}\n")
+    print(headline(json.loads(metrics_path.read_text())))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from stageflow import dag as dag_module
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "run.json").is_file():
+        print(f"error: {run_dir} is not a run directory (no run.json)", file=sys.stderr)
+        return 2
+    record = json.loads((run_dir / "run.json").read_text())
+    print(write_run_report(run_dir, record, dag_module.load(Path(args.flow))))
     return 0
 
 
@@ -139,6 +194,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size)
 
 
+def cmd_verify_model(args: argparse.Namespace) -> int:
+    from stageflow import model
+
+    try:
+        digest = model.verify(Path(args.model), Path(args.metrics))
+    except model.ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.model} matches sha256 {digest} recorded in {args.metrics}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -152,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
     run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="run every stage even when the cache holds its outputs for the same inputs")
     run.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
     for action, text in (("wheels", "download the stages' pinned wheels into wheels/ (host side)"),
@@ -163,6 +232,10 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--force", action="store_true", help="rebuild even when the version tag exists")
         if action == "push":
             cmd.add_argument("--registry", required=True, help="host:port/prefix to push to")
+    verify = sub.add_parser("verify-model", help="check a model file against the sha256 in its metrics")
+    verify.add_argument("model")
+    verify.add_argument("metrics")
+    verify.set_defaults(func=cmd_verify_model)
     compose = sub.add_parser("compose-file", help="regenerate docker-compose.yml from the stage registry")
     compose.add_argument("--check", action="store_true", help="only check that docker-compose.yml is current")
     compose.set_defaults(func=cmd_compose, action="file")
@@ -179,6 +252,11 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
     submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
     submit.set_defaults(func=cmd_submit)
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
+                                        "memory, rows, logs and outputs")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
+    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    rep.set_defaults(func=cmd_report)
     return top
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import logging
 import math
@@ -206,7 +207,12 @@ class Workflow:
         os.close(fd)
         tmp_path = Path(tmp)
         try:
-            yield tmp_path
+            try:
+                yield tmp_path
+            except OSError as err:
+                if err.errno == errno.ENOSPC or "No space left" in str(err):
+                    raise StageError(f"output {name}: no space left on the device holding {self.outputs}") from None
+                raise
             if not tmp_path.is_file():
                 raise StageError(f"output {name}: the stage did not write its file")
             os.chmod(tmp_path, 0o644)
@@ -256,6 +262,8 @@ def run(body: Callable[[Workflow], None], outputs: Iterable[str], root: Path | N
                         stream=sys.stderr, force=True)
     wf = Workflow(root)
     (wf.outputs / ERROR_FILE).unlink(missing_ok=True)
+    for stale in wf.outputs.glob(".*.tmp"):  # left by a run that was killed mid-write
+        stale.unlink(missing_ok=True)
     declared = list(outputs)
     try:
         body(wf)

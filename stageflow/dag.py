@@ -6,18 +6,23 @@ tests all take the graph that Flyte (and so Domino) will run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
 import signal
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from importlib import metadata
 from typing import Any
 
 from stageflow import contract
 from stageflow.stages import ROOT, STAGES, Stage
 
 FLOW_FILE = ROOT / "flow.py"
+DAG_CACHE = ROOT / ".cache" / "dag"
 WORKFLOW_NAME = "model_training"
 
 
@@ -75,6 +80,50 @@ def _source(binding, node_names: dict[str, str]) -> Source:
 
 
 def load(flow_file: Path = FLOW_FILE, workflow_name: str = WORKFLOW_NAME) -> Dag:
+    """The DAG of `workflow_name` in `flow_file`, from a cache keyed on everything that shapes it.
+
+    Compiling means importing flytekit (about 1.5 s here), which would dominate a run whose stages all
+    come from the cache; the compiled graph is the same as long as flow.py, this package and flytekit are.
+    """
+    digest = hashlib.sha256(f"{workflow_name}\0{metadata.version('flytekit')}\0".encode())
+    for path in [Path(flow_file), *sorted((ROOT / "stageflow").glob("*.py"))]:
+        digest.update(path.read_bytes() + b"\0")
+    cached = DAG_CACHE / f"{digest.hexdigest()}.json"
+    try:
+        return from_json(json.loads(cached.read_text()))
+    except (OSError, ValueError, KeyError):
+        pass
+    dag = compile_flow(flow_file, workflow_name)
+    try:
+        DAG_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(to_json(dag)))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only checkout still runs, just without the shortcut
+    return dag
+
+
+TYPES_BY_NAME = {name: kind for kind, name in contract.TYPE_NAMES.items()}
+
+
+def to_json(dag: Dag) -> dict:
+    def node(n: Node) -> dict:
+        return {"stage": n.name, "outputs": {k: contract.TYPE_NAMES[t] for k, t in n.outputs.items()},
+                "inputs": {k: [contract.TYPE_NAMES[t], vars(src)] for k, (t, src) in n.inputs.items()}}
+    return {"nodes": [node(n) for n in dag.nodes], "inputs": {k: contract.TYPE_NAMES[t] for k, t in dag.inputs.items()},
+            "defaults": dag.defaults, "outputs": {k: vars(src) for k, src in dag.outputs.items()}}
+
+
+def from_json(data: dict) -> Dag:
+    nodes = [Node(STAGES[n["stage"]],
+                  {k: (TYPES_BY_NAME[t], Source(**src)) for k, (t, src) in n["inputs"].items()},
+                  {k: TYPES_BY_NAME[t] for k, t in n["outputs"].items()}) for n in data["nodes"]]
+    return Dag(nodes, {k: TYPES_BY_NAME[t] for k, t in data["inputs"].items()}, data["defaults"],
+               {k: Source(**src) for k, src in data["outputs"].items()})
+
+
+def compile_flow(flow_file: Path, workflow_name: str) -> Dag:
     spec = importlib.util.spec_from_file_location("stageflow_flow", flow_file)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)

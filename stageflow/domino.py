@@ -1,4 +1,4 @@
-"""`run_domino_job_task`, `Input` and `Output` for machines without Domino's flytekit plugin.
+"""`run_domino_job_task`, `Input`, `Output` and `Artifact` for machines without Domino's flytekit plugin.
 
 Domino ships `flytekitplugins.domino.helpers` inside its environments only (it is not on PyPI). flow.py
 imports the real one when it is there and this one otherwise. Here each call becomes a Flyte raw-container
@@ -17,8 +17,8 @@ import os
 import shlex
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from flytekit import ContainerTask
 from flytekit.core.base_task import TaskMetadata
@@ -44,6 +44,21 @@ class Input:
 class Output:
     name: str
     type: Any
+
+
+DATA, MODEL, REPORT = "data", "model", "report"  # Domino's three kinds of Flow Artifact
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A Domino Flow Artifact, where the plugin lacks them: its files are plain FlyteFiles typed by extension,
+    so the flow's interface is unchanged and only Domino's grouping of outputs into artifacts is lost."""
+    name: str
+    type: str
+
+    def File(self, name: str, type: str | None = None) -> Any:  # noqa: N802 - the plugin's spelling
+        extension = type or PurePosixPath(name).suffix.lstrip(".")
+        return FlyteFile[TypeVar(extension)] if extension else FlyteFile
 
 
 class StageFailed(Exception):

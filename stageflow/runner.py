@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from stageflow import contract
+from stageflow.cache import Cache, key as cache_key, link_or_copy
 from stageflow.dag import Dag, Node
 from stageflow.stages import ROOT
 
@@ -117,14 +118,6 @@ class StageResult:
     cached: bool = False
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link an upstream output into a downstream input (no copy of big data); copy across devices."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def parquet_rows(paths: list[Path]) -> int | None:
     """Rows across the Parquet files among `paths` (from their footers, no data read); None if none is."""
     import pyarrow.parquet as pq
@@ -147,8 +140,9 @@ class Run:
     """One execution of the DAG in one run directory."""
 
     def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
-                 echo: bool = True):
+                 echo: bool = True, cache: Cache | None = None):
         self.dag, self.run_dir, self.backend, self.timeout, self.echo = dag, Path(run_dir), backend, timeout, echo
+        self.cache = cache
         self.params = self._check_params(params)
         self.results = {node.name: StageResult() for node in dag.nodes}
         self.handles: dict[str, Handle] = {}
@@ -218,7 +212,14 @@ class Run:
         started = time.perf_counter()
         try:
             result.inputs = self._materialise(node)
-            handle = self.backend.start(node, tree, self.timeout, self._host_files(node))
+            host_files = self._host_files(node)
+            entry = cache_key(node.name, node.stage.version, result.inputs,
+                              {str(path): contract.sha256_file(path) for path in host_files if path.is_file()})
+            if self.cache and self._reuse(node, entry, log_path):
+                result.seconds = round(time.perf_counter() - started, 3)
+                result.status = "succeeded"
+                return
+            handle = self.backend.start(node, tree, self.timeout, host_files)
             self.handles[node.name] = handle
             if self.interrupted:  # Ctrl-C came while this stage was starting
                 handle.kill()
@@ -240,9 +241,31 @@ class Run:
             result.outputs = {name: contract.sha256_file(outputs / name) for name in node.outputs}
             for name in node.outputs:
                 os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
-            result.rows_in = parquet_rows([tree / "inputs" / name for name in node.inputs])
-            result.rows_out = parquet_rows([outputs / name for name in node.outputs])
+            self._count_rows(node)
+            if self.cache:
+                try:
+                    self.cache.store(entry, outputs, result.outputs, rows_in=result.rows_in,
+                                     rows_out=result.rows_out)
+                except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
+                    self._echo(node.name, f"warning: could not add outputs to the cache ({err})")
         result.status = "failed" if result.error else "succeeded"
+
+    def _count_rows(self, node: Node) -> None:
+        tree, result = self.tree(node.name), self.results[node.name]
+        result.rows_in = parquet_rows([tree / "inputs" / name for name in node.inputs])
+        result.rows_out = parquet_rows([tree / "outputs" / name for name in node.outputs])
+
+    def _reuse(self, node: Node, entry: str, log_path: Path) -> bool:
+        """Take a stage's outputs from the cache when an entry for exactly these inputs is intact."""
+        result = self.results[node.name]
+        manifest = self.cache.restore(entry, list(node.outputs), self.tree(node.name) / "outputs")
+        if manifest is None:
+            return False
+        result.outputs, result.cached = manifest["outputs"], True
+        result.rows_in, result.rows_out = manifest.get("rows_in"), manifest.get("rows_out")
+        log_path.write_text(f"cached: outputs reused from cache entry {entry}\n")
+        self._echo(node.name, f"cached (entry {entry[:12]})")
+        return True
 
     def _failure(self, node: Node, outcome: Outcome) -> str | None:
         """Why the stage failed, in one line, or None when it did what it declared."""
@@ -315,6 +338,7 @@ class Run:
 
     def record(self) -> dict:
         ok = all(r.status == "succeeded" for r in self.results.values())
+        model = self.dag.outputs.get("model")  # absent when the DAG is one stage (a local pyflyte task)
         return {
             "flow": "model_training",
             "backend": self.backend.name,
@@ -324,6 +348,7 @@ class Run:
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.results.items()},
             "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
+            "model_sha256": self.results[model.stage].outputs.get(model.output) if ok and model else None,
         }
 
     def write_record(self) -> None:

@@ -1,9 +1,15 @@
 import importlib
 import importlib.util
+import os
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
+
+from stageflow import dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
@@ -38,3 +44,46 @@ def standin(monkeypatch):
     yield helpers
     for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
         del sys.modules[name]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Tests never reuse (or fill) the developer's stage cache."""
+    os.environ["STAGEFLOW_CACHE"] = str(tmp_path_factory.mktemp("stage-cache"))
+
+
+def iris_like(n_per_class=20, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = {"setosa": [5.0, 3.4, 1.5, 0.2], "versicolor": [5.9, 2.8, 4.3, 1.3], "virginica": [6.6, 3.0, 5.6, 2.0]}
+    x = np.vstack([rng.normal(c, 0.15, (n_per_class, 4)) for c in centres.values()])
+    y = np.repeat(list(centres), n_per_class).astype(object)
+    return x, y
+
+
+@pytest.fixture
+def train_root(wf_root):
+    """A fake /workflow tree holding the train stage's inputs: 60 iris-like rows, 5 epochs of 16-row batches."""
+    x, y = iris_like()
+    columns = {dataset.ID: pa.array(range(1, len(y) + 1), pa.int64()),
+               **{name: pa.array(x[:, i]) for i, name in enumerate(dataset.FEATURES)},
+               dataset.LABEL: pa.array(list(y))}
+    dataset.write(pa.table(columns), wf_root / "inputs" / "processed_data", {})
+    (wf_root / "inputs" / "epochs").write_text("5")
+    (wf_root / "inputs" / "batch_size").write_text("16")
+    return wf_root
+
+
+ATTRIBUTE = re.compile(r"""\b(?:src|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+
+
+def references(page: str) -> list[str]:
+    """Every src and href value in an HTML page."""
+    return [next(filter(None, groups), "") for groups in ATTRIBUTE.findall(page)]
+
+
+def assert_self_contained(page: str) -> None:
+    """Nothing the page shows may come from elsewhere: no script, no external URL, no CSS import."""
+    external = [ref for ref in references(page) if re.match(r"(?i)(https?:|//|ftp:)", ref)]
+    assert not external, external
+    assert "<script" not in page.lower() and "@import" not in page and "url(http" not in page
+    assert "http://" not in page and "https://" not in page

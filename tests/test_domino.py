@@ -44,7 +44,7 @@ OUTPUTS = {
     "load_b": [("datasetB", "file:parquet")],
     "merge": [("merged_data", "file:parquet")],
     "process": [("processed_data", "file:parquet")],
-    "train": [("model", "file:pkl"), ("metrics", "file:json")],
+    "train": [("model", "file:pkl"), ("metrics", "file:json"), ("report", "file:html")],
 }
 
 
@@ -182,6 +182,6 @@ def test_serialised_workflow_binds_each_input_to_its_source(serialised):
         assert found == {(input_name, source) for input_name, _, source in INPUTS[name]}, name
         assert {names[up] for up in node.upstream_node_ids} == {s for _, _, (s, _) in INPUTS[name]} - {"flow"}
     assert {(o.var, names[o.binding.promise.node_id], o.binding.promise.var) for o in workflow.outputs} == {
-        ("model", "train", "model"), ("metrics", "train", "metrics")}
+        ("model", "train", "model"), ("metrics", "train", "metrics"), ("report", "train", "report")}
     assert {v: literal_kind(t.type) for v, t in workflow.interface.inputs.items()} == {
         "data_path_a": "str", "data_path_b": "str", "epochs": "int", "batch_size": "int"}

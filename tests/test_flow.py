@@ -10,7 +10,7 @@ import pytest
 from stageflow import dag as dag_module
 from stageflow.runner import ProcessBackend, Run, RunDirLock, RunError
 
-from conftest import ROOT
+from conftest import ROOT, assert_self_contained, references
 
 DATA_A = ROOT / "data" / "source_a.csv"
 DATA_B = ROOT / "data" / "source_b.jsonl"
@@ -34,10 +34,42 @@ def test_dag_comes_from_flow_py(flow_dag):
     train = flow_dag.node("train")
     assert {k: s.flow_input for k, (_, s) in train.inputs.items() if s.flow_input} == {
         "epochs": "epochs", "batch_size": "batch_size"}
-    assert list(train.outputs) == ["model", "metrics"]
+    assert list(train.outputs) == ["model", "metrics", "report"]
     assert flow_dag.defaults == {"epochs": 10, "batch_size": 32}
     assert {k: (s.stage, s.output) for k, s in flow_dag.outputs.items()} == {
-        "model": ("train", "model"), "metrics": ("train", "metrics")}
+        "model": ("train", "model"), "metrics": ("train", "metrics"), "report": ("train", "report")}
+
+
+FAKE_ARTIFACT_PLUGIN = """
+from typing import Annotated, TypeVar
+from flytekit.types.file import FlyteFile
+REPORT = "report"
+class Artifact:
+    def __init__(self, name, type):
+        self.name, self.type = name, type
+    def File(self, name, type=None):
+        return Annotated[FlyteFile[TypeVar("html")], ("domino artifact", self.name, self.type, name)]
+"""
+
+
+def test_report_is_a_domino_report_artifact_where_the_plugin_has_artifacts(tmp_path):
+    """With the plugin's artifact module importable, flow.py marks the flow's report output with it."""
+    plugin = tmp_path / "flytekitplugins" / "domino"
+    plugin.mkdir(parents=True)
+    (plugin / "artifact.py").write_text(FAKE_ARTIFACT_PLUGIN)
+    code = ("import typing, flow; kind = flow.model_training.python_interface.outputs['report']; "
+            "print(typing.get_args(kind)[1:])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(('domino artifact', 'Training report', 'report', 'report.html'),)"
+
+
+def test_without_the_plugin_the_report_is_a_plain_html_file():
+    from stageflow.domino import REPORT, Artifact
+
+    assert Artifact("Training report", REPORT).File(name="report.html").extension() == "html"
+    assert Artifact("Training report", REPORT).File(name="page", type="htm").extension() == "htm"
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +82,10 @@ def bundled_run(tmp_path_factory):
 def test_bundled_run_succeeds_and_reports(bundled_run):
     run_dir, proc = bundled_run
     assert proc.returncode == 0, proc.stderr
-    assert f"model:   {run_dir}/train/outputs/model" in proc.stdout
-    assert "hold-out accuracy" in proc.stdout
+    assert f"model:           {run_dir}/train/outputs/model" in proc.stdout
+    assert f"run report:      {run_dir}/report.html" in proc.stdout
+    assert f"training report: {run_dir}/training-report.html" in proc.stdout
+    assert "hold-out accuracy" in proc.stdout and "F1 per class: setosa " in proc.stdout
     assert "[load_a]" in proc.stdout and "[train]" in proc.stdout  # streamed, prefixed by stage
 
 
@@ -78,8 +112,38 @@ def test_bundled_run_record(bundled_run):
     stages = record["stages"]
     assert stages["merge"]["inputs"]["datasetA"] == stages["load_a"]["outputs"]["datasetA"]
     assert stages["train"]["inputs"]["processed_data"] == stages["process"]["outputs"]["processed_data"]
-    assert record["outputs"] == {"model": str(run_dir / "train" / "outputs" / "model"),
-                                 "metrics": str(run_dir / "train" / "outputs" / "metrics")}
+    assert record["outputs"] == {name: str(run_dir / "train" / "outputs" / name)
+                                 for name in ("model", "metrics", "report")}
+
+
+def test_bundled_run_prints_the_summary_table(bundled_run):
+    _, proc = bundled_run
+    lines = proc.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.split() == ["stage", "status", "seconds", "rows",
+                                                                          "cached"]))
+    assert [line.split()[:2] for line in lines[header + 1:header + 6]] == [
+        [name, "succeeded"] for name in ("load_a", "load_b", "merge", "process", "train")]
+
+
+def test_run_report_links_resolve_in_the_run_directory(bundled_run):
+    run_dir, _ = bundled_run
+    page = (run_dir / "report.html").read_text()
+    refs = [ref for ref in references(page) if not ref.startswith("#")]
+    assert {"training-report.html", "logs/train.log", "train/outputs/report", "run.json"} <= set(refs)
+    assert [ref for ref in refs if not (run_dir / ref).is_file()] == []
+    assert_self_contained(page)
+    assert (run_dir / "training-report.html").read_bytes() == (run_dir / "train" / "outputs" / "report").read_bytes()
+
+
+def test_report_command_rewrites_the_run_report(bundled_run, tmp_path):
+    run_dir, _ = bundled_run
+    (run_dir / "report.html").unlink()
+    proc = stageflow("report", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(run_dir / "report.html")
+    assert 'class="status succeeded"' in (run_dir / "report.html").read_text()
+    proc = stageflow("report", str(tmp_path))
+    assert proc.returncode == 2 and f"{tmp_path} is not a run directory (no run.json)" in proc.stderr
 
 
 def test_primitive_inputs_are_materialised_as_text(bundled_run):
@@ -116,6 +180,9 @@ def test_failed_stage_stops_downstream_and_is_reported(tmp_path):
                       "train": "skipped"}
     assert record["status"] == "failed" and record["outputs"] == {}
     assert os.listdir(tmp_path / "run" / "load_b" / "outputs") == ["_ERROR"]
+    page = (tmp_path / "run" / "report.html").read_text()  # written for a failed run too
+    assert 'class="status failed"' in page and "No training report" in page and "must be a number" in page
+    assert not (tmp_path / "run" / "training-report.html").exists()
 
 
 def test_bad_flow_input_stops_before_any_stage(tmp_path):

@@ -56,8 +56,10 @@ def test_pyflyte_runs_every_stage_through_the_runner(bundled):
 @pytest.mark.slow
 def test_pyflyte_returns_the_model_and_metrics(bundled):
     run_dir, proc = bundled
-    model, metrics = run_dir / "train" / "train" / "outputs" / "model", run_dir / "train" / "train" / "outputs" / "metrics"
-    assert f"TrainingOutputs(model={model}, metrics={metrics})" in proc.stdout
+    outputs = run_dir / "train" / "train" / "outputs"
+    model, metrics = outputs / "model", outputs / "metrics"
+    assert f"TrainingOutputs(model={model}, metrics={metrics}, report={outputs / 'report'})" in proc.stdout
+    assert (outputs / "report").read_text().lstrip().lower().startswith("<!doctype html")
     figures = json.loads(metrics.read_text())
     assert (figures["epochs"], figures["batch_size"]) == (3, 16) and figures["accuracy"] >= 0.8
     assert list(pickle.loads(model.read_bytes()).classes_) == ["setosa", "versicolor", "virginica"]

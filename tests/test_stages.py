@@ -12,7 +12,7 @@ import pytest
 from stageflow import dataset, sources
 from stageflow.contract import StageError
 
-from conftest import load_stage
+from conftest import iris_like, load_stage
 
 merge = load_stage("merge")
 process = load_stage("process")
@@ -199,14 +199,6 @@ def test_process_refuses_unknown_labels():
 
 
 # ------------------------------------------------------------------ train
-
-
-def iris_like(n_per_class=20, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = {"setosa": [5.0, 3.4, 1.5, 0.2], "versicolor": [5.9, 2.8, 4.3, 1.3], "virginica": [6.6, 3.0, 5.6, 2.0]}
-    x = np.vstack([rng.normal(c, 0.15, (n_per_class, 4)) for c in centres.values()])
-    y = np.repeat(list(centres), n_per_class).astype(object)
-    return x, y
 
 
 def test_fit_honours_epochs_and_learns():

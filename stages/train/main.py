@@ -1,8 +1,9 @@
-"""Stage train: processed_data, epochs, batch_size -> model (pickled scikit-learn pipeline) and metrics.
+"""Stage train: processed_data, epochs, batch_size -> model (pickled scikit-learn pipeline), metrics, report.
 
 Mini-batch training (a small neural network, updated batch by batch with `partial_fit`), so `epochs` and
 `batch_size` mean what they say, as the seed's README asked, and each step touches one batch. `Id` is a key and
 never a feature: in the seed's data it is sorted by species, so a model given it learns the row order.
+The report is a self-contained HTML page; when MLFLOW_TRACKING_URI is set the run is mirrored in MLflow.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stageflow import contract, dataset
+from stageflow import contract, dataset, report, tracking
 from stageflow.contract import StageError, Workflow, sha256_file
+from stageflow.progress import Progress
 
 log = logging.getLogger("stageflow")
 
@@ -62,7 +64,8 @@ def split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return train_test_split(x, y, test_size=n_test, stratify=y, random_state=SEED)
 
 
-def fit(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int) -> tuple[Pipeline, list[float]]:
+def fit(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
+        progress: Progress | None = None) -> tuple[Pipeline, list[float]]:
     """Standardise, then run `epochs` shuffled passes of `batch_size` rows; returns the loss per epoch."""
     classes = np.unique(y)
     scaler = StandardScaler().fit(x)
@@ -70,17 +73,20 @@ def fit(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int) -> tuple[Pip
     model = MLPClassifier(hidden_layer_sizes=HIDDEN, learning_rate_init=LEARNING_RATE, random_state=SEED)
     rng = np.random.default_rng(SEED)
     losses: list[float] = []
-    started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(y))
         for start in range(0, len(y), batch_size):
             batch = order[start:start + batch_size]
             model.partial_fit(scaled[batch], y[batch], classes=classes)
         losses.append(float(log_loss(y, model.predict_proba(scaled), labels=classes)))
-        elapsed = time.perf_counter() - started
-        log.info("epoch %d/%d: loss %.4f, %.1f s, ETA %.1f s", epoch, epochs, losses[-1], elapsed,
-                 elapsed / epoch * (epochs - epoch))
+        if progress:
+            progress.step(epoch, loss=losses[-1])
     return Pipeline([("scale", scaler), ("classify", model)]), losses
+
+
+def class_counts(**splits: np.ndarray) -> dict[str, dict[str, int]]:
+    """Rows per class in each split, for the report's class balance."""
+    return {name: {str(c): int(n) for c, n in zip(*np.unique(y, return_counts=True))} for name, y in splits.items()}
 
 
 def evaluate(model: Pipeline, x: np.ndarray, y: np.ndarray) -> dict:
@@ -108,7 +114,7 @@ def train(wf: Workflow) -> None:
         log.warning("batch_size %d is more than the %d training rows: each epoch is one full batch",
                     batch_size, len(y_train))
     started = time.perf_counter()
-    model, losses = fit(x_train, y_train, epochs, batch_size)
+    model, losses = fit(x_train, y_train, epochs, batch_size, Progress(epochs))
     seconds = time.perf_counter() - started
     metrics = evaluate(model, x_test, y_test)
     # Feature names make the pickled pipeline refuse a DataFrame whose columns do not match.
@@ -117,19 +123,40 @@ def train(wf: Workflow) -> None:
         with open(tmp, "wb") as handle:
             pickle.dump(model, handle, protocol=5)
         model_sha256 = sha256_file(tmp)
+    params = {"epochs": epochs, "batch_size": batch_size, "effective_batch_size": min(batch_size, len(y_train)),
+              "learning_rate": LEARNING_RATE, "hidden_layers": list(HIDDEN), "seed": SEED,
+              "test_fraction": TEST_FRACTION}
+    metrics.update(params)
     metrics.update({
-        "n_train": len(y_train), "n_test": len(y_test), "epochs": epochs, "batch_size": batch_size,
-        "effective_batch_size": min(batch_size, len(y_train)), "seed": SEED, "seconds": round(seconds, 3),
-        "loss_per_epoch": losses, "feature_names": list(dataset.FEATURES), "model_sha256": model_sha256,
+        "n_train": len(y_train), "n_test": len(y_test), "seconds": round(seconds, 3), "loss_per_epoch": losses,
+        "class_counts": class_counts(train=y_train, test=y_test), "feature_names": list(dataset.FEATURES),
+        "model_sha256": model_sha256,
     })
     with wf.output_file("metrics") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    with wf.output_file("report") as tmp:
+        tmp.write_text(report.training_report(metrics, params), encoding="utf-8")
     log.info("hold-out accuracy %.3f, macro F1 %.3f on %d rows", metrics["accuracy"], metrics["macro_f1"],
              len(y_test))
+    if tracking.enabled():
+        track(wf, metrics, params)
+
+
+def track(wf: Workflow, metrics: dict, params: dict) -> str | None:
+    """Mirror the run in MLflow: parameters, headline and per-class scores, the loss per epoch, the files."""
+    scores = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "training_seconds": metrics["seconds"]}
+    scores.update({f"{score}_{cls}": values[score] for cls, values in metrics["per_class"].items()
+                   for score in ("precision", "recall", "f1")})
+    return tracking.log_run(
+        "train", {**params, "n_train": metrics["n_train"], "n_test": metrics["n_test"]}, scores,
+        {"loss": metrics["loss_per_epoch"]},
+        {"model.pkl": wf.outputs / "model", "metrics.json": wf.outputs / "metrics",
+         "report.html": wf.outputs / "report"},
+        {"stageflow.stage": "train", "model_sha256": metrics["model_sha256"]})
 
 
 def main() -> None:
-    contract.main(train, outputs=["model", "metrics"])
+    contract.main(train, outputs=["model", "metrics", "report"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""The stage cache: reuse when nothing changed, rerun exactly what a change touches, never use a bad entry."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+
+
+def run(env, run_dir, *args):
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((run_dir / "run.json").read_text())
+    return {name: stage["cached"] for name, stage in record["stages"].items()}, record
+
+
+@pytest.fixture
+def sources(tmp_path):
+    for name in ("source_a.csv", "source_b.jsonl"):
+        shutil.copy(ROOT / "data" / name, tmp_path / name)
+    return ["--data-path-a", str(tmp_path / "source_a.csv"), "--data-path-b", str(tmp_path / "source_b.jsonl")]
+
+
+ALL = {"load_a", "load_b", "merge", "process", "train"}
+
+
+def cached_stages(states):
+    return {name for name, cached in states.items() if cached}
+
+
+def test_second_run_reuses_every_stage_with_the_same_outputs(env, tmp_path, sources):
+    first, record1 = run(env, tmp_path / "r1", *sources)
+    second, record2 = run(env, tmp_path / "r2", *sources)
+    assert cached_stages(first) == set() and cached_stages(second) == ALL
+    for name in ALL:
+        assert record2["stages"][name]["outputs"] == record1["stages"][name]["outputs"]
+        assert record2["stages"][name]["rows_out"] == record1["stages"][name]["rows_out"]
+    assert (tmp_path / "r2" / "train" / "outputs" / "model").read_bytes() == \
+        (tmp_path / "r1" / "train" / "outputs" / "model").read_bytes()
+
+
+def test_changing_epochs_reruns_only_train(env, tmp_path, sources):
+    run(env, tmp_path / "r1", *sources)
+    states, _ = run(env, tmp_path / "r2", *sources, "--epochs", "3")
+    assert cached_stages(states) == ALL - {"train"}
+
+
+def test_editing_one_source_reruns_its_load_and_everything_downstream(env, tmp_path, sources):
+    run(env, tmp_path / "r1", *sources)
+    with open(tmp_path / "source_b.jsonl", "a") as handle:  # same path, new content
+        handle.write(json.dumps({"Id": 151, "SepalLengthCm": 6.0, "SepalWidthCm": 3.0, "RandomColumn": 0.1,
+                                 "PetalLengthCm": 5.0, "PetalWidthCm": 1.8, "Species": "Iris-virginica"}) + "\n")
+    states, record = run(env, tmp_path / "r2", *sources)
+    assert cached_stages(states) == {"load_a"}
+    assert record["stages"]["merge"]["rows_out"] == 151
+
+
+def test_no_cache_forces_a_full_run(env, tmp_path, sources):
+    run(env, tmp_path / "r1", *sources)
+    states, _ = run(env, tmp_path / "r2", *sources, "--no-cache")
+    assert cached_stages(states) == set()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "delete", "manifest"])
+def test_damaged_cache_entry_is_detected_and_rerun(env, tmp_path, sources, damage):
+    _, record = run(env, tmp_path / "r1", *sources)
+    entries = [p for p in (tmp_path / "cache").iterdir() if (p / "processed_data").exists()]
+    assert len(entries) == 1
+    target = entries[0] / "processed_data"
+    if damage == "corrupt":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.chmod(0o644)
+        target.write_bytes(bytes(data))  # hard link: the r1 output is hit too, as a disk fault would
+    elif damage == "delete":
+        target.unlink()
+    else:
+        (entries[0] / "manifest.json").write_text("{not json")
+    states, record2 = run(env, tmp_path / "r2", *sources)
+    # process runs again and writes the same bytes, so train's inputs are unchanged: train stays cached
+    assert cached_stages(states) == ALL - {"process"}
+    assert record2["stages"]["process"]["outputs"] == {"processed_data": record["stages"]["process"]["outputs"][
+        "processed_data"]}

@@ -1,0 +1,284 @@
+"""The reports: training report (train stage output), run report, the CLI's summary, progress lines."""
+
+import base64
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from stageflow import contract, report
+from stageflow.cli import headline, summary
+from stageflow.progress import Progress, duration, progress_line
+
+from conftest import ROOT, assert_self_contained, load_stage, references
+
+train = load_stage("train")
+
+METRICS = {
+    "accuracy": 0.9333, "macro_f1": 0.9327, "classes": ["setosa", "versicolor", "virginica"],
+    "confusion_matrix": [[10, 0, 0], [0, 8, 2], [0, 0, 10]],
+    "per_class": {"setosa": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 10},
+                  "versicolor": {"precision": 1.0, "recall": 0.8, "f1": 0.8889, "support": 10},
+                  "virginica": {"precision": 0.8333, "recall": 1.0, "f1": 0.9091, "support": 10}},
+    "loss_per_epoch": [0.9, 0.5, 0.31, 0.2], "n_train": 120, "n_test": 30, "epochs": 4,
+    "class_counts": {"train": {"setosa": 40, "versicolor": 40, "virginica": 40},
+                     "test": {"setosa": 10, "versicolor": 10, "virginica": 10}},
+    "model_sha256": "ab" * 32,
+}
+PARAMS = {"epochs": 4, "batch_size": 32, "hidden_layers": [16], "learning_rate": 0.05}
+
+
+def images(page):
+    return [ref for ref in references(page) if ref.startswith("data:")]
+
+
+# ------------------------------------------------------------------ training report
+
+
+@pytest.fixture(scope="module")
+def training_page():
+    return report.training_report(METRICS, PARAMS)
+
+
+def card(label, value):
+    return f'<div class="label">{label}</div><div class="value">{value}</div>'
+
+
+def test_training_report_shows_the_metrics(training_page):
+    assert card("accuracy", "0.933") in training_page and card("macro F1", "0.933") in training_page
+    assert card("final loss", "0.2000") in training_page and card("test rows", "30") in training_page
+    text = " ".join(re.sub(r"<[^>]+>", " ", training_page).split())  # the visible text
+    for row in ("setosa 1.000 1.000 1.000 10", "versicolor 1.000 0.800 0.889 10", "virginica 0.833 1.000 0.909 10"):
+        assert row in text
+    assert "class train test setosa 40 10 versicolor 40 10 virginica 40 10" in text  # class balance
+    assert "hidden_layers 16" in text and "learning_rate 0.05" in text
+    assert f"Model sha256: {'ab' * 32}" in text
+
+
+def test_training_report_embeds_three_png_plots(training_page):
+    found = images(training_page)
+    assert len(found) == 3  # confusion matrix, loss curve, class balance
+    for uri in found:
+        assert uri.startswith("data:image/png;base64,")
+        assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_self_contained(training_page)
+
+
+def test_training_report_is_deterministic(training_page):
+    assert report.training_report(METRICS, PARAMS) == training_page  # same run, same bytes (cache-friendly)
+
+
+def test_values_from_the_data_are_escaped():
+    metrics = {**METRICS, "classes": ["<b>x</b>", "y"], "confusion_matrix": [[1, 0], [0, 1]],
+               "per_class": {c: METRICS["per_class"]["setosa"] for c in ("<b>x</b>", "y")}}
+    page = report.training_report(metrics, PARAMS)
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+def test_train_stage_writes_the_report_output(train_root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert contract.run(train.train, ["model", "metrics", "report"]) == 0
+    outputs = train_root / "outputs"
+    page = (outputs / "report").read_text()
+    metrics = json.loads((outputs / "metrics").read_text())
+    assert contract.sha256_file(outputs / "model") in page
+    assert f"{metrics['accuracy']:.3f}" in page and len(images(page)) == 3
+    assert metrics["class_counts"] == {"train": {"setosa": 16, "versicolor": 16, "virginica": 16},
+                                       "test": {"setosa": 4, "versicolor": 4, "virginica": 4}}
+    assert_self_contained(page)
+
+
+# ------------------------------------------------------------------ matplotlib without a home
+
+
+def test_mpl_config_dir_falls_back_to_a_temp_dir_without_a_writable_home(monkeypatch):
+    for name in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", "/dev/null")  # a file: nothing can be created under it, not even by root
+    report.ensure_mpl_config_dir()
+    chosen = os.environ["MPLCONFIGDIR"]
+    assert os.path.isdir(chosen) and os.access(chosen, os.W_OK) and not chosen.startswith("/dev/null")
+
+
+def test_mpl_config_dir_left_alone_when_home_is_writable(monkeypatch, tmp_path):
+    for name in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    report.ensure_mpl_config_dir()
+    assert "MPLCONFIGDIR" not in os.environ
+
+
+DOMINO_UID = 12574
+
+
+def python_for(uid):
+    """An interpreter `uid` can run: ours, else the system's of the same version given our site-packages
+    (ours may live under a home that other users cannot enter)."""
+    candidates = [(sys.executable, ""),
+                  (f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}", sysconfig.get_paths()["purelib"])]
+    for exe, path in candidates:
+        try:
+            probe = subprocess.run([exe, "-c", "import numpy, sklearn, matplotlib"], env={"PYTHONPATH": path},
+                                   user=uid, group=uid, capture_output=True, timeout=60, cwd="/")
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return exe, path
+    pytest.skip(f"no Python interpreter with the stage's packages is usable by uid {uid}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to Domino's uid needs root")
+def test_train_stage_runs_as_domino_uid_without_a_home(train_root):
+    """As in a stage container: uid 12574, no HOME, no passwd entry; matplotlib must neither fail nor warn."""
+    exe, path = python_for(DOMINO_UID)
+    tree = Path(tempfile.mkdtemp(prefix="stageflow-uid-"))  # pytest's own tmp is private to root
+    try:
+        shutil.copytree(train_root, tree, dirs_exist_ok=True)
+        for folder in (tree, tree / "inputs", tree / "outputs"):
+            os.chmod(folder, 0o777)
+        env = {"PATH": os.environ["PATH"], "WORKFLOW_ROOT": str(tree),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), path]))}
+        proc = subprocess.run([exe, str(ROOT / "stages" / "train" / "main.py")], env=env, user=DOMINO_UID,
+                              group=DOMINO_UID, capture_output=True, text=True, timeout=120, cwd="/")
+        assert proc.returncode == 0, proc.stderr
+        assert "Matplotlib" not in proc.stderr and "not a writable directory" not in proc.stderr
+        assert len(images((tree / "outputs" / "report").read_text())) == 3
+    finally:
+        shutil.rmtree(tree)
+
+
+@pytest.mark.slow
+def test_matplotlib_and_mlflow_are_not_imported_before_they_are_needed(train_root):
+    """Importing the stage pulls in neither; a run without MLFLOW_TRACKING_URI never imports mlflow."""
+    code = ("import sys, importlib.util; sys.path[:0] = [%r, %r]; from conftest import load_stage; "
+            "train = load_stage('train'); print('before', 'matplotlib' in sys.modules, 'mlflow' in sys.modules); "
+            "from stageflow import contract; contract.run(train.train, ['model', 'metrics', 'report']); "
+            "print('after', 'matplotlib' in sys.modules, 'mlflow' in sys.modules)") % (str(ROOT), str(ROOT / "tests"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, "WORKFLOW_ROOT": str(train_root)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["before False False", "after True False"]
+
+
+# ------------------------------------------------------------------ run report
+
+RECORD = {
+    "flow": "model_training", "backend": "process", "status": "failed",
+    "started_at": "2026-01-02T03:04:05+00:00", "finished_at": "2026-01-02T03:04:17+00:00",
+    "params": {"epochs": "10", "data_path_a": "/data/a.csv"},
+    "stages": {
+        "load_a": {"status": "succeeded", "seconds": 1.25, "outputs": {"datasetA": "f" * 64}, "log": "/x/logs/load_a.log",
+                   "peak_rss_mb": 152.4, "rows_in": 1000, "rows_out": 1000, "cached": False},
+        "load_b": {"status": "failed", "seconds": 0.5, "outputs": {}, "log": "/x/logs/load_b.log",
+                   "error": "exit status 1: input data_path: <bad> value", "exit_code": 1},
+        "merge": {"status": "skipped", "seconds": 0.0, "outputs": {}},
+        "train": {"status": "succeeded", "seconds": 3.0, "cached": True, "log": "/x/logs/train.log",
+                  "outputs": {"model": "a" * 64, "report": "b" * 64}},
+    },
+}
+ORDER = ["load_a", "load_b", "merge", "train"]
+EDGES = [("load_a", "merge"), ("load_b", "merge"), ("merge", "train")]
+
+
+@pytest.fixture(scope="module")
+def run_page():
+    return report.run_report(RECORD, ORDER, EDGES, METRICS, "training-report.html")
+
+
+def test_run_report_draws_the_dag_with_each_stage_and_edge(run_page):
+    svg = run_page[run_page.index("<svg"):run_page.index("</svg>")]
+    for name in ORDER:
+        assert f">{name}</text>" in svg
+    assert svg.count('marker-end="url(#arrow)"') == len(EDGES)
+    assert "succeeded · 1.2 s" in svg and "failed · 0.5 s" in svg and "cached" in svg
+    assert "<title>exit status 1: input data_path: &lt;bad&gt; value</title>" in svg  # the error on hover
+    assert ">skipped</text>" in svg  # no duration for a stage that never ran
+    x = {name: float(re.search(rf'<a href="#stage-{name}">(?:<title>[^<]*</title>)?<rect x="([\d.]+)"', svg).group(1))
+         for name in ORDER}
+    assert x["load_a"] == x["load_b"] < x["merge"] < x["train"]  # columns by depth: every edge points right
+
+
+def test_run_report_table_links_logs_and_outputs_relatively(run_page):
+    refs = references(run_page)
+    assert {"logs/load_a.log", "logs/load_b.log", "load_a/outputs/datasetA", "train/outputs/model",
+            "train/outputs/report", "training-report.html", "run.json"} <= set(refs)
+    assert not any(ref.startswith("/") for ref in refs)
+    assert "152 " in run_page.replace("<", " ") and "1,000 → 1,000" in run_page  # peak MB, rows in → out
+    assert_self_contained(run_page)
+
+
+def test_run_report_shows_errors_escaped_and_dashes_for_missing_fields(run_page):
+    assert "input data_path: &lt;bad&gt; value" in run_page
+    merge_row = run_page[run_page.index('id="stage-merge"'):].split("</tr>")[0]
+    assert merge_row.count(report.DASH) >= 4  # peak MB, rows, cached, log: not recorded for a skipped stage
+
+
+def test_run_report_without_training_says_so():
+    page = report.run_report({**RECORD, "stages": {}}, ORDER, EDGES)
+    assert "No training report" in page and "training-report.html" not in page
+    assert page.count('class="status pending"') == len(ORDER)
+
+
+# ------------------------------------------------------------------ CLI summary and progress
+
+
+def test_summary_table_has_rows_and_cached_with_dashes_when_missing():
+    lines = summary(RECORD).splitlines()
+    assert lines[0].split() == ["stage", "status", "seconds", "rows", "cached"]
+    assert lines[1].split() == ["load_a", "succeeded", "1.25", "1,000", "→", "1,000", "no"]
+    assert lines[2].split() == ["load_b", "failed", "0.50", report.DASH, report.DASH]
+    assert lines[4].split() == ["train", "succeeded", "3.00", report.DASH, "yes"]
+    assert len({line.index(line.split()[1]) for line in lines}) == 1  # the status column lines up
+
+
+def test_headline_names_accuracy_f1_and_final_loss():
+    text = headline(METRICS)
+    assert text.startswith("hold-out accuracy 0.933, macro F1 0.933 (120 train / 30 test rows, 4 epochs, "
+                           "final loss 0.2000)")
+    assert "F1 per class: setosa 1.000, versicolor 0.889, virginica 0.909" in text
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_in_a_terminal_is_one_updating_line():
+    stream, ticks = Terminal(), iter([0.0, 1.0, 2.0, 3.0])
+    progress = Progress(3, stream=stream, clock=lambda: next(ticks))
+    for step in (1, 2, 3):
+        progress.step(step, loss=0.5 / step)
+    out = stream.getvalue()
+    assert out.count("\r") == 3 and out.count("\n") == 1 and out.endswith("\n")
+    assert "[######..............] epoch 1/3: loss 0.5000, 1.0 s, ETA 2.0 s" in out
+    assert "epoch 3/3: loss 0.1667, 3.0 s, ETA 0.0 s" in out
+
+
+def test_progress_in_a_log_is_one_plain_line_per_step(caplog):
+    stream = io.StringIO()
+    progress = Progress(2, stream=stream, clock=iter([0.0, 1.0, 2.0]).__next__)
+    with caplog.at_level(logging.INFO, logger="stageflow"):
+        progress.step(1, loss=0.25)
+        progress.step(2, loss=0.125)
+    assert stream.getvalue() == ""
+    assert caplog.messages == ["epoch 1/2: loss 0.2500, 1.0 s, ETA 1.0 s", "epoch 2/2: loss 0.1250, 2.0 s, ETA 0.0 s"]
+
+
+@pytest.mark.parametrize("seconds, text", [(0.04, "0.0 s"), (59.94, "59.9 s"), (65, "1m05s"), (3725, "1h02m")])
+def test_durations_read_well(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_progress_line_without_values():
+    assert progress_line("batch", 1, 4, 2.0, {}) == "batch 1/4: 2.0 s, ETA 6.0 s"
