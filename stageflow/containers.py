@@ -15,7 +15,7 @@ from typing import Iterator
 
 from stageflow.dag import Dag, Node
 from stageflow.images import ImageError, client
-from stageflow.runner import Outcome, RunError
+from stageflow.runner import Outcome, ProcessHandle, RunError
 from stageflow.stages import ROOT, STAGES, TIERS
 
 STAGE_UID = 12574  # Domino's ubuntu user, which the images are built for
@@ -154,23 +154,17 @@ class ComposeBackend:
         return ComposeHandle(proc, name, timeout)
 
 
-class ComposeHandle:
-    def __init__(self, proc: subprocess.Popen, name: str, timeout: float):
-        self.proc, self.name = proc, name
-        self.killed_for: str | None = None
-        self.timer = threading.Timer(timeout, self.kill, ("timeout",))
-        self.timer.daemon = True
-        self.timer.start()
+class ComposeHandle(ProcessHandle):
+    """The compose client as a process; its container is what must go when the stage is stopped."""
 
-    def lines(self) -> Iterator[str]:
-        yield from self.proc.stdout
+    def __init__(self, proc: subprocess.Popen, name: str, timeout: float):
+        self.name = name
+        super().__init__(proc, timeout)
 
     def wait(self) -> Outcome:
-        try:
-            code = self.proc.wait()
-        finally:
-            self.timer.cancel()
-        return Outcome(code, self.killed_for)
+        outcome = super().wait()
+        outcome.peak_rss_mb = None  # that of the compose client, not of the stage
+        return outcome
 
     def kill(self, reason: str = "interrupted") -> None:
         """Killing the compose client would leave its container running: remove the container itself."""

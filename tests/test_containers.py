@@ -235,3 +235,16 @@ def test_push_prints_digests_and_pulls_back_by_digest(registry, docker_client, c
         pulled = docker_client.images.pull(ref)
         assert pulled.id == docker_client.images.get(STAGES[name].image()).id
     assert json.loads((tmp_path / "pushed.json").read_text())["images"] == pushed
+
+
+SECRET = __import__("re").compile(
+    r"(?i)(password|passwd|secret|token|api[_-]?key|access[_-]?key|DOMINO_USER_API_KEY)\s*[=:]\s*\S+"
+    r"|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def test_no_secret_in_any_image(docker_client):
+    for stage in STAGES.values():
+        image = docker_client.images.get(stage.image())
+        texts = [step.get("CreatedBy", "") for step in image.history()] + image.attrs["Config"]["Env"]
+        found = [text for text in texts if SECRET.search(text)]
+        assert found == [], f"{stage.name}: {found}"

@@ -87,13 +87,23 @@ def write_csv(path, body, opener=open):
     return path
 
 
+def write_jsonl(path, csv_rows):
+    names = HEADER.split(",")
+    with open(path, "w") as handle:
+        for row in csv_rows.splitlines():
+            values = row.split(",")
+            record = {**dict(zip(names, values)), "Id": int(values[0])}
+            record.update({name: float(record[name]) for name in names[1:6]})
+            handle.write(json.dumps(record) + "\n")
+
+
 GOOD_ROWS = "1,5.1,3.5,0.1,1.4,0.2,Iris-setosa\n2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor\n"
 
 
 @pytest.mark.parametrize("name, writer", [
     ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS)),
     ("s.csv.gz", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS, gzip.open)),
-    ("s.jsonl", lambda p: p.write_text("".join(json.dumps(dict(zip(HEADER.split(","), [int(r.split(",")[0]), *map(float, r.split(",")[1:6]), r.split(",")[6]]))) + "\n" for r in GOOD_ROWS.splitlines()))),
+    ("s.jsonl", lambda p: write_jsonl(p, GOOD_ROWS)),
     ("s.parquet", lambda p: pq.write_table(table([(1, "Iris-setosa"), (2, "Iris-versicolor")]), p)),
 ])
 def test_every_source_format_loads(tmp_path, name, writer):

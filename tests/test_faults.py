@@ -1,0 +1,182 @@
+"""Faults: a stage killed mid-write, Ctrl-C, a full disk, concurrent runs, and model integrity."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pytest
+
+from stageflow import model
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory):
+    """An iris-shaped CSV large enough (500,000 rows) that writing its snapshot takes a visible while."""
+    n = 500_000
+    rng = np.random.default_rng(1)
+    table = pa.table({"Id": np.arange(1, n + 1), "SepalLengthCm": rng.normal(5.8, 0.8, n),
+                      "SepalWidthCm": rng.normal(3.0, 0.4, n), "RandomColumn": rng.normal(0, 1, n),
+                      "PetalLengthCm": rng.normal(3.7, 1.7, n), "PetalWidthCm": rng.normal(1.2, 0.7, n),
+                      "Species": np.array(["Iris-setosa", "Iris-versicolor", "Iris-virginica"])[rng.integers(0, 3, n)]})
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    pcsv.write_csv(table, path)
+    return path
+
+
+def load_tree(root, source):
+    (root / "inputs").mkdir(parents=True)
+    (root / "outputs").mkdir()
+    (root / "inputs" / "data_path").write_text(str(source))
+    return root
+
+
+def start_load(tree):
+    return subprocess.Popen([sys.executable, str(ROOT / "stages" / "load_a" / "main.py")], cwd=ROOT,
+                            env={**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_mid_write_leaves_no_output_and_the_next_run_completes(tmp_path, big_source):
+    tree = load_tree(tmp_path / "wf", big_source)
+    proc = start_load(tree)
+    deadline = time.monotonic() + 60
+    while not list((tree / "outputs").glob(".datasetA.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the stage never started writing"
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tree / "outputs" / "datasetA").exists()  # the partial file never took the output's name
+    rerun = start_load(tree)
+    assert rerun.wait(timeout=120) == 0, rerun.stdout.read()
+    assert sorted(os.listdir(tree / "outputs")) == ["datasetA"]  # the killed run's temp file is cleared
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_is_a_clear_error_with_no_partial_output(tmp_path, big_source):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        tree = load_tree(disk / "wf", big_source)
+        proc = start_load(tree)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out
+        assert os.listdir(tree / "outputs") == ["_ERROR"]
+        assert (tree / "outputs" / "_ERROR").read_text() == \
+            f"output datasetA: no space left on the device holding {tree}/outputs\n"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def processes_with_root(run_dir):
+    """Live processes whose environment points into `run_dir`: stage processes of that run."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read()
+        except OSError:
+            continue
+        if f"WORKFLOW_ROOT={run_dir}".encode() in environ:
+            found.append(int(pid))
+    return found
+
+
+def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
+                             "--data-path-a", str(big_source), "--data-path-b", str(big_source)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not processes_with_root(run_dir):
+        assert proc.poll() is None and time.monotonic() < deadline, "no stage process started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; stopped every running stage" in err
+    assert processes_with_root(run_dir) == []
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert {s["status"] for s in record["stages"].values()} <= {"failed", "skipped"}
+
+
+def test_two_runs_at_once_in_different_directories_do_not_interfere(tmp_path):
+    env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}  # shared, and empty: both store at once
+    procs = [subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--run-dir", str(tmp_path / f"r{i}")],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in (1, 2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    records = [json.loads((tmp_path / f"r{i}" / "run.json").read_text()) for i in (1, 2)]
+    for name in ("merge", "process"):
+        assert records[0]["stages"][name]["outputs"] == records[1]["stages"][name]["outputs"]
+    assert records[0]["model_sha256"] == records[1]["model_sha256"] is not None
+
+
+# ------------------------------------------------------------------------------------------ model integrity
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained")
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir / "train" / "outputs" / "model", run_dir / "train" / "outputs" / "metrics", run_dir
+
+
+def test_model_hash_is_recorded_in_metrics_and_run_json(trained):
+    model_path, metrics_path, run_dir = trained
+    digest = model.verify(model_path, metrics_path)
+    assert json.loads(metrics_path.read_text())["model_sha256"] == digest
+    assert json.loads((run_dir / "run.json").read_text())["model_sha256"] == digest
+
+
+def test_verified_model_loads(trained):
+    model_path, metrics_path, _ = trained
+    assert list(model.load(model_path, metrics_path).classes_) == ["setosa", "versicolor", "virginica"]
+
+
+def test_tampered_model_is_refused_before_unpickling(trained, tmp_path):
+    model_path, metrics_path, _ = trained
+    evil = tmp_path / "model"
+    marker = tmp_path / "pwned"
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil.write_bytes(pickle.dumps(Payload()))
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "verify-model", str(evil), str(metrics_path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: model {evil}: sha256 ")
+    assert "refusing to load it (unpickling an untrusted file runs code)" in proc.stderr
+    with pytest.raises(model.ModelError):
+        model.load(evil, metrics_path)
+    assert not marker.exists()  # the payload never ran
+
+
+def test_verify_model_cli_accepts_the_real_model(trained):
+    model_path, metrics_path, _ = trained
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "verify-model", str(model_path), str(metrics_path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"ok: {model_path} matches sha256 ")
+
+
+def test_metrics_without_a_hash_are_refused(trained, tmp_path):
+    model_path, _, _ = trained
+    metrics = tmp_path / "metrics"
+    metrics.write_text(json.dumps({"accuracy": 1.0}))
+    with pytest.raises(model.ModelError, match=r"metrics .*: no model_sha256 to check against"):
+        model.verify(model_path, metrics)
