@@ -203,8 +203,11 @@ class Run:
             target = inputs / name
             if src.stage:
                 link_or_copy(self.tree(src.stage) / "outputs" / src.output, target)
+                continue
+            value = self.params[src.flow_input] if src.flow_input else src.value
+            if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
+                link_or_copy(Path(value), target)
             else:
-                value = self.params[src.flow_input] if src.flow_input else src.value
                 target.write_text(contract.format_value(value))
         return {name: contract.sha256_file(inputs / name) for name in node.inputs}
 
@@ -359,6 +362,7 @@ class Run:
 
     def record(self) -> dict:
         ok = all(r.status == "succeeded" for r in self.results.values())
+        model = self.dag.outputs.get("model")  # absent when the DAG is one stage (a local pyflyte task)
         return {
             "flow": "model_training",
             "backend": self.backend.name,
@@ -368,7 +372,7 @@ class Run:
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.results.items()},
             "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
-            "model_sha256": self.results["train"].outputs.get("model") if ok else None,
+            "model_sha256": self.results[model.stage].outputs.get(model.output) if ok and model else None,
         }
 
     def write_record(self) -> None:
