@@ -36,7 +36,7 @@ def job(name: str) -> dict:
     volume size, dataset snapshots) takes the project's defaults, as in the seed and Domino's examples."""
     stage = STAGES[name]
     return {"flyte_task_name": name, "command": stage.command, "environment_name": stage.environment,
-            "hardware_tier_name": stage.tier, "cache": True, "cache_version": stage.version,
+            "hardware_tier_name": stage.tier, "cache": stage.cache, "cache_version": stage.version,
             "use_project_defaults_for_omitted": True}
 
 
