@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+ROWS ?= 1000000
+BENCH_ARGS ?=
 BASE_IMAGE ?=
 REGISTRY ?=
 DOMINO_PYTHON ?= python3
@@ -13,7 +15,7 @@ DATA_B ?=
 export BASE_IMAGE
 
 .PHONY: help venv run test test-fast data docker-up base-image wheels images push environments submit compose \
-        compose-file clean
+        compose-file bench clean
 
 ## help: list the targets
 help:
@@ -83,6 +85,10 @@ compose-file: venv
 ## data: regenerate the bundled sample sources in data/ from scikit-learn's iris data
 data: venv
 	$(PY) scripts/make_data.py
+
+## bench: time the flow against seed-style stages on 2 x ROWS generated rows (ROWS=1000000; BENCH_ARGS)
+bench: venv
+	$(PY) scripts/bench.py --rows $(ROWS) $(BENCH_ARGS)
 
 ## clean: remove run directories and caches (keeps .venv)
 clean:

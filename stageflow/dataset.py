@@ -2,12 +2,18 @@
 
 Between stages data travels as Parquet: typed, columnar and compressed, so no stage re-parses text or
 re-guesses types, and metadata (where the data came from, its hash) rides along with the rows.
+
+Snapshots are read and written a row group at a time (`Snapshot.tables`, `Writer`), so a stage that works
+row by row holds one row group in memory, not the data set. Labels are dictionary-encoded (a handful of
+distinct strings stored once, an int32 code per row): about 4 bytes a row in memory instead of a string, and
+a pandas reader gets a categorical.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,9 +27,11 @@ NOISE = "RandomColumn"  # the seed's noise column: allowed in sources, dropped b
 LABEL = "Species"
 SPECIES = ("setosa", "versicolor", "virginica")
 
-TYPES = {ID: pa.int64(), **{name: pa.float64() for name in FEATURES}, NOISE: pa.float64(), LABEL: pa.string()}
+LABEL_TYPE = pa.dictionary(pa.int32(), pa.string())
+TYPES = {ID: pa.int64(), **{name: pa.float64() for name in FEATURES}, NOISE: pa.float64(), LABEL: LABEL_TYPE}
 REQUIRED = (ID, *FEATURES, LABEL)
 META_KEY = b"stageflow"
+ROW_GROUP = 1_000_000  # rows per Parquet row group: what a streaming stage holds in memory at a time
 
 
 def _first_bad(column: pa.ChunkedArray, kind: pa.DataType) -> tuple[int, str]:
@@ -39,11 +47,22 @@ def _first_bad(column: pa.ChunkedArray, kind: pa.DataType) -> tuple[int, str]:
     return -1, ""
 
 
-def conform(table: pa.Table, name: str) -> pa.Table:
+def _label_column(values: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    """Labels as LABEL_TYPE: text or dictionary-encoded text in, dictionary-encoded text out."""
+    kind = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
+    if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
+        raise StageError(f"{name}: column {LABEL} must hold text labels, found {values.type}")
+    if pa.types.is_dictionary(values.type) and any(chunk.dictionary.null_count for chunk in values.chunks):
+        values = pc.cast(values, kind)  # a missing label must be a missing row, not a dictionary entry
+    return pc.cast(values, LABEL_TYPE)
+
+
+def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
     """Check the iris schema and cast every column to its canonical type, in canonical order.
 
     Unknown columns are rejected rather than carried along: a misspelt feature column would otherwise
-    be silently ignored while the real one is reported missing further down.
+    be silently ignored while the real one is reported missing further down. `first_row` is where
+    `table` starts in the whole source when it is one batch of a stream, so errors name the right row.
     """
     present = table.column_names
     missing = [col for col in REQUIRED if col not in present]
@@ -55,30 +74,46 @@ def conform(table: pa.Table, name: str) -> pa.Table:
     duplicated = sorted({col for col in present if present.count(col) > 1})
     if duplicated:
         raise StageError(f"{name}: column {', '.join(duplicated)} appears more than once")
-    columns = {}
+    columns, names = [], []
     for col in (c for c in TYPES if c in present):
         values = table.column(col)
         kind = TYPES[col]
-        if col == LABEL and not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
-            raise StageError(f"{name}: column {LABEL} must hold text labels, found {values.type}")
-        try:
-            if pa.types.is_string(values.type) and kind != pa.string():
-                values = pc.utf8_trim_whitespace(values)
-            values = pc.cast(values, kind)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            row, bad = _first_bad(values, kind)
-            what = "an integer" if kind == pa.int64() else "a number"
-            raise StageError(f"{name}: column {col} must be {what} in every row, found {bad!r} in row {row + 1}")
-        columns[col] = values
-    return pa.table(columns)
+        if col == LABEL:
+            values = _label_column(values, name)
+        elif values.type != kind:
+            try:
+                if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+                    values = pc.utf8_trim_whitespace(values)
+                values = pc.cast(values, kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                row, bad = _first_bad(values, kind)
+                what = "an integer" if kind == pa.int64() else "a number"
+                raise StageError(f"{name}: column {col} must be {what} in every row, "
+                                 f"found {bad!r} in row {first_row + row + 1}")
+        columns.append(values)
+        names.append(col)
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def strictly_increasing(values: pa.ChunkedArray) -> bool:
+    """True when every value is larger than the one before (no nulls expected)."""
+    if len(values) < 2:
+        return True
+    return pc.all(pc.greater(values.slice(1), values.slice(0, len(values) - 1))).as_py() is True
 
 
 def check_ids(table: pa.Table, name: str) -> None:
-    """Id is the merge key: it must be present and unique, or rows from two sources cannot be matched."""
+    """Id is the merge key: it must be present and unique, or rows from two sources cannot be matched.
+
+    Sources are usually sorted by Id, and then a strictly increasing column proves uniqueness in one
+    pass without a hash table; otherwise every Id is counted.
+    """
     ids = table.column(ID)
     nulls = ids.null_count
     if nulls:
         raise StageError(f"{name}: column {ID} is empty in {nulls} row(s); every row needs an integer Id")
+    if strictly_increasing(ids):
+        return
     counts = pc.value_counts(ids)
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(repeated):
@@ -86,17 +121,127 @@ def check_ids(table: pa.Table, name: str) -> None:
         raise StageError(f"{name}: duplicate Id {shown} ({len(repeated)} Id(s) appear more than once)")
 
 
+def _unreadable(name: str, err: Exception) -> StageError:
+    return StageError(f"input {name}: not a readable Parquet snapshot ({' '.join(str(err).split())})")
+
+
+class Snapshot:
+    """A snapshot opened for reading: its metadata and size at once, its rows a row group at a time."""
+
+    def __init__(self, path: Path, name: str):
+        self.name = name  # the input it came in as, for error messages
+        try:
+            self.file = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise _unreadable(name, err) from None
+        self.meta = json.loads((self.file.metadata.metadata or {}).get(META_KEY, b"{}"))
+        self.num_rows = self.file.metadata.num_rows
+        self.column_names = self.file.schema_arrow.names
+
+    def _read(self, read, *args, **kwargs) -> pa.Table:
+        try:
+            table = read(*args, **kwargs)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise _unreadable(self.name, err) from None
+        return table.replace_schema_metadata(None)
+
+    def tables(self) -> Iterator[pa.Table]:
+        """Every row group in turn, checked and cast like `read`."""
+        first_row = 0
+        for group in range(self.file.num_row_groups):
+            table = self._read(self.file.read_row_group, group)
+            yield conform(table, f"input {self.name}", first_row)
+            first_row += table.num_rows
+
+    def empty(self) -> pa.Table:
+        """No rows, but the checked columns and types: for comparing schemas before reading data."""
+        # (from_batches, not schema.empty_table(): that one makes pyarrow import pandas, 0.5 s, where installed)
+        empty = pa.Table.from_batches([], schema=self.file.schema_arrow.remove_metadata())
+        return conform(empty, f"input {self.name}")
+
+    def column(self, col: str) -> pa.ChunkedArray:
+        """One column, whole (for a key such as Id: 8 bytes a row)."""
+        table = self._read(self.file.read, columns=[col])
+        return table.column(col)
+
+    def read(self) -> pa.Table:
+        """The whole snapshot, checked and cast."""
+        return conform(self._read(self.file.read), f"input {self.name}")
+
+
 def read(path: Path, name: str) -> tuple[pa.Table, dict]:
     """Read a snapshot written by `write`, with its metadata; `name` is the input it came in as."""
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise StageError(f"input {name}: not a readable Parquet snapshot ({' '.join(str(err).split())})")
-    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    return conform(table.replace_schema_metadata(None), f"input {name}"), meta
+    snapshot = Snapshot(path, name)
+    return snapshot.read(), snapshot.meta
+
+
+class Writer:
+    """Write a snapshot in pieces, in row groups of ROW_GROUP rows; the metadata (lineage, hashes, counts)
+    goes into the file's footer at `close`, so it may depend on everything written."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.schema = schema
+        self.pending: list[pa.Table] = []
+        self.buffered = 0
+        self.rows = 0
+        # zstd at its fastest level; Ids (usually ascending) delta-encoded, smaller and cheaper than a
+        # dictionary; features and labels dictionary-encoded (few distinct values); the noise column plain.
+        self.sink = pa.OSFile(str(path), "wb")  # ours to close, even when the writer cannot finish
+        try:
+            self.writer = pq.ParquetWriter(
+                self.sink, schema, compression="zstd", compression_level=1,
+                use_dictionary=[name for name in (*FEATURES, LABEL) if name in schema.names],
+                column_encoding={ID: "DELTA_BINARY_PACKED"} if ID in schema.names else None)
+        except BaseException:
+            self.sink.close()
+            raise
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self.pending.append(table)
+        self.buffered += table.num_rows
+        self.rows += table.num_rows
+        if self.buffered >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            # One label dictionary per row group: batches each bring their own, and the Parquet writer
+            # re-encodes a column whose dictionary changes from chunk to chunk (4x the cost, measured).
+            table = pa.concat_tables(self.pending).unify_dictionaries()
+            self.writer.write_table(table, row_group_size=ROW_GROUP)
+        self.pending, self.buffered = [], 0
+
+    def close(self, meta: dict) -> None:
+        try:
+            self._flush()
+            self.writer.add_key_value_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+            self.writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.sink.close()
+
+    def abort(self) -> None:
+        """Give up on the file (the caller deletes it): release it and never mask the error that got us here.
+
+        On a full disk the footer cannot be written either, and a file left open keeps its blocks, so the
+        stage could not even write its _ERROR."""
+        try:
+            self.writer.close()
+        except (OSError, pa.ArrowException):
+            pass
+        finally:
+            self.sink.close()
 
 
 def write(table: pa.Table, path: Path, meta: dict) -> None:
     """Write a snapshot; the metadata (lineage, hashes, counts) travels inside the file itself."""
-    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    pq.write_table(table, path, compression="zstd")
+    writer = Writer(path, table.schema)
+    try:
+        writer.write(table)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close(meta)

@@ -19,8 +19,12 @@ from conftest import ROOT
 
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory):
-    """An iris-shaped CSV large enough (500,000 rows) that writing its snapshot takes a visible while."""
-    n = 500_000
+    """An iris-shaped CSV large enough (2,000,000 rows) that writing its snapshot takes a visible while.
+
+    The streaming load snapshots 500,000 rows in about half a second, less than a busy machine may take to
+    deliver the Ctrl-C test's signal: that test then saw the loads succeed before the interrupt.
+    """
+    n = 2_000_000
     rng = np.random.default_rng(1)
     table = pa.table({"Id": np.arange(1, n + 1), "SepalLengthCm": rng.normal(5.8, 0.8, n),
                       "SepalWidthCm": rng.normal(3.0, 0.4, n), "RandomColumn": rng.normal(0, 1, n),
