@@ -9,9 +9,13 @@ ROWS ?= 1000000
 BENCH_ARGS ?=
 BASE_IMAGE ?=
 REGISTRY ?=
+DOMINO_PYTHON ?= python3
+DATA_A ?=
+DATA_B ?=
 export BASE_IMAGE
 
-.PHONY: help venv run test test-fast data docker-up base-image wheels images push compose compose-file bench clean
+.PHONY: help venv run test test-fast data docker-up base-image wheels images push environments submit compose \
+        compose-file bench clean
 
 ## help: list the targets
 help:
@@ -60,6 +64,15 @@ images: venv base-image wheels
 push: images
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port/prefix"; exit 2; }
 	$(PY) -m stageflow images-push --registry $(REGISTRY)
+
+## environments: write each stage's Domino environment to build/environments.json; create/revise them on Domino if DOMINO_API_HOST and DOMINO_USER_API_KEY are set
+environments: venv
+	$(PY) -m stageflow environments
+
+## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATA_A=/mnt/... DATA_B=/mnt/...)
+submit:
+	@test -n "$(DATA_A)" && test -n "$(DATA_B)" || { echo "usage: make submit DATA_A=/mnt/.../a.csv DATA_B=/mnt/.../b.jsonl"; exit 2; }
+	$(DOMINO_PYTHON) -m stageflow submit --data-path-a "$(DATA_A)" --data-path-b "$(DATA_B)"
 
 ## compose: run the whole flow through docker-compose.yml (fake /workflow trees in .workflow/)
 compose: images

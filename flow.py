@@ -32,10 +32,12 @@ TrainingOutputs = NamedTuple("TrainingOutputs", model=Pickle, metrics=Json,
 
 
 def job(name: str) -> dict:
-    """The per-stage Domino job settings, all derived from the stage registry."""
+    """The per-stage Domino job settings, all derived from the stage registry. What is left out (git ref,
+    volume size, dataset snapshots) takes the project's defaults, as in the seed and Domino's examples."""
     stage = STAGES[name]
     return {"flyte_task_name": name, "command": stage.command, "environment_name": stage.environment,
-            "hardware_tier_name": stage.tier, "cache": True, "cache_version": stage.version}
+            "hardware_tier_name": stage.tier, "cache": stage.cache, "cache_version": stage.version,
+            "use_project_defaults_for_omitted": True}
 
 
 @workflow

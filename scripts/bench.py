@@ -98,13 +98,8 @@ class Measure:
 
 
 class PeakRss:
-    """A child's own peak resident set: VmHWM, polled from /proc until it exits.
-
-    Not wait4's ru_maxrss: Linux folds the parent's resident set at fork/vfork time into the child's
-    ru_maxrss, so every child of a 200 MB runner would report at least 200 MB. VmHWM belongs to the
-    child's own address space (reset at exec) and only grows, so the last sample is the peak, short of
-    growth in the final poll interval.
-    """
+    """A seed-style child's own peak resident set: VmHWM, polled from /proc until it exits (as the runner
+    does for a stage). Not wait4's ru_maxrss, which counts the parent's memory shared before exec."""
 
     INTERVAL = 0.01
 
@@ -152,16 +147,15 @@ REAP_LOCK = threading.Lock()
 
 
 class RusageHandle:
-    """The runner's own process handle, plus the stage's true peak RSS and its CPU seconds.
+    """The runner's own process handle (which records the stage's peak memory), plus its CPU seconds.
 
-    CPU seconds come from this process's RUSAGE_CHILDREN just before and after the runner's handle reaps
-    the stage: waiting (without reaping) until it has exited and reaping under a lock keeps two stages
-    that end together (load_a, load_b) from mixing their figures.
+    They come from this process's RUSAGE_CHILDREN just before and after the runner's handle reaps the
+    stage: waiting (without reaping) until it has exited, then reaping under a lock, keeps two stages that
+    end together (load_a, load_b) from mixing their figures.
     """
 
     def __init__(self, inner, sink: dict, name: str):
         self.inner, self.sink, self.name = inner, sink, name
-        self.peak = PeakRss(inner.proc.pid)
 
     def lines(self):
         return self.inner.lines()
@@ -175,17 +169,15 @@ class RusageHandle:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             outcome = self.inner.wait()
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        outcome.peak_rss_mb = self.peak.stop()
-        self.sink[self.name] = (cpu, outcome.peak_rss_mb)
+        self.sink[self.name] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return outcome
 
 
 class RusageProcessBackend(runner.ProcessBackend):
-    """The process backend, keeping each stage's true peak RSS and CPU seconds."""
+    """The process backend, keeping each stage's CPU seconds."""
 
     def __init__(self):
-        self.usage: dict[str, tuple[float, float | None]] = {}
+        self.usage: dict[str, float] = {}
 
     def start(self, node, tree, *args, **kwargs):
         return RusageHandle(super().start(node, tree, *args, **kwargs), self.usage, node.name)
@@ -225,8 +217,8 @@ def run_flow(work: Path, dag, backend, a: Path, b: Path, epochs: int, batch_size
         raise RuntimeError(f"stage {failed} failed: {run.results[failed].error} (log {run.results[failed].log})")
     record = json.loads((run_dir / "run.json").read_text())["stages"]
     own = getattr(backend, "usage", {})
-    results = {name: Measure(r.seconds, own[name][1], own[name][0]) if name in own else
-               Measure(r.seconds, record[name].get("peak_rss_mb")) for name, r in run.results.items()}
+    results = {name: Measure(r.seconds, record[name].get("peak_rss_mb"), own.get(name))
+               for name, r in run.results.items()}
     return results, wall, run
 
 

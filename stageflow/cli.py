@@ -21,10 +21,10 @@ RUNS = ROOT / "runs"
 TRAINING_REPORT = "training-report.html"  # in the run directory, beside report.html
 
 
-def new_run_dir() -> Path:
-    """runs/<UTC time>, plus runs/latest pointing at it; never reuses a directory by accident."""
+def new_run_dir(prefix: str = "") -> Path:
+    """runs/<prefix><UTC time>, plus runs/latest pointing at it; never reuses a directory by accident."""
     RUNS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = prefix + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         path = RUNS / (stamp if n == 1 else f"{stamp}-{n}")
         try:
@@ -177,6 +177,23 @@ def cmd_compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_environments(args: argparse.Namespace) -> int:
+    from stageflow import environments
+
+    try:
+        print("\n".join(environments.run()))
+    except environments.DominoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from stageflow import submit
+
+    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size)
+
+
 def cmd_verify_model(args: argparse.Namespace) -> int:
     from stageflow import model
 
@@ -224,8 +241,17 @@ def parser() -> argparse.ArgumentParser:
     compose.set_defaults(func=cmd_compose, action="file")
     env = sub.add_parser("compose-env", help="print export lines for using docker-compose.yml by hand")
     env.set_defaults(func=cmd_compose, action="env")
-
-
+    environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
+                                  "build/environments.json; create or revise them on Domino when DOMINO_API_HOST "
+                                  "and DOMINO_USER_API_KEY are set")
+    environments.set_defaults(func=cmd_environments)
+    submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
+                            "`pyflyte run --remote flow.py model_training ...`")
+    submit.add_argument("--data-path-a", required=True, help="source A, an absolute path as a Domino job sees it")
+    submit.add_argument("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
+    submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
+    submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
+    submit.set_defaults(func=cmd_submit)
     rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
                                         "memory, rows, logs and outputs")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")

@@ -248,7 +248,8 @@ class Workflow:
 
 
 def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
+    """The error as one printable line: a parser quoting binary junk must not garble the log or _ERROR."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(err).split())) or type(err).__name__
     return text if isinstance(err, StageError) else f"{type(err).__name__}: {text}"
 
 

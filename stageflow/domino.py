@@ -2,24 +2,35 @@
 
 Domino ships `flytekitplugins.domino.helpers` inside its environments only (it is not on PyPI). flow.py
 imports the real one when it is there and this one otherwise. Here each call becomes a Flyte raw-container
-task on the stage's image, following the same /workflow contract, so flow.py compiles, serialises and runs
-with plain flytekit; the Domino-only arguments are accepted and kept for inspection.
+task on the stage's image, following the same /workflow contract, so flow.py compiles, serialises (and can
+be registered on an open-source Flyte cluster) with plain flytekit; the Domino-only arguments are kept for
+inspection. A local `pyflyte run flow.py model_training ...` (no --remote) runs each task through the local
+runner instead of flytekit's own raw-container execution, which drops primitive inputs and calls a failed
+container a success (see DESIGN.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
 import shlex
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from flytekit import ContainerTask
+from flytekit.core.base_task import TaskMetadata
 from flytekit.core.context_manager import FlyteContextManager
 from flytekit.core.node_creation import create_node
 from flytekit.types.file import FlyteFile
 
+from stageflow import contract
 from stageflow.stages import STAGES
+
+BACKEND_ENV = "STAGEFLOW_BACKEND"  # process or docker: force the backend of a local pyflyte run
+RUN_DIR_ENV = "STAGEFLOW_RUN_DIR"  # where a local pyflyte run keeps its stages (default runs/pyflyte-<time>)
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,95 @@ class Artifact:
         return FlyteFile[TypeVar(extension)] if extension else FlyteFile
 
 
+class StageFailed(Exception):
+    """A stage of a local pyflyte run failed: the message names it, its one-line error and its log tail."""
+
+
+def choose_backend():
+    """The docker backend when a daemon answers and every stage image is built, else the process backend.
+
+    Returns (backend, why). STAGEFLOW_BACKEND=process|docker forces one; a forced docker that cannot run
+    is an error rather than a silent fallback.
+    """
+    from stageflow.dag import Dag, Node
+    from stageflow.runner import ProcessBackend, RunError
+
+    forced = os.environ.get(BACKEND_ENV, "")
+    if forced not in ("", "process", "docker"):
+        raise RunError(f"{BACKEND_ENV}={forced}: expected process or docker")
+    if forced == "process":
+        return ProcessBackend(), f"{BACKEND_ENV}=process"
+    try:
+        from stageflow import containers
+
+        backend = containers.DockerBackend()
+        backend.check(Dag([Node(stage, {}, {}) for stage in STAGES.values()], {}, {}, {}))
+        return backend, "Docker daemon reachable and every stage image built"
+    except (ImportError, RunError) as err:
+        if forced == "docker":
+            raise RunError(f"{BACKEND_ENV}=docker: {err}") from None
+        return ProcessBackend(), f"no docker backend: {err}"
+
+
+@functools.cache
+def local_session() -> tuple[Any, Path]:
+    """One backend and one run directory for every stage of a pyflyte process, chosen and said once."""
+    from stageflow.cli import new_run_dir
+
+    backend, why = choose_backend()
+    run_dir = Path(os.environ[RUN_DIR_ENV]).resolve() if os.environ.get(RUN_DIR_ENV) else new_run_dir("pyflyte-")
+    print(f"stageflow: running each stage with the {backend.name} backend ({why}); stages in {run_dir}", flush=True)
+    return backend, run_dir
+
+
+def local_value(value: Any) -> Any:
+    """A task input as the runner takes it: a FlyteFile becomes its local file; a str naming a file relative
+    to the current directory becomes absolute, since the stage runs elsewhere (another cwd, a container)."""
+    if isinstance(value, FlyteFile):
+        return Path(value.download())
+    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.isfile(value):
+        return os.path.abspath(value)
+    return value
+
+
 class StageTask(ContainerTask):
     """A stage as a raw-container task; remembers the Domino job settings it was declared with."""
 
     def __init__(self, domino: dict, **kwargs):
         super().__init__(**kwargs)
         self.domino = domino
+
+    def local_execute(self, ctx, **kwargs):
+        """Run the stage every time, as `stageflow run` does: flytekit's local cache, keyed on the input
+        values, would hand back an old snapshot of a source that changed at the same path."""
+        declared = self._metadata
+        self._metadata = dataclasses.replace(declared, cache=False)
+        try:
+            return super().local_execute(ctx, **kwargs)
+        finally:
+            self._metadata = declared
+
+    def execute(self, **kwargs) -> Any:
+        """Run this one stage through the local runner (flytekit calls this with native values)."""
+        from stageflow.dag import Dag, Node, Source, contract_type
+        from stageflow.runner import Run, RunDirLock
+
+        backend, run_dir = local_session()
+        iface = self.python_interface
+        inputs = {name: (contract_type(kind), Source(value=local_value(kwargs[name])))
+                  for name, kind in iface.inputs.items()}
+        outputs = {name: contract_type(kind) for name, kind in iface.outputs.items()}
+        dag = Dag([Node(STAGES[self.name], inputs, outputs)], {}, {},
+                  {name: Source(stage=self.name, output=name) for name in outputs})
+        stage_dir = run_dir / self.name
+        with RunDirLock(stage_dir):
+            run = Run(dag, stage_dir, backend, {})
+            if not run.execute():
+                raise StageFailed("\n\n".join(run.failures()) or f"stage {self.name} was interrupted")
+        values = [FlyteFile(str(run.output_path(name))) if kind is contract.File
+                  else contract.parse_value(run.output_path(name).read_text(), kind)
+                  for name, kind in outputs.items()]
+        return values[0] if len(values) == 1 else tuple(values)
 
 
 def run_domino_job_task(flyte_task_name: str, command: str, inputs: list[Input] | None = None,
@@ -81,6 +175,7 @@ def run_domino_job_task(flyte_task_name: str, command: str, inputs: list[Input] 
         input_data_dir="/workflow/inputs",
         output_data_dir="/workflow/outputs",
         metadata_format=ContainerTask.MetadataFormat.JSON,
+        metadata=TaskMetadata(cache=cache, cache_version=cache_version),  # Flyte caches as Domino does
     )
     result = create_node(task, **{i.name: i.value for i in inputs})
     if FlyteContextManager.current_context().compilation_state is not None:

@@ -47,7 +47,12 @@ def requirement_files() -> list[Path]:
 
 
 def download_wheels(dest: Path = WHEELS) -> None:
-    """Fetch every stage's pinned wheels for the images' platform (CPython 3.11 on manylinux)."""
+    """Fetch every stage's pinned wheels for the images' platform (CPython 3.11 on manylinux).
+
+    Skipped when the wheelhouse already holds every pin: asking the index again costs ~15 s and would
+    fail on an air-gapped machine where the wheelhouse was copied in."""
+    if dest == WHEELS and WHEELS.is_dir() and not missing_wheels():
+        return
     machine = platform.machine()
     platforms = [f"--platform=manylinux{tag}_{machine}" for tag in ("2014", "_2_17", "_2_28")]
     args = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(dest),

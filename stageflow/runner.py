@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from stageflow.dag import Dag, Node
 from stageflow.stages import ROOT
 
 LOG_TAIL = 20
+PEAK_SAMPLE_SECONDS = 0.02
 
 
 class RunError(Exception):
@@ -77,22 +79,40 @@ class ProcessHandle:
     def __init__(self, proc: subprocess.Popen, timeout: float):
         self.proc = proc
         self.killed_for: str | None = None
+        self.peak_mb: float | None = None
+        self.exited = threading.Event()
         # The clock starts now, not when we begin waiting: a stage that hangs silently must time out too.
         self.timer = threading.Timer(timeout, self.kill, ("timeout",))
         self.timer.daemon = True
         self.timer.start()
+        threading.Thread(target=self._watch_memory, daemon=True).start()
+
+    def _watch_memory(self) -> None:
+        """Sample the process's own high-water mark (VmHWM). wait4's ru_maxrss would not do: it also
+        counts the runner's memory, which the child shared between fork and exec."""
+        status = Path(f"/proc/{self.proc.pid}/status")
+        while not self.exited.wait(PEAK_SAMPLE_SECONDS):
+            try:
+                found = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M)
+            except OSError:
+                return
+            if not found:  # exited, not yet reaped
+                return
+            # VmHWM only grows, so the last sample is the peak; an early one may still be the
+            # runner's own, read between fork and exec.
+            self.peak_mb = round(int(found[1]) / 1024, 1)
 
     def lines(self) -> Iterator[str]:
         yield from self.proc.stdout
 
     def wait(self) -> Outcome:
-        """Reap the process with wait4, which also tells its peak memory (ru_maxrss, in KiB on Linux)."""
         try:
-            _, status, usage = os.wait4(self.proc.pid, 0)
+            _, status = os.waitpid(self.proc.pid, 0)
         finally:
             self.timer.cancel()
+            self.exited.set()
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        return Outcome(self.proc.returncode, self.killed_for, round(usage.ru_maxrss / 1024, 1))
+        return Outcome(self.proc.returncode, self.killed_for, self.peak_mb)
 
     def kill(self, reason: str = "interrupted") -> None:
         """Kill the stage's whole process group, so no grandchild outlives the run."""
@@ -183,8 +203,11 @@ class Run:
             target = inputs / name
             if src.stage:
                 link_or_copy(self.tree(src.stage) / "outputs" / src.output, target)
+                continue
+            value = self.params[src.flow_input] if src.flow_input else src.value
+            if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
+                link_or_copy(Path(value), target)
             else:
-                value = self.params[src.flow_input] if src.flow_input else src.value
                 target.write_text(contract.format_value(value))
         return {name: contract.sha256_file(inputs / name) for name in node.inputs}
 
@@ -296,6 +319,10 @@ class Run:
         running: dict[str, threading.Thread] = {}
 
         def worker(node: Node) -> None:
+            # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would
+            # not wake the main thread's wait, and the stages would run on until one of them finished.
+            # Threads this one starts (timers, watchers) inherit the mask.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 self._run_stage(node)
             finally:
@@ -335,6 +362,7 @@ class Run:
 
     def record(self) -> dict:
         ok = all(r.status == "succeeded" for r in self.results.values())
+        model = self.dag.outputs.get("model")  # absent when the DAG is one stage (a local pyflyte task)
         return {
             "flow": "model_training",
             "backend": self.backend.name,
@@ -344,7 +372,7 @@ class Run:
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.results.items()},
             "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
-            "model_sha256": self.results["train"].outputs.get("model") if ok else None,
+            "model_sha256": self.results[model.stage].outputs.get(model.output) if ok and model else None,
         }
 
     def write_record(self) -> None:

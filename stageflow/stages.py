@@ -34,6 +34,9 @@ class Stage:
     name: str
     tier: str
     description: str
+    # Domino's cache keys on input values. A load's input is a path whose file can change under the same
+    # name, so a cached load would return a stale snapshot; downstream inputs are files, keyed by content.
+    cache: bool = True
 
     @property
     def folder(self) -> Path:
@@ -68,8 +71,8 @@ class Stage:
 
 
 STAGES = {stage.name: stage for stage in (
-    Stage("load_a", "Small", "Snapshot source A as typed Parquet"),
-    Stage("load_b", "Small", "Snapshot source B as typed Parquet"),
+    Stage("load_a", "Small", "Snapshot source A as typed Parquet", cache=False),
+    Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False),
     Stage("merge", "Medium", "Union of A and B keyed on Id"),
     Stage("process", "Medium", "Drop noise, invalid rows; normalise labels"),
     Stage("train", "Large", "Mini-batch training; model and metrics"),

@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 import os
 import re
@@ -11,6 +12,7 @@ import pytest
 from stageflow import dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
 
 
 def load_stage(name: str):
@@ -29,6 +31,19 @@ def wf_root(tmp_path, monkeypatch):
     (tmp_path / "outputs").mkdir()
     monkeypatch.setenv("WORKFLOW_ROOT", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """The recording plugin, importable as flytekitplugins.domino.helpers for this test only."""
+    for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
+        monkeypatch.delitem(sys.modules, name)  # a real plugin, if loaded, comes back after the test
+    monkeypatch.syspath_prepend(str(STANDIN))
+    helpers = importlib.import_module("flytekitplugins.domino.helpers")
+    helpers.CALLS.clear()
+    yield helpers
+    for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
+        del sys.modules[name]
 
 
 @pytest.fixture(autouse=True, scope="session")

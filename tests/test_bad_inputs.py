@@ -110,6 +110,7 @@ def test_bad_source_is_refused(tmp_path, case):
         proc, outputs, error = run_stage(tree, "load_a")
         assert proc.returncode == 1 and outputs == ["_ERROR"] and error.count("\n") == 1
         assert error.startswith(f"input data_path: {source} is not a valid ")
+        assert error[:-1].isprintable()
         return
     assert_refused(tree, "load_a", message.format(path=source), [source.parent])
 

@@ -109,7 +109,9 @@ def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source)
     assert processes_with_root(run_dir) == []
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted"
-    assert {s["status"] for s in record["stages"].values()} <= {"failed", "skipped"}
+    stages = record["stages"]
+    assert "interrupted" in {stages[name]["error"] for name in ("load_a", "load_b")}, stages  # one may have won
+    assert {stages[name]["status"] for name in ("merge", "process", "train")} == {"skipped"}
 
 
 def test_two_runs_at_once_in_different_directories_do_not_interfere(tmp_path):

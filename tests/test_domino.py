@@ -1,0 +1,188 @@
+"""flow.py as Domino and Flyte see it: the calls it makes to Domino's plugin, and the raw-container tasks
+and workflow that plain flytekit serialises from it when the plugin is absent."""
+
+import importlib.util
+import inspect
+import os
+import sys
+import uuid
+from collections import OrderedDict
+
+import pytest
+from flytekit.configuration import ImageConfig, SerializationSettings
+from flytekit.core.constants import GLOBAL_INPUT_NODE_ID
+from flytekit.models.task import DataLoadingConfig
+from flytekit.models.types import SimpleType
+from flytekit.tools.translator import get_serializable
+from flytekit.types.file import FlyteFile
+
+from stageflow import domino
+from stageflow.stages import STAGES
+
+from conftest import ROOT, STANDIN
+
+
+# What Domino must get, written out here rather than derived from the registry, so a wrong registry fails.
+JOBS = {  # stage: (environment, hardware tier)
+    "load_a": ("stageflow-load-a", "Small"),
+    "load_b": ("stageflow-load-b", "Small"),
+    "merge": ("stageflow-merge", "Medium"),
+    "process": ("stageflow-process", "Medium"),
+    "train": ("stageflow-train", "Large"),
+}
+INPUTS = {  # stage: [(input, type, where its value comes from: (stage or "flow", output or flow input))]
+    "load_a": [("data_path", "str", ("flow", "data_path_a"))],
+    "load_b": [("data_path", "str", ("flow", "data_path_b"))],
+    "merge": [("datasetA", "file:parquet", ("load_a", "datasetA")),
+              ("datasetB", "file:parquet", ("load_b", "datasetB"))],
+    "process": [("merged_data", "file:parquet", ("merge", "merged_data"))],
+    "train": [("processed_data", "file:parquet", ("process", "processed_data")),
+              ("epochs", "int", ("flow", "epochs")), ("batch_size", "int", ("flow", "batch_size"))],
+}
+OUTPUTS = {
+    "load_a": [("datasetA", "file:parquet")],
+    "load_b": [("datasetB", "file:parquet")],
+    "merge": [("merged_data", "file:parquet")],
+    "process": [("processed_data", "file:parquet")],
+    "train": [("model", "file:pkl"), ("metrics", "file:json"), ("report", "file:html")],
+}
+
+
+def load_flow(monkeypatch):
+    """A fresh import of flow.py under a new module name (removed again after the test)."""
+    name = f"flow_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "flow.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    module.model_training.compile()
+    return module
+
+
+def kind(python_type) -> str:
+    if isinstance(python_type, type) and issubclass(python_type, FlyteFile):
+        return f"file:{python_type.extension()}"
+    return python_type.__name__
+
+
+@pytest.fixture
+def calls(standin, monkeypatch):
+    flow = load_flow(monkeypatch)
+    assert flow.run_domino_job_task is standin.run_domino_job_task  # flow.py took the plugin, not the fallback
+    assert [c["flyte_task_name"] for c in standin.CALLS] == list(JOBS)  # one call per stage, in order
+    return {c["flyte_task_name"]: c for c in standin.CALLS}
+
+
+def test_each_call_runs_the_stage_script_baked_into_its_own_image(calls):
+    for name, call in calls.items():
+        assert call["command"] == f"python /opt/stageflow/stages/{name}/main.py"
+        dockerfile = (ROOT / "stages" / name / "Dockerfile").read_text()
+        assert f"stages/{name}/main.py /opt/stageflow/stages/{name}/main.py\n" in dockerfile
+
+
+def test_each_call_names_its_environment_tier_and_cache(calls):
+    for name, call in calls.items():
+        assert (call["environment_name"], call["hardware_tier_name"]) == JOBS[name]
+        assert call["cache"] is (name not in ("load_a", "load_b"))  # a load's path may hold new data
+        assert call["cache_version"] == STAGES[name].version  # changes exactly when the image does
+        assert STAGES[name].image().endswith(":" + call["cache_version"])
+        assert call["use_project_defaults_for_omitted"] is True
+        assert call["environment_revision_id"] is None  # the environment's active revision, set by `make environments`
+
+
+def test_each_call_declares_typed_inputs_bound_to_upstream_outputs(calls):
+    node_names = {promise.ref.node_id: name for name, call in calls.items() for promise in call["outputs"].values()}
+    for name, call in calls.items():
+        found = []
+        for item in call["inputs"]:
+            ref = item.value.ref
+            source = ("flow", ref.var) if ref.node_id == GLOBAL_INPUT_NODE_ID else (node_names[ref.node_id], ref.var)
+            found.append((item.name, kind(item.type), source))
+        assert found == INPUTS[name], name
+
+
+def test_each_call_declares_its_outputs(calls):
+    for name, call in calls.items():
+        assert [(o.name, kind(o.type)) for o in call["output_specs"]] == OUTPUTS[name]
+        assert list(call["outputs"]) == [o.name for o in call["output_specs"]]  # read as task["name"]
+
+
+def test_the_standin_is_the_only_one_and_lives_under_tests():
+    found = []
+    for path, dirs, _ in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in (".git", ".venv", "runs", "wheels", "build", ".workflow")]
+        found += [os.path.join(path, d) for d in dirs if d == "flytekitplugins"]
+    assert found == [str(STANDIN / "flytekitplugins")]
+
+
+def test_without_standin_flow_uses_the_real_plugin_or_the_fallback(monkeypatch):
+    flow = load_flow(monkeypatch)
+    source = inspect.getsourcefile(flow.run_domino_job_task)
+    assert not source.startswith(str(STANDIN))
+    if importlib.util.find_spec("flytekitplugins") is None:
+        assert flow.run_domino_job_task is domino.run_domino_job_task
+
+
+# ---------------------------------------------------------------- plain flytekit: raw-container tasks
+
+LITERAL_KINDS = {SimpleType.STRING: "str", SimpleType.INTEGER: "int"}
+
+
+def literal_kind(literal_type) -> str:
+    return f"file:{literal_type.blob.format}" if literal_type.blob else LITERAL_KINDS[literal_type.simple]
+
+
+@pytest.fixture
+def serialised(monkeypatch):
+    """flow.py serialised as `pyflyte register` would, images pushed to a (named, never contacted) registry."""
+    monkeypatch.setenv("STAGEFLOW_REGISTRY", "registry.invalid:5000/team")
+    flow = load_flow(monkeypatch)
+    settings = SerializationSettings(image_config=ImageConfig.auto_default_image(), project="p", domain="d",
+                                     version="v1")
+    entities = OrderedDict()
+    workflow = get_serializable(entities, settings, flow.model_training)
+    tasks = {spec.template.id.name: spec.template for spec in entities.values()
+             if type(spec).__name__ == "TaskSpec"}
+    return tasks, workflow.template
+
+
+def test_serialised_tasks_are_raw_containers_on_the_stage_images(serialised):
+    tasks, _ = serialised
+    assert list(tasks) == list(JOBS)
+    for name, template in tasks.items():
+        assert template.type == "raw-container"
+        container = template.container
+        assert container.image == f"registry.invalid:5000/team/{name.replace('_', '-')}:{STAGES[name].version}"
+        assert list(container.command) == ["python", f"/opt/stageflow/stages/{name}/main.py"]
+        assert not container.args
+        config = container.data_loading_config.to_flyte_idl()  # as registered
+        assert config.enabled and config.format == DataLoadingConfig.LITERALMAP_FORMAT_JSON
+        assert (config.input_path, config.output_path) == ("/workflow/inputs", "/workflow/outputs")
+        assert template.metadata.discoverable is STAGES[name].cache
+        assert template.metadata.discovery_version == STAGES[name].version
+
+
+def test_serialised_interfaces_match_the_contract(serialised):
+    tasks, _ = serialised
+    for name, template in tasks.items():
+        inputs = {k: literal_kind(v.type) for k, v in template.interface.inputs.items()}
+        outputs = [(k, literal_kind(v.type)) for k, v in template.interface.outputs.items()]
+        assert inputs == {input_name: type_ for input_name, type_, _ in INPUTS[name]}
+        assert outputs == OUTPUTS[name]
+
+
+def test_serialised_workflow_binds_each_input_to_its_source(serialised):
+    _, workflow = serialised
+    names = {node.id: node.task_node.reference_id.name for node in workflow.nodes}
+    for node in workflow.nodes:
+        found = set()
+        for binding in node.inputs:
+            ref = binding.binding.promise
+            found.add((binding.var, ("flow", ref.var) if ref.node_id == GLOBAL_INPUT_NODE_ID else (names[ref.node_id], ref.var)))
+        name = names[node.id]
+        assert found == {(input_name, source) for input_name, _, source in INPUTS[name]}, name
+        assert {names[up] for up in node.upstream_node_ids} == {s for _, _, (s, _) in INPUTS[name]} - {"flow"}
+    assert {(o.var, names[o.binding.promise.node_id], o.binding.promise.var) for o in workflow.outputs} == {
+        ("model", "train", "model"), ("metrics", "train", "metrics"), ("report", "train", "report")}
+    assert {v: literal_kind(t.type) for v, t in workflow.interface.inputs.items()} == {
+        "data_path_a": "str", "data_path_b": "str", "epochs": "int", "batch_size": "int"}
