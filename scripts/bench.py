@@ -226,8 +226,11 @@ def run_bare(run: runner.Run, epochs: int, batch_size: int) -> Measure:
     """The estimator's fit on the same arrays the train stage built (same split, epochs, batch size)."""
     train = train_stage()
     table, _ = dataset.read(run.tree("process") / "outputs" / "processed_data", "processed_data")
-    x_train, _, y_train, _ = train.split(*train.to_arrays(table))
+    x, codes, names = train.to_arrays(table)
     del table
+    x_train, _, c_train, _ = train.split(x, codes, names)
+    y_train = names[c_train]  # the text labels a user would hand the estimator
+    del x, codes
     started, cpu = time.perf_counter(), time.process_time()
     bare_fit(x_train, y_train, epochs, batch_size)
     return Measure(time.perf_counter() - started, None, time.process_time() - cpu)

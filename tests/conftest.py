@@ -56,14 +56,15 @@ def iris_like(n_per_class=20, seed=0):
     rng = np.random.default_rng(seed)
     centres = {"setosa": [5.0, 3.4, 1.5, 0.2], "versicolor": [5.9, 2.8, 4.3, 1.3], "virginica": [6.6, 3.0, 5.6, 2.0]}
     x = np.vstack([rng.normal(c, 0.15, (n_per_class, 4)) for c in centres.values()])
-    y = np.repeat(list(centres), n_per_class).astype(object)
-    return x, y
+    codes = np.repeat(np.arange(len(centres), dtype=np.int8), n_per_class)
+    return x, codes, np.asarray(list(centres), dtype=object)
 
 
 @pytest.fixture
 def train_root(wf_root):
     """A fake /workflow tree holding the train stage's inputs: 60 iris-like rows, 5 epochs of 16-row batches."""
-    x, y = iris_like()
+    x, codes, names = iris_like()
+    y = names[codes]
     columns = {dataset.ID: pa.array(range(1, len(y) + 1), pa.int64()),
                **{name: pa.array(x[:, i]) for i, name in enumerate(dataset.FEATURES)},
                dataset.LABEL: pa.array(list(y))}

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from stageflow import dataset, sources
 from stageflow.contract import StageError
@@ -212,31 +213,55 @@ def test_process_refuses_unknown_labels():
 
 
 def test_fit_honours_epochs_and_learns():
-    x, y = iris_like()
-    x_train, x_test, y_train, y_test = train.split(x, y)
-    model, losses = train.fit(x_train, y_train, epochs=7, batch_size=8)
+    x, codes, names = iris_like()
+    x_train, x_test, c_train, c_test = train.split(x, codes, names)
+    model, losses = train.fit(x_train, c_train, names, epochs=7, batch_size=8)
     assert len(losses) == 7 and losses[-1] < losses[0]
-    assert train.evaluate(model, x_test, y_test)["accuracy"] >= 0.9
+    assert list(model.classes_) == ["setosa", "versicolor", "virginica"]  # the model predicts names
+    assert train.evaluate(model, x_test, c_test, names)["accuracy"] >= 0.9
+
+
+def test_evaluate_agrees_with_sklearn_on_names():
+    x, codes, names = iris_like(seed=3)
+    x_train, x_test, c_train, c_test = train.split(x, codes, names)
+    model, _ = train.fit(x_train, c_train, names, epochs=1, batch_size=4)  # one short epoch: some mistakes
+    got = train.evaluate(model, x_test, c_test, names)
+    y_true, y_pred = names[c_test], model.predict(x_test)
+    classes = list(names)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert got["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert got["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=classes).tolist()
+
+
+def test_labels_become_sorted_codes_of_the_classes_present():
+    t = pa.table({**{name: pa.array([1.0] * 4) for name in dataset.FEATURES},
+                  dataset.LABEL: pa.array(["virginica", "setosa", "virginica", "versicolor"]).dictionary_encode()})
+    t = t.set_column(t.schema.get_field_index(dataset.LABEL), dataset.LABEL,  # a dictionary with an unused entry
+                     pa.DictionaryArray.from_arrays(pa.array([3, 1, 3, 0], pa.int32()),
+                                                    pa.array(["versicolor", "setosa", "unused", "virginica"])))
+    _, codes, names = train.to_arrays(t)
+    assert list(names) == ["setosa", "versicolor", "virginica"]
+    assert names[codes].tolist() == ["virginica", "setosa", "virginica", "versicolor"]
 
 
 def test_split_is_stratified_and_seeded():
-    x, y = iris_like()
-    first, second = train.split(x, y), train.split(x, y)
+    x, codes, names = iris_like()
+    first, second = train.split(x, codes, names), train.split(x, codes, names)
     assert np.array_equal(first[3], second[3])
-    assert np.unique(first[3], return_counts=True)[1].tolist() == [4, 4, 4]  # 20% of 20 per class
+    assert np.bincount(first[3]).tolist() == [4, 4, 4]  # 20% of 20 per class
 
 
 def test_single_class_is_refused():
-    x, y = iris_like()
+    x, codes, names = iris_like()
     with pytest.raises(StageError, match=r"only one class \(setosa\) is left"):
-        train.split(x[:20], y[:20])
+        train.split(x[:20], codes[:20], names[:1])
 
 
 def test_too_few_rows_for_a_split_are_refused():
-    x, y = iris_like(n_per_class=2)
-    y[0] = "virginica"  # setosa left with one row
-    with pytest.raises(StageError, match="too few for a stratified hold-out split"):
-        train.split(x, y)
+    x, codes, names = iris_like(n_per_class=2)
+    codes[0] = 2  # setosa left with one row
+    with pytest.raises(StageError, match=r"6 rows are too few for a stratified hold-out split \(setosa has 1 row\(s\)"):
+        train.split(x, codes, names)
 
 
 @pytest.mark.parametrize("epochs, batch_size, message", [
