@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import threading
 from pathlib import Path
 from typing import Iterator
 
 from stageflow.dag import Dag, Node
 from stageflow.images import ImageError, client
-from stageflow.runner import Outcome, ProcessHandle, RunError
+from stageflow.runner import Outcome, ProcessHandle, RunError, kill_after
 from stageflow.stages import ROOT, STAGES, TIERS
 
 STAGE_UID = 12574  # Domino's ubuntu user, which the images are built for
@@ -94,9 +93,7 @@ class ContainerHandle:
         self.container = container
         self.killed_for: str | None = None
         self.peak: float | None = None
-        self.timer = threading.Timer(timeout, self.kill, ("timeout",))
-        self.timer.daemon = True
-        self.timer.start()
+        self.timer = kill_after(timeout, self.kill)
 
     def lines(self) -> Iterator[str]:
         pending = ""

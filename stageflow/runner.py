@@ -30,7 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from stageflow import contract
 from stageflow.cache import Cache, key as cache_key, link_or_copy
@@ -58,6 +58,15 @@ class Handle(Protocol):
     def kill(self, reason: str = "interrupted") -> None: ...
 
 
+def kill_after(timeout: float, kill: Callable[[str], None]) -> threading.Timer:
+    """Start the stage's timeout clock now, not when we begin waiting: a stage that hangs silently must
+    time out too. Both backends' handles cancel it once the stage has exited."""
+    timer = threading.Timer(timeout, kill, ("timeout",))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class ProcessBackend:
     """Each stage as a local Python process: no Docker needed, the fastest way to iterate."""
 
@@ -81,10 +90,7 @@ class ProcessHandle:
         self.killed_for: str | None = None
         self.peak_mb: float | None = None
         self.exited = threading.Event()
-        # The clock starts now, not when we begin waiting: a stage that hangs silently must time out too.
-        self.timer = threading.Timer(timeout, self.kill, ("timeout",))
-        self.timer.daemon = True
-        self.timer.start()
+        self.timer = kill_after(timeout, self.kill)
         threading.Thread(target=self._watch_memory, daemon=True).start()
 
     def _watch_memory(self) -> None:
