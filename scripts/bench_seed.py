@@ -41,14 +41,12 @@ def bare_fit(x, y, epochs: int, batch_size: int):
     around it (the loss per epoch, progress lines): the yardstick for the stage's overhead.
     """
     import numpy as np
-    from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import StandardScaler
 
     train = train_stage()
     classes = np.unique(y)
     scaled = StandardScaler().fit(x).transform(x)
-    model = MLPClassifier(hidden_layer_sizes=train.HIDDEN, learning_rate_init=train.LEARNING_RATE,
-                          random_state=train.SEED)
+    model = train.estimator(batch_size)
     rng = np.random.default_rng(train.SEED)
     for _ in range(epochs):
         order = rng.permutation(len(y))

@@ -204,7 +204,7 @@ def loss_plot(losses: Sequence[float]) -> str:
     epochs = range(1, len(losses) + 1)
     ax.plot(epochs, losses, marker="o" if len(losses) <= 50 else None, color="#0969da")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("log loss (training set)")
+    ax.set_ylabel("training loss (mean over batches)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if len(losses) <= 20:

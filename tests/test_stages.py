@@ -221,6 +221,17 @@ def test_fit_honours_epochs_and_learns():
     assert train.evaluate(model, x_test, c_test, names)["accuracy"] >= 0.9
 
 
+def test_each_batch_is_one_gradient_step_of_batch_size_rows():
+    """sklearn's default would cut a partial_fit call into 200-row steps: 240 rows would be 2 steps."""
+    x, codes, names = iris_like(n_per_class=100)
+    x_train, _, c_train, _ = train.split(x, codes, names)
+    assert len(c_train) == 240
+    model, losses = train.fit(x_train, c_train, names, epochs=3, batch_size=240)
+    assert model.named_steps["classify"]._optimizer.t == 3  # Adam's step counter: one step per epoch
+    model, _ = train.fit(x_train, c_train, names, epochs=2, batch_size=100)
+    assert model.named_steps["classify"]._optimizer.t == 2 * 3  # batches of 100, 100 and 40
+
+
 def test_evaluate_agrees_with_sklearn_on_names():
     x, codes, names = iris_like(seed=3)
     x_train, x_test, c_train, c_test = train.split(x, codes, names)
