@@ -67,9 +67,7 @@ def bare(processed: str, epochs: str, batch_size: str) -> None:
     train = train_stage()  # puts the checkout on sys.path too
     from stageflow import dataset
 
-    table, _ = dataset.read(Path(processed), "processed_data")
-    x, codes, names = train.to_arrays(table)
-    del table
+    x, codes, names = train.to_arrays(dataset.Snapshot(Path(processed), "processed_data"))
     x_train, _, c_train, _ = train.split(x, codes, names)
     y_train = names[c_train]  # the text labels a user would hand the estimator
     del x, codes

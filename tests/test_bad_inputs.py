@@ -222,7 +222,7 @@ TRAIN_CASES = {
                      "input processed_data: only one class (setosa) is left; a classifier needs at least two"),
     "too few rows": ([(1, "setosa"), (2, "setosa"), (3, "virginica")], "10", "32",
                      "input processed_data: 3 rows are too few for a stratified hold-out split (virginica has 1 "
-                     "row(s); every class needs at least 2 and the 20% test split at least one row per class)"),
+                     "row(s); every class needs at least 2, one to train on and one to test)"),
     "epochs 0": (BALANCED, "0", "32", "input epochs: must be at least 1, found 0"),
     "epochs negative": (BALANCED, "-5", "32", "input epochs: must be at least 1, found -5"),
     "epochs not an integer": (BALANCED, "ten", "32", "input epochs: expected a base-10 integer, found 'ten'"),

@@ -244,22 +244,44 @@ def test_evaluate_agrees_with_sklearn_on_names():
     assert got["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=classes).tolist()
 
 
-def test_labels_become_sorted_codes_of_the_classes_present():
-    t = pa.table({**{name: pa.array([1.0] * 4) for name in dataset.FEATURES},
-                  dataset.LABEL: pa.array(["virginica", "setosa", "virginica", "versicolor"]).dictionary_encode()})
-    t = t.set_column(t.schema.get_field_index(dataset.LABEL), dataset.LABEL,  # a dictionary with an unused entry
-                     pa.DictionaryArray.from_arrays(pa.array([3, 1, 3, 0], pa.int32()),
-                                                    pa.array(["versicolor", "setosa", "unused", "virginica"])))
-    _, codes, names = train.to_arrays(t)
+def test_labels_become_sorted_codes_of_the_classes_present(tmp_path):
+    """Row groups with different dictionaries, one listing a label no row uses."""
+    features = {name: pa.array([1.0, 2.0]) for name in dataset.FEATURES}
+    groups = [pa.table({dataset.ID: pa.array(ids, pa.int64()), **features, dataset.LABEL: pa.DictionaryArray.from_arrays(
+                  pa.array(indices, pa.int32()), pa.array(dictionary))})
+              for ids, indices, dictionary in (([1, 2], [2, 1], ["versicolor", "setosa", "virginica"]),
+                                               ([3, 4], [0, 0], ["versicolor", "unused"]))]
+    with pq.ParquetWriter(tmp_path / "p.parquet", groups[0].schema) as writer:
+        for group in groups:
+            writer.write_table(group)
+    x, codes, names = train.to_arrays(dataset.Snapshot(tmp_path / "p.parquet", "processed_data"))
     assert list(names) == ["setosa", "versicolor", "virginica"]
-    assert names[codes].tolist() == ["virginica", "setosa", "virginica", "versicolor"]
+    assert names[codes].tolist() == ["virginica", "setosa", "versicolor", "versicolor"]
+    assert x[:, 0].tolist() == [1.0, 2.0, 1.0, 2.0]
+
+
+def test_a_missing_label_is_refused(tmp_path):
+    t = pa.table({dataset.ID: [1, 2], **{name: pa.array([1.0, 2.0]) for name in dataset.FEATURES},
+                  dataset.LABEL: pa.array(["setosa", None])})
+    pq.write_table(t, tmp_path / "p.parquet")
+    with pytest.raises(StageError, match=r"^input processed_data: column Species is empty in 1 row\(s\) from row 1$"):
+        train.to_arrays(dataset.Snapshot(tmp_path / "p.parquet", "processed_data"))
 
 
 def test_split_is_stratified_and_seeded():
     x, codes, names = iris_like()
     first, second = train.split(x, codes, names), train.split(x, codes, names)
-    assert np.array_equal(first[3], second[3])
+    assert np.array_equal(first[1], second[1])
     assert np.bincount(first[3]).tolist() == [4, 4, 4]  # 20% of 20 per class
+    # every row lands in exactly one half
+    assert sorted(map(tuple, np.vstack([first[0], first[1]]))) == sorted(map(tuple, x))
+
+
+def test_split_keeps_a_row_of_each_class_on_both_sides():
+    x, codes, names = iris_like()
+    codes, x = np.concatenate([codes[:2], codes[20:]]), np.concatenate([x[:2], x[20:]])  # setosa: 2 rows
+    x_train, x_test, c_train, c_test = train.split(x, codes, names)
+    assert np.bincount(c_test).tolist() == [1, 4, 4] and np.bincount(c_train).tolist() == [1, 16, 16]
 
 
 def test_single_class_is_refused():
