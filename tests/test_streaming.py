@@ -82,14 +82,33 @@ def test_merge_streams_sources_whose_id_ranges_are_apart(wf_root, small_pieces, 
     snapshot(wf_root / "inputs" / "datasetA", [11, 12, 13, 14])  # B's Ids all come first
     snapshot(wf_root / "inputs" / "datasetB", [1, 2, 3, 4, 5], species="virginica")
     assert run(wf_root, merge.merge, ["merged_data"]) == 0
-    assert "into 9 rows (streamed: Id ranges apart)" in capsys.readouterr().err
+    assert "into 9 rows (streamed: both sorted by Id)" in capsys.readouterr().err
     out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
     assert out.read().column("Id").to_pylist() == [1, 2, 3, 4, 5, 11, 12, 13, 14]
     assert (out.meta["rows"], out.meta["overlap"]) == (9, 0)
 
 
-def test_merge_of_interleaved_ids_is_the_sorted_union(wf_root, small_pieces, capsys):
-    a = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetA", [1, 3, 5, 7, 9]), "a").read()
+@pytest.mark.parametrize("ids_a, ids_b", [
+    ([1, 3, 5, 7, 9], [2, 4, 5, 6, 8]),                    # interleaved, one Id in both
+    ([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4, 5, 6, 20, 21]),  # B inside A, then past it
+    ([5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),      # A inside B, all of A in both
+])
+def test_merge_streams_sorted_sources_to_what_the_whole_table_union_gives(wf_root, small_pieces, capsys,
+                                                                         ids_a, ids_b):
+    a = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetA", ids_a), "a").read()
+    b = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetB", ids_b), "b").read()
+    assert run(wf_root, merge.merge, ["merged_data"]) == 0
+    expected, overlap = merge.union(a, b)
+    assert "streamed: both sorted by Id" in capsys.readouterr().err
+    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
+    assert out.read().equals(expected)
+    assert out.read().column("Id").to_pylist() == sorted(set(ids_a) | set(ids_b))
+    assert (out.meta["rows"], out.meta["overlap"]) == (expected.num_rows, overlap)
+    assert overlap == len(set(ids_a) & set(ids_b))
+
+
+def test_merge_of_an_unsorted_source_holds_both_and_gives_the_same(wf_root, small_pieces, capsys):
+    a = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetA", [9, 1, 5, 3, 7]), "a").read()
     b = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetB", [2, 4, 5, 6, 8]), "b").read()
     assert run(wf_root, merge.merge, ["merged_data"]) == 0
     log = capsys.readouterr().err
@@ -98,6 +117,16 @@ def test_merge_of_interleaved_ids_is_the_sorted_union(wf_root, small_pieces, cap
     assert out.read().equals(merge.union(a, b)[0])
     assert out.read().column("Id").to_pylist() == list(range(1, 10))
     assert (out.meta["rows"], out.meta["overlap"]) == (9, 1)  # Id 5, the same row in both
+
+
+@pytest.mark.parametrize("ids_a", [[1, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]], ids=["sorted", "unsorted"])
+def test_merge_counts_every_conflict_across_pieces(wf_root, small_pieces, ids_a):
+    snapshot(wf_root / "inputs" / "datasetA", ids_a)
+    snapshot(wf_root / "inputs" / "datasetB", [2, 7, 8], species="virginica")
+    assert run(wf_root, merge.merge, ["merged_data"]) == 1
+    assert (wf_root / "outputs" / "_ERROR").read_text() == (
+        "merge: Id 2, 7, 8 (3 in all) have different values in datasetA and datasetB\n")
+    assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 
 def test_merge_stage_refuses_conflicts_without_an_output(wf_root, small_pieces):

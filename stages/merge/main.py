@@ -4,8 +4,8 @@ The seed concatenated A with itself; here both sources count. A row that both so
 same values is kept once; the same Id with different values is a conflict no merge rule can settle
 silently, so it stops the flow and names the Ids.
 
-When both snapshots are sorted by Id and one's Ids all come before the other's (consecutive extracts), the
-stage streams them row group by row group; otherwise it holds both and writes the sorted union in slices.
+When both snapshots are sorted by Id (as extracts usually are, interleaved or not), the stage streams them:
+a row group of each at a time. Otherwise it holds both and writes the sorted union in slices.
 """
 
 from __future__ import annotations
@@ -51,24 +51,30 @@ def find_conflicts(a: pa.Table, b: pa.Table) -> list[int]:
     return sorted(pc.filter(both.column(dataset.ID), differs).to_pylist())
 
 
-def combine(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
-    """A plus the rows of B whose Id A lacks, unsorted (no copy when nothing overlaps); and the overlap."""
+def combine(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int, list[int]]:
+    """A plus the rows of B whose Id A lacks, unsorted (no copy when nothing overlaps); how many Ids both
+    hold; and those of them whose values differ."""
     b = check_same_columns(a, b)
     overlap = pc.is_in(b.column(dataset.ID), value_set=a.column(dataset.ID).combine_chunks())
     n_overlap = pc.sum(overlap).as_py() or 0
+    conflicts: list[int] = []
     if n_overlap:
         conflicts = find_conflicts(a, b.filter(overlap))
-        if conflicts:
-            shown = ", ".join(str(i) for i in conflicts[:10])
-            raise StageError(f"merge: Id {shown} ({len(conflicts)} in all) have different values "
-                             f"in datasetA and datasetB")
         b = b.filter(pc.invert(overlap))
-    return pa.concat_tables([a, b]), n_overlap
+    return pa.concat_tables([a, b]), n_overlap, conflicts
+
+
+def refuse(conflicts: list[int]) -> None:
+    if conflicts:
+        shown = ", ".join(str(i) for i in sorted(conflicts)[:10])
+        raise StageError(f"merge: Id {shown} ({len(conflicts)} in all) have different values "
+                         f"in datasetA and datasetB")
 
 
 def union(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
     """A plus the rows of B whose Id A lacks, sorted by Id; also returns how many Ids overlapped."""
-    combined, n_overlap = combine(a, b)
+    combined, n_overlap, conflicts = combine(a, b)
+    refuse(conflicts)
     return combined.sort_by(dataset.ID), n_overlap
 
 
@@ -79,38 +85,59 @@ def sorted_slices(table: pa.Table) -> Iterator[pa.Table]:
         yield table.take(order.slice(start, dataset.ROW_GROUP))
 
 
-def sorted_apart(ids_a: pa.ChunkedArray, ids_b: pa.ChunkedArray) -> str | None:
-    """"ab" or "ba" when both Id columns are strictly increasing and one source's Ids all come before the
-    other's (consecutive extracts, say): then A then B (or B then A) is already the sorted union."""
-    if not (len(ids_a) and len(ids_b)) or ids_a.null_count or ids_b.null_count:
-        return None
-    if not (dataset.strictly_increasing(ids_a) and dataset.strictly_increasing(ids_b)):
-        return None
-    if ids_a[-1].as_py() < ids_b[0].as_py():
-        return "ab"
-    if ids_b[-1].as_py() < ids_a[0].as_py():
-        return "ba"
-    return None
+def sorted_union(a: Iterator[pa.Table], b: Iterator[pa.Table], conflicts: list[int]
+                 ) -> Iterator[tuple[pa.Table, int]]:
+    """The sorted union of two streams sorted by Id, a piece at a time, with each piece's overlap.
+
+    Every Id up to the smaller of the two held pieces' last Ids has arrived from both sides, so those rows
+    can be merged and written; the rest waits for the next piece. Each round empties at least one side.
+    Conflicts are collected, not raised, so the error can count them all.
+    """
+    streams = [iter(a), iter(b)]
+    held: list[pa.Table | None] = [None, None]
+    while True:
+        for i in (0, 1):
+            if held[i] is None or not held[i].num_rows:
+                held[i] = next((t for t in streams[i] if t.num_rows), None)
+        if held[0] is None or held[1] is None:  # one side is done: the other's rows follow as they are
+            rest = 1 if held[0] is None else 0
+            if held[rest] is not None:
+                yield held[rest], 0
+                yield from ((t, 0) for t in streams[rest])
+            return
+        frontier = min(t.column(dataset.ID)[-1].as_py() for t in held)
+        ready = []
+        for i in (0, 1):
+            n = pc.sum(pc.less_equal(held[i].column(dataset.ID), frontier)).as_py() or 0
+            ready.append(held[i].slice(0, n))
+            held[i] = held[i].slice(n)
+        combined, n_overlap, found = combine(*ready)
+        conflicts.extend(found)
+        yield combined.sort_by(dataset.ID), n_overlap
 
 
 def merge(wf: Workflow) -> None:
     a = dataset.Snapshot(wf.read("datasetA", contract.File), "datasetA")
     b = dataset.Snapshot(wf.read("datasetB", contract.File), "datasetB")
     names = check_same_columns(a.empty(), b.empty()).column_names
-    order = sorted_apart(a.column(dataset.ID), b.column(dataset.ID))
+    streaming = all(dataset.strictly_increasing(s.column(dataset.ID)) for s in (a, b))
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
     sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
+    n_overlap = 0
     with wf.output_file("merged_data") as tmp:
         writer = dataset.Writer(tmp, a.empty().schema)
         try:
-            if order:  # stream: one row group in memory at a time
-                n_overlap = 0
-                for snapshot in (a, b) if order == "ab" else (b, a):
-                    for table in snapshot.tables():
-                        writer.write(table.select(names))
-            else:  # Ids interleave or repeat: both snapshots in memory, written out in sorted slices
-                combined, n_overlap = combine(a.read(), b.read())
+            if streaming:  # a row group of each side in memory at a time
+                conflicts: list[int] = []
+                for table, overlap in sorted_union((t.select(names) for t in a.tables()),
+                                                   (t.select(names) for t in b.tables()), conflicts):
+                    writer.write(table)
+                    n_overlap += overlap
+                refuse(conflicts)
+            else:  # an unsorted source: both snapshots in memory, written out in sorted slices
+                combined, n_overlap, conflicts = combine(a.read(), b.read())
+                refuse(conflicts)
                 for table in sorted_slices(combined):
                     writer.write(table)
         except BaseException:
@@ -118,7 +145,7 @@ def merge(wf: Workflow) -> None:
             raise
         writer.close({"sources": sources, "rows": writer.rows, "overlap": n_overlap})
     log.info("merged %d + %d rows (%d Ids in both, identical) into %d rows%s", a.num_rows, b.num_rows,
-             n_overlap, writer.rows, " (streamed: Id ranges apart)" if order else "")
+             n_overlap, writer.rows, " (streamed: both sorted by Id)" if streaming else "")
 
 
 def main() -> None:
