@@ -111,6 +111,9 @@ def sorted_union(a: Iterator[pa.Table], b: Iterator[pa.Table], conflicts: list[i
             n = pc.sum(pc.less_equal(held[i].column(dataset.ID), frontier)).as_py() or 0
             ready.append(held[i].slice(0, n))
             held[i] = held[i].slice(n)
+        if not (ready[0].num_rows and ready[1].num_rows):  # Id ranges apart (consecutive extracts): as is
+            yield ready[0] if ready[0].num_rows else ready[1], 0
+            continue
         combined, n_overlap, found = combine(*ready)
         conflicts.extend(found)
         yield combined.sort_by(dataset.ID), n_overlap
