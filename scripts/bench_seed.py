@@ -59,8 +59,8 @@ def bare_fit(x, y, epochs: int, batch_size: int):
 
 def bare(processed: str, epochs: str, batch_size: str) -> None:
     """Time the bare fit on the arrays the train stage builds from `processed` (same split), in a fresh
-    process like the stage's own: timed in the benchmark's process, after it had run the flows, the same
-    loop came out 10-20% slower than in the stage."""
+    process like the stage's own, so nothing the benchmark's process holds after running the flows (its
+    heap, its threads) weighs on the loop; once, timed there, it came out 13% slower than the stage."""
     import json
     import time
 

@@ -15,8 +15,6 @@ import time
 import warnings
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -103,10 +101,12 @@ def estimator(batch_size: int) -> MLPClassifier:
 
 def fit(x: np.ndarray, codes: np.ndarray, names: np.ndarray, epochs: int, batch_size: int,
         progress: Progress | None = None) -> tuple[Pipeline, list[float]]:
-    """Standardise `x` (in place), then run `epochs` shuffled passes of `batch_size` rows. The loss of an epoch is the
-    mean of its batches' losses, weighted by rows (what sklearn's own `fit` and Keras report): the
-    optimiser computes it anyway, where a pass over the whole set after each epoch would cost one more
-    forward pass per epoch. Each batch is given its labels as names, so the model predicts names."""
+    """Standardise `x` (in place), then run `epochs` shuffled passes of `batch_size` rows.
+
+    The loss of an epoch is the mean of its batches' losses, weighted by rows (what sklearn's own `fit`
+    and Keras report): the optimiser computes it anyway, where a pass over the whole set after each epoch
+    would cost one more forward pass per epoch. Each batch is given its labels as names, so the model
+    predicts names."""
     scaler = StandardScaler().fit(x)
     scaled = scaler.transform(x, copy=False)  # in place: a scaled copy would be 0.5 GB more at 10M rows
     model = estimator(batch_size)
