@@ -78,7 +78,7 @@ submit:
 compose: images
 	$(PY) -m stageflow run --backend compose --run-dir .workflow $(RUN_ARGS)
 
-## compose-file: regenerate docker-compose.yml from the stage registry (stageflow/stages.py)
+## compose-file: regenerate docker-compose.yml from the stage registry (stageflow/registry.py)
 compose-file: venv
 	$(PY) -m stageflow compose-file
 

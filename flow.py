@@ -3,7 +3,7 @@
 Submit from a Domino workspace with
     pyflyte run --remote flow.py model_training --data_path_a PATH_A --data_path_b PATH_B
 Run locally (no Domino) with `make run`, or `pyflyte run flow.py model_training ...` without --remote.
-Names, environments, tiers and images come from stageflow/stages.py, shared with the runner and images.
+Environments, tiers and images come from the stage registry (stageflow/registry.py).
 """
 
 from typing import NamedTuple, TypeVar
@@ -19,7 +19,7 @@ try:  # Flow Artifacts, in the plugin versions that have them; without, the repo
     from flytekitplugins.domino.artifact import REPORT, Artifact
 except ImportError:
     from stageflow.domino import REPORT, Artifact
-from stageflow.stages import STAGES
+from stageflow.registry import stage as registered
 
 Parquet = FlyteFile[TypeVar("parquet")]
 Pickle = FlyteFile[TypeVar("pkl")]
@@ -34,7 +34,7 @@ TrainingOutputs = NamedTuple("TrainingOutputs", model=Pickle, metrics=Json,
 def job(name: str) -> dict:
     """The per-stage Domino job settings, all derived from the stage registry. What is left out (git ref,
     volume size, dataset snapshots) takes the project's defaults, as in the seed and Domino's examples."""
-    stage = STAGES[name]
+    stage = registered(name)
     return {"flyte_task_name": name, "command": stage.command, "environment_name": stage.environment,
             "hardware_tier_name": stage.tier, "cache": stage.cache, "cache_version": stage.version,
             "use_project_defaults_for_omitted": True}

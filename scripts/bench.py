@@ -38,7 +38,8 @@ import pyarrow.csv as pcsv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.path]
 
-from stageflow import contract, dag as dag_module, runner  # noqa: E402
+from stageflow import dag as dag_module, runner
+from stageflow.runtime import contract  # noqa: E402
 
 COLUMNS = ["Id", "SepalLengthCm", "SepalWidthCm", "RandomColumn", "PetalLengthCm", "PetalWidthCm", "Species"]
 SPECIES = ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
@@ -172,7 +173,7 @@ class RusageHandle:
         return outcome
 
 
-class RusageProcessBackend(runner.ProcessBackend):
+class RusageHostBackend(runner.HostBackend):
     """The process backend, keeping each stage's CPU seconds."""
 
     def __init__(self):
@@ -344,7 +345,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         columns["seed"] = run_baseline(work, a, b, args.epochs, args.batch_size)
 
     print("stageflow, process backend", flush=True)
-    backend = RusageProcessBackend()
+    backend = RusageHostBackend()
     dag = dag_module.load()
     ours, wall, run = run_flow(work, dag, backend, a, b, args.epochs, args.batch_size, args.timeout)
     columns["process"] = ours

@@ -65,7 +65,7 @@ def bare(processed: str, epochs: str, batch_size: str) -> None:
     import time
 
     train = train_stage()  # puts the checkout on sys.path too
-    from stageflow import dataset
+    from stageflow.runtime import dataset
 
     x, codes, names = train.to_arrays(dataset.Snapshot(Path(processed), "processed_data"))
     x_train, _, c_train, _ = train.split(x, codes, names)

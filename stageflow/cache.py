@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stageflow.contract import sha256_file
-from stageflow.stages import ROOT
+from stageflow.runtime.contract import sha256_file
+from stageflow.registry import ROOT
 
 CACHE_ENV = "STAGEFLOW_CACHE"
 MANIFEST = "manifest.json"

@@ -10,10 +10,12 @@ import signal
 import sys
 from pathlib import Path
 
-from stageflow import report
-from stageflow.report import DASH, fmt, rows_cell, seconds
+from stageflow import run_report
+from stageflow.runtime import report
+from stageflow.run_report import rows_cell, seconds
+from stageflow.runtime.report import DASH, fmt
 from stageflow.runner import link_or_copy
-from stageflow.stages import ROOT
+from stageflow.registry import ROOT
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
 DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
@@ -81,7 +83,7 @@ def write_run_report(run_dir: Path, record: dict, dag) -> Path:
         link_or_copy(training_path, training)
     edges = [(up, node.name) for node in dag.nodes for up in sorted(node.upstream)]
     path = run_dir / "report.html"
-    report.write(path, report.run_report(record, [node.name for node in dag.nodes], edges, metrics,
+    report.write(path, run_report.run_report(record, [node.name for node in dag.nodes], edges, metrics,
                                          TRAINING_REPORT if training_path else None))
     return path
 
@@ -89,11 +91,11 @@ def write_run_report(run_dir: Path, record: dict, dag) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
     from stageflow.cache import Cache
-    from stageflow.runner import ProcessBackend, Run, RunDirLock, RunError
+    from stageflow.runner import HostBackend, Run, RunDirLock, RunError
 
     def backends(name: str):
-        if name == "process":
-            return ProcessBackend()
+        if name == "host":
+            return HostBackend()
         from stageflow import containers  # needs the Docker SDK only when asked for
         return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
 
@@ -111,12 +113,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
             ok = run.execute()
             record = json.loads((run_dir / "run.json").read_text())
-            run_report = write_run_report(run_dir, record, dag)
+            report_path = write_run_report(run_dir, record, dag)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n" + summary(record))
-    print(f"\nrun report:      {run_report}\nrecord:          {run_dir / 'run.json'}")
+    print(f"\nrun report:      {report_path}\nrecord:          {run_dir / 'run.json'}")
     if run.interrupted:
         print("\ninterrupted; stopped every running stage.", file=sys.stderr)
         return 130
@@ -210,8 +212,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole flow locally")
-    run.add_argument("--backend", choices=["process", "docker", "compose"], default="process",
-                     help="process: each stage a local process (default); docker: each stage in its image "
+    run.add_argument("--backend", choices=["host", "docker", "compose"], default="host",
+                     type=lambda name: "host" if name == "process" else name,  # its name before 0.2
+                     help="host: each stage a process on this machine (default); docker: each stage in its image "
                           "(Docker SDK); compose: through docker-compose.yml, run directory .workflow")
     run.add_argument("--run-dir", help="directory for this run (default: a new runs/<time>, linked as runs/latest)")
     run.add_argument("--data-path-a", default=str(DEFAULT_DATA_A), help="source A (default: bundled sample)")

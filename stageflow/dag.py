@@ -18,8 +18,9 @@ from pathlib import Path
 from importlib import metadata
 from typing import Any
 
-from stageflow import contract
-from stageflow.stages import ROOT, STAGES, Stage
+from stageflow.runtime import contract
+from stageflow import registry
+from stageflow.registry import ROOT, Stage
 
 FLOW_FILE = ROOT / "flow.py"
 DAG_CACHE = ROOT / ".cache" / "dag"
@@ -116,7 +117,7 @@ def to_json(dag: Dag) -> dict:
 
 
 def from_json(data: dict) -> Dag:
-    nodes = [Node(STAGES[n["stage"]],
+    nodes = [Node(registry.stage(n["stage"]),
                   {k: (TYPES_BY_NAME[t], Source(**src)) for k, (t, src) in n["inputs"].items()},
                   {k: TYPES_BY_NAME[t] for k, t in n["outputs"].items()}) for n in data["nodes"]]
     return Dag(nodes, {k: TYPES_BY_NAME[t] for k, t in data["inputs"].items()}, data["defaults"],
@@ -142,7 +143,7 @@ def compile_flow(flow_file: Path, workflow_name: str) -> Dag:
         interface = node.flyte_entity.python_interface
         inputs = {b.var: (contract_type(interface.inputs[b.var]), _source(b, node_names)) for b in node.bindings}
         outputs = {name: contract_type(kind) for name, kind in interface.outputs.items()}
-        nodes.append(Node(STAGES[node.flyte_entity.name], inputs, outputs))
+        nodes.append(Node(registry.stage(node.flyte_entity.name), inputs, outputs))
     outputs = {b.var: _source(b, node_names) for b in workflow.output_bindings}
     iface = workflow.python_interface
     return Dag(nodes, dict(iface.inputs), dict(iface.default_inputs_as_kwargs), outputs)

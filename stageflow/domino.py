@@ -26,10 +26,11 @@ from flytekit.core.context_manager import FlyteContextManager
 from flytekit.core.node_creation import create_node
 from flytekit.types.file import FlyteFile
 
-from stageflow import contract
-from stageflow.stages import STAGES
+from stageflow.runtime import contract
+from stageflow import registry
+from stageflow.registry import STAGES
 
-BACKEND_ENV = "STAGEFLOW_BACKEND"  # process or docker: force the backend of a local pyflyte run
+BACKEND_ENV = "STAGEFLOW_BACKEND"  # host or docker: force the backend of a local pyflyte run
 RUN_DIR_ENV = "STAGEFLOW_RUN_DIR"  # where a local pyflyte run keeps its stages (default runs/pyflyte-<time>)
 
 
@@ -66,19 +67,19 @@ class StageFailed(Exception):
 
 
 def choose_backend():
-    """The docker backend when a daemon answers and every stage image is built, else the process backend.
+    """The docker backend when a daemon answers and every stage image is built, else the host backend.
 
-    Returns (backend, why). STAGEFLOW_BACKEND=process|docker forces one; a forced docker that cannot run
+    Returns (backend, why). STAGEFLOW_BACKEND=host|docker forces one; a forced docker that cannot run
     is an error rather than a silent fallback.
     """
     from stageflow.dag import Dag, Node
-    from stageflow.runner import ProcessBackend, RunError
+    from stageflow.runner import HostBackend, RunError
 
-    forced = os.environ.get(BACKEND_ENV, "")
-    if forced not in ("", "process", "docker"):
-        raise RunError(f"{BACKEND_ENV}={forced}: expected process or docker")
-    if forced == "process":
-        return ProcessBackend(), f"{BACKEND_ENV}=process"
+    forced = os.environ.get(BACKEND_ENV, "").replace("process", "host")  # its name before 0.2
+    if forced not in ("", "host", "docker"):
+        raise RunError(f"{BACKEND_ENV}={forced}: expected host or docker")
+    if forced == "host":
+        return HostBackend(), f"{BACKEND_ENV}=host"
     try:
         from stageflow import containers
 
@@ -88,7 +89,7 @@ def choose_backend():
     except (ImportError, RunError) as err:
         if forced == "docker":
             raise RunError(f"{BACKEND_ENV}=docker: {err}") from None
-        return ProcessBackend(), f"no docker backend: {err}"
+        return HostBackend(), f"no docker backend: {err}"
 
 
 @functools.cache
@@ -139,7 +140,7 @@ class StageTask(ContainerTask):
         inputs = {name: (contract_type(kind), Source(value=local_value(kwargs[name])))
                   for name, kind in iface.inputs.items()}
         outputs = {name: contract_type(kind) for name, kind in iface.outputs.items()}
-        dag = Dag([Node(STAGES[self.name], inputs, outputs)], {}, {},
+        dag = Dag([Node(registry.stage(self.name), inputs, outputs)], {}, {},
                   {name: Source(stage=self.name, output=name) for name in outputs})
         stage_dir = run_dir / self.name
         with RunDirLock(stage_dir):
@@ -160,7 +161,7 @@ def run_domino_job_task(flyte_task_name: str, command: str, inputs: list[Input] 
                         use_project_defaults_for_omitted: bool = False, **kwargs: Any) -> dict:
     """Declare one stage as a task node and return its outputs by name, as Domino's helper does."""
     inputs, output_specs = inputs or [], output_specs or []
-    stage = STAGES[flyte_task_name]
+    stage = registry.stage(flyte_task_name)
     task = StageTask(
         domino={"command": command, "environment_name": environment_name,
                 "environment_revision_id": environment_revision_id, "hardware_tier_name": hardware_tier_name,

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from stageflow.images import BUILD, PUSHED
-from stageflow.stages import IMAGE_CODE_DIR, ROOT, STAGES, Stage
+from stageflow.registry import IMAGE_CODE_DIR, ROOT, STAGES, Stage
 
 ENVIRONMENTS = BUILD / "environments.json"
 HOST_ENV, KEY_ENV = "DOMINO_API_HOST", "DOMINO_USER_API_KEY"

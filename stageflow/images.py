@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from stageflow.stages import ROOT, STAGES, Stage
+from stageflow.registry import ROOT, STAGES, runtime_image, runtime_version
 
 WHEELS = ROOT / "wheels"
 BUILD = ROOT / "build"
@@ -43,7 +43,9 @@ def client():
 
 
 def requirement_files() -> list[Path]:
-    return [stage.folder / "requirements.txt" for stage in STAGES.values()]
+    """The runtime's requirements and those of each stage that installs libraries of its own."""
+    found = [ROOT / "stages" / "requirements.txt"] + [stage.folder / "requirements.txt" for stage in STAGES.values()]
+    return [path for path in found if path.is_file()]
 
 
 def download_wheels(dest: Path = WHEELS) -> None:
@@ -95,40 +97,49 @@ def missing_wheels() -> list[str]:
     return sorted(wanted - have)
 
 
-def build(stage: Stage, base: str, force: bool = False) -> tuple[str, str]:
-    """Build one stage image unless its version tag already exists; returns (tag, what happened)."""
+def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], force: bool = False) -> str:
+    """Build one image unless its version tag already exists; returns what happened."""
     import docker
 
     docker_client = client()
-    tag = stage.image()
     if not force:
         try:
             docker_client.images.get(tag)
-            return tag, "up to date"
+            return "up to date"
         except docker.errors.ImageNotFound:
             pass
+    # OCI labels come from here, not the Dockerfiles: one place, and a new revision never busts a layer.
+    labels = {"org.opencontainers.image.title": tag.rsplit("/", 1)[-1].split(":")[0],
+              "org.opencontainers.image.source": dockerfile, "org.opencontainers.image.version": version,
+              "org.opencontainers.image.revision": revision()}
     try:
-        docker_client.images.build(
-            path=str(ROOT), dockerfile=f"stages/{stage.name}/Dockerfile", tag=tag, rm=True, forcerm=True,
-            buildargs={"BASE_IMAGE": base, "VERSION": stage.version, "REVISION": revision()},
-            labels={"io.stageflow.stage": stage.name})
+        docker_client.images.build(path=str(ROOT), dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
+                                   buildargs=buildargs, labels=labels)
     except docker.errors.BuildError as err:
         log = "".join(chunk.get("stream", "") for chunk in err.build_log)[-2000:]
         raise ImageError(f"build of {tag} failed: {err.msg}\n{log}") from None
-    return tag, "built"
+    return "built"
+
+
+def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
+    """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of the runtime image,
+    then of each stage's image on top of it."""
+    runtime = runtime_image()
+    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(), {"BASE_IMAGE": base_image()})]
+    return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
+                     {"RUNTIME_IMAGE": runtime}) for stage in STAGES.values()]
 
 
 def build_all(force: bool = False) -> list[str]:
     missing = missing_wheels()
     if missing:
         raise ImageError(f"wheelhouse {WHEELS} lacks {', '.join(missing[:5])}; run `make wheels` first")
-    base = base_image()
     tags = []
-    for stage in STAGES.values():
+    for name, tag, dockerfile, version, buildargs in targets():
         started = time.perf_counter()
-        tag, what = build(stage, base, force)
+        what = build(tag, dockerfile, version, buildargs, force)
         size = client().images.get(tag).attrs["Size"] / 1e6
-        print(f"{stage.name:8} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
+        print(f"{name:8} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
         tags.append(tag)
     return tags
 

@@ -11,7 +11,7 @@ import json
 import pickle
 from pathlib import Path
 
-from stageflow.contract import sha256_file
+from stageflow.runtime.contract import sha256_file
 
 
 class ModelError(Exception):

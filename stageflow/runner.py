@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
-from stageflow import contract
+from stageflow.runtime import contract
 from stageflow.cache import Cache, key as cache_key, link_or_copy
 from stageflow.dag import Dag, Node
-from stageflow.stages import ROOT
+from stageflow.registry import ROOT
 
 LOG_TAIL = 20
 PEAK_SAMPLE_SECONDS = 0.02
@@ -67,10 +67,10 @@ def kill_after(timeout: float, kill: Callable[[str], None]) -> threading.Timer:
     return timer
 
 
-class ProcessBackend:
-    """Each stage as a local Python process: no Docker needed, the fastest way to iterate."""
+class HostBackend:
+    """Each stage as a Python process on this host: no Docker needed, the fastest way to iterate."""
 
-    name = "process"
+    name = "host"
 
     def check(self, dag: Dag) -> None:
         """Nothing to prepare: the stages run from this checkout with this Python."""

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from stageflow import environments
-from stageflow.stages import ROOT
+from stageflow.registry import ROOT
 
 WORKSPACE_VARS = ("DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID")  # set by Domino in every run
 PLUGIN = "flytekitplugins.domino.helpers"

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stageflow import dataset
+from stageflow.runtime import dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin

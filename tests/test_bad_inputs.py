@@ -11,7 +11,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from stageflow import dataset
+from stageflow.runtime import dataset
 
 from conftest import ROOT
 
@@ -47,7 +47,7 @@ def assert_refused(tree, stage, message, watched):
 
 
 def make_tree(tmp_path):
-    tree = tmp_path / "wf"
+    tree = tmp_path / "tree"
     (tree / "inputs").mkdir(parents=True)
     (tree / "outputs").mkdir()
     return tree

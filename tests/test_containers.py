@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from stageflow import dag as dag_module
 from stageflow import images
 from stageflow.runner import Run, RunError
-from stageflow.stages import STAGES, TIERS, Tier
+from stageflow.registry import STAGES, TIERS, Tier
 
 from conftest import ROOT
 
@@ -57,10 +58,10 @@ def comparable(metrics_path):
 
 @pytest.fixture(scope="module")
 def both_runs(containers, tmp_path_factory):
-    from stageflow.runner import ProcessBackend
+    from stageflow.runner import HostBackend
 
     process_dir, docker_dir = tmp_path_factory.mktemp("process"), tmp_path_factory.mktemp("docker")
-    process_run, ok_p = run_flow(ProcessBackend(), process_dir)
+    process_run, ok_p = run_flow(HostBackend(), process_dir)
     docker_run, ok_d = run_flow(containers.DockerBackend(), docker_dir)
     assert ok_p and ok_d, (process_run.failures(), docker_run.failures())
     return process_run, docker_run
@@ -98,9 +99,16 @@ def test_image_holds_only_its_stage_requirements(docker_client):
 
 def test_unchanged_images_are_not_rebuilt(docker_client):
     started = time.perf_counter()
-    results = [images.build(stage, images.base_image()) for stage in STAGES.values()]
-    assert [what for _, what in results] == ["up to date"] * len(STAGES)
+    results = [images.build(tag, dockerfile, version, args) for _, tag, dockerfile, version, args in images.targets()]
+    assert results == ["up to date"] * (len(STAGES) + 1)
     assert time.perf_counter() - started < 30
+
+
+def test_images_carry_their_version_and_revision_labels(docker_client):
+    labels = docker_client.images.get(STAGES["train"].image()).labels
+    assert labels["org.opencontainers.image.version"] == STAGES["train"].version
+    assert labels["org.opencontainers.image.source"] == "stages/train/Dockerfile"
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", labels["org.opencontainers.image.revision"])
 
 
 def test_failing_stage_in_a_container_is_reported(containers, tmp_path, docker_client):

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from stageflow import contract
-from stageflow.contract import File, StageError, Workflow
+from stageflow.runtime import contract
+from stageflow.runtime.contract import File, StageError, StageTree
 
 UTC = dt.timezone.utc
 
@@ -32,7 +32,7 @@ UTC = dt.timezone.utc
 ])
 def test_reads_each_type_as_copilot_writes_it(wf_root, kind, text, expected):
     (wf_root / "inputs" / "value").write_text(text)
-    value = Workflow().read("value", kind)
+    value = StageTree().read("value", kind)
     assert value == expected and type(value) is kind
 
 
@@ -68,30 +68,30 @@ def test_format_then_parse_round_trips(value):
 def test_parse_errors_name_the_input_the_expectation_and_the_value(wf_root, kind, text, message):
     (wf_root / "inputs" / "value").write_text(text)
     with pytest.raises(StageError) as err:
-        Workflow().read("value", kind)
+        StageTree().read("value", kind)
     assert str(err.value).startswith(message)
 
 
 def test_missing_input_is_named(wf_root):
     with pytest.raises(StageError, match=r"^input epochs: missing; expected a int at .*inputs/epochs$"):
-        Workflow().read("epochs", int)
+        StageTree().read("epochs", int)
 
 
 def test_binary_primitive_is_refused(wf_root):
     (wf_root / "inputs" / "epochs").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(StageError, match="input epochs: expected a int as UTF-8 text, found binary data"):
-        Workflow().read("epochs", int)
+        StageTree().read("epochs", int)
 
 
 def test_file_input_returns_its_path(wf_root):
     (wf_root / "inputs" / "data").write_bytes(b"x")
-    assert Workflow().read("data", File) == wf_root / "inputs" / "data"
+    assert StageTree().read("data", File) == wf_root / "inputs" / "data"
 
 
 def test_directory_where_a_file_is_expected_is_refused(wf_root):
     (wf_root / "inputs" / "data").mkdir()
     with pytest.raises(StageError, match="input data: expected a file file, found a directory"):
-        Workflow().read("data", File)
+        StageTree().read("data", File)
 
 
 def test_symlink_out_of_the_tree_is_refused(wf_root, tmp_path_factory):
@@ -99,18 +99,18 @@ def test_symlink_out_of_the_tree_is_refused(wf_root, tmp_path_factory):
     outside.write_text("x")
     (wf_root / "inputs" / "data").symlink_to(outside)
     with pytest.raises(StageError, match="input data: is a symlink to .*secret, outside the workflow tree"):
-        Workflow().read("data", File)
+        StageTree().read("data", File)
 
 
 def test_symlink_inside_the_tree_is_fine(wf_root):
     (wf_root / "outputs" / "up").write_text("x")
     (wf_root / "inputs" / "data").symlink_to(wf_root / "outputs" / "up")
-    assert Workflow().read("data", File).read_text() == "x"
+    assert StageTree().read("data", File).read_text() == "x"
 
 
 def test_output_file_is_invisible_until_complete(wf_root):
-    wf = Workflow()
-    with wf.output_file("model") as tmp:
+    tree = StageTree()
+    with tree.output_file("model") as tmp:
         tmp.write_text("partial")
         assert not (wf_root / "outputs" / "model").exists()
         assert tmp.parent == wf_root / "outputs"  # same directory, so the rename is atomic
@@ -120,29 +120,29 @@ def test_output_file_is_invisible_until_complete(wf_root):
 
 def test_output_file_left_unfinished_leaves_nothing(wf_root):
     with pytest.raises(RuntimeError):
-        with Workflow().output_file("model") as tmp:
+        with StageTree().output_file("model") as tmp:
             tmp.write_text("partial")
             raise RuntimeError("killed mid-write")
     assert os.listdir(wf_root / "outputs") == []
 
 
 def test_simple_output_is_written_as_text(wf_root):
-    wf = Workflow()
-    wf.write("rows", 150)
-    wf.write("ratio", 12.0)
+    tree = StageTree()
+    tree.write("rows", 150)
+    tree.write("ratio", 12.0)
     assert (wf_root / "outputs" / "rows").read_text() == "150"
     assert (wf_root / "outputs" / "ratio").read_text() == "12"
 
 
 def test_simple_output_over_copilots_limit_is_refused(wf_root):
     with pytest.raises(StageError, match="output note: 1025 bytes, more than copilot's 1024"):
-        Workflow().write("note", "x" * 1025)
+        StageTree().write("note", "x" * 1025)
 
 
 def test_output_name_taken_by_a_directory_is_refused(wf_root):
     (wf_root / "outputs" / "model").mkdir()
     with pytest.raises(StageError, match="output model: .* already exists as a directory"):
-        Workflow().write("model", "x")
+        StageTree().write("model", "x")
 
 
 def test_naive_datetime_output_is_refused():
@@ -152,13 +152,13 @@ def test_naive_datetime_output_is_refused():
 
 def test_run_success_keeps_outputs_and_no_error(wf_root):
     (wf_root / "outputs" / contract.ERROR_FILE).write_text("stale from an earlier run")
-    assert contract.run(lambda wf: wf.write("a", 1), outputs=["a"]) == 0
+    assert contract.run(lambda tree: tree.write("a", 1), outputs=["a"]) == 0
     assert sorted(os.listdir(wf_root / "outputs")) == ["a"]
 
 
 def test_run_failure_writes_error_and_takes_back_outputs(wf_root):
-    def body(wf):
-        wf.write("a", 1)
+    def body(tree):
+        tree.write("a", 1)
         raise StageError("input x: bad value")
     assert contract.run(body, outputs=["a", "b"]) == 1
     assert os.listdir(wf_root / "outputs") == [contract.ERROR_FILE]
@@ -166,7 +166,7 @@ def test_run_failure_writes_error_and_takes_back_outputs(wf_root):
 
 
 def test_unexpected_exception_is_one_line_in_error(wf_root, capsys):
-    def body(wf):
+    def body(tree):
         raise ZeroDivisionError("division\nby zero")
     assert contract.run(body, outputs=[]) == 1
     assert (wf_root / "outputs" / contract.ERROR_FILE).read_text() == "ZeroDivisionError: division by zero\n"
@@ -174,7 +174,7 @@ def test_unexpected_exception_is_one_line_in_error(wf_root, capsys):
 
 
 def test_declared_output_not_written_is_an_error(wf_root):
-    assert contract.run(lambda wf: wf.write("a", 1), outputs=["a", "metrics"]) == 1
+    assert contract.run(lambda tree: tree.write("a", 1), outputs=["a", "metrics"]) == 1
     assert os.listdir(wf_root / "outputs") == [contract.ERROR_FILE]
     assert "output metrics: declared but not written by the stage" in (
         wf_root / "outputs" / contract.ERROR_FILE).read_text()
@@ -182,4 +182,4 @@ def test_declared_output_not_written_is_an_error(wf_root):
 
 def test_workflow_root_defaults_to_slash_workflow(monkeypatch):
     monkeypatch.delenv("WORKFLOW_ROOT", raising=False)
-    assert Workflow().root == contract.Path("/workflow")
+    assert StageTree().root == contract.Path("/workflow")

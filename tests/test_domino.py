@@ -17,7 +17,7 @@ from flytekit.tools.translator import get_serializable
 from flytekit.types.file import FlyteFile
 
 from stageflow import domino
-from stageflow.stages import STAGES
+from stageflow.registry import STAGES
 
 from conftest import ROOT, STANDIN
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from stageflow import cli, environments
-from stageflow.stages import STAGES
+from stageflow.registry import STAGES
 
 from conftest import ROOT
 

@@ -49,7 +49,7 @@ def start_load(tree):
 
 
 def test_sigkill_mid_write_leaves_no_output_and_the_next_run_completes(tmp_path, big_source):
-    tree = load_tree(tmp_path / "wf", big_source)
+    tree = load_tree(tmp_path / "tree", big_source)
     proc = start_load(tree)
     deadline = time.monotonic() + 60
     while not list((tree / "outputs").glob(".datasetA.*.tmp")):
@@ -69,7 +69,7 @@ def test_full_disk_is_a_clear_error_with_no_partial_output(tmp_path, big_source)
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
     try:
-        tree = load_tree(disk / "wf", big_source)
+        tree = load_tree(disk / "tree", big_source)
         proc = start_load(tree)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 1, out

@@ -7,40 +7,45 @@ import sys
 
 import pytest
 
-from stageflow import stages
-from stageflow.stages import STAGES
+from stageflow import registry
+from stageflow.registry import STAGES
 
 from conftest import ROOT
 
 
-def test_each_stage_has_its_folder():
+def test_each_stage_folder_holds_its_dockerfile_and_script():
     for name in STAGES:
-        for part in ("Dockerfile", "requirements.txt", "main.py"):
+        for part in ("Dockerfile", "main.py"):
             assert (ROOT / "stages" / name / part).is_file(), f"stages/{name}/{part}"
 
 
-def test_dockerfiles_differ_only_in_the_stage_name():
-    """Five Dockerfiles are the interface Domino needs; this keeps them from drifting apart."""
-    texts = {name: (ROOT / "stages" / name / "Dockerfile").read_text() for name in STAGES}
-    normalised = {name: text.replace(name, "<stage>") for name, text in texts.items()}
-    assert len(set(normalised.values())) == 1
+@pytest.mark.parametrize("name", list(STAGES))
+def test_a_stage_dockerfile_adds_only_its_own_folder_to_the_runtime(name):
+    """Everything stages share is in stages/Dockerfile; a stage's own Dockerfile names only its own files."""
+    text = (ROOT / "stages" / name / "Dockerfile").read_text()
+    assert re.search(r"^FROM \$\{RUNTIME_IMAGE\}$", text, re.M)
+    copied = re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+)", text, re.M)
+    assert copied and all(src.startswith(f"stages/{name}/") or src == "wheels/" for src in copied), copied
+    assert f'ENTRYPOINT ["python", "/opt/stageflow/stages/{name}/main.py"]' in text
+    assert "useradd" not in text and "groupadd" not in text
 
 
 @pytest.mark.parametrize("needle", [
     "ARG BASE_IMAGE=python:3.11-slim-bookworm", "ARG UID=12574", "USER ${UID}:${UID}", "PYTHONUNBUFFERED=1",
-    "--no-index --find-links=/tmp/wheels", 'ENTRYPOINT ["python", "/opt/stageflow/stages/merge/main.py"]',
-    "org.opencontainers.image.revision", "org.opencontainers.image.version", "org.opencontainers.image.source",
+    "--no-index --find-links=/tmp/wheels", "COPY --chown=root:root stageflow/runtime/ /opt/stageflow/stageflow/runtime/",
 ])
-def test_dockerfile_follows_the_rules(needle):
-    assert needle in (ROOT / "stages" / "merge" / "Dockerfile").read_text()
+def test_runtime_dockerfile_follows_the_rules(needle):
+    assert needle in (ROOT / "stages" / "Dockerfile").read_text()
 
 
 def test_requirements_are_pinned():
-    for name in STAGES:
-        for line in (ROOT / "stages" / name / "requirements.txt").read_text().splitlines():
+    from stageflow.images import requirement_files
+
+    for path in requirement_files():
+        for line in path.read_text().splitlines():
             if not line.strip() or line.startswith("#"):
                 continue
-            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.]*", line), f"{name}: {line}"
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.]*", line), f"{path}: {line}"
 
 
 def test_dockerignore_keeps_data_tests_runs_git_and_venv_out():
@@ -51,21 +56,25 @@ def test_dockerignore_keeps_data_tests_runs_git_and_venv_out():
 
 @pytest.fixture
 def tree_copy(tmp_path, monkeypatch):
-    for part in ("stageflow", "stages"):
-        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    monkeypatch.setattr(stages, "ROOT", tmp_path)
-    return tmp_path
+    """A copy of the checkout, with the registry reading versions from it."""
+    subprocess.run(f"git ls-files -z | xargs -0 cp --parents -t {tmp_path}", shell=True, cwd=ROOT, check=True)
+    monkeypatch.setattr(registry, "ROOT", tmp_path)
+    registry.runtime_version.cache_clear()
+    yield tmp_path
+    registry.runtime_version.cache_clear()
 
 
 def versions():
-    return {name: stages.Stage(name, s.tier, s.description).version for name, s in STAGES.items()}
+    registry.runtime_version.cache_clear()
+    return {name: registry.Stage(name, s.tier, s.description).version for name, s in STAGES.items()}
 
 
 @pytest.mark.parametrize("edit, changed", [
     ("stages/load_a/main.py", {"load_a"}),
     ("stages/train/requirements.txt", {"train"}),
-    ("stageflow/contract.py", set(STAGES)),
+    ("stageflow/runtime/contract.py", set(STAGES)),
+    ("stages/Dockerfile", set(STAGES)),
+    ("stages/requirements.txt", set(STAGES)),
 ])
 def test_version_changes_exactly_when_the_image_content_does(tree_copy, edit, changed):
     before = versions()
@@ -76,10 +85,18 @@ def test_version_changes_exactly_when_the_image_content_does(tree_copy, edit, ch
     assert {name for name in STAGES if after[name] != before[name]} == changed
 
 
-def test_data_and_tests_do_not_change_versions(tree_copy):
+def test_host_side_edits_change_no_image_version(tree_copy):
+    """The runner, CLI, docs, tests and scripts are not in any image: editing them must not rebuild one,
+    nor make Domino's cache (keyed on the version) miss."""
     before = versions()
-    (tree_copy / "tests").mkdir()
-    (tree_copy / "tests" / "test_x.py").write_text("x = 1\n")
+    host_files = [path for path in tree_copy.rglob("*") if path.is_file() and not path.is_relative_to(tree_copy / "stages")
+                  and not path.is_relative_to(tree_copy / "stageflow" / "runtime")
+                  and path != tree_copy / "stageflow" / "__init__.py"]
+    assert {"README.md", "Makefile", "flow.py", "stageflow/cli.py", "stageflow/runner.py", "tests/conftest.py",
+            "scripts/bench.py", "pyproject.toml"} <= {path.relative_to(tree_copy).as_posix() for path in host_files}
+    for path in host_files:
+        with open(path, "a") as handle:
+            handle.write("\n# changed\n")
     (tree_copy / "stages" / "load_a" / "__pycache__").mkdir()
     (tree_copy / "stages" / "load_a" / "__pycache__" / "main.pyc").write_bytes(b"x")
     assert versions() == before
@@ -100,7 +117,7 @@ def test_compose_file_hardens_every_service():
         assert service["network_mode"] == "none" and service["read_only"] is True
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
         assert f"./.workflow/{name}/inputs:/workflow/inputs:ro" in service["volumes"]
-        assert service["mem_limit"] == stages.TIERS[STAGES[name].tier].memory
+        assert service["mem_limit"] == registry.TIERS[STAGES[name].tier].memory
 
 
 def test_make_help_lists_every_target():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stageflow import domino
-from stageflow.runner import ProcessBackend, RunError
+from stageflow.runner import HostBackend, RunError
 
 from conftest import ROOT
 
@@ -19,7 +19,7 @@ PYFLYTE = Path(sys.executable).with_name("pyflyte")
 STAGES = ["load_a", "load_b", "merge", "process", "train"]
 
 
-def pyflyte(run_dir, *args, backend="process"):
+def pyflyte(run_dir, *args, backend="host"):
     env = {**os.environ, "STAGEFLOW_RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     env.pop("STAGEFLOW_BACKEND", None)
     if backend:
@@ -45,12 +45,12 @@ def bundled(tmp_path_factory):
 def test_pyflyte_runs_every_stage_through_the_runner(bundled):
     run_dir, proc = bundled
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    said = "stageflow: running each stage with the process backend (STAGEFLOW_BACKEND=process)"
+    said = "stageflow: running each stage with the host backend (STAGEFLOW_BACKEND=host)"
     assert proc.stdout.count(said) == 1  # said once, not per stage
     for name in STAGES:
         assert f"[{name}] " in proc.stdout  # streamed, prefixed by stage
         record = json.loads((run_dir / name / "run.json").read_text())
-        assert record["status"] == "succeeded" and record["backend"] == "process"
+        assert record["status"] == "succeeded" and record["backend"] == "host"
 
 
 @pytest.mark.slow
@@ -90,7 +90,7 @@ def test_pyflyte_fails_loudly_on_a_failing_stage(tmp_path):
 
 def test_forced_backend_must_be_known(monkeypatch):
     monkeypatch.setenv("STAGEFLOW_BACKEND", "kubernetes")
-    with pytest.raises(RunError, match="STAGEFLOW_BACKEND=kubernetes: expected process or docker"):
+    with pytest.raises(RunError, match="STAGEFLOW_BACKEND=kubernetes: expected host or docker"):
         domino.choose_backend()
 
 
@@ -98,7 +98,7 @@ def test_without_a_daemon_the_process_backend_is_chosen_and_said_why(monkeypatch
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
     monkeypatch.delenv("STAGEFLOW_BACKEND", raising=False)
     backend, why = domino.choose_backend()
-    assert isinstance(backend, ProcessBackend) and why.startswith("no docker backend: no Docker daemon reachable")
+    assert isinstance(backend, HostBackend) and why.startswith("no docker backend: no Docker daemon reachable")
     monkeypatch.setenv("STAGEFLOW_BACKEND", "docker")  # forced: an error, not a quiet fallback
     with pytest.raises(RunError, match="STAGEFLOW_BACKEND=docker: no Docker daemon reachable"):
         domino.choose_backend()

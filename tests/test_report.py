@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from stageflow import contract, report
+from stageflow import run_report
+from stageflow.runtime import contract, report
 from stageflow.cli import headline, summary
-from stageflow.progress import Progress, duration, progress_line
+from stageflow.runtime.progress import Progress, duration, progress_line
 
 from conftest import ROOT, assert_self_contained, load_stage, references
 
@@ -162,7 +163,7 @@ def test_matplotlib_and_mlflow_are_not_imported_before_they_are_needed(train_roo
     """Importing the stage pulls in neither; a run without MLFLOW_TRACKING_URI never imports mlflow."""
     code = ("import sys, importlib.util; sys.path[:0] = [%r, %r]; from conftest import load_stage; "
             "train = load_stage('train'); print('before', 'matplotlib' in sys.modules, 'mlflow' in sys.modules); "
-            "from stageflow import contract; contract.run(train.train, ['model', 'metrics', 'report']); "
+            "from stageflow.runtime import contract; contract.run(train.train, ['model', 'metrics', 'report']); "
             "print('after', 'matplotlib' in sys.modules, 'mlflow' in sys.modules)") % (str(ROOT), str(ROOT / "tests"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.run([sys.executable, "-c", code], env={**env, "WORKFLOW_ROOT": str(train_root)},
@@ -174,7 +175,7 @@ def test_matplotlib_and_mlflow_are_not_imported_before_they_are_needed(train_roo
 # ------------------------------------------------------------------ run report
 
 RECORD = {
-    "flow": "model_training", "backend": "process", "status": "failed",
+    "flow": "model_training", "backend": "host", "status": "failed",
     "started_at": "2026-01-02T03:04:05+00:00", "finished_at": "2026-01-02T03:04:17+00:00",
     "params": {"epochs": "10", "data_path_a": "/data/a.csv"},
     "stages": {
@@ -193,7 +194,7 @@ EDGES = [("load_a", "merge"), ("load_b", "merge"), ("merge", "train")]
 
 @pytest.fixture(scope="module")
 def run_page():
-    return report.run_report(RECORD, ORDER, EDGES, METRICS, "training-report.html")
+    return run_report.run_report(RECORD, ORDER, EDGES, METRICS, "training-report.html")
 
 
 def test_run_report_draws_the_dag_with_each_stage_and_edge(run_page):
@@ -225,7 +226,7 @@ def test_run_report_shows_errors_escaped_and_dashes_for_missing_fields(run_page)
 
 
 def test_run_report_without_training_says_so():
-    page = report.run_report({**RECORD, "stages": {}}, ORDER, EDGES)
+    page = run_report.run_report({**RECORD, "stages": {}}, ORDER, EDGES)
     assert "No training report" in page and "training-report.html" not in page
     assert page.count('class="status pending"') == len(ORDER)
 

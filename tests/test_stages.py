@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from stageflow import dataset, sources
-from stageflow.contract import StageError
+from stageflow.runtime import dataset, sources
+from stageflow.runtime.contract import StageError
 
 from conftest import iris_like, load_stage
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stageflow import contract, dataset, sources
-from stageflow.contract import StageError
+from stageflow.runtime import contract, dataset, sources
+from stageflow.runtime.contract import StageError
 
 from conftest import load_stage
 
@@ -52,7 +52,7 @@ def test_load_streams_a_csv_in_batches_into_row_groups(wf_root, small_pieces):
     source = wf_root / "a.csv"
     source.write_text(csv_rows(range(1, 11)))
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda wf: sources.load(wf, "datasetA"), ["datasetA"]) == 0
+    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 0
     out = pq.ParquetFile(wf_root / "outputs" / "datasetA")
     assert out.metadata.num_row_groups == 4  # 10 rows in groups of 3
     table = dataset.Snapshot(wf_root / "outputs" / "datasetA", "datasetA").read()
@@ -64,7 +64,7 @@ def test_load_names_a_bad_value_by_its_row_in_the_whole_source(wf_root, small_pi
     source = wf_root / "a.csv"
     source.write_text(csv_rows(range(1, 11), bad=9))  # in a late batch, after rows were written
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda wf: sources.load(wf, "datasetA"), ["datasetA"]) == 1
+    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 1
     assert (wf_root / "outputs" / "_ERROR").read_text() == (
         f"input data_path: {source}: column SepalLengthCm must be a number in every row, found 'wide' in row 9\n")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
@@ -74,7 +74,7 @@ def test_load_finds_a_duplicate_id_across_batches(wf_root, small_pieces):
     source = wf_root / "a.csv"
     source.write_text(csv_rows([1, 2, 3, 4, 5, 6, 7, 2]))
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda wf: sources.load(wf, "datasetA"), ["datasetA"]) == 1
+    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 1
     assert "duplicate Id 2 (1 Id(s) appear more than once)" in (wf_root / "outputs" / "_ERROR").read_text()
 
 

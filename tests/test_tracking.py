@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from stageflow import contract, tracking
+from stageflow.runtime import contract, tracking
 
 from conftest import load_stage
 

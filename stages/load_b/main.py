@@ -4,11 +4,11 @@ The snapshot pins the source as it was at this moment (its sha256, row count and
 file's metadata), so later stages never see a source that changed under them.
 """
 
-from stageflow import contract, sources
+from stageflow.runtime import contract, sources
 
 
 def main() -> None:
-    contract.main(lambda wf: sources.load(wf, "datasetB"), outputs=["datasetB"])
+    contract.main(lambda tree: sources.load(tree, "datasetB"), outputs=["datasetB"])
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stageflow import contract, dataset
-from stageflow.contract import StageError, Workflow
+from stageflow.runtime import contract, dataset
+from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
 
@@ -119,16 +119,16 @@ def sorted_union(a: Iterator[pa.Table], b: Iterator[pa.Table], conflicts: list[i
         yield combined.sort_by(dataset.ID), n_overlap
 
 
-def merge(wf: Workflow) -> None:
-    a = dataset.Snapshot(wf.read("datasetA", contract.File), "datasetA")
-    b = dataset.Snapshot(wf.read("datasetB", contract.File), "datasetB")
+def merge(tree: StageTree) -> None:
+    a = dataset.Snapshot(tree.read("datasetA", contract.File), "datasetA")
+    b = dataset.Snapshot(tree.read("datasetB", contract.File), "datasetB")
     names = check_same_columns(a.empty(), b.empty()).column_names
     streaming = all(dataset.strictly_increasing(s.column(dataset.ID)) for s in (a, b))
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
     sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
     n_overlap = 0
-    with wf.output_file("merged_data") as tmp:
+    with tree.output_file("merged_data") as tmp:
         writer = dataset.Writer(tmp, a.empty().schema)
         try:
             if streaming:  # a row group of each side in memory at a time

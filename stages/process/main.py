@@ -12,8 +12,8 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stageflow import contract, dataset
-from stageflow.contract import StageError, Workflow
+from stageflow.runtime import contract, dataset
+from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
 
@@ -87,11 +87,11 @@ def process_table(table: pa.Table) -> tuple[pa.Table, int]:
     return cleaned, table.num_rows - cleaned.num_rows
 
 
-def process(wf: Workflow) -> None:
+def process(tree: StageTree) -> None:
     """process_table a row group at a time: memory stays at one row group whatever the data's size."""
-    snapshot = dataset.Snapshot(wf.read("merged_data", contract.File), "merged_data")
+    snapshot = dataset.Snapshot(tree.read("merged_data", contract.File), "merged_data")
     unknown: dict[str, int] = {}
-    with wf.output_file("processed_data") as tmp:
+    with tree.output_file("processed_data") as tmp:
         writer = None
         try:
             for table in snapshot.tables():

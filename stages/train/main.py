@@ -20,9 +20,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stageflow import contract, dataset, report, tracking
-from stageflow.contract import StageError, Workflow, sha256_file
-from stageflow.progress import Progress
+from stageflow.runtime import contract, dataset, report, tracking
+from stageflow.runtime.contract import StageError, StageTree, sha256_file
+from stageflow.runtime.progress import Progress
 
 log = logging.getLogger("stageflow")
 
@@ -151,10 +151,10 @@ def evaluate(model: Pipeline, x: np.ndarray, codes: np.ndarray, names: np.ndarra
     }
 
 
-def train(wf: Workflow) -> None:
-    snapshot = dataset.Snapshot(wf.read("processed_data", contract.File), "processed_data")
-    epochs = wf.read("epochs", int)
-    batch_size = wf.read("batch_size", int)
+def train(tree: StageTree) -> None:
+    snapshot = dataset.Snapshot(tree.read("processed_data", contract.File), "processed_data")
+    epochs = tree.read("epochs", int)
+    batch_size = tree.read("batch_size", int)
     check_params(epochs, batch_size)
     x, codes, names = to_arrays(snapshot)
     x_train, x_test, c_train, c_test = split(x, codes, names)
@@ -169,7 +169,7 @@ def train(wf: Workflow) -> None:
     metrics = evaluate(model, x_test, c_test, names)
     # Feature names make the pickled pipeline refuse a DataFrame whose columns do not match.
     model.named_steps["scale"].feature_names_in_ = np.asarray(dataset.FEATURES, dtype=object)
-    with wf.output_file("model") as tmp:
+    with tree.output_file("model") as tmp:
         with open(tmp, "wb") as handle:
             pickle.dump(model, handle, protocol=5)
         model_sha256 = sha256_file(tmp)
@@ -182,17 +182,17 @@ def train(wf: Workflow) -> None:
         "class_counts": class_counts(names, train=c_train, test=c_test), "feature_names": list(dataset.FEATURES),
         "model_sha256": model_sha256,
     })
-    with wf.output_file("metrics") as tmp:
+    with tree.output_file("metrics") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    with wf.output_file("report") as tmp:
+    with tree.output_file("report") as tmp:
         tmp.write_text(report.training_report(metrics, params), encoding="utf-8")
     log.info("hold-out accuracy %.3f, macro F1 %.3f on %d rows", metrics["accuracy"], metrics["macro_f1"],
              len(c_test))
     if tracking.enabled():
-        track(wf, metrics, params)
+        track(tree, metrics, params)
 
 
-def track(wf: Workflow, metrics: dict, params: dict) -> str | None:
+def track(tree: StageTree, metrics: dict, params: dict) -> str | None:
     """Mirror the run in MLflow: parameters, headline and per-class scores, the loss per epoch, the files."""
     scores = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "training_seconds": metrics["seconds"]}
     scores.update({f"{score}_{cls}": values[score] for cls, values in metrics["per_class"].items()
@@ -200,8 +200,8 @@ def track(wf: Workflow, metrics: dict, params: dict) -> str | None:
     return tracking.log_run(
         "train", {**params, "n_train": metrics["n_train"], "n_test": metrics["n_test"]}, scores,
         {"loss": metrics["loss_per_epoch"]},
-        {"model.pkl": wf.outputs / "model", "metrics.json": wf.outputs / "metrics",
-         "report.html": wf.outputs / "report"},
+        {"model.pkl": tree.outputs / "model", "metrics.json": tree.outputs / "metrics",
+         "report.html": tree.outputs / "report"},
         {"stageflow.stage": "train", "model_sha256": metrics["model_sha256"]})
 
 

@@ -18,8 +18,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from stageflow import dataset
-from stageflow.contract import StageError, Workflow, sha256_file
+from stageflow.runtime import dataset
+from stageflow.runtime.contract import StageError, StageTree, sha256_file
 
 log = logging.getLogger("stageflow")
 
@@ -131,12 +131,12 @@ def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> tuple[dataset.Wri
     return writer, pa.chunked_array(ids, type=dataset.TYPES[dataset.ID])
 
 
-def load(wf: Workflow, output: str) -> None:
+def load(tree: StageTree, output: str) -> None:
     """Snapshot the source named by input `data_path` as output `output`, with its hash and row count."""
     started = time.perf_counter()
-    path = Path(wf.read("data_path", str))
+    path = Path(tree.read("data_path", str))
     fmt = check_source(path)
-    with wf.output_file(output) as tmp:
+    with tree.output_file(output) as tmp:
         try:
             writer, ids = _snapshot(path, fmt, tmp, typed=True)
         except ConversionError:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from stageflow.contract import one_line
+from stageflow.runtime.contract import one_line
 
 log = logging.getLogger("stageflow")
 

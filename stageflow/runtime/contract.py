@@ -150,7 +150,7 @@ def _shown(text: str, limit: int = 60) -> str:
 
 # ---------------------------------------------------------------- the tree a stage works in
 
-class Workflow:
+class StageTree:
     """One stage's view of its /workflow tree: typed inputs in, atomic outputs out.
 
     It remembers which outputs it wrote so that a failed stage can take them all back: copilot would
@@ -253,7 +253,7 @@ def one_line(err: BaseException) -> str:
     return text if isinstance(err, StageError) else f"{type(err).__name__}: {text}"
 
 
-def run(body: Callable[[Workflow], None], outputs: Iterable[str], root: Path | None = None) -> int:
+def run(body: Callable[[StageTree], None], outputs: Iterable[str], root: Path | None = None) -> int:
     """Run a stage body under the contract and return the process exit status.
 
     Every way out is covered: the body's own errors, an unexpected exception and a declared output that
@@ -261,27 +261,27 @@ def run(body: Callable[[Workflow], None], outputs: Iterable[str], root: Path | N
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr, force=True)
-    wf = Workflow(root)
-    (wf.outputs / ERROR_FILE).unlink(missing_ok=True)
-    for stale in wf.outputs.glob(".*.tmp"):  # left by a run that was killed mid-write
+    tree = StageTree(root)
+    (tree.outputs / ERROR_FILE).unlink(missing_ok=True)
+    for stale in tree.outputs.glob(".*.tmp"):  # left by a run that was killed mid-write
         stale.unlink(missing_ok=True)
     declared = list(outputs)
     try:
-        body(wf)
-        missing = wf.missing(declared)
+        body(tree)
+        missing = tree.missing(declared)
         if missing:
             raise StageError(f"output {', '.join(missing)}: declared but not written by the stage")
     except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - every failure must reach _ERROR
         message = one_line(err)
         if not isinstance(err, StageError):
             log.error("unexpected failure\n%s", traceback.format_exc().rstrip())
-        wf.fail(message)
+        tree.fail(message)
         log.error("%s", message)
         return 130 if isinstance(err, KeyboardInterrupt) else 1
     log.info("done: %s", ", ".join(declared))
     return 0
 
 
-def main(body: Callable[[Workflow], None], outputs: Iterable[str]) -> None:
+def main(body: Callable[[StageTree], None], outputs: Iterable[str]) -> None:
     """The entrypoint every stage calls from `if __name__ == "__main__"`."""
     sys.exit(run(body, outputs))

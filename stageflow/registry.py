@@ -1,0 +1,118 @@
+"""The stages of this flow: the one place that names them, with their Domino settings and their images.
+
+flow.py, the runner, the image build, docker-compose.yml, the tests and the bench all read STAGES, so a stage
+added, renamed or moved to another tier changes everywhere at once. Adding a stage takes its folder
+(stages/<name>/), its entry here and its call in flow.py.
+
+Images: every stage image starts FROM the runtime image (stages/Dockerfile: the runtime's libraries, the
+`stageflow.runtime` package, Domino's job user) and adds its own folder. An image's version is a hash of exactly
+what it holds, so an edit to host-side code (the runner, the CLI, tests, docs) changes no version: nothing
+rebuilds, nothing is pushed again, and neither the local cache nor Domino's (keyed on `cache_version`) misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cache, cached_property
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
+REGISTRY_ENV = "STAGEFLOW_REGISTRY"
+DEFAULT_REGISTRY = "stageflow"
+# What the runtime image is built from: its Dockerfile and libraries, and the package the stages import.
+RUNTIME_PARTS = ("stages/Dockerfile", "stages/requirements.txt", "stageflow/__init__.py", "stageflow/runtime")
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A local stand-in for a Domino hardware tier, used to limit a stage's container."""
+    cpus: float
+    memory: str
+
+
+# Domino's tiers are defined per deployment; these are the local limits the docker backend applies.
+TIERS = {"Small": Tier(cpus=1, memory="2g"), "Medium": Tier(cpus=2, memory="4g"), "Large": Tier(cpus=2, memory="8g")}
+
+
+def content_hash(paths: list[Path], *salt: str) -> str:
+    """A short hash of files (and directories, recursively) by path and content: an image version."""
+    digest = hashlib.sha256("\0".join(salt).encode() + b"\0")
+    files = sorted(found for path in paths for found in ([path] if path.is_file() else path.rglob("*"))
+                   if found.is_file() and "__pycache__" not in found.parts)
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def registry_prefix(registry: str | None = None) -> str:
+    return (registry or os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY)).rstrip("/")
+
+
+@cache
+def runtime_version() -> str:
+    return content_hash([ROOT / part for part in RUNTIME_PARTS])
+
+
+def runtime_image(registry: str | None = None) -> str:
+    return f"{registry_prefix(registry)}/runtime:{runtime_version()}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    tier: str
+    description: str
+    # Domino's cache keys on input values. A load's input is a path whose file can change under the same
+    # name, so a cached load would return a stale snapshot; downstream inputs are files, keyed by content.
+    cache: bool = True
+
+    @property
+    def folder(self) -> Path:
+        return ROOT / "stages" / self.name
+
+    @property
+    def script(self) -> str:
+        return f"stages/{self.name}/main.py"
+
+    @property
+    def command(self) -> str:
+        """What the Domino job runs: the script baked into the stage's own image."""
+        return f"python {IMAGE_CODE_DIR}/{self.script}"
+
+    @property
+    def environment(self) -> str:
+        return f"stageflow-{self.name.replace('_', '-')}"
+
+    @cached_property
+    def version(self) -> str:
+        """Hash of what the image holds: the runtime image's version plus the stage's own folder."""
+        return content_hash([self.folder], runtime_version())
+
+    def image(self, registry: str | None = None) -> str:
+        return f"{registry_prefix(registry)}/{self.name.replace('_', '-')}:{self.version}"
+
+
+STAGES = {stage.name: stage for stage in (
+    Stage("load_a", "Small", "Snapshot source A as typed Parquet", cache=False),
+    Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False),
+    Stage("merge", "Medium", "Union of A and B keyed on Id"),
+    Stage("process", "Medium", "Drop noise, invalid rows; normalise labels"),
+    Stage("train", "Large", "Mini-batch training; model and metrics"),
+)}
+
+
+class UnknownStage(LookupError):
+    """flow.py names a stage this registry does not define."""
+
+
+def stage(name: str) -> Stage:
+    """The stage called `name`, or an error that says where to add it."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise UnknownStage(f"stage {name!r} is used in flow.py but not defined in stageflow/registry.py "
+                           f"(defined: {', '.join(STAGES)}); add Stage({name!r}, tier, description) to STAGES "
+                           f"and its folder stages/{name}/") from None

@@ -1,0 +1,140 @@
+"""The run report (`stageflow report`, and at the end of every `stageflow run`): the whole run on one page.
+
+It is host-side: stages never draw it. It shares the page helpers of the training report
+(stageflow.runtime.report), so both look alike and stay self-contained.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Iterable, Mapping, Sequence
+
+from stageflow.runtime.report import DASH, Html, cards, escape, fmt, link, page, section, table
+
+
+def rows_cell(stage: Mapping[str, Any]) -> str:
+    """Rows in → out of one stage's record, a dash when the record does not count them."""
+    rows_in, rows_out = stage.get("rows_in"), stage.get("rows_out")
+    if rows_in is None and rows_out is None:
+        return DASH
+    return f"{fmt(rows_in, ',')} → {fmt(rows_out, ',')}"
+
+
+def seconds(stage: Mapping[str, Any]) -> float | None:
+    """A stage's duration; none for one that never ran (the record says 0 for a skipped stage)."""
+    return None if stage.get("status") in ("skipped", "pending") else stage.get("seconds")
+
+
+BOX_W, BOX_H, COL_W, ROW_H, PAD = 184, 58, 234, 78, 16
+FILL = {"succeeded": ("#dafbe1", "#1a7f37"), "failed": ("#ffebe9", "#cf222e"), "running": ("#fff8c5", "#9a6700")}
+GREY = ("#eaeef2", "#59636e")
+
+
+def layers(order: Sequence[str], edges: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Each stage's column: one past its deepest upstream stage, so every edge points right."""
+    upstream: dict[str, list[str]] = {name: [] for name in order}
+    for src, dst in edges:
+        upstream[dst].append(src)
+    depth: dict[str, int] = {}
+
+    def visit(name: str) -> int:
+        if name not in depth:
+            depth[name] = 1 + max((visit(up) for up in upstream[name]), default=-1)
+        return depth[name]
+
+    for name in order:
+        visit(name)
+    return depth
+
+
+def dag_svg(order: Sequence[str], edges: Sequence[tuple[str, str]], stages: Mapping[str, Mapping[str, Any]]) -> Html:
+    """The DAG as inline SVG (no script, no layout library): columns by depth, a box per stage coloured by
+    status, each box a link to its row in the stage table."""
+    depth = layers(order, edges)
+    columns: dict[int, list[str]] = {}
+    for name in order:
+        columns.setdefault(depth[name], []).append(name)
+    tallest = max((len(names) for names in columns.values()), default=1)
+    pos = {name: (PAD + col * COL_W, PAD + (tallest - len(names)) * ROW_H / 2 + i * ROW_H)
+           for col, names in columns.items() for i, name in enumerate(names)}  # each column centred
+    width = PAD * 2 + max(columns, default=0) * COL_W + BOX_W
+    height = PAD * 2 + (tallest - 1) * ROW_H + BOX_H
+    parts = [f'<svg class="dag" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="flow DAG">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8c959f"/></marker></defs>']
+    for src, dst in edges:
+        (x1, y1), (x2, y2) = pos[src], pos[dst]
+        x1, y1, y2 = x1 + BOX_W, y1 + BOX_H / 2, y2 + BOX_H / 2
+        mid = (x1 + x2) / 2
+        parts.append(f'<path d="M {x1} {y1} C {mid} {y1}, {mid} {y2}, {x2 - 2} {y2}" fill="none" '
+                     'stroke="#8c959f" stroke-width="1.5" marker-end="url(#arrow)"/>')
+    for name in order:
+        x, y = pos[name]
+        stage = stages.get(name, {})
+        status = stage.get("status", "pending")
+        fill, ink = FILL.get(status, GREY)
+        detail = status + (f" · {seconds(stage):.1f} s" if seconds(stage) is not None else "")
+        detail += " · cached" if stage.get("cached") else ""
+        tip = f"<title>{escape(stage['error'])}</title>" if stage.get("error") else ""
+        parts.append(f'<a href="#stage-{escape(name)}">{tip}<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" '
+                     f'rx="8" fill="{fill}" stroke="{ink}" stroke-width="1.5"/>'
+                     f'<text x="{x + BOX_W / 2}" y="{y + 24}" text-anchor="middle" font-size="15" font-weight="600" '
+                     f'fill="#1f2328">{escape(name)}</text>'
+                     f'<text x="{x + BOX_W / 2}" y="{y + 44}" text-anchor="middle" font-size="12" '
+                     f'fill="{ink}">{escape(detail)}</text></a>')
+    parts.append("</svg>")
+    return Html("".join(parts))
+
+
+def when(stamp: str | None) -> str:
+    try:
+        return dt.datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (TypeError, ValueError):
+        return DASH
+
+
+def wall_time(record: Mapping[str, Any]) -> str:
+    try:
+        seconds = (dt.datetime.fromisoformat(record["finished_at"])
+                   - dt.datetime.fromisoformat(record["started_at"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return DASH
+    return f"{seconds:.0f} s"
+
+
+def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[tuple[str, str]],
+               metrics: Mapping[str, Any] | None = None, training_href: str | None = None) -> str:
+    """The whole run on one page. Links are relative to the run directory (the runner's layout:
+    logs/<stage>.log, <stage>/outputs/<name>), so the directory can be moved or zipped whole."""
+    stages = record.get("stages", {})
+    errors = any(stages.get(name, {}).get("error") for name in order)
+    rows = []
+    for name in order:
+        stage = stages.get(name, {})
+        status = stage.get("status", "pending")
+        outputs = Html("<br>".join(f"<span class=nowrap>{link(f'{name}/outputs/{out}', out)} "
+                                   f"<span class=mono>{digest[:12]}</span></span>"
+                                   for out, digest in stage.get("outputs", {}).items()) or DASH)
+        row = [Html(f'<span id="stage-{escape(name)}">{escape(name)}</span>'),
+               Html(f'<span class="status {escape(status)}">{escape(status)}</span>'),
+               fmt(seconds(stage), ".2f"), fmt(stage.get("peak_rss_mb"), ",.0f"), rows_cell(stage),
+               fmt(stage.get("cached")), link(f"logs/{name}.log", f"{name}.log") if stage.get("log") else DASH,
+               outputs]
+        rows.append(row + [Html(f'<span class="error">{escape(stage.get("error") or "")}</span>')] * errors)
+    header = ["stage", "status", "seconds", "peak MB", "rows in → out", "cached", "log", "outputs"]
+    stage_table = table(header + ["error"] * errors, rows, numeric=(2, 3))
+    head = [("status", record.get("status", DASH))]
+    if metrics:
+        head += [("accuracy", f"{metrics['accuracy']:.3f}"), ("macro F1", f"{metrics['macro_f1']:.3f}")]
+    head.append(("wall time", wall_time(record)))
+    training = (Html(f"<p>{link(training_href, 'Open the training report')} "
+                     "(hold-out metrics, confusion matrix, loss curve, class balance, parameters).</p>")
+                if training_href else Html("<p>No training report: the train stage did not finish.</p>"))
+    params = table(["input", "value"], record.get("params", {}).items())
+    subtitle = (f"flow {record.get('flow', DASH)} on the {record.get('backend', DASH)} backend, "
+                f"{when(record.get('started_at'))} to {when(record.get('finished_at'))}")
+    return page("Run report", subtitle, cards(head),
+                section("Training", training),
+                section("Stages", dag_svg(order, edges, stages), stage_table),
+                section("Flow inputs", params, Html(f"<p>Record: {link('run.json', 'run.json')}</p>")))
