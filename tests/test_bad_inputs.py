@@ -13,7 +13,7 @@ import pytest
 
 from stageflow.runtime import dataset
 
-from conftest import ROOT
+from conftest import ROOT, write_snapshot
 
 IRIS_HEADER = "Id,SepalLengthCm,SepalWidthCm,RandomColumn,PetalLengthCm,PetalWidthCm,Species"
 ROWS = ["1,5.1,3.5,0.1,1.4,0.2,Iris-setosa", "2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor",
@@ -136,36 +136,35 @@ def test_accepted_source_variants_load_and_process(tmp_path, case):
     (tree / "inputs" / "data_path").write_text(str(source))
     proc, outputs, _ = run_stage(tree, "load_a")
     assert proc.returncode == 0, proc.stderr
-    table, _ = dataset.read(tree / "outputs" / "datasetA", "datasetA")
+    table = dataset.Snapshot(tree / "outputs" / "datasetA", "datasetA").read()
     assert table.column("Id").to_pylist() == [1, 2, 3]
     assert table.column("SepalLengthCm").to_pylist() == [5.1, 7.0, 6.3]
     ptree = make_tree(tmp_path / "p")
     os.link(tree / "outputs" / "datasetA", ptree / "inputs" / "merged_data")
     proc, outputs, _ = run_stage(ptree, "process")
     assert proc.returncode == 0, proc.stderr
-    labels = dataset.read(ptree / "outputs" / "processed_data", "p")[0].column("Species").to_pylist()
+    labels = dataset.Snapshot(ptree / "outputs" / "processed_data", "p").read().column("Species").to_pylist()
     assert labels == ["setosa", "versicolor", "virginica"]
 
 
 # ------------------------------------------------------------------------------------------ merge
 
 
-def snapshot(path, rows, **overrides):
+def snapshot(path, rows, noise=True, **overrides):
     cols = {"Id": [r[0] for r in rows]}
     for i, name in enumerate(dataset.FEATURES):
         cols[name] = [1.0 + r[0] + i for r in rows]
-    cols["RandomColumn"] = [0.5] * len(rows)
+    if noise:
+        cols["RandomColumn"] = [0.5] * len(rows)
     cols["Species"] = [r[1] for r in rows]
     cols.update(overrides)
-    dataset.write(pa.table(cols), path, {"source": {"sha256": "0" * 64, "rows": len(rows), "format": "csv"}})
+    write_snapshot(path, pa.table(cols), {"source": {"sha256": "0" * 64, "rows": len(rows), "format": "csv"}})
 
 
 def test_merge_refuses_different_column_sets(tmp_path):
     tree = make_tree(tmp_path)
     snapshot(tree / "inputs" / "datasetA", [(1, "setosa")])
-    b = tree / "inputs" / "datasetB"
-    snapshot(b, [(2, "setosa")])
-    dataset.write(dataset.read(b, "b")[0].drop_columns(["RandomColumn"]), b, {})
+    snapshot(tree / "inputs" / "datasetB", [(2, "setosa")], noise=False)
     assert_refused(tree, "merge", "merge: datasetA and datasetB have different columns "
                    "(only in A: RandomColumn; only in B: -)", [tree / "inputs"])
 

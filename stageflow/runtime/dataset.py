@@ -169,24 +169,29 @@ class Snapshot:
         return conform(self._read(self.file.read), f"input {self.name}")
 
 
-def read(path: Path, name: str) -> tuple[pa.Table, dict]:
-    """Read a snapshot written by `write`, with its metadata; `name` is the input it came in as."""
-    snapshot = Snapshot(path, name)
-    return snapshot.read(), snapshot.meta
-
-
 class Writer:
-    """Write a snapshot in pieces, in row groups of ROW_GROUP rows; the metadata (lineage, hashes, counts)
-    goes into the file's footer at `close`, so it may depend on everything written."""
+    """Write a snapshot in row groups of ROW_GROUP rows, as a context manager.
 
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.schema = schema
+    Leaving the block normally writes the footer with `meta` (lineage, hashes, counts: set it last, as it
+    may depend on everything written). Leaving it with an exception aborts: the file is released, never
+    finished, and the exception goes on. Without a schema the file is opened at the first `write`, with
+    that table's schema, for a stage that learns its columns from its first batch.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None):
+        self.path = path
+        self.meta: dict = {}
         self.pending: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0
+        self.sink = self.writer = None
+        if schema is not None:
+            self._open(schema)
+
+    def _open(self, schema: pa.Schema) -> None:
         # zstd at its fastest level; Ids (usually ascending) delta-encoded, smaller and cheaper than a
         # dictionary; features and labels dictionary-encoded (few distinct values); the noise column plain.
-        self.sink = pa.OSFile(str(path), "wb")  # ours to close, even when the writer cannot finish
+        self.sink = pa.OSFile(str(self.path), "wb")  # ours to close, even when the writer cannot finish
         try:
             self.writer = pq.ParquetWriter(
                 self.sink, schema, compression="zstd", compression_level=1,
@@ -196,7 +201,18 @@ class Writer:
             self.sink.close()
             raise
 
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, kind, err, trace) -> None:
+        if kind is None:
+            self._close()
+        else:
+            self._abort()
+
     def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self._open(table.schema)
         if table.num_rows == 0:
             return
         self.pending.append(table)
@@ -213,35 +229,28 @@ class Writer:
             self.writer.write_table(table, row_group_size=ROW_GROUP)
         self.pending, self.buffered = [], 0
 
-    def close(self, meta: dict) -> None:
+    def _close(self) -> None:
+        if self.writer is None:
+            raise ValueError(f"{self.path}: no schema and nothing written, so no snapshot to close")
         try:
             self._flush()
-            self.writer.add_key_value_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+            self.writer.add_key_value_metadata({META_KEY: json.dumps(self.meta, sort_keys=True).encode()})
             self.writer.close()
         except BaseException:
-            self.abort()
+            self._abort()
             raise
         self.sink.close()
 
-    def abort(self) -> None:
+    def _abort(self) -> None:
         """Give up on the file (the caller deletes it): release it and never mask the error that got us here.
 
         On a full disk the footer cannot be written either, and a file left open keeps its blocks, so the
         stage could not even write its _ERROR."""
+        if self.writer is None:
+            return
         try:
             self.writer.close()
         except (OSError, pa.ArrowException):
             pass
         finally:
             self.sink.close()
-
-
-def write(table: pa.Table, path: Path, meta: dict) -> None:
-    """Write a snapshot; the metadata (lineage, hashes, counts) travels inside the file itself."""
-    writer = Writer(path, table.schema)
-    try:
-        writer.write(table)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close(meta)

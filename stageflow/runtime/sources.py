@@ -99,36 +99,22 @@ def source_tables(path: Path, fmt: str, typed: bool = True) -> Iterator[pa.Table
             yield pa.Table.from_batches([batch])
 
 
-def read_source(path: Path) -> tuple[pa.Table, str]:
-    """Read a whole source file (unchecked), turning every way a file can be unreadable into one named error."""
-    fmt = check_source(path)
-    try:
-        tables = list(source_tables(path, fmt))
-    except ConversionError:
-        tables = list(source_tables(path, fmt, typed=False))
-    table = pa.concat_tables(tables) if tables else None
-    if table is None or table.num_rows == 0:
-        raise StageError(f"input data_path: {path} has a header but no data rows")
-    return table, fmt
-
-
-def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> tuple[dataset.Writer | None, pa.ChunkedArray]:
-    """Check and write the source batch by batch; returns the open writer (None if no rows) and the Ids."""
+def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
+    """Check and write the source batch by batch into `tmp`; return the lineage in its footer."""
     name = f"input data_path: {path}"
-    writer, ids, first_row = None, [], 0
-    try:
+    with dataset.Writer(tmp) as writer:
+        ids, first_row = [], 0
         for raw in source_tables(path, fmt, typed):
             table = dataset.conform(raw, name, first_row)
             first_row += table.num_rows
-            if writer is None:
-                writer = dataset.Writer(tmp, table.schema)
             writer.write(table)
             ids.extend(table.column(dataset.ID).chunks)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    return writer, pa.chunked_array(ids, type=dataset.TYPES[dataset.ID])
+        if not writer.rows:
+            raise StageError(f"input data_path: {path} has a header but no data rows")
+        dataset.check_ids(pa.table({dataset.ID: pa.chunked_array(ids, type=dataset.TYPES[dataset.ID])}), name)
+        writer.meta = {"source": {"path": str(path), "format": fmt, "sha256": sha256_file(path), "rows": writer.rows,
+                                  "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}
+    return writer.meta["source"]
 
 
 def load(tree: StageTree, output: str) -> None:
@@ -138,19 +124,8 @@ def load(tree: StageTree, output: str) -> None:
     fmt = check_source(path)
     with tree.output_file(output) as tmp:
         try:
-            writer, ids = _snapshot(path, fmt, tmp, typed=True)
-        except ConversionError:
-            writer, ids = _snapshot(path, fmt, tmp, typed=False)
-        try:
-            if writer is None:
-                raise StageError(f"input data_path: {path} has a header but no data rows")
-            dataset.check_ids(pa.table({dataset.ID: ids}), f"input data_path: {path}")
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        meta = {"source": {"path": str(path), "format": fmt, "sha256": sha256_file(path), "rows": writer.rows,
-                           "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}
-        writer.close(meta)
-    log.info("loaded %d rows from %s (%s, sha256 %s) in %.2f s", meta["source"]["rows"], path, fmt,
-             meta["source"]["sha256"][:12], time.perf_counter() - started)
+            source = _snapshot(path, fmt, tmp, typed=True)
+        except ConversionError:  # the typed writer has released tmp: the text read starts it afresh
+            source = _snapshot(path, fmt, tmp, typed=False)
+    log.info("loaded %d rows from %s (%s, sha256 %s) in %.2f s", source["rows"], path, fmt,
+             source["sha256"][:12], time.perf_counter() - started)

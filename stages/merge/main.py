@@ -71,13 +71,6 @@ def refuse(conflicts: list[int]) -> None:
                          f"in datasetA and datasetB")
 
 
-def union(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
-    """A plus the rows of B whose Id A lacks, sorted by Id; also returns how many Ids overlapped."""
-    combined, n_overlap, conflicts = combine(a, b)
-    refuse(conflicts)
-    return combined.sort_by(dataset.ID), n_overlap
-
-
 def sorted_slices(table: pa.Table) -> Iterator[pa.Table]:
     """`table` sorted by Id, one row group at a time: a sorted copy of the whole table is never made."""
     order = pc.sort_indices(table, sort_keys=[(dataset.ID, "ascending")])
@@ -128,25 +121,20 @@ def merge(tree: StageTree) -> None:
     # sources give a byte-identical file wherever and whenever the stage runs.
     sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
     n_overlap = 0
-    with tree.output_file("merged_data") as tmp:
-        writer = dataset.Writer(tmp, a.empty().schema)
-        try:
-            if streaming:  # a row group of each side in memory at a time
-                conflicts: list[int] = []
-                for table, overlap in sorted_union((t.select(names) for t in a.tables()),
-                                                   (t.select(names) for t in b.tables()), conflicts):
-                    writer.write(table)
-                    n_overlap += overlap
-                refuse(conflicts)
-            else:  # an unsorted source: both snapshots in memory, written out in sorted slices
-                combined, n_overlap, conflicts = combine(a.read(), b.read())
-                refuse(conflicts)
-                for table in sorted_slices(combined):
-                    writer.write(table)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close({"sources": sources, "rows": writer.rows, "overlap": n_overlap})
+    with tree.output_file("merged_data") as tmp, dataset.Writer(tmp, a.empty().schema) as writer:
+        if streaming:  # a row group of each side in memory at a time
+            conflicts: list[int] = []
+            for table, overlap in sorted_union((t.select(names) for t in a.tables()),
+                                               (t.select(names) for t in b.tables()), conflicts):
+                writer.write(table)
+                n_overlap += overlap
+            refuse(conflicts)
+        else:  # an unsorted source: both snapshots in memory, written out in sorted slices
+            combined, n_overlap, conflicts = combine(a.read(), b.read())
+            refuse(conflicts)
+            for table in sorted_slices(combined):
+                writer.write(table)
+        writer.meta = {"sources": sources, "rows": writer.rows, "overlap": n_overlap}
     log.info("merged %d + %d rows (%d Ids in both, identical) into %d rows%s", a.num_rows, b.num_rows,
              n_overlap, writer.rows, " (streamed: both sorted by Id)" if streaming else "")
 
