@@ -3,6 +3,7 @@
 import gzip
 import json
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -187,10 +188,20 @@ def test_merge_treats_two_missing_values_as_equal(wf_root, missing):
     assert status == 0 and out.num_rows == 1 and out.meta["overlap"] == 1
 
 
-def test_merge_refuses_different_column_sets(wf_root):
-    status, error, out = merged(wf_root, table([(1, "setosa")]), table([(2, "setosa")]).drop_columns([dataset.NOISE]))
-    assert (status, out) == (1, None)
-    assert error == "merge: datasetA and datasetB have different columns (only in A: RandomColumn; only in B: -)\n"
+@pytest.mark.parametrize("ids_b", [[2, 3], [3, 2]], ids=["streamed", "unsorted"])
+@pytest.mark.parametrize("lacking", ["datasetA", "datasetB"])
+def test_merge_leaves_out_an_optional_column_only_one_source_has(wf_root, capsys, lacking, ids_b):
+    a, b = table([(1, "setosa"), (2, "setosa")]), table([(i, "setosa") for i in ids_b])
+    if lacking == "datasetA":
+        a = a.drop_columns([dataset.NOISE])
+    else:
+        b = b.drop_columns([dataset.NOISE])
+    status, error, out = merged(wf_root, a, b)
+    assert (status, error) == (0, None)
+    assert out.column_names == [dataset.ID, *dataset.FEATURES, dataset.LABEL]
+    assert out.read().column("Id").to_pylist() == [1, 2, 3] and out.meta["overlap"] == 1  # Id 2: the same row
+    has = "datasetB" if lacking == "datasetA" else "datasetA"
+    assert f"merge: RandomColumn is in {has} but not in {lacking}; merged_data leaves it out" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ process (more in test_streaming.py)
@@ -207,6 +218,38 @@ def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsy
     assert out.read().column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
     assert out.meta == {"sources": [], "rows": 3, "dropped": 2}  # the NaN feature and the missing label
     assert "dropped 2 of 5 rows with a missing or non-finite feature or label" in capsys.readouterr().err
+
+
+def json_records(label):
+    rows = [(1, "Iris-setosa"), (2, "Iris-versicolor"), (3, label)]
+    return [{"Id": i, **{name: 1.0 + i for name in dataset.FEATURES}, "Species": species} for i, species in rows]
+
+
+MISSING_LABEL_SOURCES = {
+    "csv empty": ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS + "3,6.3,3.3,0.3,6.0,2.5,\n")),
+    "csv blank": ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS + "3,6.3,3.3,0.3,6.0,2.5,  \n")),
+    "jsonl null": ("s.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in json_records(None)))),
+    "jsonl empty": ("s.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in json_records("")))),
+    "parquet null": ("s.parquet", lambda p: pq.write_table(pa.table({
+        "Id": [1, 2, 3], **{name: [1.0, 2.0, 3.0] for name in dataset.FEATURES},
+        "Species": ["Iris-setosa", "Iris-versicolor", None]}), p)),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_LABEL_SOURCES)
+def test_a_missing_label_is_a_dropped_row_whatever_the_format(wf_root, tmp_path, capsys, case):
+    name, writer = MISSING_LABEL_SOURCES[case]
+    writer(wf_root / name)
+    status, error, snapshot = load_source(wf_root, wf_root / name)
+    assert (status, error) == (0, None)
+    assert snapshot.read().column("Species").to_pylist() == ["Iris-setosa", "Iris-versicolor", None]
+    ptree = tmp_path / "process"
+    (ptree / "inputs").mkdir(parents=True)
+    os.link(wf_root / "outputs" / "datasetA", ptree / "inputs" / "merged_data")
+    assert run_main(process, ptree) == (0, None)
+    out = dataset.Snapshot(ptree / "outputs" / "processed_data", "processed_data")
+    assert out.read().column("Id").to_pylist() == [1, 2] and out.meta["dropped"] == 1
+    assert "dropped 1 of 3 rows with a missing or non-finite feature or label" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ train

@@ -48,13 +48,27 @@ def _first_bad(column: pa.ChunkedArray, kind: pa.DataType) -> tuple[int, str]:
 
 
 def _label_column(values: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    """Labels as LABEL_TYPE: text or dictionary-encoded text in, dictionary-encoded text out."""
+    """Labels as LABEL_TYPE: text or dictionary-encoded text in, dictionary-encoded text out.
+
+    A blank label (a CSV's empty field, what pandas writes for a missing value) is a missing label, as a JSON
+    null or a Parquet null is: one meaning whatever the format, and process drops such rows and counts them."""
     kind = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
     if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
         raise StageError(f"{name}: column {LABEL} must hold text labels, found {values.type}")
-    if pa.types.is_dictionary(values.type) and any(chunk.dictionary.null_count for chunk in values.chunks):
-        values = pc.cast(values, kind)  # a missing label must be a missing row, not a dictionary entry
-    return pc.cast(values, LABEL_TYPE)
+    labels = pc.cast(values, LABEL_TYPE)
+    # Checked on each chunk's dictionary (a handful of entries), so labels that are all present cost nothing.
+    if any(chunk.dictionary.null_count or pc.any(pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "")).as_py()
+           for chunk in labels.chunks):
+        text = pc.cast(labels, pa.string())  # a missing label must be a missing row, not a dictionary entry
+        blank = pc.equal(pc.utf8_trim_whitespace(text), "")
+        labels = pc.cast(pc.if_else(blank, pa.scalar(None, pa.string()), text), LABEL_TYPE)
+    return labels
+
+
+def listed(names: list[str], limit: int = 10) -> str:
+    """Names for a message: all of a few, the first `limit` of many (a header can hold a million)."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
 def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
@@ -67,13 +81,13 @@ def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
     present = table.column_names
     missing = [col for col in REQUIRED if col not in present]
     if missing:
-        raise StageError(f"{name}: missing required column {', '.join(missing)} (found {', '.join(present)})")
+        raise StageError(f"{name}: missing required column {', '.join(missing)} (found {listed(present)})")
     unknown = [col for col in present if col not in TYPES]
     if unknown:
-        raise StageError(f"{name}: unknown column {', '.join(unknown)}; expected only {', '.join(TYPES)}")
+        raise StageError(f"{name}: unknown column {listed(unknown)}; expected only {', '.join(TYPES)}")
     duplicated = sorted({col for col in present if present.count(col) > 1})
     if duplicated:
-        raise StageError(f"{name}: column {', '.join(duplicated)} appears more than once")
+        raise StageError(f"{name}: column {listed(duplicated)} appears more than once")
     columns, names = [], []
     for col in (c for c in TYPES if c in present):
         values = table.column(col)
