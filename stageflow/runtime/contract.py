@@ -150,8 +150,13 @@ def _shown(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What a `st_mode` describes, in the words an error shows (`a FIFO (named pipe)`)."""
+    return next((name for test, name in _KINDS if test(mode)), "a file of an unknown kind")
 
 
 def not_a_regular_file(path: Path) -> str | None:
@@ -164,8 +169,7 @@ def not_a_regular_file(path: Path) -> str | None:
         return f"a link that cannot be followed ({err.strerror})"
     if stat.S_ISREG(mode):
         return None
-    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return f"a link to {path.resolve()}, {kind}" if path.is_symlink() else kind
+    return f"a link to {path.resolve()}, {file_kind(mode)}" if path.is_symlink() else file_kind(mode)
 
 
 # ---------------------------------------------------------------- the tree a stage works in
