@@ -16,6 +16,7 @@ from stageflow.run_report import rows_cell, seconds
 from stageflow.runtime.report import DASH, fmt
 from stageflow.runner import link_or_copy
 from stageflow.registry import ROOT
+from stageflow.runtime import schema as schemas
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
 DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
@@ -208,6 +209,17 @@ def cmd_verify_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_schema(args: argparse.Namespace) -> int:
+    from stageflow import check
+
+    return check.check([Path(p) for p in args.files])
+
+
+def schema_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--schema", metavar="PATH", help=f"the data's schema file (default: ${schemas.ENV}, "
+                         f"else schema.toml at the repository root); sets {schemas.ENV} for the stages")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -216,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
                      type=lambda name: "host" if name == "process" else name,  # its name before 0.2
                      help="host: each stage a process on this machine (default); docker: each stage in its image "
                           "(Docker SDK); compose: through docker-compose.yml, run directory .workflow")
+    schema_option(run)
     run.add_argument("--run-dir", help="directory for this run (default: a new runs/<time>, linked as runs/latest)")
     run.add_argument("--data-path-a", default=str(DEFAULT_DATA_A), help="source A (default: bundled sample)")
     run.add_argument("--data-path-b", default=str(DEFAULT_DATA_B), help="source B (default: bundled sample)")
@@ -255,6 +268,11 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
     submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
     submit.set_defaults(func=cmd_submit)
+    check = sub.add_parser("check-schema", help="check your data files against the schema (schema.toml, or "
+                           "--schema / STAGEFLOW_SCHEMA) with the stages' own checks, before running the flow")
+    schema_option(check)
+    check.add_argument("files", nargs="+", metavar="FILE", help="a source file (CSV, CSV.gz, Parquet, JSON Lines)")
+    check.set_defaults(func=cmd_check_schema)
     rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
                                         "memory, rows, logs and outputs")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
@@ -263,8 +281,17 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def select_schema(path: str | None) -> None:
+    """Make `path` (else a relative STAGEFLOW_SCHEMA) the active schema as an absolute path: the stages, which
+    run from the repository root, and the image build then all read the same file."""
+    chosen = path or os.environ.get(schemas.ENV)
+    if chosen:
+        os.environ[schemas.ENV] = str(Path(chosen).absolute())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    select_schema(getattr(args, "schema", None))
     return args.func(args)
 
 

@@ -5,9 +5,10 @@ added, renamed or moved to another tier changes everywhere at once. Adding a sta
 (stages/<name>/), its entry here and its call in flow.py.
 
 Images: every stage image starts FROM the runtime image (stages/Dockerfile: the runtime's libraries, the
-`stageflow.runtime` package, Domino's job user) and adds its own folder. An image's version is a hash of exactly
-what it holds, so an edit to host-side code (the runner, the CLI, tests, docs) changes no version: nothing
-rebuilds, nothing is pushed again, and neither the local cache nor Domino's (keyed on `cache_version`) misses.
+`stageflow.runtime` package, the active schema, Domino's job user) and adds its own folder. An image's version is
+a hash of exactly what it holds, so an edit to host-side code (the runner, the CLI, tests, docs) changes no
+version: nothing rebuilds, nothing is pushed again, and neither the local cache nor Domino's (keyed on
+`cache_version`) misses. Another schema is other content: other versions, images, cache keys and environments.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
+
+from stageflow.runtime import schema as schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
@@ -53,9 +56,20 @@ def registry_prefix(registry: str | None = None) -> str:
     return (registry or os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY)).rstrip("/")
 
 
-@cache
+def schema_file() -> Path:
+    """The active schema, checked: the runtime image holds it as /opt/stageflow/schema.toml."""
+    return schemas.active().path
+
+
 def runtime_version() -> str:
-    return content_hash([ROOT / part for part in RUNTIME_PARTS])
+    """Hash of the runtime image's files and of the schema it holds (by content: where the file lies on this
+    machine is not in the image)."""
+    return _runtime_version(schema_file().read_bytes())
+
+
+@cache
+def _runtime_version(schema_text: bytes) -> str:
+    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"))
 
 
 def runtime_image(registry: str | None = None) -> str:
@@ -88,7 +102,7 @@ class Stage:
     def environment(self) -> str:
         return f"stageflow-{self.name.replace('_', '-')}"
 
-    @cached_property
+    @property
     def version(self) -> str:
         """Hash of what the image holds: the runtime image's version plus the stage's own folder."""
         return content_hash([self.folder], runtime_version())

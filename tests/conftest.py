@@ -9,10 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stageflow.runtime import contract, dataset
+from stageflow.runtime import contract, dataset, schema as schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
+IRIS_SCHEMA = ROOT / "schema.toml"  # the bundled data's schema, which tests marked `iris` run under
+WINE_SCHEMA = ROOT / "examples" / "wine" / "schema.toml"
+IRIS_FEATURES = ("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm")
 
 
 def load_stage(name: str):
@@ -77,6 +80,14 @@ def isolated_cache(tmp_path_factory):
     os.environ["STAGEFLOW_CACHE"] = str(tmp_path_factory.mktemp("stage-cache"))
 
 
+@pytest.fixture(autouse=True)
+def iris_schema(request, monkeypatch):
+    """A test marked `iris` is about the iris data (its column names, labels, messages): it runs under the iris
+    schema whatever schema is active. Every other test builds its data from the active schema."""
+    if request.node.get_closest_marker("iris"):
+        monkeypatch.setenv(schemas.ENV, str(IRIS_SCHEMA))
+
+
 def iris_like(n_per_class=20, seed=0):
     rng = np.random.default_rng(seed)
     centres = {"setosa": [5.0, 3.4, 1.5, 0.2], "versicolor": [5.9, 2.8, 4.3, 1.3], "virginica": [6.6, 3.0, 5.6, 2.0]}
@@ -85,15 +96,37 @@ def iris_like(n_per_class=20, seed=0):
     return x, codes, np.asarray(list(centres), dtype=object)
 
 
+def classes(schema: schemas.Schema) -> list[str]:
+    """The labels a test's rows carry: the declared classes, or three made-up ones when the schema learns them."""
+    return list(schema.classes or ("class-a", "class-b", "class-c"))
+
+
+def source_table(keys, labels=None, seed: int = 0) -> pa.Table:
+    """Rows in the active schema's columns, as a source holds them: `keys` (integers; `k<n>` for a text key),
+    every feature near its class's own centre (so the classes can be learnt), each dropped column, and labels
+    (default: the classes in turn)."""
+    schema = schemas.active()
+    names = classes(schema)
+    keys = list(keys)
+    labels = [names[i % len(names)] for i in range(len(keys))] if labels is None else list(labels)
+    rng = np.random.default_rng(seed)
+    code = np.array([names.index(label) if label in names else 0 for label in labels], dtype=float)
+    columns = {schema.key: pa.array(keys if schema.key_type == "int" else [f"k{k}" for k in keys])}
+    for i, (name, kind) in enumerate(schema.features.items()):
+        values = 2.0 * code + 0.5 * i + rng.normal(0.0, 0.15, len(keys))
+        columns[name] = pa.array(np.rint(values).astype(np.int64) if kind == "int" else values)
+    columns.update({name: pa.array({"float": [0.5], "int": [1], "text": ["x"]}[kind] * len(keys))
+                    for name, kind in schema.dropped.items()})
+    columns[schema.label] = pa.array(labels, pa.string())
+    return pa.table(columns)
+
+
 @pytest.fixture
 def train_root(wf_root):
-    """A fake /workflow tree holding the train stage's inputs: 60 iris-like rows, 5 epochs of 16-row batches."""
-    x, codes, names = iris_like()
-    y = names[codes]
-    columns = {dataset.ID: pa.array(range(1, len(y) + 1), pa.int64()),
-               **{name: pa.array(x[:, i]) for i, name in enumerate(dataset.FEATURES)},
-               dataset.LABEL: pa.array(list(y))}
-    write_snapshot(wf_root / "inputs" / "processed_data", pa.table(columns))
+    """A fake /workflow tree holding the train stage's inputs: 60 rows of the active schema (20 per class),
+    5 epochs of 16-row batches."""
+    table = source_table(range(1, 61)).drop_columns(list(schemas.active().dropped))
+    write_snapshot(wf_root / "inputs" / "processed_data", table)
     (wf_root / "inputs" / "epochs").write_text("5")
     (wf_root / "inputs" / "batch_size").write_text("16")
     return wf_root

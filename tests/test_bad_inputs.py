@@ -15,7 +15,9 @@ import pytest
 
 from stageflow.runtime import dataset
 
-from conftest import ROOT, write_snapshot
+from conftest import IRIS_FEATURES, ROOT, write_snapshot
+
+pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
 IRIS_HEADER = "Id,SepalLengthCm,SepalWidthCm,RandomColumn,PetalLengthCm,PetalWidthCm,Species"
 ROWS = ["1,5.1,3.5,0.1,1.4,0.2,Iris-setosa", "2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor",
@@ -101,11 +103,10 @@ DATA_PATH_CASES = {
     "a line longer than a block": ("long.csv", text(IRIS_HEADER + "\n" + ROWS[0] + "\n2,7.0,3.2,0.2,4.7,1.4," +
                                                     "x" * (2 << 20) + "\n"),
                                    "input data_path: {path}: a line after row 1 is longer than 1 MiB, the most a row "
-                                   "may take (an iris row takes about 40 bytes): is this a CSV file with one row per "
-                                   "line?"),
+                                   "may take: is this a CSV file with one row per line?"),
     "a header longer than a block": ("wide.csv", text(",".join(f"c{i}" for i in range(200_000)) + "\n1\n"),
                                      "input data_path: {path}: its first line is longer than 1 MiB, too long for "
-                                     "a header naming the iris columns: is this a CSV file with one row per line?"),
+                                     "a header naming the schema's columns: is this a CSV file with one row per line?"),
     "a hundred thousand columns": ("many.csv", text(",".join(f"x{i}" for i in range(100_000)) + "\n" +
                                                     ",".join("1" * 100_000) + "\n"),
                                    "input data_path: {path}: missing required column Id, SepalLengthCm, "
@@ -191,7 +192,7 @@ def test_accepted_source_variants_load_and_process(tmp_path, case):
 
 def snapshot(path, rows, **overrides):
     cols = {"Id": [r[0] for r in rows]}
-    for i, name in enumerate(dataset.FEATURES):
+    for i, name in enumerate(IRIS_FEATURES):
         cols[name] = [1.0 + r[0] + i for r in rows]
     cols["RandomColumn"] = [0.5] * len(rows)
     cols["Species"] = [r[1] for r in rows]
@@ -205,7 +206,7 @@ def test_merge_refuses_different_types(tmp_path):
 
     tree = make_tree(tmp_path)
     snapshot(tree / "inputs" / "datasetA", [(1, "setosa")])
-    pq.write_table(pa.table({"Id": [2], **{f: ["wide"] for f in dataset.FEATURES}, "RandomColumn": [0.1],
+    pq.write_table(pa.table({"Id": [2], **{f: ["wide"] for f in IRIS_FEATURES}, "RandomColumn": [0.1],
                              "Species": ["setosa"]}), tree / "inputs" / "datasetB")
     assert_refused(tree, "merge", "input datasetB: column SepalLengthCm must be a number in every row, "
                    "found 'wide' in row 1", [tree / "inputs"])

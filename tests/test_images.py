@@ -9,6 +9,7 @@ import pytest
 
 from stageflow import registry
 from stageflow.registry import STAGES
+from stageflow.runtime import schema as schemas
 
 from conftest import ROOT
 
@@ -46,16 +47,18 @@ def test_dockerignore_keeps_data_tests_runs_git_and_venv_out():
 
 @pytest.fixture
 def tree_copy(tmp_path, monkeypatch):
-    """A copy of the checkout, with the registry reading versions from it."""
+    """A copy of the checkout, with the registry reading versions (and the default schema) from it."""
     subprocess.run(f"git ls-files -z | xargs -0 cp --parents -t {tmp_path}", shell=True, cwd=ROOT, check=True)
     monkeypatch.setattr(registry, "ROOT", tmp_path)
-    registry.runtime_version.cache_clear()
+    monkeypatch.setattr(schemas, "DEFAULT", tmp_path / "schema.toml")
+    monkeypatch.delenv(schemas.ENV, raising=False)
+    registry._runtime_version.cache_clear()
     yield tmp_path
-    registry.runtime_version.cache_clear()
+    registry._runtime_version.cache_clear()
 
 
 def versions():
-    registry.runtime_version.cache_clear()
+    registry._runtime_version.cache_clear()
     return {name: registry.Stage(name, s.tier, s.description).version for name, s in STAGES.items()}
 
 
@@ -66,6 +69,8 @@ def versions():
     ("stages/Dockerfile", set(STAGES)),
     ("stages/requirements.txt", set(STAGES)),
     ("stages/train/requirements.in", set()),  # the lock's source: the image installs the lock
+    ("schema.toml", set(STAGES)),  # the active schema: the runtime image holds it
+    ("examples/wine/schema.toml", set()),  # a schema not in use
 ])
 def test_version_changes_exactly_when_the_image_content_does(tree_copy, edit, changed):
     before = versions()
@@ -82,7 +87,7 @@ def test_host_side_edits_change_no_image_version(tree_copy):
     before = versions()
     host_files = [path for path in tree_copy.rglob("*") if path.is_file() and not path.is_relative_to(tree_copy / "stages")
                   and not path.is_relative_to(tree_copy / "stageflow" / "runtime")
-                  and path != tree_copy / "stageflow" / "__init__.py"]
+                  and path not in (tree_copy / "stageflow" / "__init__.py", tree_copy / "schema.toml")]
     assert {"README.md", "Makefile", "flow.py", "stageflow/cli.py", "stageflow/runner.py", "tests/conftest.py",
             "scripts/bench.py", "pyproject.toml"} <= {path.relative_to(tree_copy).as_posix() for path in host_files}
     for path in host_files:
@@ -91,6 +96,19 @@ def test_host_side_edits_change_no_image_version(tree_copy):
     (tree_copy / "stages" / "load_a" / "__pycache__").mkdir()
     (tree_copy / "stages" / "load_a" / "__pycache__" / "main.pyc").write_bytes(b"x")
     assert versions() == before
+
+
+def test_the_schema_counts_by_content_not_by_where_it_lies(tree_copy, monkeypatch):
+    """Switching schema gives other images (and cache keys, and Domino environments); the same schema from
+    another place gives the same ones, since the image holds the content, not the path."""
+    iris = versions()
+    (tree_copy / "elsewhere").mkdir()
+    shutil.copy(tree_copy / "schema.toml", tree_copy / "elsewhere" / "schema.toml")
+    monkeypatch.setenv(schemas.ENV, str(tree_copy / "elsewhere" / "schema.toml"))
+    assert versions() == iris
+    monkeypatch.setenv(schemas.ENV, str(tree_copy / "examples" / "wine" / "schema.toml"))
+    wine = versions()
+    assert all(wine[name] != iris[name] for name in STAGES)
 
 
 def test_compose_file_is_generated_from_the_registry():

@@ -14,7 +14,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import iris_like, load_stage, run_main, write_snapshot
+from conftest import IRIS_FEATURES, iris_like, load_stage, run_main, write_snapshot
+
+pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
 load_a = load_stage("load_a")
 merge = load_stage("merge")
@@ -27,10 +29,10 @@ HEADER = "Id,SepalLengthCm,SepalWidthCm,RandomColumn,PetalLengthCm,PetalWidthCm,
 def table(rows, **overrides):
     """An iris-shaped table from (Id, species) pairs with plausible feature values."""
     cols = {"Id": [r[0] for r in rows]}
-    for i, name in enumerate(dataset.FEATURES):
+    for i, name in enumerate(IRIS_FEATURES):
         cols[name] = [float(r[0] or 0) + i / 10 for r in rows]
-    cols[dataset.NOISE] = [0.5] * len(rows)
-    cols[dataset.LABEL] = [r[1] for r in rows]
+    cols["RandomColumn"] = [0.5] * len(rows)
+    cols["Species"] = [r[1] for r in rows]
     cols.update(overrides)
     return dataset.conform(pa.table(cols), "t")
 
@@ -42,7 +44,7 @@ def test_conform_casts_and_orders_columns():
     raw = pa.table({"Species": ["a"], "PetalWidthCm": [1], "PetalLengthCm": [1], "SepalWidthCm": [1],
                     "SepalLengthCm": ["5.5 "], "Id": ["7"]})
     out = dataset.conform(raw, "src")
-    assert out.column_names == ["Id", *dataset.FEATURES, "Species"]
+    assert out.column_names == ["Id", *IRIS_FEATURES, "Species"]
     assert out.schema.field("Id").type == pa.int64()
     assert out.column("SepalLengthCm").to_pylist() == [5.5]
 
@@ -61,7 +63,7 @@ def test_unknown_column_is_rejected():
 
 
 def test_non_numeric_feature_names_column_value_and_row():
-    raw = pa.table({"Id": ["1", "2"], **{f: ["1.0", "2.0"] for f in dataset.FEATURES}, "Species": ["a", "b"]})
+    raw = pa.table({"Id": ["1", "2"], **{f: ["1.0", "2.0"] for f in IRIS_FEATURES}, "Species": ["a", "b"]})
     raw = raw.set_column(2, "SepalWidthCm", pa.array(["3.0", "wide"]))
     with pytest.raises(StageError, match=r"src: column SepalWidthCm must be a number in every row, "
                                          r"found 'wide' in row 2"):
@@ -69,7 +71,7 @@ def test_non_numeric_feature_names_column_value_and_row():
 
 
 def test_non_integer_id_is_refused():
-    raw = pa.table({"Id": [1.0, 2.5], **{f: [1.0, 2.0] for f in dataset.FEATURES}, "Species": ["a", "b"]})
+    raw = pa.table({"Id": [1.0, 2.5], **{f: [1.0, 2.0] for f in IRIS_FEATURES}, "Species": ["a", "b"]})
     with pytest.raises(StageError, match="src: column Id must be an integer in every row, found '2.5' in row 2"):
         dataset.conform(raw, "src")
 
@@ -193,12 +195,12 @@ def test_merge_treats_two_missing_values_as_equal(wf_root, missing):
 def test_merge_leaves_out_an_optional_column_only_one_source_has(wf_root, capsys, lacking, ids_b):
     a, b = table([(1, "setosa"), (2, "setosa")]), table([(i, "setosa") for i in ids_b])
     if lacking == "datasetA":
-        a = a.drop_columns([dataset.NOISE])
+        a = a.drop_columns(["RandomColumn"])
     else:
-        b = b.drop_columns([dataset.NOISE])
+        b = b.drop_columns(["RandomColumn"])
     status, error, out = merged(wf_root, a, b)
     assert (status, error) == (0, None)
-    assert out.column_names == [dataset.ID, *dataset.FEATURES, dataset.LABEL]
+    assert out.column_names == ["Id", *IRIS_FEATURES, "Species"]
     assert out.read().column("Id").to_pylist() == [1, 2, 3] and out.meta["overlap"] == 1  # Id 2: the same row
     has = "datasetB" if lacking == "datasetA" else "datasetA"
     assert f"merge: RandomColumn is in {has} but not in {lacking}; merged_data leaves it out" in capsys.readouterr().err
@@ -213,7 +215,7 @@ def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsy
     write_snapshot(wf_root / "inputs" / "merged_data", t, {"sources": []})
     assert run_main(process, wf_root) == (0, None)
     out = dataset.Snapshot(wf_root / "outputs" / "processed_data", "processed_data")
-    assert dataset.NOISE not in out.column_names
+    assert "RandomColumn" not in out.column_names
     assert out.read().column("Id").to_pylist() == [1, 2, 4]
     assert out.read().column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
     assert out.meta == {"sources": [], "rows": 3, "dropped": 2}  # the NaN feature and the missing label
@@ -222,7 +224,7 @@ def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsy
 
 def json_records(label):
     rows = [(1, "Iris-setosa"), (2, "Iris-versicolor"), (3, label)]
-    return [{"Id": i, **{name: 1.0 + i for name in dataset.FEATURES}, "Species": species} for i, species in rows]
+    return [{"Id": i, **{name: 1.0 + i for name in IRIS_FEATURES}, "Species": species} for i, species in rows]
 
 
 MISSING_LABEL_SOURCES = {
@@ -231,7 +233,7 @@ MISSING_LABEL_SOURCES = {
     "jsonl null": ("s.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in json_records(None)))),
     "jsonl empty": ("s.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in json_records("")))),
     "parquet null": ("s.parquet", lambda p: pq.write_table(pa.table({
-        "Id": [1, 2, 3], **{name: [1.0, 2.0, 3.0] for name in dataset.FEATURES},
+        "Id": [1, 2, 3], **{name: [1.0, 2.0, 3.0] for name in IRIS_FEATURES},
         "Species": ["Iris-setosa", "Iris-versicolor", None]}), p)),
 }
 
@@ -289,8 +291,8 @@ def test_evaluate_agrees_with_sklearn_on_names():
 
 def test_labels_become_sorted_codes_of_the_classes_present(tmp_path):
     """Row groups with different dictionaries, one listing a label no row uses."""
-    features = {name: pa.array([1.0, 2.0]) for name in dataset.FEATURES}
-    groups = [pa.table({dataset.ID: pa.array(ids, pa.int64()), **features, dataset.LABEL: pa.DictionaryArray.from_arrays(
+    features = {name: pa.array([1.0, 2.0]) for name in IRIS_FEATURES}
+    groups = [pa.table({"Id": pa.array(ids, pa.int64()), **features, "Species": pa.DictionaryArray.from_arrays(
                   pa.array(indices, pa.int32()), pa.array(dictionary))})
               for ids, indices, dictionary in (([1, 2], [2, 1], ["versicolor", "setosa", "virginica"]),
                                                ([3, 4], [0, 0], ["versicolor", "unused"]))]
@@ -304,8 +306,8 @@ def test_labels_become_sorted_codes_of_the_classes_present(tmp_path):
 
 
 def test_a_missing_label_is_refused(tmp_path):
-    t = pa.table({dataset.ID: [1, 2], **{name: pa.array([1.0, 2.0]) for name in dataset.FEATURES},
-                  dataset.LABEL: pa.array(["setosa", None])})
+    t = pa.table({"Id": [1, 2], **{name: pa.array([1.0, 2.0]) for name in IRIS_FEATURES},
+                  "Species": pa.array(["setosa", None])})
     pq.write_table(t, tmp_path / "p.parquet")
     with pytest.raises(StageError, match=r"^input processed_data: column Species is empty in 1 row\(s\) from row 1$"):
         train.to_arrays(dataset.Snapshot(tmp_path / "p.parquet", "processed_data"))

@@ -11,7 +11,9 @@ import pytest
 from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import load_stage, run_main, write_snapshot
+from conftest import IRIS_FEATURES, load_stage, run_main, write_snapshot
+
+pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
 load_a = load_stage("load_a")
 merge = load_stage("merge")
@@ -36,10 +38,10 @@ def csv_rows(ids, species="Iris-setosa", bad=None):
 
 def rows(ids, species="setosa", **overrides):
     """An iris-shaped table whose every value follows from its row's Id (and species)."""
-    columns = {dataset.ID: pa.array(ids, pa.int64()),
-               **{name: pa.array([float(i) + k / 10 for i in ids]) for k, name in enumerate(dataset.FEATURES)},
-               dataset.NOISE: pa.array([0.5] * len(ids)),
-               dataset.LABEL: pa.array([species] * len(ids) if isinstance(species, str) else species)}
+    columns = {"Id": pa.array(ids, pa.int64()),
+               **{name: pa.array([float(i) + k / 10 for i in ids]) for k, name in enumerate(IRIS_FEATURES)},
+               "RandomColumn": pa.array([0.5] * len(ids)),
+               "Species": pa.array([species] * len(ids) if isinstance(species, str) else species)}
     columns.update(overrides)
     return pa.table(columns)
 
@@ -156,7 +158,7 @@ def test_process_streams_row_group_by_row_group(wf_root, small_pieces):
     assert out.read().column("Id").to_pylist() == [1, 2, 5, 7, 8]  # 3: NaN width, 4: no label, 6: no width
     assert out.read().column("Species").to_pylist() == ["setosa", "setosa", "virginica", "setosa", "virginica"]
     assert out.read().column("PetalWidthCm").to_pylist() == [0.1, 0.2, 0.5, 0.7, 0.8]
-    assert out.column_names == [dataset.ID, *dataset.FEATURES, dataset.LABEL]
+    assert out.column_names == ["Id", *IRIS_FEATURES, "Species"]
     assert (out.meta["rows"], out.meta["dropped"], out.meta["source"]["sha256"]) == (5, 3, "x")
     assert out.file.metadata.num_row_groups > 1
 

@@ -1,4 +1,4 @@
-"""The iris-shaped table every data stage reads and writes, and its checks.
+"""The table every data stage reads and writes, checked against the schema (stageflow/runtime/schema.py).
 
 Between stages data travels as Parquet: typed, columnar and compressed, so no stage re-parses text or
 re-guesses types, and metadata (where the data came from, its hash) rides along with the rows.
@@ -12,6 +12,7 @@ a pandas reader gets a categorical.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -19,19 +20,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stageflow.runtime import schema as schemas
 from stageflow.runtime.contract import StageError
 
-ID = "Id"
-FEATURES = ("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm")
-NOISE = "RandomColumn"  # the seed's noise column: allowed in sources, dropped by process
-LABEL = "Species"
-SPECIES = ("setosa", "versicolor", "virginica")
-
 LABEL_TYPE = pa.dictionary(pa.int32(), pa.string())
-TYPES = {ID: pa.int64(), **{name: pa.float64() for name in FEATURES}, NOISE: pa.float64(), LABEL: LABEL_TYPE}
-REQUIRED = (ID, *FEATURES, LABEL)
+ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "text": pa.string(), "label": LABEL_TYPE}
 META_KEY = b"stageflow"
 ROW_GROUP = 1_000_000  # rows per Parquet row group: what a streaming stage holds in memory at a time
+# Unit words a column name may carry or drop (`SepalLengthCm`, `sepal length (cm)`, `sepal_length`).
+UNITS = {"cm", "mm", "m", "km", "in", "ft", "g", "kg", "mg", "lb", "ml", "l", "s", "ms", "min", "h", "pct",
+         "percent"}
+
+
+def key() -> str:
+    """The active schema's key column: what merge matches and sorts rows by."""
+    return schemas.active().key
+
+
+def arrow_types(schema: schemas.Schema) -> dict[str, pa.DataType]:
+    """Each column the schema allows, in snapshot order, with the Arrow type snapshots hold it as."""
+    return {name: ARROW_TYPES[kind] for name, kind in schema.types.items()}
 
 
 def _first_bad(column: pa.ChunkedArray, kind: pa.DataType) -> tuple[int, str]:
@@ -47,21 +55,28 @@ def _first_bad(column: pa.ChunkedArray, kind: pa.DataType) -> tuple[int, str]:
     return -1, ""
 
 
-def _label_column(values: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    """Labels as LABEL_TYPE: text or dictionary-encoded text in, dictionary-encoded text out.
+def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    blank = pc.equal(pc.utf8_trim_whitespace(text), "")
+    return pc.if_else(blank, pa.scalar(None, pa.string()), text)
+
+
+def _label_column(values: pa.ChunkedArray, name: str, label: str) -> pa.ChunkedArray:
+    """Labels as LABEL_TYPE, whatever they arrived as: text, dictionary-encoded text, integers (a Parquet or
+    JSON source) or booleans become text, so `1` from a CSV and `1` from Parquet are one label.
 
     A blank label (a CSV's empty field, what pandas writes for a missing value) is a missing label, as a JSON
     null or a Parquet null is: one meaning whatever the format, and process drops such rows and counts them."""
     kind = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
-    if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
-        raise StageError(f"{name}: column {LABEL} must hold text labels, found {values.type}")
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        values = pc.cast(pc.cast(values, kind), pa.string())
+    elif not pa.types.is_string(kind) and not pa.types.is_large_string(kind) and not pa.types.is_null(kind):
+        raise StageError(f"{name}: column {label} must hold text or integer labels, found {values.type}")
     labels = pc.cast(values, LABEL_TYPE)
     # Checked on each chunk's dictionary (a handful of entries), so labels that are all present cost nothing.
     if any(chunk.dictionary.null_count or pc.any(pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "")).as_py()
            for chunk in labels.chunks):
-        text = pc.cast(labels, pa.string())  # a missing label must be a missing row, not a dictionary entry
-        blank = pc.equal(pc.utf8_trim_whitespace(text), "")
-        labels = pc.cast(pc.if_else(blank, pa.scalar(None, pa.string()), text), LABEL_TYPE)
+        # a missing label must be a missing row, not a dictionary entry
+        labels = pc.cast(_blank_to_null(pc.cast(labels, pa.string())), LABEL_TYPE)
     return labels
 
 
@@ -71,39 +86,67 @@ def listed(names: list[str], limit: int = 10) -> str:
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
+def _words(name: str) -> list[str]:
+    """A column name as lower-case words, whatever its case, separators and units: `SepalLengthCm`,
+    `sepal_length` and `sepal length (cm)` are all sepal, length (and cm)."""
+    words = [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", name)]
+    return words[:-1] if len(words) > 1 and words[-1] in UNITS else words
+
+
+def did_you_mean(missing: list[str], present: list[str]) -> str:
+    """`; did you mean id for Id, ...?` for each missing column that a present one matches apart from case,
+    spaces, separators or units; empty when none does."""
+    spelt: dict[tuple[str, ...], str] = {}
+    for have in present:
+        spelt.setdefault(tuple(_words(have)), have)
+    pairs = [f"{spelt[tuple(_words(wanted))]} for {wanted}" for wanted in missing if tuple(_words(wanted)) in spelt]
+    return f"; did you mean {', '.join(pairs[:10])}?" if pairs else ""
+
+
+def _cast(values: pa.ChunkedArray, kind: pa.DataType, col: str, name: str, first_row: int) -> pa.ChunkedArray:
+    """A column as `kind`, padding around numbers tolerated; else the first value that does not convert."""
+    text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    if kind == pa.string():  # a text key: a blank one is a missing one
+        return _blank_to_null(pc.cast(values, kind))
+    if values.type == kind:
+        return values
+    try:
+        return pc.cast(pc.utf8_trim_whitespace(values) if text else values, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        row, bad = _first_bad(values, kind)
+        what = "an integer" if kind == pa.int64() else "a number"
+        raise StageError(f"{name}: column {col} must be {what} in every row, "
+                         f"found {bad!r} in row {first_row + row + 1}") from None
+
+
 def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
-    """Check the iris schema and cast every column to its canonical type, in canonical order.
+    """Check the table against the active schema and cast every column to its type, in schema order.
 
     Unknown columns are rejected rather than carried along: a misspelt feature column would otherwise
     be silently ignored while the real one is reported missing further down. `first_row` is where
     `table` starts in the whole source when it is one batch of a stream, so errors name the right row.
     """
+    schema = schemas.active()
+    types = arrow_types(schema)
     present = table.column_names
-    missing = [col for col in REQUIRED if col not in present]
+    missing = [col for col in schema.required if col not in present]
     if missing:
-        raise StageError(f"{name}: missing required column {', '.join(missing)} (found {listed(present)})")
-    unknown = [col for col in present if col not in TYPES]
+        hint = did_you_mean(missing, present)
+        raise StageError(f"{name}: missing required column {', '.join(missing)} (found {listed(present)})" +
+                         (f"{hint} Rename the column in the file or in the schema ({schema.path})" if hint else ""))
+    unknown = [col for col in present if col not in types]
     if unknown:
-        raise StageError(f"{name}: unknown column {listed(unknown)}; expected only {', '.join(TYPES)}")
+        raise StageError(f"{name}: unknown column {listed(unknown)}; expected only {listed(list(types), 30)}")
     duplicated = sorted({col for col in present if present.count(col) > 1})
     if duplicated:
         raise StageError(f"{name}: column {listed(duplicated)} appears more than once")
     columns, names = [], []
-    for col in (c for c in TYPES if c in present):
+    for col in (c for c in types if c in present):
         values = table.column(col)
-        kind = TYPES[col]
-        if col == LABEL:
-            values = _label_column(values, name)
-        elif values.type != kind:
-            try:
-                if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-                    values = pc.utf8_trim_whitespace(values)
-                values = pc.cast(values, kind)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                row, bad = _first_bad(values, kind)
-                what = "an integer" if kind == pa.int64() else "a number"
-                raise StageError(f"{name}: column {col} must be {what} in every row, "
-                                 f"found {bad!r} in row {first_row + row + 1}")
+        if col == schema.label:
+            values = _label_column(values, name, col)
+        else:
+            values = _cast(values, types[col], col, name, first_row)
         columns.append(values)
         names.append(col)
     return pa.Table.from_arrays(columns, names=names)
@@ -117,22 +160,27 @@ def strictly_increasing(values: pa.ChunkedArray) -> bool:
 
 
 def check_ids(table: pa.Table, name: str) -> None:
-    """Id is the merge key: it must be present and unique, or rows from two sources cannot be matched.
+    """The key (Id for iris) is what merge matches rows on: it must be present and unique, or rows from two
+    sources cannot be matched.
 
-    Sources are usually sorted by Id, and then a strictly increasing column proves uniqueness in one
-    pass without a hash table; otherwise every Id is counted.
+    Sources are usually sorted by their key, and then a strictly increasing column proves uniqueness in one
+    pass without a hash table; otherwise every key is counted.
     """
-    ids = table.column(ID)
+    schema = schemas.active()
+    ids = table.column(schema.key)
     nulls = ids.null_count
     if nulls:
-        raise StageError(f"{name}: column {ID} is empty in {nulls} row(s); every row needs an integer Id")
+        kind = "an integer" if schema.key_type == "int" else "a"
+        raise StageError(f"{name}: column {schema.key} is empty in {nulls} row(s); every row needs {kind} "
+                         f"{schema.key}")
     if strictly_increasing(ids):
         return
     counts = pc.value_counts(ids)
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(repeated):
         shown = ", ".join(str(v) for v in sorted(repeated.to_pylist())[:5])
-        raise StageError(f"{name}: duplicate Id {shown} ({len(repeated)} Id(s) appear more than once)")
+        raise StageError(f"{name}: duplicate {schema.key} {shown} ({len(repeated)} {schema.key}(s) appear more "
+                         f"than once)")
 
 
 def _unreadable(name: str, err: Exception) -> StageError:
@@ -174,7 +222,7 @@ class Snapshot:
         return conform(empty, f"input {self.name}")
 
     def column(self, col: str) -> pa.ChunkedArray:
-        """One column, whole (for a key such as Id: 8 bytes a row)."""
+        """One column, whole (for the key: 8 bytes a row when it is an integer)."""
         table = self._read(self.file.read, columns=[col])
         return table.column(col)
 
@@ -204,13 +252,15 @@ class Writer:
 
     def _open(self, schema: pa.Schema) -> None:
         # zstd at its fastest level; Ids (usually ascending) delta-encoded, smaller and cheaper than a
-        # dictionary; features and labels dictionary-encoded (few distinct values); the noise column plain.
+        # dictionary; features and labels dictionary-encoded (few distinct values); dropped columns plain.
+        declared = schemas.active()
+        key, integer = declared.key, declared.key_type == "int"
         self.sink = pa.OSFile(str(self.path), "wb")  # ours to close, even when the writer cannot finish
         try:
             self.writer = pq.ParquetWriter(
                 self.sink, schema, compression="zstd", compression_level=1,
-                use_dictionary=[name for name in (*FEATURES, LABEL) if name in schema.names],
-                column_encoding={ID: "DELTA_BINARY_PACKED"} if ID in schema.names else None)
+                use_dictionary=[name for name in (*declared.features, declared.label) if name in schema.names],
+                column_encoding={key: "DELTA_BINARY_PACKED"} if key in schema.names and integer else None)
         except BaseException:
             self.sink.close()
             raise

@@ -3,7 +3,8 @@
 load_a and load_b do the same thing to different sources, so the whole stage body lives here once.
 
 CSV and Parquet sources stream: batches are read, checked and written one at a time, so a load holds one
-row group plus the Id column (8 bytes a row, for the uniqueness check) whatever the source's size.
+row group plus the key column (8 bytes a row when it is an integer, for the uniqueness check) whatever the
+source's size.
 JSON Lines sources are read whole (pyarrow's JSON reader infers types per block, which a stream cannot
 reconcile); they are meant for small data.
 """
@@ -18,7 +19,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from stageflow.runtime import dataset
+from stageflow.runtime import dataset, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree, not_a_regular_file, sha256_file
 
 log = logging.getLogger("stageflow")
@@ -45,7 +46,9 @@ def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
 
     # Typed read first: it is the fast path. A value that does not convert (padding, a stray word) makes
     # us re-read everything as text so that `dataset.conform` can trim it or name the row that is wrong.
-    types = dataset.TYPES if typed else {name: pa.string() for name in dataset.TYPES}
+    types = dataset.arrow_types(schemas.active())
+    if not typed:
+        types = {name: pa.string() for name in types}
     try:
         # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
         reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
@@ -97,19 +100,19 @@ def _has_text(path: Path) -> bool:
 
 def _unreadable(path: Path, fmt: str, err: Exception, rows: int) -> StageError:
     """The reader's error in the user's terms. pyarrow's words for a line longer than a CSV block advise a
-    larger block size, which a user cannot set; a row (or header) that long means the file is not iris rows."""
+    larger block size, which a user cannot set; a row (or header) that long means the file is not a table."""
     reason = " ".join(str(err).split())
     hint = "is this a CSV file with one row per line?"
     if "straddles two block boundaries" in reason:
         where = f"a line after row {rows}" if rows else "a line"
         return StageError(f"input data_path: {path}: {where} is longer than {_size(CSV_BLOCK)}, the most a row may "
-                          f"take (an iris row takes about 40 bytes): {hint}")
+                          f"take: {hint}")
     if "Empty CSV file or block" in reason:  # the file is not empty (checked), so no whole line in a block
         if not _has_text(path):
             return StageError(f"input data_path: {path} has only blank lines; expected a header row naming the "
                               f"columns, then data rows")
         return StageError(f"input data_path: {path}: its first line is longer than {_size(CSV_BLOCK)}, too long "
-                          f"for a header naming the iris columns: {hint}")
+                          f"for a header naming the schema's columns: {hint}")
     return StageError(f"input data_path: {path} is not a valid {fmt} file ({reason[:200]})")
 
 
@@ -139,18 +142,21 @@ def _is_number(text: str) -> bool:
 
 def check_header(names: list[str], path: Path) -> None:
     """A CSV whose first line is data lends its values to the columns as names; say so, instead of
-    reporting every iris column missing."""
-    if any(name in dataset.TYPES for name in names) or not any(_is_number(name) for name in names):
+    reporting every column of the schema missing."""
+    schema = schemas.active()
+    if any(name in schema.types for name in names) or not any(_is_number(name) for name in names):
         return
-    optional = ", ".join(name for name in dataset.TYPES if name not in dataset.REQUIRED)
+    optional = f" (and optionally {', '.join(schema.dropped)})" if schema.dropped else ""
     raise StageError(f"input data_path: {path}: the header row is missing: the first row "
                      f"({dataset.listed(names)}) looks like data; the first line must name the columns "
-                     f"{', '.join(dataset.REQUIRED)} (and optionally {optional}), in any order")
+                     f"{dataset.listed(list(schema.required), 30)}{optional}, in any order")
 
 
 def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
     """Check and write the source batch by batch into `tmp`; return the lineage in its footer."""
     name = f"input data_path: {path}"
+    schema = schemas.active()
+    key = schema.key
     with dataset.Writer(tmp) as writer:
         ids, first_row = [], 0
         for raw in source_tables(path, fmt, typed):
@@ -159,10 +165,10 @@ def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
             table = dataset.conform(raw, name, first_row)
             first_row += table.num_rows
             writer.write(table)
-            ids.extend(table.column(dataset.ID).chunks)
+            ids.extend(table.column(key).chunks)
         if not writer.rows:
             raise StageError(f"input data_path: {path} has a header but no data rows")
-        dataset.check_ids(pa.table({dataset.ID: pa.chunked_array(ids, type=dataset.TYPES[dataset.ID])}), name)
+        dataset.check_ids(pa.table({key: pa.chunked_array(ids, type=dataset.ARROW_TYPES[schema.key_type])}), name)
         writer.meta = {"source": {"path": str(path), "format": fmt, "sha256": sha256_file(path), "rows": writer.rows,
                                   "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}
     return writer.meta["source"]

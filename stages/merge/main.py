@@ -1,4 +1,4 @@
-"""Stage merge: the union of snapshots A and B keyed on Id (merged_data).
+"""Stage merge: the union of snapshots A and B keyed on Id (merged_data). "Id" here is the schema's key column.
 
 The seed concatenated A with itself; here both sources count. A row that both sources hold with the
 same values is kept once; the same Id with different values is a conflict no merge rule can settle
@@ -37,23 +37,23 @@ def shared_columns(a: dataset.Snapshot, b: dataset.Snapshot) -> list[str]:
 
 def find_conflicts(a: pa.Table, b: pa.Table) -> list[int]:
     """Ids present in both with any differing value (two missing values count as equal)."""
-    both = a.join(b, keys=dataset.ID, right_suffix="__b", join_type="inner")
+    both = a.join(b, keys=dataset.key(), right_suffix="__b", join_type="inner")
     differs = pa.array([False] * both.num_rows, pa.bool_())
     for name in a.column_names:
-        if name == dataset.ID:
+        if name == dataset.key():
             continue
         left, right = both.column(name), both.column(name + "__b")
         equal = pc.or_kleene(pc.equal(left, right), pc.and_(pc.is_null(left), pc.is_null(right)))
         if pa.types.is_floating(left.type):
             equal = pc.or_kleene(equal, pc.and_(pc.is_nan(left), pc.is_nan(right)))
         differs = pc.or_(differs, pc.invert(pc.fill_null(equal, False)))
-    return sorted(pc.filter(both.column(dataset.ID), differs).to_pylist())
+    return sorted(pc.filter(both.column(dataset.key()), differs).to_pylist())
 
 
 def combine(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int, list[int]]:
     """A plus the rows of B whose Id A lacks, unsorted (no copy when nothing overlaps); how many Ids both
     hold; and those of them whose values differ. Both have the same columns, in the same order."""
-    overlap = pc.is_in(b.column(dataset.ID), value_set=a.column(dataset.ID).combine_chunks())
+    overlap = pc.is_in(b.column(dataset.key()), value_set=a.column(dataset.key()).combine_chunks())
     n_overlap = pc.sum(overlap).as_py() or 0
     conflicts: list[int] = []
     if n_overlap:
@@ -65,13 +65,13 @@ def combine(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int, list[int]]:
 def refuse(conflicts: list[int]) -> None:
     if conflicts:
         shown = ", ".join(str(i) for i in sorted(conflicts)[:10])
-        raise StageError(f"merge: Id {shown} ({len(conflicts)} in all) have different values "
+        raise StageError(f"merge: {dataset.key()} {shown} ({len(conflicts)} in all) have different values "
                          f"in datasetA and datasetB")
 
 
 def sorted_slices(table: pa.Table) -> Iterator[pa.Table]:
     """`table` sorted by Id, one row group at a time: a sorted copy of the whole table is never made."""
-    order = pc.sort_indices(table, sort_keys=[(dataset.ID, "ascending")])
+    order = pc.sort_indices(table, sort_keys=[(dataset.key(), "ascending")])
     for start in range(0, len(order), dataset.ROW_GROUP):
         yield table.take(order.slice(start, dataset.ROW_GROUP))
 
@@ -96,10 +96,10 @@ def sorted_union(a: Iterator[pa.Table], b: Iterator[pa.Table], conflicts: list[i
                 yield held[rest], 0
                 yield from ((t, 0) for t in streams[rest])
             return
-        frontier = min(t.column(dataset.ID)[-1].as_py() for t in held)
+        frontier = min(t.column(dataset.key())[-1].as_py() for t in held)
         ready = []
         for i in (0, 1):
-            n = pc.sum(pc.less_equal(held[i].column(dataset.ID), frontier)).as_py() or 0
+            n = pc.sum(pc.less_equal(held[i].column(dataset.key()), frontier)).as_py() or 0
             ready.append(held[i].slice(0, n))
             held[i] = held[i].slice(n)
         if not (ready[0].num_rows and ready[1].num_rows):  # Id ranges apart (consecutive extracts): as is
@@ -107,14 +107,14 @@ def sorted_union(a: Iterator[pa.Table], b: Iterator[pa.Table], conflicts: list[i
             continue
         combined, n_overlap, found = combine(*ready)
         conflicts.extend(found)
-        yield combined.sort_by(dataset.ID), n_overlap
+        yield combined.sort_by(dataset.key()), n_overlap
 
 
 def merge(tree: StageTree) -> None:
     a = dataset.Snapshot(tree.read("datasetA", contract.File), "datasetA")
     b = dataset.Snapshot(tree.read("datasetB", contract.File), "datasetB")
     names = shared_columns(a, b)
-    streaming = all(dataset.strictly_increasing(s.column(dataset.ID)) for s in (a, b))
+    streaming = all(dataset.strictly_increasing(s.column(dataset.key())) for s in (a, b))
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
     sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
@@ -134,7 +134,7 @@ def merge(tree: StageTree) -> None:
                 writer.write(table)
         writer.meta = {"sources": sources, "rows": writer.rows, "overlap": n_overlap}
     log.info("merged %d + %d rows (%d Ids in both, identical) into %d rows%s", a.num_rows, b.num_rows,
-             n_overlap, writer.rows, " (streamed: both sorted by Id)" if streaming else "")
+             n_overlap, writer.rows, f" (streamed: both sorted by {dataset.key()})" if streaming else "")
 
 
 def main() -> None:

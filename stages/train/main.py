@@ -20,7 +20,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stageflow.runtime import contract, dataset, report, tracking
+from stageflow.runtime import contract, dataset, report, schema as schemas, tracking
 from stageflow.runtime.contract import StageError, StageTree, sha256_file
 from stageflow.runtime.progress import Progress
 
@@ -48,17 +48,18 @@ def to_arrays(snapshot: dataset.Snapshot) -> tuple[np.ndarray, np.ndarray, np.nd
     row group at a time: the whole table is never held (at 10M rows per source it alone is 0.85 GB).
     Codes, not text: sorting, counting and comparing text labels row by row cost seconds per million
     rows, codes milliseconds; and an array of strings costs 8 bytes a row."""
-    features = np.empty((snapshot.num_rows, len(dataset.FEATURES)), dtype=np.float64)
+    schema = schemas.active()
+    features = np.empty((snapshot.num_rows, len(schema.features)), dtype=np.float64)
     codes = np.empty(snapshot.num_rows, dtype=np.int32)
     seen: dict[str, int] = {}  # label -> code, in order of first appearance
     start = 0
     for table in snapshot.tables():
         end = start + table.num_rows
-        for i, name in enumerate(dataset.FEATURES):
+        for i, name in enumerate(schema.features):
             features[start:end, i] = table.column(name).to_numpy()
-        labels = table.column(dataset.LABEL).unify_dictionaries().combine_chunks()
+        labels = table.column(schema.label).unify_dictionaries().combine_chunks()
         if labels.null_count:
-            raise StageError(f"input processed_data: column {dataset.LABEL} is empty in {labels.null_count} "
+            raise StageError(f"input processed_data: column {schema.label} is empty in {labels.null_count} "
                              f"row(s) from row {start + 1}")
         local = np.array([seen.setdefault(v, len(seen)) for v in labels.dictionary.to_pylist()], dtype=np.int32)
         codes[start:end] = local[labels.indices.to_numpy()]
@@ -168,7 +169,8 @@ def train(tree: StageTree) -> None:
     del x_train
     metrics = evaluate(model, x_test, c_test, names)
     # Feature names make the pickled pipeline refuse a DataFrame whose columns do not match.
-    model.named_steps["scale"].feature_names_in_ = np.asarray(dataset.FEATURES, dtype=object)
+    features = list(schemas.active().features)
+    model.named_steps["scale"].feature_names_in_ = np.asarray(features, dtype=object)
     with tree.output_file("model") as tmp:
         with open(tmp, "wb") as handle:
             pickle.dump(model, handle, protocol=5)
@@ -179,7 +181,7 @@ def train(tree: StageTree) -> None:
     metrics.update(params)
     metrics.update({
         "n_train": len(c_train), "n_test": len(c_test), "seconds": round(seconds, 3), "loss_per_epoch": losses,
-        "class_counts": class_counts(names, train=c_train, test=c_test), "feature_names": list(dataset.FEATURES),
+        "class_counts": class_counts(names, train=c_train, test=c_test), "feature_names": features,
         "model_sha256": model_sha256,
     })
     with tree.output_file("metrics") as tmp:

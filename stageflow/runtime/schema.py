@@ -1,0 +1,204 @@
+"""The table the flow trains on, declared in one TOML file: key, features, label rules, dropped columns.
+
+Every stage, the CLI, the image build, the data generator, the bench and the tests read the schema from here,
+so bringing other data is an edit of that one file. Which file: `STAGEFLOW_SCHEMA` (a path) when it is set,
+otherwise `schema.toml` beside the package (the repository root on the host, /opt/stageflow in an image, where
+the image build puts the schema it was built for). Standard library only: the host tooling reads it too.
+
+A schema with a mistake is refused with one line naming the key, as a strict config model would (unknown keys
+are mistakes too: a misspelt optional key would otherwise be ignored without a word).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from stageflow.runtime.contract import StageError
+
+ENV = "STAGEFLOW_SCHEMA"
+DEFAULT = Path(__file__).resolve().parent.parent.parent / "schema.toml"
+KEY_TYPES = ("int", "text")
+FEATURE_TYPES = ("float", "int")
+DROPPED_TYPES = ("float", "int", "text")
+MATCHES = ("exact", "ignore-case")
+
+
+class SchemaError(StageError):
+    """A schema file that cannot be used: one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    path: Path
+    key: str
+    key_type: str
+    features: dict[str, str]  # name -> type, in the order the model takes them
+    label: str
+    match: str = "exact"
+    strip_prefixes: tuple[str, ...] = ()
+    classes: tuple[str, ...] | None = None  # None: whatever labels the data holds
+    dropped: dict[str, str] = field(default_factory=dict)  # allowed in sources; process drops them
+    samples: dict[str, Path] = field(default_factory=dict)  # flow input -> the bundled sample source
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Every column a source may have, in the order snapshots hold them, with its type."""
+        return {self.key: self.key_type, **self.features, **self.dropped, self.label: "label"}
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (self.key, *self.features, self.label)
+
+    def _spelling(self, label: str) -> str:
+        """The label as the match rule compares it, its prefix stripped."""
+        text = " ".join(label.split()).lower() if self.match == "ignore-case" else label
+        for prefix in self.strip_prefixes:
+            if text.startswith(prefix):
+                return text[len(prefix):]
+        return text
+
+    def canonical(self, label: str) -> str:
+        """The one spelling of `label` that training sees: the declared class it matches when classes are
+        declared (so `BAROLO ` is `Barolo`), else its normalised spelling."""
+        text = self._spelling(label)
+        return self._class_of.get(text, text)
+
+    @cached_property
+    def _class_of(self) -> dict[str, str]:
+        return {self._spelling(name): name for name in self.classes or ()}
+
+
+def path() -> Path:
+    """The active schema file (not read)."""
+    value = os.environ.get(ENV)
+    return Path(value).absolute() if value else DEFAULT
+
+
+_loaded: dict[tuple, Schema] = {}
+
+
+def active() -> Schema:
+    """The active schema, read once per file version (a test may switch files, or rewrite one)."""
+    where = path()
+    try:
+        info = where.stat()
+    except OSError:
+        origin = f"{ENV}={os.environ[ENV]}" if os.environ.get(ENV) else "the default schema"
+        raise SchemaError(f"schema {where} ({origin}) does not exist; set {ENV} to the path of a schema file") from None
+    version = (str(where), info.st_mtime_ns, info.st_size)
+    if version not in _loaded:
+        _loaded.clear()
+        _loaded[version] = load(where)
+    return _loaded[version]
+
+
+def load(where: Path) -> Schema:
+    """Read and check a schema file."""
+    try:
+        with open(where, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as err:
+        raise SchemaError(f"schema {where}: cannot be read ({err.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SchemaError(f"schema {where}: not valid TOML ({err})") from None
+    return _Checker(where).schema(data)
+
+
+class _Checker:
+    """Turns the parsed TOML into a Schema, naming the first key that is wrong."""
+
+    def __init__(self, where: Path):
+        self.where = where
+
+    def fail(self, key: str, problem: str) -> SchemaError:
+        return SchemaError(f"schema {self.where}: {key}: {problem}")
+
+    def table(self, data: Any, key: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(data, dict):
+            raise self.fail(key, f"must be a table ([{key}]), found {_kind(data)}")
+        for name in data:
+            if name not in allowed:
+                raise self.fail(f"{key}.{name}" if key else name,
+                                f"unknown key; expected one of {', '.join(allowed)}")
+        for name in required:
+            if name not in data:
+                raise self.fail(f"{key}.{name}" if key else name, "missing; it is required")
+        return data
+
+    def text(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"must be a non-empty string, found {_kind(value)}")
+        return value
+
+    def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(repr(c) for c in choices)}, found {value!r}")
+        return value
+
+    def columns(self, data: Any, key: str, types: tuple[str, ...]) -> dict[str, str]:
+        """A table of column name -> type."""
+        if not isinstance(data, dict):
+            raise self.fail(key, f"must be a table of column = type ([{key}]), found {_kind(data)}")
+        return {name: self.choice(kind, f"{key}.{name}", types) for name, kind in data.items()}
+
+    def labels(self, data: dict) -> tuple[str, str, tuple[str, ...], tuple[str, ...] | None]:
+        column = self.text(data["column"], "label.column")
+        match = self.choice(data.get("match", "exact"), "label.match", MATCHES)
+        prefixes = data.get("strip_prefixes", [])
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
+            raise self.fail("label.strip_prefixes", f"must be a list of non-empty strings, found {prefixes!r}")
+        if match == "ignore-case":  # compared with labels spelt the same way
+            prefixes = [prefix.lower() for prefix in prefixes]
+        classes = data.get("classes")
+        if classes is not None:
+            if not isinstance(classes, list) or len(classes) < 2:
+                raise self.fail("label.classes", f"must list at least two classes, found {classes!r}")
+            for value in classes:
+                # (bool is an int to Python, but true/false are not class labels one writes by accident)
+                if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+                    raise self.fail("label.classes", f"classes are strings or integers, found {value!r}")
+            classes = [str(value) for value in classes]
+        return column, match, tuple(prefixes), None if classes is None else tuple(classes)
+
+    def schema(self, data: dict) -> Schema:
+        self.table(data, "", ("key", "features", "label", "dropped", "samples"), ("key", "features", "label"))
+        key = self.table(data["key"], "key", ("column", "type"), ("column",))
+        features = self.columns(data["features"], "features", FEATURE_TYPES)
+        if not features:
+            raise self.fail("features", "names no column; the model needs at least one feature")
+        label = self.table(data["label"], "label", ("column", "match", "strip_prefixes", "classes"), ("column",))
+        column, match, prefixes, classes = self.labels(label)
+        samples = self.table(data.get("samples", {}), "samples", ("data_path_a", "data_path_b"))
+        found = Schema(
+            path=self.where, key=self.text(key["column"], "key.column"),
+            key_type=self.choice(key.get("type", "int"), "key.type", KEY_TYPES), features=features,
+            label=column, match=match, strip_prefixes=prefixes, classes=classes,
+            dropped=self.columns(data.get("dropped", {}), "dropped", DROPPED_TYPES),
+            samples={name: self.where.parent / self.text(value, f"samples.{name}") for name, value in samples.items()})
+        self.check_roles(found)
+        return found
+
+    def check_roles(self, found: Schema) -> None:
+        """A column has one role, and two declared classes must not be one label once normalised."""
+        roles: dict[str, str] = {}
+        for name, role in ((found.key, "key.column"), *((f, f"features.{f}") for f in found.features),
+                           *((d, f"dropped.{d}") for d in found.dropped), (found.label, "label.column")):
+            if name in roles:
+                raise self.fail(role, f"column {name!r} is already {roles[name]}; a column has one role")
+            roles[name] = role
+        spelt: dict[str, str] = {}
+        for name in found.classes or ():
+            same = spelt.setdefault(found._spelling(name), name)
+            if same != name or list(found.classes).count(name) > 1:
+                raise self.fail("label.classes", f"{same!r} and {name!r} are the same class under "
+                                                 f"match = {found.match!r}")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number"}.get(type(value), type(value).__name__) + ("" if isinstance(value, dict) else f" {value!r}")
