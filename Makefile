@@ -13,7 +13,13 @@ REGISTRY ?=
 DOMINO_PYTHON ?= python3
 DATA_A ?=
 DATA_B ?=
+SCHEMA ?=
 export BASE_IMAGE
+# SCHEMA=path/to/schema.toml switches the data's schema for every target (run, test, images, environments,
+# submit, bench, data): it becomes STAGEFLOW_SCHEMA, which the stages, the runner and the image build read.
+ifneq ($(SCHEMA),)
+export STAGEFLOW_SCHEMA := $(abspath $(SCHEMA))
+endif
 
 .PHONY: help venv lock run test test-fast data docker-up base-image wheels images push environments submit compose \
         compose-file bench clean
@@ -103,9 +109,9 @@ compose: images
 compose-file: venv
 	$(PY) -m stageflow compose-file
 
-## data: regenerate the bundled sample sources in data/ from scikit-learn's iris data
+## data: regenerate the bundled samples from scikit-learn's data: data/ (iris) and examples/wine/ (SCHEMA=: one)
 data: venv
-	$(PY) scripts/make_data.py
+	$(PY) scripts/make_data.py $(if $(SCHEMA),--schema $(SCHEMA))
 
 ## bench: time the flow against seed-style stages on 2 x ROWS generated rows (ROWS=1000000; BENCH_ARGS)
 bench: venv

@@ -14,12 +14,10 @@ from stageflow import run_report
 from stageflow.runtime import report
 from stageflow.run_report import rows_cell, seconds
 from stageflow.runtime.report import DASH, fmt
-from stageflow.runner import link_or_copy
+from stageflow.runner import RunError, link_or_copy
 from stageflow.registry import ROOT
 from stageflow.runtime import schema as schemas
 
-DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
-DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
 RUNS = ROOT / "runs"
 TRAINING_REPORT = "training-report.html"  # in the run directory, beside report.html
 
@@ -89,10 +87,24 @@ def write_run_report(run_dir: Path, record: dict, dag) -> Path:
     return path
 
 
+def data_paths(args: argparse.Namespace) -> dict[str, str]:
+    """The sources: those given, else the samples the active schema names (the bundled iris data for the
+    default schema), so switching schema needs no other option."""
+    schema = schemas.active()
+    paths = {}
+    for name in ("data_path_a", "data_path_b"):
+        given = getattr(args, name) or schema.samples.get(name)
+        if given is None:
+            raise RunError(f"flow input {name}: not given, and schema {schema.path} names no sample for it "
+                        f"([samples] {name}); give --{name.replace('_', '-')}")
+        paths[name] = str(Path(given).resolve())
+    return paths
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
     from stageflow.cache import Cache
-    from stageflow.runner import HostBackend, Run, RunDirLock, RunError
+    from stageflow.runner import HostBackend, Run, RunDirLock
 
     def backends(name: str):
         if name == "host":
@@ -100,11 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from stageflow import containers  # needs the Docker SDK only when asked for
         return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
 
-    params = {"data_path_a": str(Path(args.data_path_a).resolve()),
-              "data_path_b": str(Path(args.data_path_b).resolve()),
-              "epochs": args.epochs, "batch_size": args.batch_size}
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped job cleans up as a Ctrl-C does
     try:
+        params = {**data_paths(args), "epochs": args.epochs, "batch_size": args.batch_size}
         dag = dag_module.load(Path(args.flow))
         backend = backends(args.backend)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
@@ -115,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ok = run.execute()
             record = json.loads((run_dir / "run.json").read_text())
             report_path = write_run_report(run_dir, record, dag)
-    except RunError as err:
+    except (RunError, schemas.SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n" + summary(record))
@@ -230,8 +240,8 @@ def parser() -> argparse.ArgumentParser:
                           "(Docker SDK); compose: through docker-compose.yml, run directory .workflow")
     schema_option(run)
     run.add_argument("--run-dir", help="directory for this run (default: a new runs/<time>, linked as runs/latest)")
-    run.add_argument("--data-path-a", default=str(DEFAULT_DATA_A), help="source A (default: bundled sample)")
-    run.add_argument("--data-path-b", default=str(DEFAULT_DATA_B), help="source B (default: bundled sample)")
+    run.add_argument("--data-path-a", help="source A (default: the schema's sample, data/source_a.csv for iris)")
+    run.add_argument("--data-path-b", help="source B (default: the schema's sample, data/source_b.jsonl for iris)")
     run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
     run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from stageflow.registry import ROOT, STAGES, runtime_image, runtime_version
+from stageflow.registry import ROOT, STAGES, runtime_image, runtime_version, schema_file
 
 WHEELS = ROOT / "wheels"
 BUILD = ROOT / "build"
@@ -131,9 +131,24 @@ def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
     """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of the runtime image,
     then of each stage's image on top of it."""
     runtime = runtime_image()
-    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(), {"BASE_IMAGE": base_image()})]
+    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(),
+              {"BASE_IMAGE": base_image(), "SCHEMA": schema_in_context()})]
     return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
                      {"RUNTIME_IMAGE": runtime}) for stage in STAGES.values()]
+
+
+def schema_in_context() -> str:
+    """The active schema's path in the build context (the repository root), for the runtime image's COPY."""
+    path = schema_file().resolve()
+    if not path.is_relative_to(ROOT):
+        raise ImageError(f"schema {path} is outside the repository {ROOT}, the images' build context; move it "
+                         f"into the repository (e.g. examples/<name>/schema.toml) to build images with it")
+    relative = path.relative_to(ROOT).as_posix()
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    if relative.split("/")[0] in ignored:
+        raise ImageError(f"schema {path} is in {relative.split('/')[0]}/, which .dockerignore keeps out of the "
+                         f"build context; put it elsewhere in the repository (e.g. examples/<name>/schema.toml)")
+    return relative
 
 
 def build_all(force: bool = False) -> list[str]:

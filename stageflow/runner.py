@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
-from stageflow.runtime import contract
+from stageflow.runtime import contract, schema as schemas
 from stageflow.cache import Cache, key as cache_key, link_or_copy
 from stageflow.dag import Dag, Node
 from stageflow.registry import ROOT
@@ -76,7 +76,8 @@ class HostBackend:
         """Nothing to prepare: the stages run from this checkout with this Python."""
 
     def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
-        env = {**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONUNBUFFERED": "1",
+        # The active schema by its absolute path: the stage runs from ROOT, wherever this process runs from.
+        env = {**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONUNBUFFERED": "1", schemas.ENV: str(schemas.path()),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.Popen([sys.executable, str(ROOT / node.stage.script)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
