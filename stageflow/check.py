@@ -30,7 +30,7 @@ def describe(schema: schemas.Schema) -> str:
                else ", classes learnt from the data (label.classes not set)")
     lines = [f"schema {schema.path}",
              f"  key       {schema.key} ({schema.key_type})",
-             f"  features  {len(schema.features)}: " + dataset.listed([f"{n} ({t})" for n, t in schema.features.items()]),
+             f"  features  {len(schema.features)}: {dataset.listed(list(schema.features), 6)}",
              f"  label     {schema.label} ({labels})"]
     if schema.dropped:
         lines.append(f"  dropped   {', '.join(schema.dropped)}")
