@@ -41,6 +41,7 @@ def standin(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDIN))
     helpers = importlib.import_module("flytekitplugins.domino.helpers")
     helpers.CALLS.clear()
+    importlib.import_module("flytekitplugins.domino.artifact").FILES.clear()
     yield helpers
     for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
         del sys.modules[name]
