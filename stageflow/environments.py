@@ -92,6 +92,11 @@ def applied_environments(record: dict | None) -> dict[str, dict]:
     return ((record or {}).get("applied") or {}).get("environments") or {}
 
 
+def recorded(entry: dict, image: str | None) -> bool:
+    """Whether a record entry names an environment and a revision made from `image`."""
+    return bool(entry.get("environment_id") and entry.get("revision_id")) and entry.get("image") == image
+
+
 def record_problems(record: dict | None, pushed: dict | None) -> list[str]:
     """Why build/environments.json does not name a built revision of the last push for every stage (empty
     when it does). What the deployment holds is checked apart, through its API (`domino_problems`)."""
@@ -102,8 +107,7 @@ def record_problems(record: dict | None, pushed: dict | None) -> list[str]:
     if pushed is not None and not push_problems(pushed) and defined != definitions(pushed):
         return [f"{shown(ENVIRONMENTS)} does not match the last push: {create}"]
     done = applied_environments(record)
-    behind = [name for name in STAGES if not (done.get(name, {}).get("revision_id") and done.get(name, {}).get(
-        "environment_id") and done[name].get("image") == (defined.get(name) or {}).get("image"))]
+    behind = [name for name in STAGES if not recorded(done.get(name, {}), (defined.get(name) or {}).get("image"))]
     if behind:
         return [f"no Domino environment revision recorded for the last push ({', '.join(behind)}): {create}"]
     unbuilt = [f"{name} ({done[name].get('status')})" for name in STAGES if state(done[name]) != "built"]
@@ -149,9 +153,9 @@ def revision(found: dict | None, revision_id: str) -> dict | None:
 
 
 def revision_image(found: dict) -> str | None:
-    """The image a revision is built on, when the answer says (not a documented field: `dockerImage` in
-    Domino's own examples, `image` as in the request)."""
-    return found.get("dockerImage") or found.get("image")
+    """The base image of a revision, when the answer echoes the request's `image` (not a documented field;
+    `dockerImage`, seen in examples, may well name the image Domino built, so it is not compared)."""
+    return found.get("image")
 
 
 def message(found: dict) -> str:
@@ -317,10 +321,9 @@ def write(defined: dict[str, dict], applied: dict | None) -> None:
 
 def seconds(env, name: str, default: float) -> float:
     try:
-        value = float(env.get(name) or default)
+        return float(env.get(name) or default)
     except ValueError:
         raise DominoError(f"{name}={env.get(name)}: expected a number of seconds") from None
-    return value
 
 
 def run(env=os.environ, say: Callable[[str], None] = print) -> None:

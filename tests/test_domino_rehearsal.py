@@ -23,8 +23,6 @@ from stageflow.registry import STAGES
 
 from conftest import ROOT, STANDIN
 
-pytestmark = pytest.mark.docker
-
 DOCS = ROOT / "docs" / "domino.md"
 REGISTRY, HOST, TOKEN = "registry.example.com/team/stageflow", "https://domino.example.com", "DOMINO_ACCESS_TOKEN=..."
 STEPS = [  # (where, the command exactly as docs/domino.md shows it)
@@ -96,6 +94,7 @@ def places(tmp_path, registry):
                 client.images.remove(tag)
 
 
+@pytest.mark.docker
 def test_the_guide_on_a_rehearsal_domino(places, registry, tmp_path):
     outside, workspace, env = places
     real = {REGISTRY: f"{registry}/stageflow"}

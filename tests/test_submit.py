@@ -175,6 +175,11 @@ def newer_revision(ready, domino):
     domino.add_revision(merge, {"image": "someone/else:1"}, ["Succeeded"])  # now the active one too
 
 
+def other_image(ready, domino):
+    merge = next(e for e in domino.environments.values() if e["name"] == "stageflow-merge")
+    merge["revisions"][-1]["image"] = "someone/else@sha256:1"
+
+
 def drop_tier(ready, domino):
     domino.tiers = [tier for tier in domino.tiers if tier["name"] != "Large"]
 
@@ -194,6 +199,7 @@ def drop_tier(ready, domino):
      f"stage merge: this deployment has no environment {'0' * 24} (stageflow-merge): run `make environments` "
      f"against this deployment"),
     (newer_revision, DATA + IRIS, "is no longer the latest or active revision of stageflow-merge: run `make environments`"),
+    (other_image, DATA + IRIS, "of stageflow-merge holds someone/else@sha256:1, not the pushed "),
     (drop_tier, DATA + IRIS, "hardware tier Large (train) is not on this deployment (it has Small, Medium, GPU): "
                              "set `tier` in stageflow/registry.py to one of those"),
     (lambda r, d: None, DATA + ["--dataset", "iris:7"],
@@ -210,7 +216,7 @@ def drop_tier(ready, domino):
      "data path /mnt/data/iris/a.csv is in dataset iris, which a job mounts only if its snapshot is named: add "
      "DATASET=iris:<version>"),
 ], ids=["workspace", "plugin", "push", "environments-stale", "no-revision", "not-built", "other-deployment",
-        "superseded", "tier", "no-such-version", "snapshot-pending", "no-such-dataset", "bad-dataset",
+        "superseded", "other-image", "tier", "no-such-version", "snapshot-pending", "no-such-dataset", "bad-dataset",
         "path-elsewhere", "path-other-version", "dataset-unnamed"])
 def test_each_precondition_is_checked(ready, domino, capsys, monkeypatch, breaks, args, expected):
     assert run(capsys, *DATA, *IRIS)[0] == 0  # all in place first

@@ -119,7 +119,7 @@ def test_unreachable_tracking_server_warns_and_training_still_succeeds(train_roo
 
 
 @pytest.mark.docker
-def test_the_train_image_logs_the_model_in_mlflows_format(train_root, tmp_path):
+def test_the_train_image_logs_the_model_in_mlflows_format(train_root, store):
     """The image's mlflow-skinny, pandas and skops do what tracking asks of them: the model in MLflow's
     format, logged from inside the container to a file store mounted at the same path."""
     import mlflow
@@ -127,7 +127,7 @@ def test_the_train_image_logs_the_model_in_mlflows_format(train_root, tmp_path):
     from stageflow import containers, images
     from stageflow.registry import STAGES
 
-    mlruns = tmp_path / "mlruns"
+    mlruns = store
     mlruns.mkdir()
     mlruns.chmod(0o777)  # the container runs as Domino's uid
     containers.prepare_tree(train_root)
@@ -136,7 +136,6 @@ def test_the_train_image_logs_the_model_in_mlflows_format(train_root, tmp_path):
         STAGES["train"].image(), user=containers.stage_user(), remove=True, network_mode="none", volumes=volumes,
         environment={"MLFLOW_TRACKING_URI": mlruns.as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
                      "MLFLOW_EXPERIMENT_NAME": "stageflow-test", "HOME": "/tmp"})
-    mlflow.set_tracking_uri(mlruns.as_uri())
     _, run = logged_run()
     loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert loaded.metadata.signature.inputs.input_names() == list(dataset.FEATURES)
