@@ -202,7 +202,8 @@ def deployment_problems(env, record: dict | None, dataset: dict | None) -> tuple
             dataset, problems = find_snapshot(api, dataset["name"], dataset.get("version"), env.get("DOMINO_PROJECT_ID"))
             found += problems
     except DominoError as err:
-        found.append(f"Domino's API ({api.via}) did not answer as expected: {err}")
+        found.append(f"Domino's API ({api.via}) did not answer as expected, so nothing more could be checked; try "
+                     f"again, from a workspace of this deployment: {err}")
     return found, dataset
 
 

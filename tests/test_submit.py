@@ -248,7 +248,8 @@ def test_an_unreachable_api_is_one_problem(ready, capsys, monkeypatch):
     assert code == 2
     assert len(problems(err)) == 1
     assert problems(err)[0].startswith("Domino's API (Domino's API proxy http://127.0.0.1:9) did not answer as "
-                                       "expected: GET http://127.0.0.1:9/api/environments/v1/environments/")
+                                       "expected, so nothing more could be checked; try again, from a workspace of "
+                                       "this deployment: GET http://127.0.0.1:9/api/environments/v1/environments/")
 
 
 def test_make_submit_needs_both_data_paths():
