@@ -194,7 +194,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
     from stageflow import environments
 
     try:
-        print("\n".join(environments.run()))
+        environments.run(say=lambda line: print(line, flush=True))
     except environments.DominoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -204,7 +204,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from stageflow import submit
 
-    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size)
+    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size, args.dataset)
 
 
 def cmd_verify_model(args: argparse.Namespace) -> int:
@@ -268,8 +268,8 @@ def parser() -> argparse.ArgumentParser:
     env = sub.add_parser("compose-env", help="print export lines for using docker-compose.yml by hand")
     env.set_defaults(func=cmd_compose, action="env")
     environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
-                                  "build/environments.json; create or revise them on Domino when DOMINO_API_HOST "
-                                  "and DOMINO_USER_API_KEY are set")
+                                  "build/environments.json; where Domino's API is reachable (docs/domino.md), create "
+                                  "or revise them and wait for each revision's build")
     environments.set_defaults(func=cmd_environments)
     submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
                             "`pyflyte run --remote flow.py model_training ...`")
@@ -277,6 +277,8 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
     submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
+    submit.add_argument("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is "
+                                          "mounted for the loads; name alone: its latest snapshot)")
     submit.set_defaults(func=cmd_submit)
     check = sub.add_parser("check-schema", help="check your data files against the schema (schema.toml, or "
                            "--schema / STAGEFLOW_SCHEMA) with the stages' own checks, before running the flow")

@@ -2,7 +2,11 @@ import importlib
 import importlib.util
 import os
 import re
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +73,38 @@ def standin(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDIN))
     helpers = importlib.import_module("flytekitplugins.domino.helpers")
     helpers.CALLS.clear()
+    importlib.import_module("flytekitplugins.domino.artifact").FILES.clear()
     yield helpers
     for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """Debian's docker-registry on 127.0.0.1 only, torn down whatever happens. One for the session: the push
+    tests share it, so only the first uploads the images' layers (about 40 s here), the next finds them."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp_path = tmp_path_factory.mktemp("registry")
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n"
+                      f"  filesystem:\n    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "registry did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True, scope="session")
