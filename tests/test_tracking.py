@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
-from stageflow.runtime import contract, dataset, tracking
+from stageflow.runtime import contract, schema as schemas, tracking
 
-from conftest import load_stage
+from conftest import load_stage, source_table
 
 train = load_stage("train")
 OUTPUTS = ["model", "metrics", "report"]
@@ -41,7 +41,8 @@ def test_train_stage_logs_params_metrics_loss_and_files(train_root, store, tmp_p
     assert {k: run.data.params[k] for k in ("epochs", "batch_size", "seed", "n_test")} == {
         "epochs": "5", "batch_size": "16", "seed": "42", "n_test": "12"}
     assert run.data.metrics["accuracy"] == pytest.approx(metrics["accuracy"])
-    assert run.data.metrics["f1_setosa"] == pytest.approx(metrics["per_class"]["setosa"]["f1"])
+    first = metrics["classes"][0]
+    assert run.data.metrics[f"f1_{first}"] == pytest.approx(metrics["per_class"][first]["f1"])
     history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
     assert [m.step for m in history] == [1, 2, 3, 4, 5]
     assert [m.value for m in history] == pytest.approx(metrics["loss_per_epoch"])
@@ -63,9 +64,10 @@ def test_the_model_is_logged_in_mlflows_format_with_signature_and_input_example(
     _, run = logged_run()
     loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert set(loaded.metadata.flavors) == {"python_function", "sklearn"}
-    assert loaded.metadata.signature.inputs.input_names() == list(dataset.FEATURES)
+    features = list(schemas.active().features)
+    assert loaded.metadata.signature.inputs.input_names() == features
     assert loaded.metadata.saved_input_example_info["type"] == "dataframe"
-    rows = pandas.DataFrame([[5.0, 3.4, 1.5, 0.2], [6.6, 3.0, 5.6, 2.0]], columns=dataset.FEATURES)
+    rows = source_table([1, 2]).select(features).to_pandas()
     pickled = pickle.loads((train_root / "outputs" / "model").read_bytes())
     assert list(loaded.predict(rows)) == list(pickled.predict(rows))
 
@@ -138,4 +140,4 @@ def test_the_train_image_logs_the_model_in_mlflows_format(train_root, store):
                      "MLFLOW_EXPERIMENT_NAME": "stageflow-test", "HOME": "/tmp"})
     _, run = logged_run()
     loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    assert loaded.metadata.signature.inputs.input_names() == list(dataset.FEATURES)
+    assert loaded.metadata.signature.inputs.input_names() == list(schemas.active().features)
