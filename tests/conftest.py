@@ -165,6 +165,20 @@ def train_root(wf_root):
     return wf_root
 
 
+def fenced(path: Path, lang: str = "") -> list[str]:
+    """A guide's fenced blocks of one language ("" for plain output and file contents), in order: tests run
+    what the docs show, as written."""
+    return [body for kind, body in re.findall(r"^```(\w*)\n(.*?)^```$", path.read_text(), re.S | re.M)
+            if kind == lang]
+
+
+def as_typed(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command as a user types it after `. .venv/bin/activate`: the venv's bin first on PATH."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PATH": path, **(env or {})})
+
+
 ATTRIBUTE = re.compile(r"""\b(?:src|href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
 
 

@@ -8,11 +8,9 @@ import gzip
 import json
 import os
 import pickle
-import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +20,7 @@ import pytest
 
 from stageflow.runtime import schema as schemas
 
-from conftest import ROOT, WINE_SCHEMA
+from conftest import ROOT, WINE_SCHEMA, as_typed, fenced
 
 pytestmark = pytest.mark.slow
 
@@ -164,9 +162,7 @@ GUIDE = ROOT / "docs" / "own-data.md"
 
 
 def guide_blocks(lang=""):
-    """The guide's fenced blocks of one language ("" for plain output and file contents), in order."""
-    return [body for kind, body in re.findall(r"^```(\w*)\n(.*?)^```$", GUIDE.read_text(), re.S | re.M)
-            if kind == lang]
+    return fenced(GUIDE, lang)
 
 
 def guide_command(prefix):
@@ -174,13 +170,6 @@ def guide_command(prefix):
     found = [line for block in guide_blocks("sh") for line in block.splitlines() if line.startswith(prefix)]
     assert len(found) == 1, found
     return shlex.split(found[0])
-
-
-def in_venv(argv, cwd, env=None):
-    """A command as a user types it, with the checkout's .venv/bin first on PATH (`. .venv/bin/activate`)."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PATH": path, **(env or {})})
 
 
 def test_the_guide_example_schema_fits_its_example_file_and_a_misspelt_column_gets_the_line_shown(tmp_path):
@@ -191,17 +180,17 @@ def test_the_guide_example_schema_fits_its_example_file_and_a_misspelt_column_ge
     rows = pcsv.read_csv(tmp_path / "my_a.csv")
     pq.write_table(rows.set_column(0, "patient_id", pa.array(["P-0003", "P-0004"])), tmp_path / "my_b.parquet")
     env = {schemas.ENV: str(tmp_path / "schema.toml")}
-    proc = in_venv(guide_command("stageflow check-schema my_a.csv"), tmp_path, env)
+    proc = as_typed(guide_command("stageflow check-schema my_a.csv"), tmp_path, env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-2:] == ["ok     my_a.csv: 2 rows, 2 usable; labels: Improved 1, No change 1",
                                              "ok     my_b.parquet: 2 rows, 2 usable; labels: Improved 1, No change 1"]
     (tmp_path / "my_a.csv").write_text(example.replace(",Outcome\n", ",outcome\n"))
-    proc = in_venv(["stageflow", "check-schema", "my_a.csv"], tmp_path, env)
+    proc = as_typed(["stageflow", "check-schema", "my_a.csv"], tmp_path, env)
     assert proc.returncode == 1
     assert error.replace("/repo/schema.toml", str(tmp_path / "schema.toml")) in proc.stdout
 
 
 def test_the_guide_check_command_prints_what_the_guide_shows():
-    proc = in_venv(guide_command("stageflow check-schema --schema examples/wine/"), ROOT)
+    proc = as_typed(guide_command("stageflow check-schema --schema examples/wine/"), ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == guide_blocks()[1].replace("/repo/", f"{ROOT}/")
