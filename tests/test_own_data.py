@@ -194,3 +194,46 @@ def test_the_guide_check_command_prints_what_the_guide_shows():
     proc = as_typed(guide_command("stageflow check-schema --schema examples/wine/"), ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == guide_blocks()[1].replace("/repo/", f"{ROOT}/")
+
+
+# ------------------------------------------------------------------ the same setting for the images
+
+
+def test_images_are_built_with_the_active_schema_under_other_tags(monkeypatch):
+    from stageflow import images
+
+    iris = images.targets()
+    monkeypatch.setenv(schemas.ENV, str(WINE_SCHEMA))
+    wine = images.targets()
+    assert iris[0][4]["SCHEMA"] == "schema.toml" and wine[0][4]["SCHEMA"] == "examples/wine/schema.toml"
+    assert not {tag for _, tag, *_ in iris} & {tag for _, tag, *_ in wine}
+
+
+def test_a_schema_the_build_cannot_see_is_refused_in_one_line(tmp_path, monkeypatch):
+    from stageflow import images
+
+    (tmp_path / "schema.toml").write_bytes(WINE_SCHEMA.read_bytes())
+    monkeypatch.setenv(schemas.ENV, str(tmp_path / "schema.toml"))
+    with pytest.raises(images.ImageError, match=rf"^schema {tmp_path}/schema.toml is outside the repository {ROOT}, "
+                                                rf"the images' build context; move it into the repository"):
+        images.targets()
+
+
+@pytest.mark.docker
+def test_the_runtime_image_holds_the_schema_it_was_built_with(monkeypatch):
+    """`make images SCHEMA=examples/wine/schema.toml` bakes that file in: a stage in the image reads it with no
+    setting at all, as a Domino job does."""
+    from stageflow import images
+
+    monkeypatch.setenv(schemas.ENV, str(WINE_SCHEMA))
+    name, tag, dockerfile, version, buildargs = images.targets()[0]
+    client = images.client()
+    existed = bool(client.images.list(name=tag))
+    try:
+        images.build(tag, dockerfile, version, buildargs)
+        out = client.containers.run(tag, ["python", "-c", "from stageflow.runtime import schema; s = schema.active(); "
+                                          "print(s.path, s.key, s.label)"], remove=True, network_mode="none")
+        assert out.decode().split() == ["/opt/stageflow/schema.toml", "sample", "cultivar"]
+    finally:
+        if not existed:
+            client.images.remove(tag)
