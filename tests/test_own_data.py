@@ -20,7 +20,7 @@ import pytest
 
 from stageflow.runtime import schema as schemas
 
-from conftest import ROOT, WINE_SCHEMA, as_typed, fenced
+from conftest import IRIS_SCHEMA, ROOT, WINE_SCHEMA, as_typed, fenced
 
 pytestmark = pytest.mark.slow
 
@@ -202,6 +202,7 @@ def test_the_guide_check_command_prints_what_the_guide_shows():
 def test_images_are_built_with_the_active_schema_under_other_tags(monkeypatch):
     from stageflow import images
 
+    monkeypatch.setenv(schemas.ENV, str(IRIS_SCHEMA))
     iris = images.targets()
     monkeypatch.setenv(schemas.ENV, str(WINE_SCHEMA))
     wine = images.targets()

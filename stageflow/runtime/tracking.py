@@ -43,8 +43,8 @@ def experiment_name(env: Mapping[str, str] = os.environ) -> str:
 
 
 def log_model(model: Any, rows: Any) -> None:
-    """The model in MLflow's scikit-learn format, with its signature and an input example (a few rows, with
-    the feature names the model was given), so that Domino can register and serve it; registered under
+    """The model in MLflow's scikit-learn format, with its signature and an input example (`rows`: a few rows
+    as {feature name: column}), so that Domino can register and serve it; registered under
     $STAGEFLOW_REGISTERED_MODEL when that is set. MLflow 3 saves it with skops, which refuses on loading any
     type not declared trusted: the model's own types are declared here, and MLflow records them with it. The
     requirements a server installs are given (scikit-learn and skops as installed here, which MLflow pins and
@@ -54,8 +54,7 @@ def log_model(model: Any, rows: Any) -> None:
     import skops.io
     from mlflow.models import infer_signature
 
-    names = getattr(model, "feature_names_in_", None)
-    example = pandas.DataFrame(rows, columns=list(names)) if names is not None else rows
+    example = pandas.DataFrame(rows)  # columns by feature name, as the model was given them
     registered = os.environ.get(REGISTERED_MODEL_ENV) or None
     info = mlflow.sklearn.log_model(
         model, name="model", signature=infer_signature(example, model.predict(example)), input_example=example,

@@ -191,10 +191,17 @@ def train(tree: StageTree) -> None:
     log.info("hold-out accuracy %.3f, macro F1 %.3f on %d rows", metrics["accuracy"], metrics["macro_f1"],
              len(c_test))
     if tracking.enabled():
-        track(tree, metrics, params, model, x_test[:5])
+        track(tree, metrics, params, model, example_rows(x_test[:5]))
 
 
-def track(tree: StageTree, metrics: dict, params: dict, model: Pipeline, rows: np.ndarray) -> str | None:
+def example_rows(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows by feature name, each column of its declared type: the example MLflow infers the model's signature
+    from, so a served model takes an `int` feature as an integer (MLflow will not turn int64 into float64)."""
+    return {name: x[:, i].astype(np.int64 if kind == "int" else np.float64)
+            for i, (name, kind) in enumerate(schemas.active().features.items())}
+
+
+def track(tree: StageTree, metrics: dict, params: dict, model: Pipeline, rows: dict) -> str | None:
     """Mirror the run in MLflow: parameters, headline and per-class scores, the loss per epoch, the files, and
     the model in MLflow's format with a few hold-out rows as its input example."""
     scores = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "training_seconds": metrics["seconds"]}
