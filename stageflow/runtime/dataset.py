@@ -106,7 +106,7 @@ def did_you_mean(missing: list[str], present: list[str]) -> str:
 def _cast(values: pa.ChunkedArray, kind: pa.DataType, col: str, name: str, first_row: int) -> pa.ChunkedArray:
     """A column as `kind`, padding around numbers tolerated; else the first value that does not convert."""
     text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-    if kind == pa.string():  # a text key: a blank one is a missing one
+    if kind == pa.string():  # a text key or dropped column: a blank value is a missing one
         return _blank_to_null(pc.cast(values, kind))
     if values.type == kind:
         return values
