@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from stageflow.dag import Dag, Node
 from stageflow.images import ImageError, client
 from stageflow.runner import Outcome, ProcessHandle, RunError, kill_after
 from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
+from stageflow.runtime.contract import StageError, one_line
 
 STAGE_UID = 12574  # Domino's ubuntu user, which the images are built for
 TMPFS = "rw,nosuid,nodev,size=1g"
@@ -36,12 +38,44 @@ def prepare_tree(tree: Path) -> None:
         os.chown(outputs, STAGE_UID, STAGE_UID)
 
 
-def volumes(tree: Path, mounts: list[Path]) -> dict[str, dict]:
-    found = {str(tree / "inputs"): {"bind": "/workflow/inputs", "mode": "ro"},
-             str(tree / "outputs"): {"bind": "/workflow/outputs", "mode": "rw"}}
-    for path in mounts:
-        found[str(path)] = {"bind": str(path), "mode": "ro"}
-    return found
+# A data file is mounted at the path the user gave, so that every message and the snapshot's provenance
+# name that path (as on Domino, where a job sees /mnt/data/... at its own path). These directories belong to
+# the image: a file mounted in one would hide the image's own file of that name (system and code
+# directories, the contract's tree) or be out of the stage user's reach (/root is closed to it).
+IMAGE_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run",
+              "/sbin", "/sys", "/usr", "/var", "/opt/stageflow", "/opt/venv", "/opt/stage", "/workflow")
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISFIFO, "a FIFO"),
+         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def data_file(path: Path) -> Path:
+    """The real file behind a data path a stage container may be given, or a one-line refusal.
+
+    Only a regular file (after following links) is mounted, read-only: never a socket (the Docker socket
+    would hand the stage the daemon), a device, a FIFO or a directory."""
+    real = Path(os.path.realpath(path))
+    mode = real.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in KINDS if test(mode)), "not a regular file")
+        shown = str(path) if real == path else f"{path} (-> {real})"
+        raise StageError(f"data path {shown}: {kind}; only regular files are mounted into a stage container")
+    target = PurePosixPath(os.path.normpath(path))
+    inside = next((d for d in IMAGE_DIRS if target.is_relative_to(d)), None)
+    if inside:
+        raise StageError(f"data path {path}: inside {inside}, which belongs to the stage image; move the file "
+                         f"elsewhere (e.g. under /home, /mnt or /srv) or use --backend host")
+    return real
+
+
+def mounts(tree: Path, files: list[Path]) -> list:
+    """The stage's tree at /workflow (inputs read-only) and each data file read-only at its own path.
+
+    Mount objects, not `src:dst:mode` strings: a path holding `:` is then just a path."""
+    from docker.types import Mount
+
+    found = [Mount("/workflow/inputs", str(tree / "inputs"), type="bind", read_only=True),
+             Mount("/workflow/outputs", str(tree / "outputs"), type="bind")]
+    return found + [Mount(str(path), str(data_file(path)), type="bind", read_only=True) for path in files]
 
 
 def _peak_memory_mb(container_id: str) -> float | None:
@@ -77,14 +111,24 @@ class DockerBackend:
                 raise RunError(f"image {node.stage.image()} for stage {node.name} is missing; "
                                f"build it with `make images`") from None
 
-    def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ContainerHandle":
+    def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ContainerHandle":
+        import docker
+
+        given = mounts(tree, files)  # refuses a bad data path before any container exists
         prepare_tree(tree)
         tier = TIERS[node.stage.tier]
         container = self.client.containers.create(
-            node.stage.image(), user=stage_user(), volumes=volumes(tree, mounts),
+            node.stage.image(), user=stage_user(), mounts=given,
             environment={"WORKFLOW_ROOT": "/workflow"}, mem_limit=tier.memory, memswap_limit=tier.memory,
             nano_cpus=int(tier.cpus * 1e9), labels={"io.stageflow.run": str(tree.parent)}, **HARDENING)
-        container.start()
+        try:
+            container.start()
+        except BaseException as err:
+            container.remove(force=True)  # a container that never ran must not stay behind as `Created`
+            if isinstance(err, docker.errors.APIError):
+                raise StageError(f"container of stage {node.name} did not start: "
+                                 f"{one_line(Exception(err.explanation or err))}") from None
+            raise
         return ContainerHandle(container, timeout)
 
 
@@ -97,12 +141,17 @@ class ContainerHandle:
 
     def lines(self) -> Iterator[str]:
         pending = ""
-        for chunk in self.container.logs(stream=True, follow=True):
-            pending += chunk.decode("utf-8", "replace")
-            *complete, pending = pending.split("\n")
-            for line in complete:
-                yield line + "\n"
-            self.peak = _peak_memory_mb(self.container.id) or self.peak
+        try:
+            for chunk in self.container.logs(stream=True, follow=True):
+                pending += chunk.decode("utf-8", "replace")
+                *complete, pending = pending.split("\n")
+                for line in complete:
+                    yield line + "\n"
+                self.peak = _peak_memory_mb(self.container.id) or self.peak
+        except GeneratorExit:  # the reader gave up on the stage (its own error): nobody will wait() for it
+            self.kill("abandoned")
+            self._remove()
+            raise
         if pending:
             yield pending
 
@@ -113,9 +162,17 @@ class ContainerHandle:
             self.container.reload()
             oom = self.container.attrs["State"].get("OOMKilled")
         finally:
-            self.timer.cancel()
-            self.container.remove(force=True)
+            self._remove()
         return Outcome(status, self.killed_for or ("oom" if oom else None), self.peak)
+
+    def _remove(self) -> None:
+        import docker
+
+        self.timer.cancel()
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:  # already removed
+            pass
 
     def kill(self, reason: str = "interrupted") -> None:
         self.killed_for = self.killed_for or reason
@@ -137,14 +194,17 @@ class ComposeBackend:
     def check(self, dag: Dag) -> None:
         self.docker.check(dag)
 
-    def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ComposeHandle":
+    def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ComposeHandle":
         if tree.parent.resolve() != (ROOT / ".workflow").resolve():
             raise RunError("the compose backend runs in .workflow/, where docker-compose.yml mounts the trees")
-        prepare_tree(tree)
         name = f"stageflow-{node.name}-{os.getpid()}"
         args = [*self.command, "run", "--rm", "-T", "--name", name]
-        for path in mounts:
-            args += ["-v", f"{path}:{path}:ro"]
+        for path in files:
+            if ":" in str(path):
+                raise StageError(f"data path {path}: holds ':', which `docker compose run -v` reads as a "
+                                 f"separator; rename it or use --backend docker")
+            args += ["-v", f"{data_file(path)}:{path}:ro"]
+        prepare_tree(tree)
         proc = subprocess.Popen([*args, node.name], cwd=ROOT, env={**os.environ, **compose_env()},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True)
