@@ -12,14 +12,17 @@ REGISTRY ?=
 DOMINO_PYTHON ?= python3
 DATA_A ?=
 DATA_B ?=
+STAGE ?=
+FROM ?=
+INPUTS ?=
 export BASE_IMAGE
 
 .PHONY: help venv run test test-fast data docker-up base-image wheels images push environments submit compose \
-        compose-file bench clean
+        compose-stage compose-file bench gc clean
 
 ## help: list the targets
 help:
-	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-12s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-14s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +80,11 @@ submit:
 ## compose: run the whole flow through docker-compose.yml (fake /workflow trees in .workflow/)
 compose: images
 	$(PY) -m stageflow run --backend compose --run-dir .workflow $(RUN_ARGS)
+
+## compose-stage: run one stage through docker-compose.yml, its tree prepared in .workflow/ (STAGE=merge; inputs from FROM=runs/latest or INPUTS="name=path ...")
+compose-stage: images
+	@test -n "$(STAGE)" || { echo 'usage: make compose-stage STAGE=<stage> [FROM=RUN_DIR] [INPUTS="name=value ..."]'; exit 2; }
+	$(PY) -m stageflow compose-stage $(STAGE) $(if $(FROM),--from "$(FROM)") $(foreach i,$(INPUTS),--input "$(i)")
 
 ## compose-file: regenerate docker-compose.yml from the stage registry (stageflow/registry.py)
 compose-file: venv

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from stageflow.registry import ROOT, STAGES, runtime_image, runtime_version
+from stageflow.registry import ROOT, STAGES, registry_prefix, runtime_image, runtime_version
 
 WHEELS = ROOT / "wheels"
 BUILD = ROOT / "build"
@@ -124,10 +124,11 @@ def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], fo
 def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
     """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of the runtime image,
     then of each stage's image on top of it."""
-    runtime = runtime_image()
-    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(), {"BASE_IMAGE": base_image()})]
+    runtime, prefix = runtime_image(), registry_prefix()  # the prefix labels the build stages (stageflow gc)
+    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(),
+              {"BASE_IMAGE": base_image(), "REGISTRY": prefix})]
     return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
-                     {"RUNTIME_IMAGE": runtime}) for stage in STAGES.values()]
+                     {"RUNTIME_IMAGE": runtime, "REGISTRY": prefix}) for stage in STAGES.values()]
 
 
 def build_all(force: bool = False) -> list[str]:
