@@ -15,6 +15,7 @@ DATA_B ?=
 STAGE ?=
 FROM ?=
 INPUTS ?=
+KEEP_DAYS ?= 7
 export BASE_IMAGE
 
 .PHONY: help venv run test test-fast data docker-up base-image wheels images push environments submit compose \
@@ -98,7 +99,11 @@ data: venv
 bench: venv
 	$(PY) scripts/bench.py --rows $(ROWS) $(BENCH_ARGS)
 
-## clean: remove run directories and caches (keeps .venv)
-clean:
+## gc: remove stage-cache entries not used in KEEP_DAYS days (7) nor by the newest run, and images of old versions
+gc: venv
+	$(PY) -m stageflow gc --keep-days $(KEEP_DAYS)
+
+## clean: gc, then remove run directories and the test cache (keeps .venv and what a re-run needs)
+clean: gc
 	rm -rf runs .workflow .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

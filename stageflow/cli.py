@@ -207,6 +207,13 @@ def cmd_compose_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from stageflow import disk
+
+    print("\n".join(disk.gc(args.keep_days, args.dry_run)))
+    return 0
+
+
 def cmd_environments(args: argparse.Namespace) -> int:
     from stageflow import environments
 
@@ -234,6 +241,16 @@ def cmd_verify_model(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {args.model} matches sha256 {digest} recorded in {args.metrics}")
     return 0
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, found {text!r}")
+    return value
 
 
 def name_value(text: str) -> str:
@@ -289,6 +306,12 @@ def parser() -> argparse.ArgumentParser:
     stage_cmd.add_argument("--timeout", type=float, default=3600.0, help="seconds before the stage is killed")
     stage_cmd.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
     stage_cmd.set_defaults(func=cmd_compose_stage)
+    gc = sub.add_parser("gc", help="remove stage-cache entries and images that neither the current code nor a "
+                        "recent run uses (docs/disk.md)")
+    gc.add_argument("--keep-days", type=non_negative, default=7.0, metavar="DAYS",
+                    help="keep cache entries used in the last DAYS days (default 7); the newest run's are always kept")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc.set_defaults(func=cmd_gc)
     environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
                                   "build/environments.json; create or revise them on Domino when DOMINO_API_HOST "
                                   "and DOMINO_USER_API_KEY are set")

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import docker
 import pytest
 
 from stageflow import dag as dag_module
@@ -343,13 +344,23 @@ def test_push_prints_digests_and_pulls_back_by_digest(registry, docker_client, c
     pushed = images.push_all(f"{registry}/stageflow")
     out = capsys.readouterr().out
     assert set(pushed) == set(STAGES)
-    for name, ref in pushed.items():
-        digest = ref.split("@")[1]
-        assert digest.startswith("sha256:") and digest in out
-        docker_client.images.remove(ref.split("@")[0] + ":" + STAGES[name].version)  # drop the pushed tag
-        pulled = docker_client.images.pull(ref)
-        assert pulled.id == docker_client.images.get(STAGES[name].image()).id
-    assert json.loads((tmp_path / "pushed.json").read_text())["images"] == pushed
+    try:
+        for name, ref in pushed.items():
+            digest = ref.split("@")[1]
+            assert digest.startswith("sha256:") and digest in out
+            with pytest.raises(docker.errors.ImageNotFound):  # push leaves no local tag under the registry's name
+                docker_client.images.get(ref.split("@")[0] + ":" + STAGES[name].version)
+            pulled = docker_client.images.pull(ref)
+            assert pulled.id == docker_client.images.get(STAGES[name].image()).id
+        assert json.loads((tmp_path / "pushed.json").read_text())["images"] == pushed
+    finally:
+        for image in docker_client.api.images():  # what the pulls by digest named; the images stay under theirs
+            for ref in image.get("RepoDigests") or []:
+                if ref.startswith(registry + "/"):
+                    docker_client.api.remove_image(ref)
+        for image in docker_client.api.images():
+            assert not any(ref.startswith(registry + "/") for ref in (image.get("RepoTags") or [])
+                           + (image.get("RepoDigests") or [])), image
 
 
 SECRET = __import__("re").compile(
