@@ -19,7 +19,7 @@ from stageflow.dag import Dag, Node, Source
 from stageflow.images import ImageError, client
 from stageflow.runner import Outcome, ProcessHandle, Run, RunDirLock, RunError, kill_after
 from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
-from stageflow.runtime.contract import File, StageError, one_line, parse_value
+from stageflow.runtime.contract import File, StageError, parse_value
 
 COMPOSE_DIR = ROOT / ".workflow"  # where docker-compose.yml mounts each stage's tree from
 
@@ -130,8 +130,8 @@ class DockerBackend:
         except BaseException as err:
             container.remove(force=True)  # a container that never ran must not stay behind as `Created`
             if isinstance(err, docker.errors.APIError):
-                raise StageError(f"container of stage {node.name} did not start: "
-                                 f"{one_line(Exception(err.explanation or err))}") from None
+                reason = " ".join(str(err.explanation or err).split())
+                raise StageError(f"container of stage {node.name} did not start: {reason}") from None
             raise
         return ContainerHandle(container, timeout)
 
@@ -243,6 +243,9 @@ def one_stage(dag: Dag, name: str, run_dir: Path | None, given: dict[str, str], 
     """Stage `name` of the flow alone, each input taken from `given` (NAME=VALUE), else from `run_dir`:
     an upstream stage's output there, or a flow input as that run had it (run.json), else from `params`."""
     node = dag.node(name)
+    unknown = sorted(set(given) - set(node.inputs))
+    if unknown:
+        raise RunError(f"input {', '.join(unknown)}: not an input of stage {name} ({', '.join(node.inputs)})")
     if run_dir is not None and not run_dir.is_dir():
         raise RunError(f"run directory {run_dir}: not found")
     if run_dir is not None and (run_dir / "run.json").is_file():
@@ -261,9 +264,6 @@ def one_stage(dag: Dag, name: str, run_dir: Path | None, given: dict[str, str], 
         else:
             value = src.value
         inputs[key] = (kind, Source(value=_input_value(key, kind, value)))
-    unknown = sorted(set(given) - set(node.inputs))
-    if unknown:
-        raise RunError(f"input {', '.join(unknown)}: not an input of stage {name} ({', '.join(node.inputs)})")
     return Dag([Node(node.stage, inputs, node.outputs)], {}, {},
                {output: Source(stage=name, output=output) for output in node.outputs})
 

@@ -60,19 +60,23 @@ def own_bytes(entry: Path) -> int:
     return sum(st.st_blocks * 512 for st in found if st.st_nlink == 1 and not stat.S_ISDIR(st.st_mode))
 
 
-def trim_cache(cache_root: Path, keep_after: float, dry_run: bool = False) -> tuple[list[str], int]:
-    """Remove the entries last used before `keep_after` (epoch seconds); returns their names, bytes freed."""
-    removed, freed = [], 0
+def trim_cache(cache_root: Path, keep_after: float, dry_run: bool = False) -> tuple[list[str], int, int]:
+    """Remove the entries last used before `keep_after` (epoch seconds); returns their names, how many
+    entries stay, and the bytes freed."""
+    removed, kept, freed = [], 0, 0
     for entry in sorted(cache_root.iterdir()) if cache_root.is_dir() else []:
-        if not entry.is_dir() or entry.name.startswith(".gc-") or last_used(entry) >= keep_after:
+        if not entry.is_dir():
+            continue
+        if not entry.name.startswith(".gc-") and last_used(entry) >= keep_after:  # .gc-*: a gc cut short
+            kept += 1
             continue
         removed.append(entry.name)
         freed += own_bytes(entry)
         if not dry_run:
-            doomed = entry.with_name(f".gc-{entry.name}")  # out of the runner's sight at once, then deleted
-            os.replace(entry, doomed)
+            doomed = entry if entry.name.startswith(".gc-") else entry.with_name(f".gc-{entry.name}")
+            os.replace(entry, doomed)  # out of the runner's sight at once, then deleted
             shutil.rmtree(doomed)
-    return removed, freed
+    return removed, kept, freed
 
 
 # ---------------------------------------------------------------- images
@@ -125,8 +129,7 @@ def gc(keep_days: float = DEFAULT_KEEP_DAYS, dry_run: bool = False, cache_root: 
     if newest is not None:
         keep_after = min(keep_after, newest)
     verb = "would remove" if dry_run else "removed"
-    entries, freed = trim_cache(cache_root, keep_after, dry_run)
-    kept = len(list(cache_root.glob("[!.]*"))) - (len(entries) if dry_run else 0) if cache_root.is_dir() else 0
+    entries, kept, freed = trim_cache(cache_root, keep_after, dry_run)
     lines = [f"stage cache {cache_root}: {verb} {len(entries)} entries ({freed / 1e6:.1f} MB); kept {kept} used "
              f"in the last {keep_days:g} days or by the newest run"]
     prefix = registry_prefix()

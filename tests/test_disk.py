@@ -41,16 +41,17 @@ def test_cache_entries_stay_when_used_recently_or_by_the_newest_run(tmp_path):
     entry(cache, "newest-run", 9)
     entry(cache, "old", 10)
     entry(cache, ".tmp-cut-short", 20, manifest=False)  # a store that never finished
+    entry(cache, ".gc-cut-short", 0)  # a gc that never finished
     for name, days in (("older", 12), ("newest", 9.5)):
         (tmp_path / "runs" / name).mkdir(parents=True)
         started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
         (tmp_path / "runs" / name / "run.json").write_text(json.dumps({"started_at": started.isoformat()}))
     newest = disk.newest_run_start(tmp_path)
     assert newest == pytest.approx(time.time() - 9.5 * DAY, abs=60)
-    removed, freed = disk.trim_cache(cache, min(time.time() - 7 * DAY, newest))
-    assert sorted(removed) == [".tmp-cut-short", "old"]
+    removed, kept, freed = disk.trim_cache(cache, min(time.time() - 7 * DAY, newest))
+    assert sorted(removed) == [".gc-cut-short", ".tmp-cut-short", "old"] and kept == 2
     assert sorted(os.listdir(cache)) == ["newest-run", "recent"]
-    assert freed >= 2 * 5000
+    assert freed >= 3 * 5000
 
 
 def test_a_hard_linked_file_frees_nothing(tmp_path):
@@ -58,7 +59,7 @@ def test_a_hard_linked_file_frees_nothing(tmp_path):
     cache = tmp_path / "cache"
     entry(cache, "old", 30)
     os.link(cache / "old" / "out", tmp_path / "run-output")
-    _, freed = disk.trim_cache(cache, time.time())
+    _, _, freed = disk.trim_cache(cache, time.time())
     assert freed < 5000 and (tmp_path / "run-output").stat().st_size == 5000
 
 
@@ -163,6 +164,9 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
     client.containers.create(f"{prefix}/load-a:{old}", command=["none"], labels={"io.stageflow.gctest": prefix})
 
     env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    dry = stageflow("gc", "--dry-run", env=env)
+    assert f"images under {prefix}/: would remove 5 not of the current code" in dry, dry
+    assert client.images.get(old_merge) and client.images.get(old_build)
     out = stageflow("gc", env=env)
 
     for tag in current:
