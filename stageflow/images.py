@@ -163,7 +163,8 @@ def push_all(registry: str) -> dict[str, str]:
             digest = event.get("aux", {}).get("Digest", digest)
         # The registry holds it now: a local tag under the registry's name would keep this version alive
         # after `stageflow gc` drops it (a tag costs no space, but the image it names does).
-        docker_client.images.remove(remote)
+        if remote != local:
+            docker_client.images.remove(remote)
         if not digest:
             raise ImageError(f"push of {remote} reported no digest")
         pushed[stage.name] = f"{repo}@{digest}"
