@@ -131,7 +131,8 @@ def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
     """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of the runtime image,
     then of each stage's image on top of it."""
     runtime = runtime_image()  # IMAGE: the tag a Dockerfile's build stage is labelled with, for `stageflow gc`
-    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(), {"BASE_IMAGE": base_image(), "IMAGE": runtime})]
+    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(),
+              {"BASE_IMAGE": base_image(), "IMAGE": runtime})]
     return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
                      {"RUNTIME_IMAGE": runtime, "IMAGE": stage.image()}) for stage in STAGES.values()]
 
