@@ -17,6 +17,7 @@ STAGE ?=
 FROM ?=
 INPUTS ?=
 KEEP_DAYS ?= 7
+DATASET ?=
 export BASE_IMAGE
 
 .PHONY: help venv lock run test test-fast data docker-up base-image wheels images push environments submit compose \
@@ -90,14 +91,14 @@ push: images
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port/prefix"; exit 2; }
 	$(PY) -m stageflow images-push --registry $(REGISTRY)
 
-## environments: write each stage's Domino environment to build/environments.json; create/revise them on Domino if DOMINO_API_HOST and DOMINO_USER_API_KEY are set
+## environments: write each stage's Domino environment to build/environments.json; with Domino's API at hand (docs/domino.md), create/revise them and wait for the builds
 environments: venv
 	$(PY) -m stageflow environments
 
-## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATA_A=/mnt/... DATA_B=/mnt/...)
+## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATASET=name:version DATA_A=/mnt/data/... DATA_B=...)
 submit:
-	@test -n "$(DATA_A)" && test -n "$(DATA_B)" || { echo "usage: make submit DATA_A=/mnt/.../a.csv DATA_B=/mnt/.../b.jsonl"; exit 2; }
-	$(DOMINO_PYTHON) -m stageflow submit --data-path-a "$(DATA_A)" --data-path-b "$(DATA_B)"
+	@test -n "$(DATA_A)" && test -n "$(DATA_B)" || { echo "usage: make submit [DATASET=iris:3] DATA_A=/mnt/data/iris/a.csv DATA_B=/mnt/data/iris/b.jsonl"; exit 2; }
+	$(DOMINO_PYTHON) -m stageflow submit --data-path-a "$(DATA_A)" --data-path-b "$(DATA_B)" $(if $(DATASET),--dataset "$(DATASET)")
 
 ## compose: run the whole flow through docker-compose.yml (fake /workflow trees in .workflow/)
 compose: images

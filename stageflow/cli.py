@@ -218,7 +218,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
     from stageflow import environments
 
     try:
-        print("\n".join(environments.run()))
+        environments.run(say=lambda line: print(line, flush=True))
     except environments.DominoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -228,7 +228,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from stageflow import submit
 
-    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size)
+    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size, args.dataset)
 
 
 def cmd_verify_model(args: argparse.Namespace) -> int:
@@ -313,8 +313,8 @@ def parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     gc.set_defaults(func=cmd_gc)
     environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
-                                  "build/environments.json; create or revise them on Domino when DOMINO_API_HOST "
-                                  "and DOMINO_USER_API_KEY are set")
+                                  "build/environments.json; where Domino's API is reachable (docs/domino.md), create "
+                                  "or revise them and wait for each revision's build")
     environments.set_defaults(func=cmd_environments)
     submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
                             "`pyflyte run --remote flow.py model_training ...`")
@@ -322,6 +322,8 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
     submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
+    submit.add_argument("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is "
+                                          "mounted for the loads; name alone: its latest snapshot)")
     submit.set_defaults(func=cmd_submit)
     rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
                                         "memory, rows, logs and outputs")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import stat
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -19,7 +18,7 @@ from stageflow.dag import Dag, Node, Source
 from stageflow.images import ImageError, client
 from stageflow.runner import Outcome, ProcessHandle, Run, RunDirLock, RunError, kill_after
 from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
-from stageflow.runtime.contract import File, StageError, parse_value
+from stageflow.runtime.contract import File, StageError, not_a_regular_file, parse_value
 
 COMPOSE_DIR = ROOT / ".workflow"  # where docker-compose.yml mounts each stage's tree from
 
@@ -48,8 +47,6 @@ def prepare_tree(tree: Path) -> None:
 # directories, the contract's tree) or be out of the stage user's reach (/root is closed to it).
 IMAGE_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run",
               "/sbin", "/sys", "/usr", "/var", "/opt/stageflow", "/opt/venv", "/opt/stage", "/workflow")
-KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISFIFO, "a FIFO"),
-         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 def data_file(path: Path) -> Path:
@@ -57,18 +54,15 @@ def data_file(path: Path) -> Path:
 
     Only a regular file (after following links) is mounted, read-only: never a socket (the Docker socket
     would hand the stage the daemon), a device, a FIFO or a directory."""
-    real = Path(os.path.realpath(path))
-    mode = real.stat().st_mode
-    if not stat.S_ISREG(mode):
-        kind = next((name for test, name in KINDS if test(mode)), "not a regular file")
-        shown = str(path) if real == path else f"{path} (-> {real})"
-        raise StageError(f"data path {shown}: {kind}; only regular files are mounted into a stage container")
+    what = not_a_regular_file(path)
+    if what:
+        raise StageError(f"data path {path}: {what}; only regular files are mounted into a stage container")
     target = PurePosixPath(os.path.normpath(path))
     inside = next((d for d in IMAGE_DIRS if target.is_relative_to(d)), None)
     if inside:
         raise StageError(f"data path {path}: inside {inside}, which belongs to the stage image; move the file "
                          f"elsewhere (e.g. under /home, /mnt or /srv) or use --backend host")
-    return real
+    return Path(os.path.realpath(path))
 
 
 def mounts(tree: Path, files: list[Path]) -> list:

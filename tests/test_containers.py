@@ -4,11 +4,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import docker
 import pytest
@@ -148,7 +146,8 @@ def special_files(tmp_path):
     os.mkfifo(fifo)
     link = tmp_path / "socket.csv"
     link.symlink_to("/var/run/docker.sock")
-    return {"/var/run/docker.sock": "a socket", str(link): "a socket", str(fifo): "a FIFO",
+    return {"/var/run/docker.sock": "a socket", str(link): "a link to /run/docker.sock, a socket",
+            str(fifo): "a FIFO (named pipe)",
             "/dev/null": "a character device", "/opt": "a directory", str(tmp_path): "a directory"}
 
 
@@ -160,8 +159,7 @@ def test_docker_backend_mounts_only_regular_data_files(containers, docker_client
         run, ok = run_load_a(containers.DockerBackend(), run_dir, path)
         assert not ok
         result = run.results["load_a"]
-        assert re.fullmatch(rf"data path {re.escape(path)}( \(-> [^)]+\))?: {kind}; only regular files are "
-                            rf"mounted into a stage container", result.error), result.error
+        assert result.error == f"data path {path}: {kind}; only regular files are mounted into a stage container"
         assert result.exit_code is None and not (run_dir / "logs" / "load_a.log").exists()  # never started
         assert leftover_containers(docker_client, run_dir) == []
 
@@ -307,36 +305,6 @@ def test_compose_harness_runs_the_flow(both_runs):
     process_run, _ = both_runs
     assert comparable(ROOT / ".workflow" / "train" / "outputs" / "metrics") == \
         comparable(process_run.output_path("metrics"))
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def registry(tmp_path):
-    """Debian's docker-registry on 127.0.0.1 only, torn down whatever happens."""
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n"
-                      f"  filesystem:\n    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "registry did not start"
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_push_prints_digests_and_pulls_back_by_digest(registry, docker_client, capsys, monkeypatch, tmp_path):

@@ -43,12 +43,12 @@ def test_dag_comes_from_flow_py(flow_dag):
 FAKE_ARTIFACT_PLUGIN = """
 from typing import Annotated, TypeVar
 from flytekit.types.file import FlyteFile
-REPORT = "report"
+MODEL, REPORT = "model", "report"
 class Artifact:
     def __init__(self, name, type):
         self.name, self.type = name, type
     def File(self, name, type=None):
-        return Annotated[FlyteFile[TypeVar("html")], ("domino artifact", self.name, self.type, name)]
+        return Annotated[FlyteFile[TypeVar(type)], ("domino artifact", self.name, self.type, name)]
 """
 
 
