@@ -8,6 +8,7 @@ used: it is dropped and the stage runs again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +51,8 @@ class Cache:
             return None
         for name in names:
             link_or_copy(entry / name, outputs / name)
+        with contextlib.suppress(OSError):  # when it was last used: what `stageflow gc` keeps entries by
+            os.utime(entry / MANIFEST)
         return manifest
 
     def store(self, entry_key: str, outputs: Path, hashes: dict[str, str], **facts) -> None:
