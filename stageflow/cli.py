@@ -14,13 +14,11 @@ from stageflow import run_report
 from stageflow.runtime import report
 from stageflow.run_report import rows_cell, seconds
 from stageflow.runtime.report import DASH, fmt
-from stageflow.runner import link_or_copy
 from stageflow.registry import ROOT
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
 DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
 RUNS = ROOT / "runs"
-TRAINING_REPORT = "training-report.html"  # in the run directory, beside report.html
 
 
 def new_run_dir(prefix: str = "") -> Path:
@@ -55,36 +53,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def headline(metrics: dict) -> str:
-    losses = metrics.get("loss_per_epoch") or [float("nan")]
-    per_class = ", ".join(f"{name} {scores['f1']:.3f}" for name, scores in metrics.get("per_class", {}).items())
-    return (f"hold-out accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
-            f"({metrics['n_train']} train / {metrics['n_test']} test rows, {metrics['epochs']} epochs, "
-            f"final loss {losses[-1]:.4f})\nF1 per class: {per_class}")
-
-
-def output_file(run_dir: Path, record: dict, name: str) -> Path | None:
-    """A flow output of the run, found by the runner's layout; None when the run did not produce it."""
-    for stage, result in record.get("stages", {}).items():
-        path = run_dir / stage / "outputs" / name
-        if name in result.get("outputs", {}) and path.is_file():
-            return path
-    return None
+def headline_text(name: str, headline: dict) -> str:
+    """A flow output's headline as aligned `label  value` lines under the output's name."""
+    width = max(map(len, headline))
+    return "\n".join([f"{name} headline:"] + [f"  {label.ljust(width)}  {fmt(value)}" for label, value in headline.items()])
 
 
 def write_run_report(run_dir: Path, record: dict, dag) -> Path:
-    metrics_path = output_file(run_dir, record, "metrics")
-    metrics = json.loads(metrics_path.read_text()) if metrics_path else None
-    # The training report is an output with a bare name, which a browser shows as text: give it a .html twin.
-    training = run_dir / TRAINING_REPORT
-    training.unlink(missing_ok=True)
-    training_path = output_file(run_dir, record, "report")
-    if training_path:
-        link_or_copy(training_path, training)
     edges = [(up, node.name) for node in dag.nodes for up in sorted(node.upstream)]
     path = run_dir / "report.html"
-    report.write(path, run_report.run_report(record, [node.name for node in dag.nodes], edges, metrics,
-                                         TRAINING_REPORT if training_path else None))
+    report.write(path, run_report.run_report(record, [node.name for node in dag.nodes], edges,
+                                             run_report.headlines(run_dir, record)))
     return path
 
 
@@ -104,21 +83,21 @@ def cmd_run(args: argparse.Namespace) -> int:
               "epochs": args.epochs, "batch_size": args.batch_size}
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped job cleans up as a Ctrl-C does
     try:
-        dag = dag_module.load(Path(args.flow))
+        dag = dag_module.load(Path(args.flow), args.workflow)
         backend = backends(args.backend)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
         with RunDirLock(run_dir):
             run = Run(dag, run_dir, backend, params, timeout=args.timeout,
                       cache=None if args.no_cache else Cache())
-            print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
+            print(f"running flow {dag.name} ({args.backend} backend) in {run_dir}", flush=True)
             ok = run.execute()
             record = json.loads((run_dir / "run.json").read_text())
             report_path = write_run_report(run_dir, record, dag)
-    except RunError as err:
+    except (RunError, dag_module.FlowError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n" + summary(record))
-    print(f"\nrun report:      {report_path}\nrecord:          {run_dir / 'run.json'}")
+    print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run_dir / 'run.json'}")
     if run.interrupted:
         print("\ninterrupted; stopped every running stage.", file=sys.stderr)
         return 130
@@ -126,10 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
         print("\nflow failed.", file=sys.stderr)
         return 1
-    metrics_path = run.output_path("metrics")
-    print(f"training report: {run_dir / TRAINING_REPORT}\nmodel:           {run.output_path('model')}\n"
-          f"metrics:         {metrics_path}\n")
-    print(headline(json.loads(metrics_path.read_text())))
+    print("\n".join(f"{name + ':':16} {output['path']}" for name, output in record["outputs"].items()))
+    for name, headline in run_report.headlines(run_dir, record).items():
+        print("\n" + headline_text(name, headline))
     return 0
 
 
@@ -141,7 +119,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {run_dir} is not a run directory (no run.json)", file=sys.stderr)
         return 2
     record = json.loads((run_dir / "run.json").read_text())
-    print(write_run_report(run_dir, record, dag_module.load(Path(args.flow))))
+    try:
+        dag = dag_module.load(Path(args.flow), args.workflow or record.get("flow"))
+    except dag_module.FlowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(write_run_report(run_dir, record, dag))
     return 0
 
 
@@ -224,7 +207,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")
     run.add_argument("--no-cache", action="store_true",
                      help="run every stage even when the cache holds its outputs for the same inputs")
-    run.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    run.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file (default: this checkout's flow.py)")
+    run.add_argument("--workflow", help="the @workflow to run, when the flow file defines several")
     run.set_defaults(func=cmd_run)
     for action, text in (("wheels", "download the stages' pinned wheels into wheels/ (host side)"),
                          ("build", "build every stage image that is not up to date"),
@@ -249,7 +233,7 @@ def parser() -> argparse.ArgumentParser:
                                   "and DOMINO_USER_API_KEY are set")
     environments.set_defaults(func=cmd_environments)
     submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
-                            "`pyflyte run --remote flow.py model_training ...`")
+                            "`pyflyte run --remote flow.py <workflow> ...`")
     submit.add_argument("--data-path-a", required=True, help="source A, an absolute path as a Domino job sees it")
     submit.add_argument("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
@@ -258,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
                                         "memory, rows, logs and outputs")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
-    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file the run ran")
+    rep.add_argument("--workflow", help="the @workflow it ran (default: the one run.json names)")
     rep.set_defaults(func=cmd_report)
     return top
 

@@ -132,7 +132,7 @@ class StageTask(ContainerTask):
 
     def execute(self, **kwargs) -> Any:
         """Run this one stage through the local runner (flytekit calls this with native values)."""
-        from stageflow.dag import Dag, Node, Source, contract_type
+        from stageflow.dag import Dag, Node, Source, contract_type, file_formats
         from stageflow.runner import Run, RunDirLock
 
         backend, run_dir = local_session()
@@ -141,7 +141,8 @@ class StageTask(ContainerTask):
                   for name, kind in iface.inputs.items()}
         outputs = {name: contract_type(kind) for name, kind in iface.outputs.items()}
         dag = Dag([Node(registry.stage(self.name), inputs, outputs)], {}, {},
-                  {name: Source(stage=self.name, output=name) for name in outputs})
+                  {name: Source(stage=self.name, output=name) for name in outputs}, self.name,
+                  file_formats(iface.outputs))
         stage_dir = run_dir / self.name
         with RunDirLock(stage_dir):
             run = Run(dag, stage_dir, backend, {})

@@ -10,6 +10,7 @@ Layout of a run directory:
     logs/<stage>.log         each stage's stdout and stderr
     <stage>/inputs/<name>    the stage's /workflow tree (mounted at /workflow in a container)
     <stage>/outputs/<name>
+    outputs/<name>.<format>  a read-only copy of each flow output, named by its declared format (model.pkl)
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class Run:
         self.print_lock = threading.Lock()
         self.started_at = dt.datetime.now(dt.timezone.utc)
         self.interrupted = False
+        self.published: dict[str, dict[str, str]] = {}
 
     def _check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Flow inputs are checked against flow.py's types before anything runs, as Flyte would."""
@@ -317,7 +319,7 @@ class Run:
     def execute(self) -> bool:
         """Run every stage whose upstream succeeded, in parallel where the DAG allows; True if all did."""
         self.backend.check(self.dag)
-        for stale in [self.run_dir / "logs", *(self.tree(node.name) for node in self.dag.nodes)]:
+        for stale in [self.run_dir / "logs", self.run_dir / "outputs", *(self.tree(node.name) for node in self.dag.nodes)]:
             shutil.rmtree(stale, ignore_errors=True)  # a reused run directory starts clean
         (self.run_dir / "logs").mkdir(parents=True)
         done: queue.Queue[str] = queue.Queue()
@@ -358,27 +360,43 @@ class Run:
                 thread.join()
             for name in pending:
                 self.results[name].status = "skipped"
+        else:
+            if all(r.status == "succeeded" for r in self.results.values()):
+                self.publish_outputs()
         finally:
             self.write_record()
         return all(r.status == "succeeded" for r in self.results.values())
 
     def output_path(self, name: str) -> Path:
-        src = self.dag.outputs[name]
-        return self.tree(src.stage) / "outputs" / src.output
+        """Where flow output `name` is published: outputs/<name>.<its declared format>."""
+        extension = self.dag.formats.get(name)
+        return self.run_dir / "outputs" / (f"{name}.{extension}" if extension else name)
+
+    def publish_outputs(self) -> None:
+        """Copy each flow output to outputs/<name>.<format>, read-only: a name a browser or a user can open,
+        and a copy, so nothing done to it reaches the stage's output or the cache."""
+        (self.run_dir / "outputs").mkdir()
+        for name, src in self.dag.outputs.items():
+            target = self.output_path(name)
+            if src.stage:
+                shutil.copyfile(self.tree(src.stage) / "outputs" / src.output, target)
+            else:  # the workflow returns one of its inputs or a constant
+                value = self.params[src.flow_input] if src.flow_input else src.value
+                target.write_text(contract.format_value(value))
+            os.chmod(target, 0o444)
+            self.published[name] = {"path": str(target), "sha256": contract.sha256_file(target)}
 
     def record(self) -> dict:
         ok = all(r.status == "succeeded" for r in self.results.values())
-        model = self.dag.outputs.get("model")  # absent when the DAG is one stage (a local pyflyte task)
         return {
-            "flow": "model_training",
+            "flow": self.dag.name,
             "backend": self.backend.name,
             "status": "interrupted" if self.interrupted else ("succeeded" if ok else "failed"),
             "started_at": self.started_at.isoformat(timespec="seconds"),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.results.items()},
-            "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
-            "model_sha256": self.results[model.stage].outputs.get(model.output) if ok and model else None,
+            "outputs": self.published if ok else {},
         }
 
     def write_record(self) -> None:

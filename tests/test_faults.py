@@ -125,7 +125,7 @@ def test_two_runs_at_once_in_different_directories_do_not_interfere(tmp_path):
     records = [json.loads((tmp_path / f"r{i}" / "run.json").read_text()) for i in (1, 2)]
     for name in ("merge", "process"):
         assert records[0]["stages"][name]["outputs"] == records[1]["stages"][name]["outputs"]
-    assert records[0]["model_sha256"] == records[1]["model_sha256"] is not None
+    assert records[0]["outputs"]["model"]["sha256"] == records[1]["outputs"]["model"]["sha256"] is not None
 
 
 # ------------------------------------------------------------------------------------------ model integrity
@@ -144,7 +144,7 @@ def test_model_hash_is_recorded_in_metrics_and_run_json(trained):
     model_path, metrics_path, run_dir = trained
     digest = model.verify(model_path, metrics_path)
     assert json.loads(metrics_path.read_text())["model_sha256"] == digest
-    assert json.loads((run_dir / "run.json").read_text())["model_sha256"] == digest
+    assert json.loads((run_dir / "run.json").read_text())["outputs"]["model"]["sha256"] == digest
 
 
 def test_verified_model_loads(trained):
