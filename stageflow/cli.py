@@ -56,7 +56,8 @@ def _interrupt(signum, frame):
 def headline_text(name: str, headline: dict) -> str:
     """A flow output's headline as aligned `label  value` lines under the output's name."""
     width = max(map(len, headline))
-    return "\n".join([f"{name} headline:"] + [f"  {label.ljust(width)}  {fmt(value)}" for label, value in headline.items()])
+    lines = [f"  {label.ljust(width)}  {fmt(value)}" for label, value in headline.items()]
+    return "\n".join([f"{name} headline:", *lines])
 
 
 def write_run_report(run_dir: Path, record: dict, dag) -> Path:
@@ -67,16 +68,19 @@ def write_run_report(run_dir: Path, record: dict, dag) -> Path:
     return path
 
 
+def backend_named(name: str):
+    from stageflow.runner import HostBackend
+
+    if name == "host":
+        return HostBackend()
+    from stageflow import containers  # needs the Docker SDK only when asked for
+    return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
     from stageflow.cache import Cache
-    from stageflow.runner import HostBackend, Run, RunDirLock, RunError
-
-    def backends(name: str):
-        if name == "host":
-            return HostBackend()
-        from stageflow import containers  # needs the Docker SDK only when asked for
-        return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
+    from stageflow.runner import Run, RunDirLock, RunError
 
     params = {"data_path_a": str(Path(args.data_path_a).resolve()),
               "data_path_b": str(Path(args.data_path_b).resolve()),
@@ -84,29 +88,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped job cleans up as a Ctrl-C does
     try:
         dag = dag_module.load(Path(args.flow), args.workflow)
-        backend = backends(args.backend)
+        backend = backend_named(args.backend)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
         with RunDirLock(run_dir):
             run = Run(dag, run_dir, backend, params, timeout=args.timeout,
                       cache=None if args.no_cache else Cache())
             print(f"running flow {dag.name} ({args.backend} backend) in {run_dir}", flush=True)
-            ok = run.execute()
+            run.execute()
             record = json.loads((run_dir / "run.json").read_text())
             report_path = write_run_report(run_dir, record, dag)
     except (RunError, dag_module.FlowError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return print_outcome(run, record, report_path)
+
+
+def print_outcome(run, record: dict, report_path: Path) -> int:
+    """The end of `stageflow run`: the stage table, then what failed, or the outputs and their headlines."""
     print("\n" + summary(record))
-    print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run_dir / 'run.json'}")
+    print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run.run_dir / 'run.json'}")
     if run.interrupted:
         print("\ninterrupted; stopped every running stage.", file=sys.stderr)
         return 130
-    if not ok:
+    if record["status"] != "succeeded":
         print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
         print("\nflow failed.", file=sys.stderr)
         return 1
     print("\n".join(f"{name + ':':16} {output['path']}" for name, output in record["outputs"].items()))
-    for name, headline in run_report.headlines(run_dir, record).items():
+    for name, headline in run_report.headlines(run.run_dir, record).items():
         print("\n" + headline_text(name, headline))
     return 0
 
@@ -191,9 +200,7 @@ def cmd_verify_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
+def add_run_command(sub) -> None:
     run = sub.add_parser("run", help="run the whole flow locally")
     run.add_argument("--backend", choices=["host", "docker", "compose"], default="host",
                      type=lambda name: "host" if name == "process" else name,  # its name before 0.2
@@ -210,6 +217,21 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file (default: this checkout's flow.py)")
     run.add_argument("--workflow", help="the @workflow to run, when the flow file defines several")
     run.set_defaults(func=cmd_run)
+
+
+def add_report_command(sub) -> None:
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
+                                        "memory, rows, logs and outputs")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
+    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file the run ran")
+    rep.add_argument("--workflow", help="the @workflow it ran (default: the one run.json names)")
+    rep.set_defaults(func=cmd_report)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    add_run_command(sub)
     for action, text in (("wheels", "download the stages' pinned wheels into wheels/ (host side)"),
                          ("build", "build every stage image that is not up to date"),
                          ("push", "push every stage image to a registry; prints digests")):
@@ -239,12 +261,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
     submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
     submit.set_defaults(func=cmd_submit)
-    rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
-                                        "memory, rows, logs and outputs")
-    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
-    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file the run ran")
-    rep.add_argument("--workflow", help="the @workflow it ran (default: the one run.json names)")
-    rep.set_defaults(func=cmd_report)
+    add_report_command(sub)
     return top
 
 

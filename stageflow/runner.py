@@ -163,216 +163,292 @@ def tail(path: Path, lines: int = LOG_TAIL) -> str:
         return "".join(deque(handle, maxlen=lines))
 
 
-class Run:
-    """One execution of the DAG in one run directory."""
+def check_params(dag: Dag, params: dict[str, Any]) -> dict[str, Any]:
+    """Flow inputs are checked against flow.py's types before anything runs, as Flyte would."""
+    merged = {**dag.defaults, **{k: v for k, v in params.items() if v is not None}}
+    unknown = sorted(set(merged) - set(dag.inputs))
+    if unknown:
+        raise RunError(f"flow input {', '.join(unknown)}: not an input of the flow")
+    missing = sorted(set(dag.inputs) - set(merged))
+    if missing:
+        raise RunError(f"flow input {', '.join(missing)}: required but not given")
+    return {name: checked_value(name, value, dag.inputs[name]) for name, value in merged.items()}
 
-    def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
-                 echo: bool = True, cache: Cache | None = None):
-        self.dag, self.run_dir, self.backend, self.timeout, self.echo = dag, Path(run_dir), backend, timeout, echo
-        self.cache = cache
-        self.params = self._check_params(params)
-        self.results = {node.name: StageResult() for node in dag.nodes}
-        self.handles: dict[str, Handle] = {}
-        self.print_lock = threading.Lock()
-        self.started_at = dt.datetime.now(dt.timezone.utc)
+
+def checked_value(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = contract.parse_value(value, kind)
+        except ValueError as err:
+            raise RunError(f"flow input {name}: {err}, found {value!r}") from None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RunError(f"flow input {name}: expected {kind.__name__}, found {value!r}")
+    return value
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """What a run did, as run.json tells it: each stage's result, then the flow's outputs."""
+
+    def __init__(self, flow: str, backend: str, params: dict[str, Any], stages: list[str]):
+        self.flow, self.backend, self.params = flow, backend, params
+        self.stages = {name: StageResult() for name in stages}
+        self.outputs: dict[str, dict[str, str]] = {}
+        self.started_at = now()
         self.interrupted = False
-        self.published: dict[str, dict[str, str]] = {}
 
-    def _check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Flow inputs are checked against flow.py's types before anything runs, as Flyte would."""
-        merged = {**self.dag.defaults, **{k: v for k, v in params.items() if v is not None}}
-        unknown = sorted(set(merged) - set(self.dag.inputs))
-        if unknown:
-            raise RunError(f"flow input {', '.join(unknown)}: not an input of the flow")
-        missing = sorted(set(self.dag.inputs) - set(merged))
-        if missing:
-            raise RunError(f"flow input {', '.join(missing)}: required but not given")
-        checked = {}
-        for name, value in merged.items():
-            kind = self.dag.inputs[name]
-            if isinstance(value, str) and kind is not str:
-                try:
-                    value = contract.parse_value(value, kind)
-                except ValueError as err:
-                    raise RunError(f"flow input {name}: {err}, found {value!r}") from None
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise RunError(f"flow input {name}: expected {kind.__name__}, found {value!r}")
-            checked[name] = value
-        return checked
+    @property
+    def succeeded(self) -> bool:
+        return all(result.status == "succeeded" for result in self.stages.values())
 
-    # ------------------------------------------------------------ one stage
+    def as_json(self) -> dict:
+        return {
+            "flow": self.flow,
+            "backend": self.backend,
+            "status": "interrupted" if self.interrupted else ("succeeded" if self.succeeded else "failed"),
+            "started_at": self.started_at,
+            "finished_at": now(),
+            "params": {k: contract.format_value(v) for k, v in self.params.items()},
+            "stages": {name: vars(result) for name, result in self.stages.items()},
+            "outputs": self.outputs if self.succeeded else {},
+        }
 
-    def tree(self, name: str) -> Path:
-        return self.run_dir / name
+    def write(self, path: Path) -> None:
+        """Beside the target, then renamed: a reader sees the last record whole, never half of the next."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.as_json(), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
 
-    def _materialise(self, node: Node) -> dict[str, str]:
-        inputs = self.tree(node.name) / "inputs"
-        for name, (kind, src) in node.inputs.items():
+    def failures(self) -> list[str]:
+        """One report per failed stage: its one-line error, then the tail of its log."""
+        reports = []
+        for name, result in self.stages.items():
+            if result.status == "failed":
+                text = f"stage {name} failed: {result.error}"
+                if result.log and Path(result.log).is_file():
+                    text += f"\n--- last {LOG_TAIL} lines of {result.log} ---\n{tail(Path(result.log)).rstrip()}"
+                reports.append(text)
+        return reports
+
+
+class StageRun:
+    """One stage of a run: its inputs materialised, its outputs taken from the cache or made by starting it
+    on the backend, its log streamed, its outcome judged, its outputs checked and offered to the cache."""
+
+    def __init__(self, run: "Run", node: Node):
+        self.run, self.node = run, node
+        self.result = run.results[node.name]
+        self.tree = run.tree(node.name)
+        self.log_path = run.run_dir / "logs" / f"{node.name}.log"
+
+    def __call__(self) -> None:
+        self.result.log = str(self.log_path)
+        started = time.perf_counter()
+        try:
+            self.result.error = self._produce_outputs()
+            if self.result.error is None and not self.result.cached:
+                self._keep_outputs()
+        except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
+            self.result.error = contract.one_line(err)
+        self.result.seconds = round(time.perf_counter() - started, 3)
+        self.result.status = "failed" if self.result.error else "succeeded"
+
+    def _produce_outputs(self) -> str | None:
+        """Fill the stage's outputs, from the cache or by running it; why it failed, or None."""
+        (self.tree / "inputs").mkdir(parents=True)
+        (self.tree / "outputs").mkdir()
+        self.result.inputs = self._materialise()
+        self.host_files = self._host_files()
+        self.entry = cache_key(self.node.name, self.node.stage.version, self.result.inputs,
+                               {str(path): contract.sha256_file(path) for path in self.host_files if path.is_file()})
+        if self.run.cache and self._reuse():
+            return None
+        return self._failure(self._execute())
+
+    def _materialise(self) -> dict[str, str]:
+        """Write each input where the contract says (files as files, primitives as text); their sha256."""
+        inputs = self.tree / "inputs"
+        for name, (kind, src) in self.node.inputs.items():
             target = inputs / name
             if src.stage:
-                link_or_copy(self.tree(src.stage) / "outputs" / src.output, target)
+                link_or_copy(self.run.tree(src.stage) / "outputs" / src.output, target)
                 continue
-            value = self.params[src.flow_input] if src.flow_input else src.value
+            value = self.run.params[src.flow_input] if src.flow_input else src.value
             if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
                 link_or_copy(Path(value), target)
             else:
                 target.write_text(contract.format_value(value))
-        return {name: contract.sha256_file(inputs / name) for name in node.inputs}
+        return {name: contract.sha256_file(inputs / name) for name in self.node.inputs}
 
-    def _host_files(self, node: Node) -> list[Path]:
+    def _host_files(self) -> list[Path]:
         """Host files a stage names in a str input (a source's data_path): a container must see them."""
-        values = [self.params.get(src.flow_input) if src.flow_input else src.value
-                  for kind, src in node.inputs.values() if kind is str and not src.stage]
+        values = [self.run.params.get(src.flow_input) if src.flow_input else src.value
+                  for kind, src in self.node.inputs.values() if kind is str and not src.stage]
         return [Path(v) for v in values if isinstance(v, str) and os.path.isabs(v) and Path(v).exists()]
 
-    def _echo(self, name: str, line: str) -> None:
-        if self.echo:
-            with self.print_lock:
-                print(f"[{name}] {line.rstrip()}", flush=True)
+    def _reuse(self) -> bool:
+        """Take the stage's outputs from the cache when an entry for exactly these inputs is intact."""
+        manifest = self.run.cache.restore(self.entry, list(self.node.outputs), self.tree / "outputs")
+        if manifest is None:
+            return False
+        self.result.outputs, self.result.cached = manifest["outputs"], True
+        self.result.rows_in, self.result.rows_out = manifest.get("rows_in"), manifest.get("rows_out")
+        self.log_path.write_text(f"cached: outputs reused from cache entry {self.entry}\n")
+        self.run.echo_line(self.node.name, f"cached (entry {self.entry[:12]})")
+        return True
 
-    def _run_stage(self, node: Node) -> None:
-        result = self.results[node.name]
-        tree = self.tree(node.name)
-        (tree / "inputs").mkdir(parents=True)
-        (tree / "outputs").mkdir()
-        log_path = self.run_dir / "logs" / f"{node.name}.log"
-        result.log = str(log_path)
-        started = time.perf_counter()
+    def _execute(self) -> Outcome:
+        """Start the stage on the backend and stream its log until it ends."""
+        handle = self.run.backend.start(self.node, self.tree, self.run.timeout, self.host_files)
+        self.run.handles[self.node.name] = handle
         try:
-            result.inputs = self._materialise(node)
-            host_files = self._host_files(node)
-            entry = cache_key(node.name, node.stage.version, result.inputs,
-                              {str(path): contract.sha256_file(path) for path in host_files if path.is_file()})
-            if self.cache and self._reuse(node, entry, log_path):
-                result.seconds = round(time.perf_counter() - started, 3)
-                result.status = "succeeded"
-                return
-            handle = self.backend.start(node, tree, self.timeout, host_files)
-            self.handles[node.name] = handle
-            if self.interrupted:  # Ctrl-C came while this stage was starting
+            if self.run.interrupted:  # Ctrl-C came while this stage was starting
                 handle.kill()
-            with open(log_path, "w") as log:
+            with open(self.log_path, "w") as log:
                 for line in handle.lines():
                     log.write(line)
                     log.flush()
-                    self._echo(node.name, line)
+                    self.run.echo_line(self.node.name, line)
             outcome = handle.wait()
-            result.exit_code, result.peak_rss_mb = outcome.exit_code, outcome.peak_rss_mb
-            result.error = self._failure(node, outcome)
-        except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
-            result.error = contract.one_line(err)
         finally:
-            self.handles.pop(node.name, None)
-        result.seconds = round(time.perf_counter() - started, 3)
-        if result.error is None:
-            outputs = tree / "outputs"
-            result.outputs = {name: contract.sha256_file(outputs / name) for name in node.outputs}
-            for name in node.outputs:
-                os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
-            self._count_rows(node)
-            if self.cache:
-                try:
-                    self.cache.store(entry, outputs, result.outputs, rows_in=result.rows_in,
-                                     rows_out=result.rows_out)
-                except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
-                    self._echo(node.name, f"warning: could not add outputs to the cache ({err})")
-        result.status = "failed" if result.error else "succeeded"
+            self.run.handles.pop(self.node.name, None)
+        self.result.exit_code, self.result.peak_rss_mb = outcome.exit_code, outcome.peak_rss_mb
+        return outcome
 
-    def _count_rows(self, node: Node) -> None:
-        tree, result = self.tree(node.name), self.results[node.name]
-        result.rows_in = parquet_rows([tree / "inputs" / name for name in node.inputs])
-        result.rows_out = parquet_rows([tree / "outputs" / name for name in node.outputs])
-
-    def _reuse(self, node: Node, entry: str, log_path: Path) -> bool:
-        """Take a stage's outputs from the cache when an entry for exactly these inputs is intact."""
-        result = self.results[node.name]
-        manifest = self.cache.restore(entry, list(node.outputs), self.tree(node.name) / "outputs")
-        if manifest is None:
-            return False
-        result.outputs, result.cached = manifest["outputs"], True
-        result.rows_in, result.rows_out = manifest.get("rows_in"), manifest.get("rows_out")
-        log_path.write_text(f"cached: outputs reused from cache entry {entry}\n")
-        self._echo(node.name, f"cached (entry {entry[:12]})")
-        return True
-
-    def _failure(self, node: Node, outcome: Outcome) -> str | None:
+    def _failure(self, outcome: Outcome) -> str | None:
         """Why the stage failed, in one line, or None when it did what it declared."""
         if outcome.reason == "timeout":
-            return f"timed out after {self.timeout:g} s"
+            return f"timed out after {self.run.timeout:g} s"
         if outcome.reason == "oom":
             return "killed: out of memory (the hardware tier's memory limit)"
         if outcome.reason == "interrupted":
             return "interrupted"
-        error_file = self.tree(node.name) / "outputs" / contract.ERROR_FILE
+        outputs = self.tree / "outputs"
+        error_file = outputs / contract.ERROR_FILE
         if outcome.exit_code != 0:
             message = error_file.read_text(errors="replace").strip() if error_file.is_file() else ""
             return f"exit status {outcome.exit_code}" + (f": {message}" if message else "")
-        missing = [name for name in node.outputs if not (self.tree(node.name) / "outputs" / name).is_file()]
+        missing = [name for name in self.node.outputs if not (outputs / name).is_file()]
         if missing:
             return f"exited 0 but did not write declared output {', '.join(missing)}"
         if error_file.exists():
             return f"exited 0 but wrote {contract.ERROR_FILE}: {error_file.read_text(errors='replace').strip()}"
         return None
 
-    # ------------------------------------------------------------ the whole flow
-
-    def execute(self) -> bool:
-        """Run every stage whose upstream succeeded, in parallel where the DAG allows; True if all did."""
-        self.backend.check(self.dag)
-        for stale in [self.run_dir / "logs", self.run_dir / "outputs", *(self.tree(node.name) for node in self.dag.nodes)]:
-            shutil.rmtree(stale, ignore_errors=True)  # a reused run directory starts clean
-        (self.run_dir / "logs").mkdir(parents=True)
-        done: queue.Queue[str] = queue.Queue()
-        pending = {node.name: node for node in self.dag.nodes}
-        running: dict[str, threading.Thread] = {}
-
-        def worker(node: Node) -> None:
-            # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would
-            # not wake the main thread's wait, and the stages would run on until one of them finished.
-            # Threads this one starts (timers, watchers) inherit the mask.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    def _keep_outputs(self) -> None:
+        """Record the outputs' hashes and rows, freeze them, and offer them to the cache."""
+        outputs, result = self.tree / "outputs", self.result
+        result.outputs = {name: contract.sha256_file(outputs / name) for name in self.node.outputs}
+        for name in self.node.outputs:
+            os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
+        result.rows_in = parquet_rows([self.tree / "inputs" / name for name in self.node.inputs])
+        result.rows_out = parquet_rows([outputs / name for name in self.node.outputs])
+        if self.run.cache:
             try:
-                self._run_stage(node)
-            finally:
-                done.put(node.name)
+                self.run.cache.store(self.entry, outputs, result.outputs, rows_in=result.rows_in,
+                                     rows_out=result.rows_out)
+            except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
+                self.run.echo_line(self.node.name, f"warning: could not add outputs to the cache ({err})")
 
-        try:
-            while pending or running:
-                for name, node in list(pending.items()):
-                    states = {self.results[up].status for up in node.upstream}
-                    if states & {"failed", "skipped"}:
-                        self.results[name].status = "skipped"
-                        del pending[name]
-                    elif states <= {"succeeded"}:
-                        self.results[name].status = "running"
-                        running[name] = threading.Thread(target=worker, args=(node,), daemon=True)
-                        running[name].start()
-                        del pending[name]
-                if not running:
-                    break
-                finished = done.get()
-                running.pop(finished).join()
-        except KeyboardInterrupt:
-            self.interrupted = True
-            for handle in list(self.handles.values()):
-                handle.kill()
-            for thread in running.values():
-                thread.join()
-            for name in pending:
-                self.results[name].status = "skipped"
-        else:
-            if all(r.status == "succeeded" for r in self.results.values()):
-                self.publish_outputs()
-        finally:
-            self.write_record()
-        return all(r.status == "succeeded" for r in self.results.values())
+
+class Run:
+    """One execution of the DAG in one run directory: which stage runs when (in parallel where the DAG
+    allows, none after an upstream failure, all stopped on Ctrl-C), then the flow's outputs published."""
+
+    def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
+                 echo: bool = True, cache: Cache | None = None):
+        self.dag, self.run_dir, self.backend, self.timeout, self.echo = dag, Path(run_dir), backend, timeout, echo
+        self.cache = cache
+        self.params = check_params(dag, params)
+        self.record = RunRecord(dag.name, backend.name, self.params, [node.name for node in dag.nodes])
+        self.results = self.record.stages
+        self.handles: dict[str, Handle] = {}
+        self.print_lock = threading.Lock()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.record.interrupted
+
+    def tree(self, name: str) -> Path:
+        return self.run_dir / name
 
     def output_path(self, name: str) -> Path:
         """Where flow output `name` is published: outputs/<name>.<its declared format>."""
         extension = self.dag.formats.get(name)
         return self.run_dir / "outputs" / (f"{name}.{extension}" if extension else name)
 
-    def publish_outputs(self) -> None:
+    def echo_line(self, name: str, line: str) -> None:
+        if self.echo:
+            with self.print_lock:
+                print(f"[{name}] {line.rstrip()}", flush=True)
+
+    def execute(self) -> bool:
+        """Run every stage whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
+        self.backend.check(self.dag)
+        for stale in [self.run_dir / "logs", self.run_dir / "outputs", *map(self.tree, self.results)]:
+            shutil.rmtree(stale, ignore_errors=True)  # a reused run directory starts clean
+        (self.run_dir / "logs").mkdir(parents=True)
+        try:
+            self._schedule()
+            if self.record.succeeded:
+                self._publish_outputs()
+        finally:
+            self.record.write(self.run_dir / "run.json")
+        return self.record.succeeded
+
+    def _schedule(self) -> None:
+        """Start each stage once its upstream has succeeded; skip it once one has not."""
+        done: queue.Queue[str] = queue.Queue()
+        pending = {node.name: node for node in self.dag.nodes}
+        running: dict[str, threading.Thread] = {}
+        try:
+            while pending or running:
+                self._start_ready(pending, running, done)
+                if not running:
+                    break
+                running.pop(done.get()).join()
+        except KeyboardInterrupt:
+            self._stop(running, pending)
+
+    def _start_ready(self, pending: dict[str, Node], running: dict[str, threading.Thread], done: queue.Queue) -> None:
+        for name, node in list(pending.items()):
+            states = {self.results[up].status for up in node.upstream}
+            if states & {"failed", "skipped"}:
+                self.results[name].status = "skipped"
+            elif states <= {"succeeded"}:
+                self.results[name].status = "running"
+                running[name] = threading.Thread(target=self._worker, args=(node, done), daemon=True)
+                running[name].start()
+            else:
+                continue
+            del pending[name]
+
+    def _worker(self, node: Node, done: queue.Queue) -> None:
+        # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would not
+        # wake the main thread's wait, and the stages would run on until one of them finished. Threads
+        # this one starts (timers, watchers) inherit the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            StageRun(self, node)()
+        finally:
+            done.put(node.name)
+
+    def _stop(self, running: dict[str, threading.Thread], pending: dict[str, Node]) -> None:
+        """Ctrl-C: kill every running stage, wait for their threads to record it, skip the rest."""
+        self.record.interrupted = True
+        for handle in list(self.handles.values()):
+            handle.kill()
+        for thread in running.values():
+            thread.join()
+        for name in pending:
+            self.results[name].status = "skipped"
+
+    def _publish_outputs(self) -> None:
         """Copy each flow output to outputs/<name>.<format>, read-only: a name a browser or a user can open,
         and a copy, so nothing done to it reaches the stage's output or the cache."""
         (self.run_dir / "outputs").mkdir()
@@ -384,38 +460,10 @@ class Run:
                 value = self.params[src.flow_input] if src.flow_input else src.value
                 target.write_text(contract.format_value(value))
             os.chmod(target, 0o444)
-            self.published[name] = {"path": str(target), "sha256": contract.sha256_file(target)}
-
-    def record(self) -> dict:
-        ok = all(r.status == "succeeded" for r in self.results.values())
-        return {
-            "flow": self.dag.name,
-            "backend": self.backend.name,
-            "status": "interrupted" if self.interrupted else ("succeeded" if ok else "failed"),
-            "started_at": self.started_at.isoformat(timespec="seconds"),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "params": {k: contract.format_value(v) for k, v in self.params.items()},
-            "stages": {name: vars(result) for name, result in self.results.items()},
-            "outputs": self.published if ok else {},
-        }
-
-    def write_record(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".run.json.", dir=self.run_dir)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.record(), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, self.run_dir / "run.json")
+            self.record.outputs[name] = {"path": str(target), "sha256": contract.sha256_file(target)}
 
     def failures(self) -> list[str]:
-        """One report per failed stage: its one-line error, then the tail of its log."""
-        reports = []
-        for name, result in self.results.items():
-            if result.status == "failed":
-                text = f"stage {name} failed: {result.error}"
-                if result.log and Path(result.log).is_file():
-                    text += f"\n--- last {LOG_TAIL} lines of {result.log} ---\n{tail(Path(result.log)).rstrip()}"
-                reports.append(text)
-        return reports
+        return self.record.failures()
 
 
 class RunDirLock:

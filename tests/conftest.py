@@ -15,6 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
 
 
+def downstream(dag, names) -> set[str]:
+    """The stages that depend, directly or not, on any of `names`, from the DAG the runner runs."""
+    found: set[str] = set()
+    for node in dag.nodes:  # flow.py's order is topological
+        if node.upstream & (set(names) | found):
+            found.add(node.name)
+    return found
+
+
 def load_stage(name: str):
     """Import stages/<name>/main.py as a module; nothing runs at import time, so tests get the logic."""
     spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / name / "main.py")

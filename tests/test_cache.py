@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from stageflow.registry import STAGES
+
 from conftest import ROOT
 
 
@@ -31,7 +33,7 @@ def sources(tmp_path):
     return ["--data-path-a", str(tmp_path / "source_a.csv"), "--data-path-b", str(tmp_path / "source_b.jsonl")]
 
 
-ALL = {"load_a", "load_b", "merge", "process", "train"}
+ALL = set(STAGES)
 
 
 def cached_stages(states):

@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from stageflow import dag as dag_module
+from stageflow.registry import STAGES
 from stageflow.runner import HostBackend, Run, RunDirLock, RunError
 
-from conftest import ROOT, assert_self_contained, references
+from conftest import ROOT, assert_self_contained, downstream, references
 
 DATA_A = ROOT / "data" / "source_a.csv"
 DATA_B = ROOT / "data" / "source_b.jsonl"
@@ -27,7 +28,7 @@ def flow_dag():
 
 
 def test_dag_comes_from_flow_py(flow_dag):
-    assert [n.name for n in flow_dag.nodes] == ["load_a", "load_b", "merge", "process", "train"]
+    assert [n.name for n in flow_dag.nodes] == list(STAGES)  # the registry lists them in flow.py's order
     merge = flow_dag.node("merge")
     assert {k: (s.stage, s.output) for k, (_, s) in merge.inputs.items()} == {
         "datasetA": ("load_a", "datasetA"), "datasetB": ("load_b", "datasetB")}
@@ -107,7 +108,7 @@ def test_bundled_run_record(bundled_run):
     run_dir, _ = bundled_run
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "succeeded"
-    assert set(record["stages"]) == {"load_a", "load_b", "merge", "process", "train"}
+    assert set(record["stages"]) == set(STAGES)
     for name, stage in record["stages"].items():
         assert stage["status"] == "succeeded" and (stage["seconds"] > 0 or stage["cached"])
         for digest in [*stage["inputs"].values(), *stage["outputs"].values()]:
@@ -131,8 +132,8 @@ def test_bundled_run_prints_the_summary_table(bundled_run):
     lines = proc.stdout.splitlines()
     header = lines.index(next(line for line in lines if line.split() == ["stage", "status", "seconds", "rows",
                                                                           "cached"]))
-    assert [line.split()[:2] for line in lines[header + 1:header + 6]] == [
-        [name, "succeeded"] for name in ("load_a", "load_b", "merge", "process", "train")]
+    assert [line.split()[:2] for line in lines[header + 1:header + 1 + len(STAGES)]] == [
+        [name, "succeeded"] for name in STAGES]
 
 
 def test_run_report_links_resolve_in_the_run_directory(bundled_run):
@@ -179,7 +180,7 @@ def test_model_loads_and_predicts(bundled_run):
         model.predict(row.rename(columns={"SepalLengthCm": "Sepal"}))
 
 
-def test_failed_stage_stops_downstream_and_is_reported(tmp_path):
+def test_failed_stage_stops_downstream_and_is_reported(tmp_path, flow_dag):
     bad = tmp_path / "b.csv"
     bad.write_text("Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n1,x,1,1,1,setosa\n")
     proc = stageflow("run", "--run-dir", str(tmp_path / "run"), "--data-path-b", str(bad))
@@ -189,8 +190,8 @@ def test_failed_stage_stops_downstream_and_is_reported(tmp_path):
     assert "--- last 20 lines of" in proc.stderr
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     states = {name: s["status"] for name, s in record["stages"].items()}
-    assert states == {"load_a": "succeeded", "load_b": "failed", "merge": "skipped", "process": "skipped",
-                      "train": "skipped"}
+    assert states == {**{name: "succeeded" for name in STAGES}, "load_b": "failed",
+                      **{name: "skipped" for name in downstream(flow_dag, ["load_b"])}}
     assert record["status"] == "failed" and record["outputs"] == {}
     assert os.listdir(tmp_path / "run" / "load_b" / "outputs") == ["_ERROR"]
     page = (tmp_path / "run" / "report.html").read_text()  # written for a failed run too

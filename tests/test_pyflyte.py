@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from stageflow import domino
+from stageflow.registry import STAGES
 from stageflow.runner import HostBackend, RunError
 
 from conftest import ROOT
 
 PYFLYTE = Path(sys.executable).with_name("pyflyte")
-STAGES = ["load_a", "load_b", "merge", "process", "train"]
 
 
 def pyflyte(run_dir, *args, backend="host"):
