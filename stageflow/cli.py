@@ -80,7 +80,7 @@ def backend_named(name: str):
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
     from stageflow.cache import Cache
-    from stageflow.runner import Run, RunDirLock, RunError
+    from stageflow.runner import Run, RunError
 
     params = {"data_path_a": str(Path(args.data_path_a).resolve()),
               "data_path_b": str(Path(args.data_path_b).resolve()),
@@ -90,17 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         dag = dag_module.load(Path(args.flow), args.workflow)
         backend = backend_named(args.backend)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
-        with RunDirLock(run_dir):
-            run = Run(dag, run_dir, backend, params, timeout=args.timeout,
-                      cache=None if args.no_cache else Cache())
-            print(f"running flow {dag.name} ({args.backend} backend) in {run_dir}", flush=True)
-            run.execute()
-            record = json.loads((run_dir / "run.json").read_text())
-            report_path = write_run_report(run_dir, record, dag)
+        run = Run(dag, run_dir, backend, params, timeout=args.timeout, cache=None if args.no_cache else Cache())
+        print(f"running flow {dag.name} ({args.backend} backend) in {run_dir}", flush=True)
+        run.execute()
     except (RunError, dag_module.FlowError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return print_outcome(run, record, report_path)
+    record = run.record.as_json()
+    return print_outcome(run, record, write_run_report(run_dir, record, dag))
 
 
 def print_outcome(run, record: dict, report_path: Path) -> int:

@@ -16,7 +16,6 @@ Layout of a run directory:
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import queue
@@ -35,15 +34,12 @@ from typing import Any, Callable, Iterator, Protocol
 
 from stageflow.runtime import contract
 from stageflow.cache import Cache, key as cache_key, link_or_copy
-from stageflow.dag import Dag, Node
+from stageflow.dag import Dag, Node, Source
 from stageflow.registry import ROOT
+from stageflow.rundir import RunDir, RunError  # noqa: F401 - RunError is part of this module's interface
 
 LOG_TAIL = 20
 PEAK_SAMPLE_SECONDS = 0.02
-
-
-class RunError(Exception):
-    """A problem with the run itself (its inputs or run directory), reported before any stage starts."""
 
 
 @dataclass
@@ -198,19 +194,26 @@ class RunRecord:
         self.stages = {name: StageResult() for name in stages}
         self.outputs: dict[str, dict[str, str]] = {}
         self.started_at = now()
+        self.finished_at: str | None = None
         self.interrupted = False
 
     @property
     def succeeded(self) -> bool:
         return all(result.status == "succeeded" for result in self.stages.values())
 
+    @property
+    def status(self) -> str:
+        if self.finished_at is None:
+            return "running"
+        return "interrupted" if self.interrupted else ("succeeded" if self.succeeded else "failed")
+
     def as_json(self) -> dict:
         return {
             "flow": self.flow,
             "backend": self.backend,
-            "status": "interrupted" if self.interrupted else ("succeeded" if self.succeeded else "failed"),
+            "status": self.status,
             "started_at": self.started_at,
-            "finished_at": now(),
+            "finished_at": self.finished_at,
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.stages.items()},
             "outputs": self.outputs if self.succeeded else {},
@@ -278,7 +281,7 @@ class StageRun:
             if src.stage:
                 link_or_copy(self.run.tree(src.stage) / "outputs" / src.output, target)
                 continue
-            value = self.run.params[src.flow_input] if src.flow_input else src.value
+            value = self.run.value_of(src)
             if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
                 link_or_copy(Path(value), target)
             else:
@@ -287,8 +290,7 @@ class StageRun:
 
     def _host_files(self) -> list[Path]:
         """Host files a stage names in a str input (a source's data_path): a container must see them."""
-        values = [self.run.params.get(src.flow_input) if src.flow_input else src.value
-                  for kind, src in self.node.inputs.values() if kind is str and not src.stage]
+        values = [self.run.value_of(src) for kind, src in self.node.inputs.values() if kind is str and not src.stage]
         return [Path(v) for v in values if isinstance(v, str) and os.path.isabs(v) and Path(v).exists()]
 
     def _reuse(self) -> bool:
@@ -362,13 +364,32 @@ class Run:
 
     def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
                  echo: bool = True, cache: Cache | None = None):
-        self.dag, self.run_dir, self.backend, self.timeout, self.echo = dag, Path(run_dir), backend, timeout, echo
-        self.cache = cache
+        self.dag, self.backend, self.timeout, self.echo, self.cache = dag, backend, timeout, echo, cache
         self.params = check_params(dag, params)
+        self.dir = RunDir(Path(run_dir), [node.name for node in dag.nodes])
+        self.run_dir = self.dir.path
+        self.dir.check()
+        self._refuse_inputs_inside()
         self.record = RunRecord(dag.name, backend.name, self.params, [node.name for node in dag.nodes])
         self.results = self.record.stages
         self.handles: dict[str, Handle] = {}
         self.print_lock = threading.Lock()
+
+    def value_of(self, src: Source) -> Any:
+        """The value of an input that is not a stage's output: a flow input's, or a constant."""
+        return self.params[src.flow_input] if src.flow_input else src.value
+
+    def _refuse_inputs_inside(self) -> None:
+        """A source inside the run directory would be cleared or rewritten by the run that reads it."""
+        inside = self.run_dir.resolve()
+        for node in self.dag.nodes:
+            for name, (_, src) in node.inputs.items():
+                value = None if src.stage else self.value_of(src)
+                if isinstance(value, (str, Path)) and os.path.isabs(value) and \
+                        Path(value).resolve().is_relative_to(inside):
+                    what = f"flow input {src.flow_input}" if src.flow_input else f"input {name} of stage {node.name}"
+                    raise RunError(f"{what}: {value} is inside the run directory {self.run_dir}, which a run "
+                                   f"clears; move it out")
 
     @property
     def interrupted(self) -> bool:
@@ -390,15 +411,15 @@ class Run:
     def execute(self) -> bool:
         """Run every stage whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
         self.backend.check(self.dag)
-        for stale in [self.run_dir / "logs", self.run_dir / "outputs", *map(self.tree, self.results)]:
-            shutil.rmtree(stale, ignore_errors=True)  # a reused run directory starts clean
-        (self.run_dir / "logs").mkdir(parents=True)
-        try:
-            self._schedule()
-            if self.record.succeeded:
-                self._publish_outputs()
-        finally:
-            self.record.write(self.run_dir / "run.json")
+        with self.dir:
+            self.dir.clear()
+            try:
+                self._schedule()
+                if self.record.succeeded:
+                    self._publish_outputs()
+            finally:
+                self.record.finished_at = now()
+                self.record.write(self.run_dir / "run.json")
         return self.record.succeeded
 
     def _schedule(self) -> None:
@@ -457,35 +478,9 @@ class Run:
             if src.stage:
                 shutil.copyfile(self.tree(src.stage) / "outputs" / src.output, target)
             else:  # the workflow returns one of its inputs or a constant
-                value = self.params[src.flow_input] if src.flow_input else src.value
-                target.write_text(contract.format_value(value))
+                target.write_text(contract.format_value(self.value_of(src)))
             os.chmod(target, 0o444)
             self.record.outputs[name] = {"path": str(target), "sha256": contract.sha256_file(target)}
 
     def failures(self) -> list[str]:
         return self.record.failures()
-
-
-class RunDirLock:
-    """Two runs writing one run directory would corrupt each other's trees: the second one stops at once."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-
-    def __enter__(self) -> "RunDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            owner = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise RunError(f"run directory {self.path.parent} is in use by another run ({owner})") from None
-        self.handle.truncate(0)
-        self.handle.write(f"pid {os.getpid()}")
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.close()

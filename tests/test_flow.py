@@ -9,7 +9,8 @@ import pytest
 
 from stageflow import dag as dag_module
 from stageflow.registry import STAGES
-from stageflow.runner import HostBackend, Run, RunDirLock, RunError
+from stageflow.rundir import RunDir
+from stageflow.runner import HostBackend, Run, RunError
 
 from conftest import ROOT, assert_self_contained, downstream, references
 
@@ -208,7 +209,7 @@ def test_bad_flow_input_stops_before_any_stage(tmp_path):
 
 
 def test_second_run_on_a_busy_run_dir_stops_at_once(tmp_path):
-    with RunDirLock(tmp_path):
+    with RunDir(tmp_path, STAGES):
         proc = stageflow("run", "--run-dir", str(tmp_path))
     assert proc.returncode == 2
     assert f"error: run directory {tmp_path} is in use by another run (pid {os.getpid()})" in proc.stderr
