@@ -1,9 +1,11 @@
 """A content-addressed cache of stage outputs, keyed like Flyte's: what ran, and on exactly what.
 
 The key is the stage's name and image version (its code, the shared package and its pinned dependencies)
-plus the sha256 of every input, including the content of source files a stage names by path. A hit is
-checked against the hashes recorded when it was stored, so a corrupted or half-deleted entry is never
-used: it is dropped and the stage runs again.
+plus the sha256 of every input, including the content of source files a stage names by path. Those are
+hashed before the stage reads them, so after it the runner checks that they did not change meanwhile;
+outputs made from a source that changed under the stage are not stored. A hit is checked against the
+hashes recorded when it was stored, so a corrupted or half-deleted entry is never used: it is dropped and
+the stage runs again.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 from stageflow.runtime.contract import sha256_file
 from stageflow.registry import ROOT
@@ -24,6 +28,48 @@ MANIFEST = "manifest.json"
 
 def default_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, ROOT / ".cache" / "stages"))
+
+
+def sha256(path: Path, check: Callable[[], None] = lambda: None) -> str:
+    """A file's sha256; `check` is called between megabytes and may raise to stop (a timeout, Ctrl-C)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            check()
+    return digest.hexdigest()
+
+
+def file_state(path: Path) -> tuple[int, ...]:
+    """What changes whenever a file's content can have: which file it is, its size, its times."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class Sources:
+    """The files a stage names by path: hashed for its key before it runs, checked after it.
+
+    A write within the file system's timestamp granularity of our first look leaves the times as they were
+    (git's "racily clean" files), so a file modified less than RACY_NS before that look is hashed again.
+    """
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, paths: list[Path], check: Callable[[], None] = lambda: None):
+        self.states = {path: (file_state(path), time.time_ns()) for path in paths}
+        self.hashes = {str(path): sha256(path, check) for path in paths}
+
+    def unchanged(self, check: Callable[[], None] = lambda: None) -> bool:
+        """True if every file still holds what was hashed, so the key describes what the stage read."""
+        for path, (state, seen_at) in self.states.items():
+            try:
+                if file_state(path) != state:
+                    return False
+                if seen_at - max(state[3], state[4]) < self.RACY_NS and sha256(path, check) != self.hashes[str(path)]:
+                    return False
+            except OSError:
+                return False
+        return True
 
 
 def key(stage: str, version: str, inputs: dict[str, str], host_files: dict[str, str]) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from stageflow.runtime import contract
-from stageflow.cache import Cache, key as cache_key, link_or_copy
+from stageflow.cache import Cache, Sources, key as cache_key, link_or_copy
 from stageflow.dag import Dag, Node, Source
 from stageflow.registry import ROOT
 from stageflow.rundir import RunDir, RunError  # noqa: F401 - RunError is part of this module's interface
@@ -267,10 +267,11 @@ class StageRun:
         (self.tree / "outputs").mkdir()
         self.result.inputs = self._materialise()
         self.host_files = self._host_files()
-        self.entry = cache_key(self.node.name, self.node.stage.version, self.result.inputs,
-                               {str(path): contract.sha256_file(path) for path in self.host_files if path.is_file()})
-        if self.run.cache and self._reuse():
-            return None
+        if self.run.cache:
+            self.sources = Sources([path for path in self.host_files if path.is_file()])
+            self.entry = cache_key(self.node.name, self.node.stage.version, self.result.inputs, self.sources.hashes)
+            if self._reuse():
+                return None
         return self._failure(self._execute())
 
     def _materialise(self) -> dict[str, str]:
@@ -351,11 +352,26 @@ class StageRun:
         result.rows_in = parquet_rows([self.tree / "inputs" / name for name in self.node.inputs])
         result.rows_out = parquet_rows([outputs / name for name in self.node.outputs])
         if self.run.cache:
-            try:
-                self.run.cache.store(self.entry, outputs, result.outputs, rows_in=result.rows_in,
-                                     rows_out=result.rows_out)
-            except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
-                self.run.echo_line(self.node.name, f"warning: could not add outputs to the cache ({err})")
+            self._offer_to_cache()
+
+    def _offer_to_cache(self) -> None:
+        """Store the outputs under the key, unless a source changed while the stage ran: the key would then
+        name content the stage may not have read."""
+        changed = not self.sources.unchanged()
+        try:
+            if not changed:
+                self.run.cache.store(self.entry, self.tree / "outputs", self.result.outputs,
+                                     rows_in=self.result.rows_in, rows_out=self.result.rows_out)
+        except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
+            self.note(f"warning: could not add outputs to the cache ({contract.one_line(err)})")
+        if changed:
+            self.note("warning: a source file changed while the stage ran; its outputs are not cached")
+
+    def note(self, text: str) -> None:
+        """A line of the runner's own about this stage, in its log and on the console."""
+        with open(self.log_path, "a") as log:
+            log.write(text + "\n")
+        self.run.echo_line(self.node.name, text)
 
 
 class Run:

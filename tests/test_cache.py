@@ -1,5 +1,6 @@
 """The stage cache: reuse when nothing changed, rerun exactly what a change touches, never use a bad entry."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -8,7 +9,11 @@ import sys
 
 import pytest
 
+from stageflow import dag as dag_module
+from stageflow.cache import Cache
 from stageflow.registry import STAGES
+from stageflow.runner import HostBackend, Run
+from stageflow.runtime import dataset
 
 from conftest import ROOT
 
@@ -93,3 +98,38 @@ def test_damaged_cache_entry_is_detected_and_rerun(env, tmp_path, sources, damag
     assert cached_stages(states) == ALL - {"process"}
     assert record2["stages"]["process"]["outputs"] == {"processed_data": record["stages"]["process"]["outputs"][
         "processed_data"]}
+
+
+@pytest.mark.parametrize("change", ["replaced", "rewritten"])
+def test_a_source_changed_while_its_load_runs_is_not_cached_under_its_old_content(tmp_path, change):
+    """The runner hashes a source for the cache key before the stage reads it. A source changed in between
+    must not leave a snapshot of the new content cached under the old content's key."""
+    source = tmp_path / "a.csv"
+    shutil.copy(ROOT / "data" / "source_a.csv", source)
+    original = source.read_bytes()
+    changed = original.replace(b"5.1,", b"5.2,", 1)  # the same size, other content
+    assert changed != original and len(changed) == len(original)
+
+    def write(data):
+        if change == "replaced":
+            (tmp_path / "new.csv").write_bytes(data)
+            os.replace(tmp_path / "new.csv", source)
+        else:
+            source.write_bytes(data)
+
+    class ChangingSource(HostBackend):
+        def start(self, node, tree, timeout, mounts):
+            if node.name == "load_a":  # after the runner hashed the source, before the stage reads it
+                write(changed)
+            return super().start(node, tree, timeout, mounts)
+
+    dag, cache = dag_module.load(), Cache(tmp_path / "cache")
+    params = {"data_path_a": str(source), "data_path_b": str(ROOT / "data" / "source_b.jsonl")}
+    first = Run(dag, tmp_path / "r1", ChangingSource(), params, cache=cache, echo=False)
+    assert first.execute(), first.failures()
+    write(original)
+    second = Run(dag, tmp_path / "r2", HostBackend(), params, cache=cache, echo=False)
+    assert second.execute(), second.failures()
+    snapshot = dataset.Snapshot(second.tree("load_a") / "outputs" / "datasetA", "datasetA")
+    assert snapshot.meta["source"]["sha256"] == hashlib.sha256(original).hexdigest()
+    assert "changed while the stage ran" in (tmp_path / "r1" / "logs" / "load_a.log").read_text()
