@@ -14,10 +14,11 @@ from typing import Iterator
 
 from stageflow.dag import Dag, Node
 from stageflow.images import ImageError, client
-from stageflow.runner import Outcome, ProcessHandle, RunError, kill_after
+from stageflow.runner import Outcome, ProcessHandle, RunError, kill_after, runner_alive, runner_identity
 from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
 
 STAGE_UID = 12574  # Domino's ubuntu user, which the images are built for
+RUN_LABEL, RUNNER_LABEL = "io.stageflow.run", "io.stageflow.runner"  # the run directory; host:pid:start
 TMPFS = "rw,nosuid,nodev,size=1g"
 HARDENING = {"read_only": True, "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
              "network_mode": "none", "tmpfs": {"/tmp": TMPFS}}
@@ -77,13 +78,25 @@ class DockerBackend:
                 raise RunError(f"image {node.stage.image()} for stage {node.name} is missing; "
                                f"build it with `make images`") from None
 
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        """Before the first stage: remove the containers a dead runner (kill -9) left on this directory,
+        which would otherwise write into it."""
+        for container in self.client.containers.list(all=True, sparse=True,
+                                                     filters={"label": f"{RUN_LABEL}={run_dir}"}):
+            if not runner_alive((container.attrs.get("Labels") or {}).get(RUNNER_LABEL)):
+                try:
+                    container.remove(force=True)
+                except Exception:  # noqa: BLE001 - already gone is fine
+                    pass
+
     def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ContainerHandle":
         prepare_tree(tree)
         tier = TIERS[node.stage.tier]
         container = self.client.containers.create(
             node.stage.image(), user=stage_user(), volumes=volumes(tree, mounts),
             environment={"WORKFLOW_ROOT": "/workflow"}, mem_limit=tier.memory, memswap_limit=tier.memory,
-            nano_cpus=int(tier.cpus * 1e9), labels={"io.stageflow.run": str(tree.parent)}, **HARDENING)
+            nano_cpus=int(tier.cpus * 1e9), labels={RUN_LABEL: str(tree.parent), RUNNER_LABEL: runner_identity()},
+            **HARDENING)
         container.start()
         return ContainerHandle(container, timeout)
 
@@ -137,12 +150,16 @@ class ComposeBackend:
     def check(self, dag: Dag) -> None:
         self.docker.check(dag)
 
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        self.docker.prepare_run(run_dir, lock_fd)
+
     def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ComposeHandle":
         if tree.parent.resolve() != (ROOT / ".workflow").resolve():
             raise RunError("the compose backend runs in .workflow/, where docker-compose.yml mounts the trees")
         prepare_tree(tree)
         name = f"stageflow-{node.name}-{os.getpid()}"
-        args = [*self.command, "run", "--rm", "-T", "--name", name]
+        args = [*self.command, "run", "--rm", "-T", "--name", name, "-l", f"{RUN_LABEL}={tree.parent}",
+                "-l", f"{RUNNER_LABEL}={runner_identity()}"]
         for path in mounts:
             args += ["-v", f"{path}:{path}:ro"]
         proc = subprocess.Popen([*args, node.name], cwd=ROOT, env={**os.environ, **compose_env()},

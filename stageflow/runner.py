@@ -15,13 +15,16 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import functools
 import json
 import os
 import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,20 +67,64 @@ def kill_after(timeout: float, kill: Callable[[str], None]) -> threading.Timer:
     return timer
 
 
+LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load libraries
+PR_SET_PDEATHSIG = 1
+
+
+def die_with(runner: int) -> None:
+    """Between fork and exec of a stage process: have the kernel SIGKILL it when its parent dies, however
+    the parent dies (kill -9 included), so no stage outlives the runner to write into its directory.
+
+    The parent, for the kernel, is the thread that forked: stages are started from the thread that then
+    waits for them (the stage's worker), which lives exactly as long as the stage does."""
+    if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != runner:
+        os._exit(127)  # could not arm it, or the runner died before it was armed
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot): tells it from a later process given the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def runner_identity() -> str:
+    """This runner as host:pid:start, for labels on what it starts outside its own process tree."""
+    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
+
+
+def runner_alive(identity: str | None) -> bool:
+    """Whether the runner `identity` names still lives; one on another host is taken to (we cannot tell)."""
+    host, _, rest = (identity or "").partition(":")
+    pid, _, start = rest.partition(":")
+    if host and host != socket.gethostname():
+        return True
+    return pid.isdigit() and process_start(int(pid)) == start
+
+
 class HostBackend:
     """Each stage as a Python process on this host: no Docker needed, the fastest way to iterate."""
 
     name = "host"
+    lock_fd: int | None = None
 
     def check(self, dag: Dag) -> None:
         """Nothing to prepare: the stages run from this checkout with this Python."""
+
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        """Before the first stage: every stage process will inherit the run directory's lock, so the lock
+        is held for as long as any of them lives, even one that outlived the runner for a moment."""
+        self.lock_fd = lock_fd
 
     def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
         env = {**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.Popen([sys.executable, str(ROOT / node.stage.script)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", start_new_session=True)
+                                text=True, errors="replace", start_new_session=True,
+                                preexec_fn=functools.partial(die_with, os.getpid()),
+                                pass_fds=() if self.lock_fd is None else (self.lock_fd,))
         return ProcessHandle(proc, timeout)
 
 
@@ -428,6 +475,7 @@ class Run:
         """Run every stage whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
         self.backend.check(self.dag)
         with self.dir:
+            self.backend.prepare_run(self.run_dir, self.dir.lock_fd)
             self.dir.clear()
             try:
                 self._schedule()

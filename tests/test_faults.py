@@ -7,32 +7,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pcsv
 import pytest
 
 from stageflow import dag as dag_module, model
 
 from conftest import ROOT, downstream
-
-
-@pytest.fixture(scope="module")
-def big_source(tmp_path_factory):
-    """An iris-shaped CSV large enough (2,000,000 rows) that writing its snapshot takes a visible while.
-
-    The streaming load snapshots 500,000 rows in about half a second, less than a busy machine may take to
-    deliver the Ctrl-C test's signal: that test then saw the loads succeed before the interrupt.
-    """
-    n = 2_000_000
-    rng = np.random.default_rng(1)
-    table = pa.table({"Id": np.arange(1, n + 1), "SepalLengthCm": rng.normal(5.8, 0.8, n),
-                      "SepalWidthCm": rng.normal(3.0, 0.4, n), "RandomColumn": rng.normal(0, 1, n),
-                      "PetalLengthCm": rng.normal(3.7, 1.7, n), "PetalWidthCm": rng.normal(1.2, 0.7, n),
-                      "Species": np.array(["Iris-setosa", "Iris-versicolor", "Iris-virginica"])[rng.integers(0, 3, n)]})
-    path = tmp_path_factory.mktemp("big") / "big.csv"
-    pcsv.write_csv(table, path)
-    return path
 
 
 def load_tree(root, source):
@@ -113,6 +92,35 @@ def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source)
     sources = [node.name for node in dag.nodes if not node.upstream]  # the loads, which read big_source
     assert "interrupted" in {stages[name]["error"] for name in sources}, stages  # one may have won
     assert {stages[name]["status"] for name in downstream(dag, sources)} == {"skipped"}
+
+
+def holds(pid, path):
+    """Whether process `pid` has `path` open (as a stage holds its run directory's lock)."""
+    fds = f"/proc/{pid}/fd"
+    return any(os.readlink(f"{fds}/{fd}") == str(path) for fd in os.listdir(fds))
+
+
+def test_kill_9_of_the_runner_kills_its_stages(tmp_path, big_source):
+    """Whatever kills the runner kills its stages: none may live on to write into the run directory (or
+    into the next run there), and each holds the directory's lock as long as it lives."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
+                             "--data-path-a", str(big_source), "--data-path-b", str(big_source)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(processes_with_root(run_dir)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the loads did not start"
+        time.sleep(0.01)
+    locked = [holds(pid, run_dir / ".stageflow-run") for pid in processes_with_root(run_dir)]
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 120
+    while processes_with_root(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with_root(run_dir) == []
+    written = [path for path in run_dir.glob("*/outputs/*") if not path.name.startswith(".")]  # not temp files
+    assert written == []  # killed before writing any output
+    assert locked == [True, True]
 
 
 def test_two_runs_at_once_in_different_directories_do_not_interfere(tmp_path):
