@@ -10,16 +10,17 @@ the stage runs again.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
-from stageflow.runtime.contract import sha256_file
 from stageflow.registry import ROOT
 
 CACHE_ENV = "STAGEFLOW_CACHE"
@@ -79,24 +80,44 @@ def key(stage: str, version: str, inputs: dict[str, str], host_files: dict[str, 
 
 
 class Cache:
+    """Entries hold copies, never links: a run's outputs and the cache's files are separate files, so
+    nothing done to one (an append, a truncation, a stage writing into its input) reaches the other."""
+
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else default_dir()
 
-    def restore(self, entry_key: str, names: list[str], outputs: Path) -> dict | None:
-        """Put a verified entry's files into `outputs` and return its manifest; None on a miss."""
+    def restore(self, entry_key: str, names: list[str], outputs: Path,
+                check: Callable[[], None] = lambda: None) -> dict | None:
+        """Copy an entry's files into `outputs` and return its manifest; None on a miss or a damaged entry.
+
+        As atomic as a stage's own writes: every file is copied under a temporary name and checked against
+        the entry's hash, and only when all are whole do they take their names. An error (a full disk)
+        leaves no output behind and is raised."""
         entry = self.root / entry_key
         try:
             manifest = json.loads((entry / MANIFEST).read_text())
             recorded = manifest["outputs"]
         except (OSError, ValueError, KeyError):
             return None
-        if sorted(recorded) != sorted(names) or any(
-                not (entry / name).is_file() or sha256_file(entry / name) != recorded[name] for name in names):
-            shutil.rmtree(entry, ignore_errors=True)  # corrupted: never used, rebuilt by this run
-            return None
-        for name in names:
-            link_or_copy(entry / name, outputs / name)
+        if sorted(recorded) != sorted(names) or not all((entry / name).is_file() for name in names):
+            return self._drop(entry)
+        copies = {name: temporary(outputs / name) for name in names}
+        try:
+            for name, tmp in copies.items():
+                copy_file(entry / name, tmp)
+                if sha256(tmp, check) != recorded[name]:
+                    return self._drop(entry)
+            for name, tmp in copies.items():
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, outputs / name)
+        finally:
+            for tmp in copies.values():
+                tmp.unlink(missing_ok=True)
         return manifest
+
+    @staticmethod
+    def _drop(entry: Path) -> None:
+        shutil.rmtree(entry, ignore_errors=True)  # damaged: never used, rebuilt by this run
 
     def store(self, entry_key: str, outputs: Path, hashes: dict[str, str], **facts) -> None:
         """Add an entry atomically: built in a temporary directory, then renamed into place."""
@@ -104,7 +125,8 @@ class Cache:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             for name in hashes:
-                link_or_copy(outputs / name, tmp / name)
+                copy_file(outputs / name, tmp / name)
+                os.chmod(tmp / name, 0o444)
             (tmp / MANIFEST).write_text(json.dumps({"outputs": hashes, **facts}, indent=2))
             shutil.rmtree(self.root / entry_key, ignore_errors=True)
             os.replace(tmp, self.root / entry_key)
@@ -115,9 +137,34 @@ class Cache:
                 raise
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link (no copy of big data, and hard links survive bind mounts); copy across devices."""
+FICLONE = 0x40049409  # ioctl: make a file share another's blocks copy-on-write (btrfs, XFS, bcachefs)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy `src` to the new file `dst`. A reflink where the file system has them: no data is copied, and a
+    write to either file leaves the other as it was. Elsewhere (ext4, tmpfs, across devices) the bytes
+    are copied, in the kernel."""
+    with open(src, "rb") as source, open(dst, "xb") as target:
+        try:
+            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+
+
+def temporary(path: Path) -> Path:
+    """A name beside `path` for writing it before it is renamed into place (hidden, as the stages' are)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def place(src: Path, dst: Path, mode: int = 0o444) -> None:
+    """Put a read-only copy of `src` at `dst` atomically: a full disk or a kill leaves no partial file
+    under the real name."""
+    tmp = temporary(dst)
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        copy_file(src, tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -22,7 +22,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from stageflow.runtime import contract
-from stageflow.cache import Cache, Sources, key as cache_key, link_or_copy
+from stageflow.cache import Cache, Sources, key as cache_key, place
 from stageflow.dag import Dag, Node, Source
 from stageflow.registry import ROOT
 from stageflow.rundir import RunDir, RunError  # noqa: F401 - RunError is part of this module's interface
@@ -322,16 +321,19 @@ class StageRun:
         return self._failure(self._execute())
 
     def _materialise(self) -> dict[str, str]:
-        """Write each input where the contract says (files as files, primitives as text); their sha256."""
+        """Write each input where the contract says (files as files, primitives as text); their sha256.
+
+        A file input is a copy (a reflink where the file system has them), not a link: a stage that writes
+        into its input must not change the upstream output, the cache, or the user's file it came from."""
         inputs = self.tree / "inputs"
         for name, (kind, src) in self.node.inputs.items():
             target = inputs / name
             if src.stage:
-                link_or_copy(self.run.tree(src.stage) / "outputs" / src.output, target)
+                place(self.run.tree(src.stage) / "outputs" / src.output, target)
                 continue
             value = self.run.value_of(src)
             if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
-                link_or_copy(Path(value), target)
+                place(Path(value), target)
             else:
                 target.write_text(contract.format_value(value))
         return {name: contract.sha256_file(inputs / name) for name in self.node.inputs}
@@ -395,7 +397,7 @@ class StageRun:
         outputs, result = self.tree / "outputs", self.result
         result.outputs = {name: contract.sha256_file(outputs / name) for name in self.node.outputs}
         for name in self.node.outputs:
-            os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
+            os.chmod(outputs / name, 0o444)  # recorded: an edit would make run.json wrong
         result.rows_in = parquet_rows([self.tree / "inputs" / name for name in self.node.inputs])
         result.rows_out = parquet_rows([outputs / name for name in self.node.outputs])
         if self.run.cache:
@@ -540,10 +542,10 @@ class Run:
         for name, src in self.dag.outputs.items():
             target = self.output_path(name)
             if src.stage:
-                shutil.copyfile(self.tree(src.stage) / "outputs" / src.output, target)
+                place(self.tree(src.stage) / "outputs" / src.output, target)
             else:  # the workflow returns one of its inputs or a constant
                 target.write_text(contract.format_value(self.value_of(src)))
-            os.chmod(target, 0o444)
+                os.chmod(target, 0o444)
             self.record.outputs[name] = {"path": str(target), "sha256": contract.sha256_file(target)}
 
     def failures(self) -> list[str]:
