@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from stageflow import run_report
-from stageflow.runtime import report
 from stageflow.run_report import rows_cell, seconds
 from stageflow.runtime.report import DASH, fmt
 from stageflow.registry import ROOT
+from stageflow.rundir import os_error, write_atomic
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
 DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
@@ -63,7 +63,7 @@ def headline_text(name: str, headline: dict) -> str:
 def write_run_report(run_dir: Path, record: dict, dag) -> Path:
     edges = [(up, node.name) for node in dag.nodes for up in sorted(node.upstream)]
     path = run_dir / "report.html"
-    report.write(path, run_report.run_report(record, [node.name for node in dag.nodes], edges,
+    write_atomic(path, run_report.run_report(record, [node.name for node in dag.nodes], edges,
                                              run_report.headlines(run_dir, record)))
     return path
 
@@ -97,10 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     record = run.record.as_json()
-    return print_outcome(run, record, write_run_report(run_dir, record, dag))
+    try:
+        report_path = write_run_report(run_dir, record, dag)
+    except OSError as err:
+        report_path = f"not written: {os_error(err)}"
+    return print_outcome(run, record, report_path)
 
 
-def print_outcome(run, record: dict, report_path: Path) -> int:
+def print_outcome(run, record: dict, report_path: Path | str) -> int:
     """The end of `stageflow run`: the stage table, then what failed, or the outputs and their headlines."""
     print("\n" + summary(record))
     print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run.run_dir / 'run.json'}")
@@ -130,7 +134,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     except dag_module.FlowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(write_run_report(run_dir, record, dag))
+    try:
+        print(write_run_report(run_dir, record, dag))
+    except OSError as err:
+        print(f"error: run report: {os_error(err)}", file=sys.stderr)
+        return 1
     return 0
 
 

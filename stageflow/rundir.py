@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -29,6 +30,27 @@ class RunError(Exception):
 def shown(path: Path, limit: int = 120) -> str:
     text = str(path)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def os_error(err: OSError) -> str:
+    """An OSError in one line, saying where: a full disk names the directory whose device is full."""
+    path = err.filename2 or err.filename  # shutil's copy names the target second
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the device holding {Path(path).parent}" if path else "no space left on the device"
+    return f"{err.strerror or err}" + (f": {shown(path)}" if path else "")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write beside `path`, then rename: a reader sees the old file or the whole new one; on an error (a
+    full disk) nothing is left behind and the old file is as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 class RunDir:
@@ -100,7 +122,9 @@ class RunDir:
         self.lock_fd = None
 
     def clear(self) -> None:
-        """Remove what an earlier run left (the checks above make sure these are the runner's own folders)."""
+        """Remove what an earlier run left (the checks above make sure these are the runner's own), except
+        run.json, which the running run has already replaced."""
         for name in self.folders:
             shutil.rmtree(self.path / name, ignore_errors=True)
+        (self.path / "report.html").unlink(missing_ok=True)
         (self.path / "logs").mkdir()

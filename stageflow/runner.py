@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -38,7 +37,7 @@ from stageflow.runtime import contract
 from stageflow.cache import Cache, Sources, key as cache_key, place
 from stageflow.dag import Dag, Node, Source
 from stageflow.registry import ROOT
-from stageflow.rundir import RunDir, RunError  # noqa: F401 - RunError is part of this module's interface
+from stageflow.rundir import RunDir, RunError, os_error, write_atomic
 
 LOG_TAIL = 20
 PEAK_SAMPLE_SECONDS = 0.02
@@ -242,10 +241,11 @@ class RunRecord:
         self.started_at = now()
         self.finished_at: str | None = None
         self.interrupted = False
+        self.error: str | None = None  # what failed the run itself, outside any stage
 
     @property
     def succeeded(self) -> bool:
-        return all(result.status == "succeeded" for result in self.stages.values())
+        return self.error is None and all(result.status == "succeeded" for result in self.stages.values())
 
     @property
     def status(self) -> str:
@@ -263,15 +263,17 @@ class RunRecord:
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
             "stages": {name: vars(result) for name, result in self.stages.items()},
             "outputs": self.outputs if self.succeeded else {},
+            **({"error": self.error} if self.error else {}),
         }
 
     def write(self, path: Path) -> None:
-        """Beside the target, then renamed: a reader sees the last record whole, never half of the next."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.as_json(), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
+        """Replace run.json whole. Where that fails (a full disk) the old one goes too: run.json may say
+        nothing, but never describe an earlier run as this one."""
+        try:
+            write_atomic(path, json.dumps(self.as_json(), indent=2) + "\n")
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise RunError(f"run record {path}: {os_error(err)}") from None
 
     def failures(self) -> list[str]:
         """One report per failed stage: its one-line error, then the tail of its log."""
@@ -302,6 +304,8 @@ class StageRun:
             self.result.error = self._produce_outputs()
             if self.result.error is None and not self.result.cached:
                 self._keep_outputs()
+        except OSError as err:  # a full disk, an unreadable file: which, where
+            self.result.error = os_error(err)
         except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
             self.result.error = contract.one_line(err)
         self.result.seconds = round(time.perf_counter() - started, 3)
@@ -367,6 +371,10 @@ class StageRun:
                     log.flush()
                     self.run.echo_line(self.node.name, line)
             outcome = handle.wait()
+        except BaseException:  # the log could not be written (a full disk): never leave the stage unwatched
+            handle.kill()
+            handle.wait()
+            raise
         finally:
             self.run.handles.pop(self.node.name, None)
         self.result.exit_code, self.result.peak_rss_mb = outcome.exit_code, outcome.peak_rss_mb
@@ -478,14 +486,19 @@ class Run:
         self.backend.check(self.dag)
         with self.dir:
             self.backend.prepare_run(self.run_dir, self.dir.lock_fd)
-            self.dir.clear()
+            self.record.write(self.run_dir / "run.json")  # at once: an earlier run's record must not stand
             try:
+                self.dir.clear()
                 self._schedule()
                 if self.record.succeeded:
                     self._publish_outputs()
+            except OSError as err:  # clearing the directory or publishing the outputs (a full disk)
+                self.record.error = os_error(err)
             finally:
                 self.record.finished_at = now()
                 self.record.write(self.run_dir / "run.json")
+        if self.record.error:
+            raise RunError(self.record.error)
         return self.record.succeeded
 
     def _schedule(self) -> None:

@@ -59,6 +59,71 @@ def test_full_disk_is_a_clear_error_with_no_partial_output(tmp_path, big_source)
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a small tmpfs of the size asked for; unmounted whatever happens."""
+    mounted = []
+
+    def mount(path, size):
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(disk):
+    """Write to `disk` until it is full."""
+    with open(disk / "filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def stageflow_run(run_dir, env):
+    return subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_while_restoring_from_the_cache_leaves_no_partial_output(tmp_path, small_disk):
+    """The stage's tree is on a disk with room for some of its cached outputs but not all: the stage fails
+    in one line, and none of its outputs (whole or cut short) takes its name."""
+    env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    run_dir = tmp_path / "run"
+    assert stageflow_run(run_dir, env).returncode == 0  # fills the cache
+    last = dag_module.load().nodes[-1].name
+    small_disk(run_dir / last, "64k")  # train's report alone is about 120 kB
+    proc = stageflow_run(run_dir, env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"stage {last} failed: no space left on the device holding {run_dir / last / 'outputs'}" in proc.stderr
+    assert os.listdir(run_dir / last / "outputs") == []
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["stages"][last]["status"] == "failed"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_run_on_a_full_disk_leaves_no_earlier_record_in_its_place(tmp_path, small_disk):
+    env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    assert stageflow_run(tmp_path / "warm", env).returncode == 0  # fills the cache
+    disk = small_disk(tmp_path / "disk", "2m")
+    run_dir = disk / "run"
+    assert stageflow_run(run_dir, env).returncode == 0
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "succeeded"
+    fill(disk)
+    proc = stageflow_run(run_dir, env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no space left on the device" in proc.stderr, proc.stderr
+    if (run_dir / "run.json").exists():
+        assert json.loads((run_dir / "run.json").read_text())["status"] != "succeeded"
+
+
 def processes_with_root(run_dir):
     """Live processes whose environment points into `run_dir`: stage processes of that run."""
     found = []
