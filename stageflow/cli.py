@@ -216,7 +216,8 @@ def add_run_command(sub) -> None:
     run.add_argument("--data-path-b", default=str(DEFAULT_DATA_B), help="source B (default: bundled sample)")
     run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
     run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
-    run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")
+    run.add_argument("--timeout", default="3600", help="seconds a stage may take, hashing its sources and restoring "
+                                                       "it from the cache included (default 3600)")
     run.add_argument("--no-cache", action="store_true",
                      help="run every stage even when the cache holds its outputs for the same inputs")
     run.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file (default: this checkout's flow.py)")

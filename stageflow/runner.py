@@ -19,6 +19,7 @@ import ctypes
 import datetime as dt
 import functools
 import json
+import math
 import os
 import queue
 import re
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from stageflow.runtime import contract
-from stageflow.cache import Cache, Sources, key as cache_key, place
+from stageflow.cache import Cache, Sources, key as cache_key, place, sha256
 from stageflow.dag import Dag, Node, Source
 from stageflow.registry import ROOT
 from stageflow.rundir import RunDir, RunError, os_error, write_atomic
@@ -56,10 +57,30 @@ class Handle(Protocol):
     def kill(self, reason: str = "interrupted") -> None: ...
 
 
+def check_timeout(value: float | str) -> float:
+    """A stage's time limit: a positive, finite number of seconds (nan or a negative one would kill every
+    stage at once, inf none)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise RunError(f"timeout: expected a positive number of seconds, found {value!r}")
+    return seconds
+
+
+class Stopped(Exception):
+    """The runner's own work for a stage (hashing, copying) ran out of the stage's time, or Ctrl-C came."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def kill_after(timeout: float, kill: Callable[[str], None]) -> threading.Timer:
     """Start the stage's timeout clock now, not when we begin waiting: a stage that hangs silently must
     time out too. Both backends' handles cancel it once the stage has exited."""
-    timer = threading.Timer(timeout, kill, ("timeout",))
+    timer = threading.Timer(min(timeout, threading.TIMEOUT_MAX), kill, ("timeout",))
     timer.daemon = True
     timer.start()
     return timer
@@ -300,10 +321,13 @@ class StageRun:
     def __call__(self) -> None:
         self.result.log = str(self.log_path)
         started = time.perf_counter()
+        self.deadline = time.monotonic() + self.run.timeout
         try:
             self.result.error = self._produce_outputs()
             if self.result.error is None and not self.result.cached:
                 self._keep_outputs()
+        except Stopped as stop:
+            self.result.error = self._failure(Outcome(None, stop.reason))
         except OSError as err:  # a full disk, an unreadable file: which, where
             self.result.error = os_error(err)
         except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
@@ -318,11 +342,19 @@ class StageRun:
         self.result.inputs = self._materialise()
         self.host_files = self._host_files()
         if self.run.cache:
-            self.sources = Sources([path for path in self.host_files if path.is_file()])
+            self.sources = Sources([path for path in self.host_files if path.is_file()], self._check)
             self.entry = cache_key(self.node.name, self.node.stage.version, self.result.inputs, self.sources.hashes)
             if self._reuse():
                 return None
+        self._check()
         return self._failure(self._execute())
+
+    def _check(self) -> None:
+        """Between steps of the runner's own work for the stage: the stage's clock runs during it too."""
+        if self.run.interrupted:
+            raise Stopped("interrupted")
+        if time.monotonic() > self.deadline:
+            raise Stopped("timeout")
 
     def _materialise(self) -> dict[str, str]:
         """Write each input where the contract says (files as files, primitives as text); their sha256.
@@ -340,7 +372,7 @@ class StageRun:
                 place(Path(value), target)
             else:
                 target.write_text(contract.format_value(value))
-        return {name: contract.sha256_file(inputs / name) for name in self.node.inputs}
+        return {name: sha256(inputs / name, self._check) for name in self.node.inputs}
 
     def _host_files(self) -> list[Path]:
         """Host files a stage names in a str input (a source's data_path): a container must see them."""
@@ -349,7 +381,7 @@ class StageRun:
 
     def _reuse(self) -> bool:
         """Take the stage's outputs from the cache when an entry for exactly these inputs is intact."""
-        manifest = self.run.cache.restore(self.entry, list(self.node.outputs), self.tree / "outputs")
+        manifest = self.run.cache.restore(self.entry, list(self.node.outputs), self.tree / "outputs", self._check)
         if manifest is None:
             return False
         self.result.outputs, self.result.cached = manifest["outputs"], True
@@ -360,7 +392,7 @@ class StageRun:
 
     def _execute(self) -> Outcome:
         """Start the stage on the backend and stream its log until it ends."""
-        handle = self.run.backend.start(self.node, self.tree, self.run.timeout, self.host_files)
+        handle = self.run.backend.start(self.node, self.tree, self.deadline - time.monotonic(), self.host_files)
         self.run.handles[self.node.name] = handle
         try:
             if self.run.interrupted:  # Ctrl-C came while this stage was starting
@@ -437,7 +469,8 @@ class Run:
 
     def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
                  echo: bool = True, cache: Cache | None = None):
-        self.dag, self.backend, self.timeout, self.echo, self.cache = dag, backend, timeout, echo, cache
+        self.dag, self.backend, self.echo, self.cache = dag, backend, echo, cache
+        self.timeout = check_timeout(timeout)
         self.params = check_params(dag, params)
         self.dir = RunDir(Path(run_dir), [node.name for node in dag.nodes])
         self.run_dir = self.dir.path

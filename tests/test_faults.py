@@ -260,3 +260,39 @@ def test_metrics_without_a_hash_are_refused(trained, tmp_path):
     metrics.write_text(json.dumps({"accuracy": 1.0}))
     with pytest.raises(model.ModelError, match=r"metrics .*: no model_sha256 to check against"):
         model.verify(model_path, metrics)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0", "1e400", "soon"])
+def test_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(tmp_path / "run"),
+                           "--timeout", value], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: timeout: expected a positive number of seconds, found {value!r}\n"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def endless_source(tmp_path):
+    """A 1 TB source that takes no disk (sparse) and that no stage can read (not Parquet): hashing it would
+    take many minutes, the load rejects it at once."""
+    path = tmp_path / "endless.parquet"
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 40)
+    return path
+
+
+def test_hashing_a_source_counts_against_the_timeout(tmp_path, endless_source):
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(tmp_path / "run"),
+                           "--data-path-a", str(endless_source), "--timeout", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    first = dag_module.load().nodes[0].name
+    assert f"stage {first} failed: timed out after 2 s" in proc.stderr
+
+
+def test_without_the_cache_sources_are_not_hashed(tmp_path, endless_source):
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(tmp_path / "run"),
+                           "--data-path-a", str(endless_source), "--no-cache"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    assert f"input data_path: {endless_source} is not a valid parquet file" in proc.stderr
