@@ -115,3 +115,23 @@ def test_a_run_directory_path_longer_than_the_system_allows_is_one_line(tmp_path
     proc = stageflow("run", "--run-dir", str(long))
     assert_refused(proc, "File name too long")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, make", [("logs", "file"), ("run.json", "directory"), ("report.html", "fifo")])
+def test_the_runs_own_names_taken_by_something_else_are_refused(made_run, name, make):
+    """Besides the stage folders: logs/ must be a folder, run.json and report.html files."""
+    target = made_run / name
+    moved = made_run.parent / f"moved-{name}"
+    target.rename(moved)
+    {"file": target.write_text, "directory": lambda _: target.mkdir(),
+     "fifo": lambda _: os.mkfifo(target)}[make]("x")
+    before = snapshot(made_run) if make != "fifo" else None
+    try:
+        proc = stageflow("run", "--run-dir", str(made_run))
+        assert_refused(proc, f"run directory {made_run}: {name} is a "
+                             f"{'special file' if make == 'fifo' else make}")
+        if before is not None:
+            assert snapshot(made_run) == before
+    finally:
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        moved.rename(target)
