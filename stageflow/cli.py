@@ -121,6 +121,18 @@ def print_outcome(run, record: dict, report_path: Path | str) -> int:
     return 0
 
 
+def ran_dag(flow: Path, workflow: str | None, record: dict):
+    """The DAG a run ran: the workflow named, else the flow file's only one, else the one run.json names."""
+    from stageflow import dag as dag_module
+
+    try:
+        return dag_module.load(flow, workflow)
+    except dag_module.FlowError:
+        if workflow or not isinstance(record.get("flow"), str):
+            raise
+        return dag_module.load(flow, record["flow"])
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
 
@@ -130,7 +142,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     record = json.loads((run_dir / "run.json").read_text())
     try:
-        dag = dag_module.load(Path(args.flow), args.workflow or record.get("flow"))
+        dag = ran_dag(Path(args.flow), args.workflow, record)
     except dag_module.FlowError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -180,7 +192,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
     from stageflow import environments
 
     try:
-        print("\n".join(environments.run()))
+        environments.run(say=lambda line: print(line, flush=True))
     except environments.DominoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -190,7 +202,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from stageflow import submit
 
-    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size)
+    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size, args.dataset)
 
 
 def cmd_verify_model(args: argparse.Namespace) -> int:
@@ -230,7 +242,8 @@ def add_report_command(sub) -> None:
                                         "memory, rows, logs and outputs")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
     rep.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file the run ran")
-    rep.add_argument("--workflow", help="the @workflow it ran (default: the one run.json names)")
+    rep.add_argument("--workflow", help="the @workflow it ran, when the flow file defines several (default: the "
+                                        "one run.json names)")
     rep.set_defaults(func=cmd_report)
 
 
@@ -257,8 +270,8 @@ def parser() -> argparse.ArgumentParser:
     env = sub.add_parser("compose-env", help="print export lines for using docker-compose.yml by hand")
     env.set_defaults(func=cmd_compose, action="env")
     environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
-                                  "build/environments.json; create or revise them on Domino when DOMINO_API_HOST "
-                                  "and DOMINO_USER_API_KEY are set")
+                                  "build/environments.json; where Domino's API is reachable (docs/domino.md), create "
+                                  "or revise them and wait for each revision's build")
     environments.set_defaults(func=cmd_environments)
     submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
                             "`pyflyte run --remote flow.py <workflow> ...`")
@@ -266,6 +279,8 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
     submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
+    submit.add_argument("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is "
+                                          "mounted for the loads; name alone: its latest snapshot)")
     submit.set_defaults(func=cmd_submit)
     add_report_command(sub)
     return top

@@ -1,4 +1,5 @@
-"""`run_domino_job_task`, `Input`, `Output` and `Artifact` for machines without Domino's flytekit plugin.
+"""`run_domino_job_task`, `Input`, `Output`, `DatasetSnapshot` and `Artifact` for machines without Domino's
+flytekit plugin.
 
 Domino ships `flytekitplugins.domino.helpers` inside its environments only (it is not on PyPI). flow.py
 imports the real one when it is there and this one otherwise. Here each call becomes a Flyte raw-container
@@ -45,6 +46,14 @@ class Input:
 class Output:
     name: str
     type: Any
+
+
+@dataclass(frozen=True)
+class DatasetSnapshot:  # noqa: N815 - the plugin's field names (flytekitplugins.domino.task)
+    """A dataset snapshot a Domino job mounts; kept on the task for inspection, meaningless locally."""
+    Name: str | None = None
+    Version: int | None = None
+    Id: str | None = None
 
 
 DATA, MODEL, REPORT = "data", "model", "report"  # Domino's three kinds of Flow Artifact

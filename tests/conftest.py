@@ -2,7 +2,11 @@ import importlib
 import importlib.util
 import os
 import re
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
 
-from stageflow.runtime import dataset
+from stageflow.runtime import contract, dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
@@ -34,6 +38,31 @@ def load_stage(name: str):
     return module
 
 
+def run_main(module, root: Path) -> tuple[int, str | None]:
+    """Run a stage's own entrypoint (`main()`, as its image does) in this process on the fake tree at `root`,
+    so a test's monkeypatched sizes apply; return its exit status and its _ERROR text (None if it wrote none)."""
+    saved = os.environ.get("WORKFLOW_ROOT")
+    os.environ["WORKFLOW_ROOT"] = str(root)
+    try:
+        with pytest.raises(SystemExit) as exit:
+            module.main()
+    finally:
+        if saved is None:
+            del os.environ["WORKFLOW_ROOT"]
+        else:
+            os.environ["WORKFLOW_ROOT"] = saved
+    error = root / "outputs" / contract.ERROR_FILE
+    return exit.value.code, error.read_text() if error.exists() else None
+
+
+def write_snapshot(path: Path, table: pa.Table, meta: dict | None = None) -> Path:
+    """A snapshot as the stages write one: checked by the schema, through their own Writer."""
+    with dataset.Writer(path) as writer:
+        writer.write(dataset.conform(table, "test snapshot"))
+        writer.meta = meta or {}
+    return path
+
+
 @pytest.fixture
 def wf_root(tmp_path, monkeypatch):
     """An empty fake /workflow tree, selected through WORKFLOW_ROOT as a stage would see it."""
@@ -51,6 +80,7 @@ def standin(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDIN))
     helpers = importlib.import_module("flytekitplugins.domino.helpers")
     helpers.CALLS.clear()
+    importlib.import_module("flytekitplugins.domino.artifact").FILES.clear()
     yield helpers
     for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
         del sys.modules[name]
@@ -72,6 +102,34 @@ def big_source(tmp_path_factory):
     path = tmp_path_factory.mktemp("big") / "big.csv"
     pcsv.write_csv(table, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """Debian's docker-registry on 127.0.0.1 only, torn down whatever happens. One for the session: the push
+    tests share it, so only the first uploads the images' layers (about 40 s here), the next finds them."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp_path = tmp_path_factory.mktemp("registry")
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n"
+                      f"  filesystem:\n    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "registry did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -96,7 +154,7 @@ def train_root(wf_root):
     columns = {dataset.ID: pa.array(range(1, len(y) + 1), pa.int64()),
                **{name: pa.array(x[:, i]) for i, name in enumerate(dataset.FEATURES)},
                dataset.LABEL: pa.array(list(y))}
-    dataset.write(pa.table(columns), wf_root / "inputs" / "processed_data", {})
+    write_snapshot(wf_root / "inputs" / "processed_data", pa.table(columns))
     (wf_root / "inputs" / "epochs").write_text("5")
     (wf_root / "inputs" / "batch_size").write_text("16")
     return wf_root

@@ -5,11 +5,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -225,36 +223,6 @@ def test_compose_harness_runs_the_flow(both_runs):
     process_run, _ = both_runs
     assert comparable(ROOT / ".workflow" / "train" / "outputs" / "metrics") == \
         comparable(process_run.output_path("metrics"))
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def registry(tmp_path):
-    """Debian's docker-registry on 127.0.0.1 only, torn down whatever happens."""
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n"
-                      f"  filesystem:\n    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "registry did not start"
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_push_prints_digests_and_pulls_back_by_digest(registry, docker_client, capsys, monkeypatch, tmp_path):

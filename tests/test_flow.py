@@ -45,12 +45,12 @@ def test_dag_comes_from_flow_py(flow_dag):
 FAKE_ARTIFACT_PLUGIN = """
 from typing import Annotated, TypeVar
 from flytekit.types.file import FlyteFile
-REPORT = "report"
+MODEL, REPORT = "model", "report"
 class Artifact:
     def __init__(self, name, type):
         self.name, self.type = name, type
     def File(self, name, type=None):
-        return Annotated[FlyteFile[TypeVar("html")], ("domino artifact", self.name, self.type, name)]
+        return Annotated[FlyteFile[TypeVar(type)], ("domino artifact", self.name, self.type, name)]
 """
 
 
@@ -240,8 +240,8 @@ def renamed_flow(tmp_path):
     """flow.py with its workflow and its outputs renamed: nothing outside flow.py and train may care."""
     text = (ROOT / "flow.py").read_text()
     renames = [("def model_training(", "def iris_classifier("),
-               ("model=Pickle, metrics=Json,\n                             report=",
-                "classifier=Pickle, scores=Json,\n                             page="),
+               ('"TrainingOutputs", model=', '"TrainingOutputs", classifier='),
+               ("metrics=Json, report=", "scores=Json, page="),
                ('TrainingOutputs(model=train["model"], metrics=train["metrics"], report=train["report"])',
                 'TrainingOutputs(classifier=train["model"], scores=train["metrics"], page=train["report"])')]
     for old, new in renames:

@@ -1,18 +1,19 @@
 """The streaming paths: several batches and row groups, made small so tiny data crosses their boundaries.
 
-A stage that streams must give what the whole-table logic gives, and name rows by their place in the whole
-source, not in the batch they arrived in.
+A stage that streams must give the rows a whole-table reading of its inputs would, and name rows by their
+place in the whole source, not in the batch they arrived in. Each test runs the stage's own entrypoint.
 """
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stageflow.runtime import contract, dataset, sources
+from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import load_stage
+from conftest import load_stage, run_main, write_snapshot
 
+load_a = load_stage("load_a")
 merge = load_stage("merge")
 process = load_stage("process")
 
@@ -33,26 +34,31 @@ def csv_rows(ids, species="Iris-setosa", bad=None):
     return "\n".join(lines) + "\n"
 
 
-def snapshot(path, ids, species="setosa", **overrides):
+def rows(ids, species="setosa", **overrides):
+    """An iris-shaped table whose every value follows from its row's Id (and species)."""
     columns = {dataset.ID: pa.array(ids, pa.int64()),
                **{name: pa.array([float(i) + k / 10 for i in ids]) for k, name in enumerate(dataset.FEATURES)},
                dataset.NOISE: pa.array([0.5] * len(ids)),
                dataset.LABEL: pa.array([species] * len(ids) if isinstance(species, str) else species)}
     columns.update(overrides)
-    dataset.write(dataset.conform(pa.table(columns), "t"), path, {"source": {"sha256": "x", "rows": len(ids),
-                                                                              "format": "csv"}})
-    return path
+    return pa.table(columns)
 
 
-def run(wf_root, body, outputs):
-    return contract.run(body, outputs, root=wf_root)
+def snapshot(path, ids, species="setosa", **overrides):
+    """A snapshot in row groups of ROW_GROUP rows (3 under `small_pieces`)."""
+    meta = {"source": {"sha256": "x", "rows": len(ids), "format": "csv"}}
+    return write_snapshot(path, rows(ids, species, **overrides), meta)
+
+
+def output(wf_root, name):
+    return dataset.Snapshot(wf_root / "outputs" / name, name)
 
 
 def test_load_streams_a_csv_in_batches_into_row_groups(wf_root, small_pieces):
     source = wf_root / "a.csv"
     source.write_text(csv_rows(range(1, 11)))
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 0
+    assert run_main(load_a, wf_root) == (0, None)
     out = pq.ParquetFile(wf_root / "outputs" / "datasetA")
     assert out.metadata.num_row_groups == 4  # 10 rows in groups of 3
     table = dataset.Snapshot(wf_root / "outputs" / "datasetA", "datasetA").read()
@@ -64,9 +70,8 @@ def test_load_names_a_bad_value_by_its_row_in_the_whole_source(wf_root, small_pi
     source = wf_root / "a.csv"
     source.write_text(csv_rows(range(1, 11), bad=9))  # in a late batch, after rows were written
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text() == (
-        f"input data_path: {source}: column SepalLengthCm must be a number in every row, found 'wide' in row 9\n")
+    assert run_main(load_a, wf_root) == (1, f"input data_path: {source}: column SepalLengthCm must be a number "
+                                             f"in every row, found 'wide' in row 9\n")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 
@@ -74,16 +79,16 @@ def test_load_finds_a_duplicate_id_across_batches(wf_root, small_pieces):
     source = wf_root / "a.csv"
     source.write_text(csv_rows([1, 2, 3, 4, 5, 6, 7, 2]))
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 1
-    assert "duplicate Id 2 (1 Id(s) appear more than once)" in (wf_root / "outputs" / "_ERROR").read_text()
+    status, error = run_main(load_a, wf_root)
+    assert status == 1 and error.endswith(": duplicate Id 2 (1 Id(s) appear more than once)\n")
 
 
 def test_merge_streams_sources_whose_id_ranges_are_apart(wf_root, small_pieces, capsys):
     snapshot(wf_root / "inputs" / "datasetA", [11, 12, 13, 14])  # B's Ids all come first
     snapshot(wf_root / "inputs" / "datasetB", [1, 2, 3, 4, 5], species="virginica")
-    assert run(wf_root, merge.merge, ["merged_data"]) == 0
+    assert run_main(merge, wf_root) == (0, None)
     assert "into 9 rows (streamed: both sorted by Id)" in capsys.readouterr().err
-    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
+    out = output(wf_root, "merged_data")
     assert out.read().column("Id").to_pylist() == [1, 2, 3, 4, 5, 11, 12, 13, 14]
     assert (out.meta["rows"], out.meta["overlap"]) == (9, 0)
 
@@ -93,69 +98,67 @@ def test_merge_streams_sources_whose_id_ranges_are_apart(wf_root, small_pieces, 
     ([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4, 5, 6, 20, 21]),  # B inside A, then past it
     ([5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),      # A inside B, all of A in both
 ])
-def test_merge_streams_sorted_sources_to_what_the_whole_table_union_gives(wf_root, small_pieces, capsys,
-                                                                         ids_a, ids_b):
-    a = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetA", ids_a), "a").read()
-    b = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetB", ids_b), "b").read()
-    assert run(wf_root, merge.merge, ["merged_data"]) == 0
-    expected, overlap = merge.union(a, b)
+def test_merge_streams_sorted_sources_into_their_sorted_union(wf_root, small_pieces, capsys, ids_a, ids_b):
+    snapshot(wf_root / "inputs" / "datasetA", ids_a)
+    snapshot(wf_root / "inputs" / "datasetB", ids_b)
+    assert run_main(merge, wf_root) == (0, None)
     assert "streamed: both sorted by Id" in capsys.readouterr().err
-    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
-    assert out.read().equals(expected)
-    assert out.read().column("Id").to_pylist() == sorted(set(ids_a) | set(ids_b))
-    assert (out.meta["rows"], out.meta["overlap"]) == (expected.num_rows, overlap)
-    assert overlap == len(set(ids_a) & set(ids_b))
+    out = output(wf_root, "merged_data")
+    union = sorted(set(ids_a) | set(ids_b))
+    assert out.read().to_pydict() == dataset.conform(rows(union), "expected").to_pydict()
+    assert (out.meta["rows"], out.meta["overlap"]) == (len(union), len(set(ids_a) & set(ids_b)))
+    assert out.file.metadata.num_row_groups > 1  # written in pieces, not whole
 
 
 def test_merge_of_an_unsorted_source_holds_both_and_gives_the_same(wf_root, small_pieces, capsys):
-    a = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetA", [9, 1, 5, 3, 7]), "a").read()
-    b = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetB", [2, 4, 5, 6, 8]), "b").read()
-    assert run(wf_root, merge.merge, ["merged_data"]) == 0
+    snapshot(wf_root / "inputs" / "datasetA", [9, 1, 5, 3, 7])
+    snapshot(wf_root / "inputs" / "datasetB", [2, 4, 5, 6, 8])
+    assert run_main(merge, wf_root) == (0, None)
     log = capsys.readouterr().err
     assert "into 9 rows" in log and "streamed" not in log
-    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
-    assert out.read().equals(merge.union(a, b)[0])
-    assert out.read().column("Id").to_pylist() == list(range(1, 10))
+    out = output(wf_root, "merged_data")
+    assert out.read().to_pydict() == dataset.conform(rows(list(range(1, 10))), "expected").to_pydict()
     assert (out.meta["rows"], out.meta["overlap"]) == (9, 1)  # Id 5, the same row in both
+    assert out.file.metadata.num_row_groups == 3
 
 
 @pytest.mark.parametrize("ids_a", [[1, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]], ids=["sorted", "unsorted"])
 def test_merge_counts_every_conflict_across_pieces(wf_root, small_pieces, ids_a):
     snapshot(wf_root / "inputs" / "datasetA", ids_a)
     snapshot(wf_root / "inputs" / "datasetB", [2, 7, 8], species="virginica")
-    assert run(wf_root, merge.merge, ["merged_data"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text() == (
-        "merge: Id 2, 7, 8 (3 in all) have different values in datasetA and datasetB\n")
+    assert run_main(merge, wf_root) == (1, "merge: Id 2, 7, 8 (3 in all) have different values in datasetA "
+                                           "and datasetB\n")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 
 def test_merge_stage_refuses_conflicts_without_an_output(wf_root, small_pieces):
     snapshot(wf_root / "inputs" / "datasetA", [1, 2, 3])
     snapshot(wf_root / "inputs" / "datasetB", [3, 4], species="virginica")
-    assert run(wf_root, merge.merge, ["merged_data"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text().startswith("merge: Id 3 (1 in all) have different values")
+    status, error = run_main(merge, wf_root)
+    assert status == 1 and error.startswith("merge: Id 3 (1 in all) have different values")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 
 def test_process_counts_and_checks_across_row_groups(wf_root, small_pieces):
     labels = ["Iris-setosa", " setosa", "VERSICOLOR", "setsoa", "virginica", "setsoa", "setosa", "iris-virginica"]
     snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels)
-    assert run(wf_root, process.process, ["processed_data"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text() == (
+    assert run_main(process, wf_root) == (1, (
         "input merged_data: column Species has unknown label 'setsoa' in 2 row(s); "
-        "expected one of setosa, versicolor, virginica\n")
+        "expected one of setosa, versicolor, virginica\n"))
 
 
-def test_process_streams_to_what_process_table_gives(wf_root, small_pieces):
+def test_process_streams_row_group_by_row_group(wf_root, small_pieces):
     labels = ["Iris-setosa", " setosa", "VERSICOLOR", None, "virginica", "setosa", "setosa", "iris-virginica"]
     widths = pa.array([0.1, 0.2, float("nan"), 0.4, 0.5, None, 0.7, 0.8])
-    path = snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels, PetalWidthCm=widths)
-    assert run(wf_root, process.process, ["processed_data"]) == 0
-    out = dataset.Snapshot(wf_root / "outputs" / "processed_data", "processed_data")
-    expected, dropped = process.process_table(dataset.Snapshot(path, "merged_data").read())
-    assert out.read().equals(expected)
-    assert (out.meta["rows"], out.meta["dropped"], dropped) == (5, 3, 3)
+    snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels, PetalWidthCm=widths)
+    assert run_main(process, wf_root) == (0, None)
+    out = output(wf_root, "processed_data")
+    assert out.read().column("Id").to_pylist() == [1, 2, 5, 7, 8]  # 3: NaN width, 4: no label, 6: no width
     assert out.read().column("Species").to_pylist() == ["setosa", "setosa", "virginica", "setosa", "virginica"]
+    assert out.read().column("PetalWidthCm").to_pylist() == [0.1, 0.2, 0.5, 0.7, 0.8]
+    assert out.column_names == [dataset.ID, *dataset.FEATURES, dataset.LABEL]
+    assert (out.meta["rows"], out.meta["dropped"], out.meta["source"]["sha256"]) == (5, 3, "x")
+    assert out.file.metadata.num_row_groups > 1
 
 
 def test_a_file_that_is_not_parquet_is_refused_naming_the_input():

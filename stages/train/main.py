@@ -198,11 +198,12 @@ def train(tree: StageTree) -> None:
     log.info("hold-out accuracy %.3f, macro F1 %.3f on %d rows", metrics["accuracy"], metrics["macro_f1"],
              len(c_test))
     if tracking.enabled():
-        track(tree, metrics, params)
+        track(tree, metrics, params, model, x_test[:5])
 
 
-def track(tree: StageTree, metrics: dict, params: dict) -> str | None:
-    """Mirror the run in MLflow: parameters, headline and per-class scores, the loss per epoch, the files."""
+def track(tree: StageTree, metrics: dict, params: dict, model: Pipeline, rows: np.ndarray) -> str | None:
+    """Mirror the run in MLflow: parameters, headline and per-class scores, the loss per epoch, the files, and
+    the model in MLflow's format with a few hold-out rows as its input example."""
     scores = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "training_seconds": metrics["seconds"]}
     scores.update({f"{score}_{cls}": values[score] for cls, values in metrics["per_class"].items()
                    for score in ("precision", "recall", "f1")})
@@ -211,7 +212,7 @@ def track(tree: StageTree, metrics: dict, params: dict) -> str | None:
         {"loss": metrics["loss_per_epoch"]},
         {"model.pkl": tree.outputs / "model", "metrics.json": tree.outputs / "metrics",
          "report.html": tree.outputs / "report"},
-        {"stageflow.stage": "train", "model_sha256": metrics["model_sha256"]})
+        {"stageflow.stage": "train", "model_sha256": metrics["model_sha256"]}, model, rows)
 
 
 def main() -> None:
