@@ -5,8 +5,9 @@ raw containers gets wrong: every input materialised as the contract says (primit
 files), every exit status and declared output checked, downstream stages stopped after a failure, and a
 record of the run (run.json) with the hash of every input and output.
 
-Layout of a run directory:
-    run.json                 what ran, how it ended, hashes, where the flow's outputs are
+Layout of a run directory (what may be one: stageflow/rundir.py):
+    .stageflow-run           the mark of a directory a run made, and its lock
+    run.json                 what ran, how it ended (or "running"), hashes, where the flow's outputs are
     logs/<stage>.log         each stage's stdout and stderr
     <stage>/inputs/<name>    the stage's /workflow tree (mounted at /workflow in a container)
     <stage>/outputs/<name>

@@ -184,11 +184,12 @@ def test_containers_of_a_killed_runner_are_removed_before_the_next_run_there(doc
                              "--run-dir", str(run_dir), "--data-path-a", str(big_source), "--data-path-b",
                              str(big_source)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not leftover_containers(docker_client, run_dir):
+    while not any(c.attrs["State"] == "running" for c in leftover_containers(docker_client, run_dir)):
         assert time.monotonic() < deadline and proc.poll() is None, "no stage container started"
         time.sleep(0.05)
     proc.kill()
     proc.wait()
+    assert leftover_containers(docker_client, run_dir)  # nobody stopped them
     again = subprocess.run([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--run-dir",
                             str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr

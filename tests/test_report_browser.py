@@ -176,7 +176,7 @@ def test_both_reports_render_crafted_values_as_text_and_run_and_fetch_nothing(br
     for name in ("report.html", "outputs/report.html"):
         url = (run_dir / name).as_uri()
         requests = browser.open(url)
-        browser.screenshot(tmp_path / f"{name}.png")
+        browser.screenshot(tmp_path / f"{name.replace('/', '-')}.png")
         assert [r for r in requests if r != url and not r.startswith("data:")] == [], name
         assert browser.evaluate("typeof window.pwned") == "undefined", name  # no script ran
         assert browser.evaluate(ACTIVE) == [], name
