@@ -80,7 +80,7 @@ def backend_named(name: str):
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
     from stageflow.cache import Cache
-    from stageflow.runner import Run, RunError
+    from stageflow.runner import Run, RunError, check_params, check_timeout
 
     params = {"data_path_a": str(Path(args.data_path_a).resolve()),
               "data_path_b": str(Path(args.data_path_b).resolve()),
@@ -89,6 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         dag = dag_module.load(Path(args.flow), args.workflow)
         backend = backend_named(args.backend)
+        check_params(dag, params)  # as Run does, but before a runs/<time> is made for a run that cannot start
+        check_timeout(args.timeout)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
         run = Run(dag, run_dir, backend, params, timeout=args.timeout, cache=None if args.no_cache else Cache())
         print(f"running flow {dag.name} ({args.backend} backend) in {run_dir}", flush=True)

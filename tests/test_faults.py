@@ -331,6 +331,19 @@ def test_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_refused_before_it_starts_makes_no_run_directory():
+    """Without --run-dir a run gets runs/<time>; a bad --timeout or flow input must not leave one behind."""
+    runs = ROOT / "runs"
+    before = sorted(os.listdir(runs)) if runs.is_dir() else []
+    latest = os.readlink(runs / "latest") if (runs / "latest").is_symlink() else None
+    for args in (["--timeout", "nan"], ["--epochs", "ten"]):
+        proc = subprocess.run([sys.executable, "-m", "stageflow", "run", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert (sorted(os.listdir(runs)) if runs.is_dir() else []) == before
+    assert (os.readlink(runs / "latest") if (runs / "latest").is_symlink() else None) == latest
+
+
 @pytest.fixture
 def endless_source(tmp_path):
     """A 1 TB source that takes no disk (sparse) and that no stage can read (not Parquet): hashing it would
