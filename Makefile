@@ -13,15 +13,19 @@ REGISTRY ?=
 DOMINO_PYTHON ?= python3
 DATA_A ?=
 DATA_B ?=
+STAGE ?=
+FROM ?=
+INPUTS ?=
+KEEP_DAYS ?= 7
 DATASET ?=
 export BASE_IMAGE
 
 .PHONY: help venv lock run test test-fast data docker-up base-image wheels images push environments submit compose \
-        compose-file bench clean
+        compose-stage compose-file bench gc clean
 
 ## help: list the targets
 help:
-	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-12s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-14s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
 
 # The project goes in editable, from this checkout, with the console script `stageflow`; setuptools comes from
 # the lock, so no build environment is fetched and a reinstall needs no index. The stamp skips all of it when
@@ -100,6 +104,11 @@ submit:
 compose: images
 	$(PY) -m stageflow run --backend compose --run-dir .workflow $(RUN_ARGS)
 
+## compose-stage: run one stage through docker-compose.yml, its tree prepared in .workflow/ (STAGE=merge; inputs from FROM=runs/latest or INPUTS="name=path ...")
+compose-stage: images
+	@test -n "$(STAGE)" || { echo 'usage: make compose-stage STAGE=<stage> [FROM=RUN_DIR] [INPUTS="name=value ..."]'; exit 2; }
+	$(PY) -m stageflow compose-stage $(STAGE) $(if $(FROM),--from "$(FROM)") $(foreach i,$(INPUTS),--input "$(i)")
+
 ## compose-file: regenerate docker-compose.yml from the stage registry (stageflow/registry.py)
 compose-file: venv
 	$(PY) -m stageflow compose-file
@@ -112,7 +121,11 @@ data: venv
 bench: venv
 	$(PY) scripts/bench.py --rows $(ROWS) $(BENCH_ARGS)
 
-## clean: remove run directories and caches (keeps .venv)
-clean:
+## gc: remove stage-cache entries not used in KEEP_DAYS days (7) nor by the newest run, and images of old versions
+gc: venv
+	$(PY) -m stageflow gc --keep-days $(KEEP_DAYS)
+
+## clean: gc, then remove run directories and the test cache (keeps .venv and what a re-run needs)
+clean: gc
 	rm -rf runs .workflow .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

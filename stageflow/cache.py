@@ -10,6 +10,7 @@ the stage runs again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -113,6 +114,8 @@ class Cache:
         finally:
             for tmp in copies.values():
                 tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # when it was last used: what `stageflow gc` keeps entries by
+            os.utime(entry / MANIFEST)
         return manifest
 
     @staticmethod

@@ -13,7 +13,7 @@ from pathlib import Path
 from stageflow import run_report
 from stageflow.run_report import rows_cell, seconds
 from stageflow.runtime.report import DASH, fmt
-from stageflow.registry import ROOT
+from stageflow.registry import ROOT, STAGES
 from stageflow.rundir import os_error, write_atomic
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
@@ -190,6 +190,41 @@ def cmd_compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compose_stage(args: argparse.Namespace) -> int:
+    """One stage through docker-compose.yml, with its inputs from a run directory or given paths."""
+    from stageflow import containers, dag as dag_module
+    from stageflow.runner import RunError
+
+    latest = RUNS / "latest"
+    run_dir = Path(args.from_dir) if args.from_dir else (latest if latest.is_dir() else None)
+    given = dict(item.split("=", 1) for item in args.input)
+    defaults = {"data_path_a": str(DEFAULT_DATA_A), "data_path_b": str(DEFAULT_DATA_B)}
+    try:
+        one = containers.one_stage(dag_module.load(Path(args.flow)), args.stage, run_dir, given, defaults)
+        print(f"running stage {args.stage} through docker-compose.yml in {containers.COMPOSE_DIR}"
+              + (f", inputs from {run_dir}" if run_dir else ""), flush=True)
+        run = containers.compose_stage(one, args.timeout)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if run.interrupted:
+        return 130
+    if run.failures():
+        print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
+        return 1
+    outputs = containers.COMPOSE_DIR / args.stage / "outputs"
+    print(f"\nstage {args.stage} succeeded in {run.results[args.stage].seconds:.1f} s; outputs in {outputs}: "
+          f"{', '.join(one.nodes[0].outputs)}\nto run it again by hand: {containers.by_hand(one)}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from stageflow import disk
+
+    print("\n".join(disk.gc(args.keep_days, args.dry_run)))
+    return 0
+
+
 def cmd_environments(args: argparse.Namespace) -> int:
     from stageflow import environments
 
@@ -217,6 +252,22 @@ def cmd_verify_model(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {args.model} matches sha256 {digest} recorded in {args.metrics}")
     return 0
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, found {text!r}")
+    return value
+
+
+def name_value(text: str) -> str:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, found {text!r}")
+    return text
 
 
 def add_run_command(sub) -> None:
@@ -249,6 +300,29 @@ def add_report_command(sub) -> None:
     rep.set_defaults(func=cmd_report)
 
 
+def add_compose_stage_command(sub) -> None:
+    stage_cmd = sub.add_parser("compose-stage", help="run one stage through docker-compose.yml: prepare its tree "
+                               "in .workflow/<stage>/ (inputs, outputs writable by the container's user), then "
+                               "`docker compose run` it")
+    stage_cmd.add_argument("stage", choices=list(STAGES), metavar="STAGE", help=", ".join(STAGES))
+    stage_cmd.add_argument("--from", dest="from_dir", metavar="RUN_DIR",
+                           help="run directory whose outputs and flow inputs feed the stage (default: runs/latest)")
+    stage_cmd.add_argument("--input", action="append", default=[], metavar="NAME=VALUE", type=name_value,
+                           help="an input of the stage: a file's path or a value (repeatable; wins over --from)")
+    stage_cmd.add_argument("--timeout", type=float, default=3600.0, help="seconds before the stage is killed")
+    stage_cmd.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    stage_cmd.set_defaults(func=cmd_compose_stage)
+
+
+def add_gc_command(sub) -> None:
+    gc = sub.add_parser("gc", help="remove stage-cache entries and images that neither the current code nor a "
+                        "recent run uses (docs/disk.md)")
+    gc.add_argument("--keep-days", type=non_negative, default=7.0, metavar="DAYS",
+                    help="keep cache entries used in the last DAYS days (default 7); the newest run's are always kept")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc.set_defaults(func=cmd_gc)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -271,6 +345,8 @@ def parser() -> argparse.ArgumentParser:
     compose.set_defaults(func=cmd_compose, action="file")
     env = sub.add_parser("compose-env", help="print export lines for using docker-compose.yml by hand")
     env.set_defaults(func=cmd_compose, action="env")
+    add_compose_stage_command(sub)
+    add_gc_command(sub)
     environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
                                   "build/environments.json; where Domino's API is reachable (docs/domino.md), create "
                                   "or revise them and wait for each revision's build")

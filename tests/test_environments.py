@@ -273,7 +273,7 @@ def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path
         (tmp_path / "inputs" / "data_path").write_text(str(source))
         containers.prepare_tree(tmp_path)
         client.containers.run(tag, entrypoint=["/bin/sh", "-c", stage.command], user=containers.stage_user(), remove=True,
-                              volumes=containers.volumes(tmp_path, [source]), network_mode="none")
+                              mounts=containers.mounts(tmp_path, [source]), network_mode="none")
         assert (tmp_path / "outputs" / "datasetA").read_bytes()[:4] == b"PAR1"
     finally:
         client.images.remove(tag, force=True)

@@ -123,6 +123,7 @@ def test_the_train_image_logs_the_model_in_mlflows_format(train_root, store):
     """The image's mlflow-skinny, pandas and skops do what tracking asks of them: the model in MLflow's
     format, logged from inside the container to a file store mounted at the same path."""
     import mlflow
+    from docker.types import Mount
 
     from stageflow import containers, images
     from stageflow.registry import STAGES
@@ -131,9 +132,9 @@ def test_the_train_image_logs_the_model_in_mlflows_format(train_root, store):
     mlruns.mkdir()
     mlruns.chmod(0o777)  # the container runs as Domino's uid
     containers.prepare_tree(train_root)
-    volumes = {**containers.volumes(train_root, []), str(mlruns): {"bind": str(mlruns), "mode": "rw"}}
+    mounts = [*containers.mounts(train_root, []), Mount(str(mlruns), str(mlruns), type="bind")]
     images.client().containers.run(
-        STAGES["train"].image(), user=containers.stage_user(), remove=True, network_mode="none", volumes=volumes,
+        STAGES["train"].image(), user=containers.stage_user(), remove=True, network_mode="none", mounts=mounts,
         environment={"MLFLOW_TRACKING_URI": mlruns.as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
                      "MLFLOW_EXPERIMENT_NAME": "stageflow-test", "HOME": "/tmp"})
     _, run = logged_run()
