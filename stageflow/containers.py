@@ -16,13 +16,14 @@ from typing import Iterator
 
 from stageflow.dag import Dag, Node, Source
 from stageflow.images import ImageError, client
-from stageflow.runner import Outcome, ProcessHandle, Run, RunDirLock, RunError, kill_after
+from stageflow.runner import Outcome, ProcessHandle, Run, RunError, kill_after, runner_alive, runner_identity
 from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
 from stageflow.runtime.contract import File, StageError, not_a_regular_file, parse_value
 
 COMPOSE_DIR = ROOT / ".workflow"  # where docker-compose.yml mounts each stage's tree from
 
 STAGE_UID = 12574  # Domino's ubuntu user, which the images are built for
+RUN_LABEL, RUNNER_LABEL = "io.stageflow.run", "io.stageflow.runner"  # the run directory; host:pid:start
 TMPFS = "rw,nosuid,nodev,size=1g"
 HARDENING = {"read_only": True, "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
              "network_mode": "none", "tmpfs": {"/tmp": TMPFS}}
@@ -109,6 +110,17 @@ class DockerBackend:
                 raise RunError(f"image {node.stage.image()} for stage {node.name} is missing; "
                                f"build it with `make images`") from None
 
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        """Before the first stage: remove the containers a dead runner (kill -9) left on this directory,
+        which would otherwise write into it."""
+        for container in self.client.containers.list(all=True, sparse=True,
+                                                     filters={"label": f"{RUN_LABEL}={run_dir}"}):
+            if not runner_alive((container.attrs.get("Labels") or {}).get(RUNNER_LABEL)):
+                try:
+                    container.remove(force=True)
+                except Exception:  # noqa: BLE001 - already gone is fine
+                    pass
+
     def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ContainerHandle":
         import docker
 
@@ -118,7 +130,8 @@ class DockerBackend:
         container = self.client.containers.create(
             node.stage.image(), user=stage_user(), mounts=given,
             environment={"WORKFLOW_ROOT": "/workflow"}, mem_limit=tier.memory, memswap_limit=tier.memory,
-            nano_cpus=int(tier.cpus * 1e9), labels={"io.stageflow.run": str(tree.parent)}, **HARDENING)
+            nano_cpus=int(tier.cpus * 1e9), labels={RUN_LABEL: str(tree.parent), RUNNER_LABEL: runner_identity()},
+            **HARDENING)
         try:
             container.start()
         except BaseException as err:
@@ -192,11 +205,15 @@ class ComposeBackend:
     def check(self, dag: Dag) -> None:
         self.docker.check(dag)
 
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        self.docker.prepare_run(run_dir, lock_fd)
+
     def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ComposeHandle":
         if tree.parent.resolve() != COMPOSE_DIR.resolve():
             raise RunError("the compose backend runs in .workflow/, where docker-compose.yml mounts the trees")
         name = f"stageflow-{node.name}-{os.getpid()}"
-        args = [*self.command, "run", "--rm", "-T", "--name", name, *data_volumes(files)]
+        args = [*self.command, "run", "--rm", "-T", "--name", name, "-l", f"{RUN_LABEL}={tree.parent}",
+                "-l", f"{RUNNER_LABEL}={runner_identity()}", *data_volumes(files)]
         prepare_tree(tree)
         proc = subprocess.Popen([*args, node.name], cwd=ROOT, env={**os.environ, **compose_env()},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -292,9 +309,8 @@ def by_hand(dag: Dag) -> str:
 def compose_stage(dag: Dag, timeout: float) -> Run:
     """Run a one-stage DAG through docker-compose.yml in .workflow/, as the runner runs any stage: its tree
     prepared (inputs in place, outputs writable by the container's user), its outcome checked."""
-    with RunDirLock(COMPOSE_DIR):
-        run = Run(dag, COMPOSE_DIR, ComposeBackend(), {}, timeout=timeout)
-        run.execute()
+    run = Run(dag, COMPOSE_DIR, ComposeBackend(), {}, timeout=timeout)
+    run.execute()
     return run
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pytest
 
 from stageflow.runtime import contract, dataset, schema as schemas
@@ -20,6 +21,15 @@ STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino'
 IRIS_SCHEMA = ROOT / "schema.toml"  # the bundled data's schema, which tests marked `iris` run under
 WINE_SCHEMA = ROOT / "examples" / "wine" / "schema.toml"
 IRIS_FEATURES = ("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm")
+
+
+def downstream(dag, names) -> set[str]:
+    """The stages that depend, directly or not, on any of `names`, from the DAG the runner runs."""
+    found: set[str] = set()
+    for node in dag.nodes:  # flow.py's order is topological
+        if node.upstream & (set(names) | found):
+            found.add(node.name)
+    return found
 
 
 def load_stage(name: str):
@@ -77,6 +87,24 @@ def standin(monkeypatch):
     yield helpers
     for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def big_source(tmp_path_factory):
+    """An iris-shaped CSV large enough (2,000,000 rows) that writing its snapshot takes a visible while.
+
+    The streaming load snapshots 500,000 rows in about half a second, less than a busy machine may take to
+    deliver the Ctrl-C test's signal: that test then saw the loads succeed before the interrupt.
+    """
+    n = 2_000_000
+    rng = np.random.default_rng(1)
+    table = pa.table({"Id": np.arange(1, n + 1), "SepalLengthCm": rng.normal(5.8, 0.8, n),
+                      "SepalWidthCm": rng.normal(3.0, 0.4, n), "RandomColumn": rng.normal(0, 1, n),
+                      "PetalLengthCm": rng.normal(3.7, 1.7, n), "PetalWidthCm": rng.normal(1.2, 0.7, n),
+                      "Species": np.array(["Iris-setosa", "Iris-versicolor", "Iris-virginica"])[rng.integers(0, 3, n)]})
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    pcsv.write_csv(table, path)
+    return path
 
 
 @pytest.fixture(scope="session")

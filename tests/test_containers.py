@@ -1,5 +1,6 @@
 """The stages in their real images: docker backend, compose harness, hardening, push to a real registry."""
 
+import hashlib
 import json
 import os
 import re
@@ -279,6 +280,30 @@ def test_ctrl_c_stops_containers_and_leaves_none(docker_client, tmp_path):
     assert leftover_containers(docker_client, tmp_path) == []
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "interrupted"
+
+
+def test_containers_of_a_killed_runner_are_removed_before_the_next_run_there(docker_client, tmp_path, big_source):
+    """kill -9 leaves the runner no chance to stop its containers: the next run on the same directory
+    removes them before its first stage, so none can write into it (or stay behind)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--no-cache",
+                             "--run-dir", str(run_dir), "--data-path-a", str(big_source), "--data-path-b",
+                             str(big_source)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(c.attrs["State"] == "running" for c in leftover_containers(docker_client, run_dir)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no stage container started"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert leftover_containers(docker_client, run_dir)  # nobody stopped them
+    again = subprocess.run([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--run-dir",
+                            str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert leftover_containers(docker_client, run_dir) == []
+    record = json.loads((run_dir / "run.json").read_text())
+    for name, stage in record["stages"].items():
+        for output, digest in stage["outputs"].items():
+            assert hashlib.sha256((run_dir / name / "outputs" / output).read_bytes()).hexdigest() == digest
 
 
 def test_missing_daemon_is_a_clear_error(tmp_path):

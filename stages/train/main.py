@@ -152,6 +152,14 @@ def evaluate(model: Pipeline, x: np.ndarray, codes: np.ndarray, names: np.ndarra
     }
 
 
+def headline(metrics: dict) -> dict:
+    """What the runner prints and the run report shows for this output, in this order, rounded for reading."""
+    return {"hold-out accuracy": round(metrics["accuracy"], 3), "macro F1": round(metrics["macro_f1"], 3),
+            "train rows": metrics["n_train"], "test rows": metrics["n_test"], "epochs": metrics["epochs"],
+            "final loss": round(metrics["loss_per_epoch"][-1], 4),
+            **{f"F1 {name}": round(scores["f1"], 3) for name, scores in metrics["per_class"].items()}}
+
+
 def train(tree: StageTree) -> None:
     snapshot = dataset.Snapshot(tree.read("processed_data", contract.File), "processed_data")
     epochs = tree.read("epochs", int)
@@ -184,6 +192,7 @@ def train(tree: StageTree) -> None:
         "class_counts": class_counts(names, train=c_train, test=c_test), "feature_names": features,
         "model_sha256": model_sha256,
     })
+    metrics["headline"] = headline(metrics)
     with tree.output_file("metrics") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     with tree.output_file("report") as tmp:
