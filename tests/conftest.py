@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.csv as pcsv
 import pytest
 
@@ -91,17 +92,12 @@ def standin(monkeypatch):
 
 @pytest.fixture(scope="session")
 def big_source(tmp_path_factory):
-    """An iris-shaped CSV large enough (2,000,000 rows) that writing its snapshot takes a visible while.
+    """A CSV of the active schema large enough (2,000,000 rows) that writing its snapshot takes a visible while.
 
     The streaming load snapshots 500,000 rows in about half a second, less than a busy machine may take to
     deliver the Ctrl-C test's signal: that test then saw the loads succeed before the interrupt.
     """
-    n = 2_000_000
-    rng = np.random.default_rng(1)
-    table = pa.table({"Id": np.arange(1, n + 1), "SepalLengthCm": rng.normal(5.8, 0.8, n),
-                      "SepalWidthCm": rng.normal(3.0, 0.4, n), "RandomColumn": rng.normal(0, 1, n),
-                      "PetalLengthCm": rng.normal(3.7, 1.7, n), "PetalWidthCm": rng.normal(1.2, 0.7, n),
-                      "Species": np.array(["Iris-setosa", "Iris-versicolor", "Iris-virginica"])[rng.integers(0, 3, n)]})
+    table = source_table(np.arange(1, 2_000_001), seed=1)
     path = tmp_path_factory.mktemp("big") / "big.csv"
     pcsv.write_csv(table, path)
     return path
@@ -168,18 +164,58 @@ def source_table(keys, labels=None, seed: int = 0) -> pa.Table:
     (default: the classes in turn)."""
     schema = schemas.active()
     names = classes(schema)
-    keys = list(keys)
-    labels = [names[i % len(names)] for i in range(len(keys))] if labels is None else list(labels)
+    keys = np.asarray(keys)
+    if labels is None:
+        codes = np.arange(len(keys)) % len(names)
+        labels = np.asarray(names, dtype=object)[codes]
+    else:
+        codes = np.array([names.index(label) if label in names else 0 for label in labels])
     rng = np.random.default_rng(seed)
-    code = np.array([names.index(label) if label in names else 0 for label in labels], dtype=float)
-    columns = {schema.key: pa.array(keys if schema.key_type == "int" else [f"k{k}" for k in keys])}
+    columns = {schema.key: pa.array(keys if schema.key_type == "int" else [f"k{k:09d}" for k in keys])}
     for i, (name, kind) in enumerate(schema.features.items()):
-        values = 2.0 * code + 0.5 * i + rng.normal(0.0, 0.15, len(keys))
+        values = 2.0 * codes + 0.5 * i + rng.normal(0.0, 0.15, len(keys))
         columns[name] = pa.array(np.rint(values).astype(np.int64) if kind == "int" else values)
-    columns.update({name: pa.array({"float": [0.5], "int": [1], "text": ["x"]}[kind] * len(keys))
+    columns.update({name: pa.array(np.full(len(keys), {"float": 0.5, "int": 1, "text": "x"}[kind]))
                     for name, kind in schema.dropped.items()})
     columns[schema.label] = pa.array(labels, pa.string())
     return pa.table(columns)
+
+
+def samples() -> tuple[Path, Path]:
+    """The active schema's sample sources, A and B: the data the whole-flow tests run on."""
+    found = schemas.active().samples
+    return found["data_path_a"], found["data_path_b"]
+
+
+def source_rows(path: Path) -> int:
+    """Rows in a sample source (Parquet, CSV with a header, JSON Lines)."""
+    if path.suffix == ".parquet":
+        return pq.read_metadata(path).num_rows
+    return len(path.read_text().splitlines()) - (path.suffix == ".csv")
+
+
+def sample_rows() -> int:
+    """How many rows the samples hold together (the bundled samples share no key)."""
+    return sum(map(source_rows, samples()))
+
+
+def drop_last_row(path: Path) -> None:
+    """The same source less its last row, in its own format: the same path with new content."""
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        pq.write_table(table.slice(0, table.num_rows - 1), path)
+    else:
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def bad_source(path: Path) -> str:
+    """A CSV in the active schema's columns whose first feature is not a number; the error load gives for it."""
+    schema = schemas.active()
+    first, kind = next(iter(schema.features.items()))
+    values = {schema.key: "1", first: "x", schema.label: classes(schema)[0]}
+    path.write_text(",".join(schema.required) + "\n" + ",".join(values.get(c, "1") for c in schema.required) + "\n")
+    what = "an integer" if kind == "int" else "a number"
+    return f"input data_path: {path}: column {first} must be {what} in every row, found 'x' in row 1"
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +14,9 @@ from stageflow import dag as dag_module
 from stageflow.cache import Cache, place
 from stageflow.registry import STAGES
 from stageflow.runner import HostBackend, Run
-from stageflow.runtime import dataset
+from stageflow.runtime import dataset, schema as schemas
 
-from conftest import ROOT
+from conftest import ROOT, drop_last_row, samples
 
 
 @pytest.fixture
@@ -33,9 +34,9 @@ def run(env, run_dir, *args):
 
 @pytest.fixture
 def sources(tmp_path):
-    for name in ("source_a.csv", "source_b.jsonl"):
-        shutil.copy(ROOT / "data" / name, tmp_path / name)
-    return ["--data-path-a", str(tmp_path / "source_a.csv"), "--data-path-b", str(tmp_path / "source_b.jsonl")]
+    """Copies of the active schema's samples (iris: data/source_a.csv, data/source_b.jsonl), free to edit."""
+    a, b = (shutil.copy(path, tmp_path / path.name) for path in samples())
+    return ["--data-path-a", a, "--data-path-b", b]
 
 
 ALL = set(STAGES)
@@ -63,13 +64,11 @@ def test_changing_epochs_reruns_only_train(env, tmp_path, sources):
 
 
 def test_editing_one_source_reruns_its_load_and_everything_downstream(env, tmp_path, sources):
-    run(env, tmp_path / "r1", *sources)
-    with open(tmp_path / "source_b.jsonl", "a") as handle:  # same path, new content
-        handle.write(json.dumps({"Id": 151, "SepalLengthCm": 6.0, "SepalWidthCm": 3.0, "RandomColumn": 0.1,
-                                 "PetalLengthCm": 5.0, "PetalWidthCm": 1.8, "Species": "Iris-virginica"}) + "\n")
+    _, before = run(env, tmp_path / "r1", *sources)
+    drop_last_row(Path(sources[3]))  # same path, new content
     states, record = run(env, tmp_path / "r2", *sources)
     assert cached_stages(states) == {"load_a"}
-    assert record["stages"]["merge"]["rows_out"] == 151
+    assert record["stages"]["merge"]["rows_out"] == before["stages"]["merge"]["rows_out"] - 1
 
 
 def test_no_cache_forces_a_full_run(env, tmp_path, sources):
@@ -100,14 +99,23 @@ def test_damaged_cache_entry_is_detected_and_rerun(env, tmp_path, sources, damag
         "processed_data"]}
 
 
+def other_first_feature(csv: bytes) -> bytes:
+    """The CSV with the first digit of the first feature in the first row changed: same size, other content."""
+    header, row, _ = csv.split(b"\n", 2)
+    column = header.split(b",").index(next(iter(schemas.active().features)).encode())
+    at = len(header) + 1 + len(b",".join(row.split(b",")[:column])) + (column > 0)
+    digit = csv[at]
+    return csv[:at] + bytes([digit + 1 if digit < ord("9") else digit - 1]) + csv[at + 1:]
+
+
 @pytest.mark.parametrize("change", ["replaced", "rewritten"])
 def test_a_source_changed_while_its_load_runs_is_not_cached_under_its_old_content(tmp_path, change):
     """The runner hashes a source for the cache key before the stage reads it. A source changed in between
     must not leave a snapshot of the new content cached under the old content's key."""
     source = tmp_path / "a.csv"
-    shutil.copy(ROOT / "data" / "source_a.csv", source)
+    shutil.copy(samples()[0], source)
     original = source.read_bytes()
-    changed = original.replace(b"5.1,", b"5.2,", 1)  # the same size, other content
+    changed = other_first_feature(original)  # the same size, other content
     assert changed != original and len(changed) == len(original)
 
     def write(data):
@@ -124,7 +132,7 @@ def test_a_source_changed_while_its_load_runs_is_not_cached_under_its_old_conten
             return super().start(node, tree, timeout, mounts)
 
     dag, cache = dag_module.load(), Cache(tmp_path / "cache")
-    params = {"data_path_a": str(source), "data_path_b": str(ROOT / "data" / "source_b.jsonl")}
+    params = {"data_path_a": str(source), "data_path_b": str(samples()[1])}
     first = Run(dag, tmp_path / "r1", ChangingSource(), params, cache=cache, echo=False)
     assert first.execute(), first.failures()
     write(original)
@@ -164,7 +172,7 @@ def test_a_stage_writing_into_its_input_changes_no_upstream_output_and_no_cache_
                             handle.write(b"scribble")
             return super().start(node, tree, timeout, mounts)
 
-    params = {"data_path_a": str(ROOT / "data" / "source_a.csv"), "data_path_b": str(ROOT / "data" / "source_b.jsonl")}
+    params = {"data_path_a": str(samples()[0]), "data_path_b": str(samples()[1])}
     scribbled = Run(dag, tmp_path / "r1", WritingIntoInput(), params, cache=cache, echo=False)
     scribbled.execute()
     upstream = {src.stage for _, src in first.inputs.values() if src.stage}

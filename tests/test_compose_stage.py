@@ -14,7 +14,7 @@ import pytest
 from stageflow import dag as dag_module
 from stageflow.runner import HostBackend, Run
 
-from conftest import ROOT
+from conftest import ROOT, samples
 
 STAGE_UID = 12574  # Domino's uid, which a stage container runs as when the caller is root
 OUTSIDER = 54321  # a throwaway uid with no account here (`setpriv` needs none)
@@ -49,7 +49,7 @@ def shared_tmp():
 def upstream(shared_tmp):
     """A run of the whole flow on the host: its load outputs feed merge."""
     run = Run(dag_module.load(), shared_tmp / "run", HostBackend(), {
-        "data_path_a": str(ROOT / "data" / "source_a.csv"), "data_path_b": str(ROOT / "data" / "source_b.jsonl")},
+        "data_path_a": str(samples()[0]), "data_path_b": str(samples()[1])},
         echo=False)
     assert run.execute(), run.failures()
     return run

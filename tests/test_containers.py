@@ -18,11 +18,11 @@ from stageflow.dag import Dag
 from stageflow.runner import Run, RunError
 from stageflow.registry import STAGES, TIERS, Tier
 
-from conftest import ROOT
+from conftest import ROOT, samples, source_rows
 
 pytestmark = pytest.mark.docker
 
-DATA = {"data_path_a": str(ROOT / "data" / "source_a.csv"), "data_path_b": str(ROOT / "data" / "source_b.jsonl")}
+DATA = dict(zip(("data_path_a", "data_path_b"), map(str, samples())))  # the active schema's samples
 
 
 @pytest.fixture(scope="module")
@@ -177,12 +177,12 @@ def test_docker_backend_never_mounts_over_the_images_directories(containers, doc
 
 
 def test_a_data_path_holding_a_colon_is_mounted(containers, tmp_path):
-    source = tmp_path / "a:b" / "source_a.csv"
+    source = tmp_path / "a:b" / samples()[0].name
     source.parent.mkdir()
-    source.write_bytes((ROOT / "data" / "source_a.csv").read_bytes())
+    source.write_bytes(samples()[0].read_bytes())
     run, ok = run_load_a(containers.DockerBackend(), tmp_path / "run:1", source)
     assert ok, run.failures()
-    assert run.results["load_a"].rows_out == 75
+    assert run.results["load_a"].rows_out == source_rows(samples()[0])
 
 
 def test_a_container_that_does_not_start_is_removed(containers, docker_client, tmp_path, monkeypatch,
@@ -194,7 +194,7 @@ def test_a_container_that_does_not_start_is_removed(containers, docker_client, t
     docker_client.images.build(fileobj=__import__("io").BytesIO(
         f"FROM {images.LOCAL_BASE}\nENTRYPOINT [\"/nowhere\"]\n".encode()), tag=tag, rm=True)
     try:
-        run, ok = run_load_a(containers.DockerBackend(), tmp_path, ROOT / "data" / "source_a.csv")
+        run, ok = run_load_a(containers.DockerBackend(), tmp_path, samples()[0])
         assert not ok
         error = run.results["load_a"].error
         assert error.startswith("container of stage load_a did not start: ") and "/nowhere" in error, error
@@ -209,7 +209,7 @@ def test_a_stage_container_nobody_reads_any_more_is_removed(containers, docker_c
     node = dag_module.load().node("load_a")
     for part in ("inputs", "outputs"):
         (tmp_path / "load_a" / part).mkdir(parents=True)
-    source = ROOT / "data" / "source_a.csv"
+    source = samples()[0]
     (tmp_path / "load_a" / "inputs" / "data_path").write_text(str(source))
     handle = containers.DockerBackend().start(node, tmp_path / "load_a", 60, [source])
     lines = handle.lines()
@@ -219,8 +219,8 @@ def test_a_stage_container_nobody_reads_any_more_is_removed(containers, docker_c
 
 
 def test_compose_backend_refuses_a_data_path_holding_a_colon(containers, tmp_path):
-    source = tmp_path / "a:b.csv"
-    source.write_bytes((ROOT / "data" / "source_a.csv").read_bytes())
+    source = tmp_path / f"a:b{samples()[0].suffix}"
+    source.write_bytes(samples()[0].read_bytes())
     run, ok = run_load_a(containers.ComposeBackend(), ROOT / ".workflow", source)
     assert not ok
     assert run.results["load_a"].error == (f"data path {source}: holds ':', which `docker compose run -v` reads "

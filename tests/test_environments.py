@@ -13,7 +13,7 @@ from domino_server import CREATE_PATH as CREATE
 from stageflow import cli, domino_api, environments
 from stageflow.registry import STAGES
 
-from conftest import ROOT
+from conftest import ROOT, samples
 
 
 def pushed_record(tag: str = "") -> dict:
@@ -268,8 +268,8 @@ def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path
         assert image.labels["io.stageflow.version"] == stage.version
         for part in ("inputs", "outputs"):
             (tmp_path / part).mkdir()
-        source = tmp_path / "source_a.csv"
-        shutil.copy(ROOT / "data" / "source_a.csv", source)
+        source = tmp_path / samples()[0].name
+        shutil.copy(samples()[0], source)
         (tmp_path / "inputs" / "data_path").write_text(str(source))
         containers.prepare_tree(tmp_path)
         client.containers.run(tag, entrypoint=["/bin/sh", "-c", stage.command], user=containers.stage_user(), remove=True,

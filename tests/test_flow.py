@@ -12,10 +12,11 @@ from stageflow.registry import STAGES
 from stageflow.rundir import RunDir
 from stageflow.runner import HostBackend, Run, RunError
 
-from conftest import ROOT, assert_self_contained, downstream, references
+from stageflow.runtime import schema as schemas
 
-DATA_A = ROOT / "data" / "source_a.csv"
-DATA_B = ROOT / "data" / "source_b.jsonl"
+from conftest import ROOT, assert_self_contained, bad_source, downstream, references, sample_rows, samples
+
+DATA_A, DATA_B = samples()  # the active schema's: the bundled iris sample by default
 
 
 def stageflow(*args, cwd=ROOT):
@@ -90,7 +91,7 @@ def test_bundled_run_succeeds_and_reports(bundled_run):
     metrics = json.loads((run_dir / "outputs" / "metrics.json").read_text())
     headline = proc.stdout[proc.stdout.index("metrics headline:"):].splitlines()
     assert [line.split("  ")[1] for line in headline[1:]] == list(metrics["headline"])  # all of it, in order
-    assert "  hold-out accuracy  " in proc.stdout and "  F1 setosa  " in proc.stdout
+    assert "  hold-out accuracy  " in proc.stdout and f"  F1 {metrics['classes'][0]}  " in proc.stdout
     assert "[load_a]" in proc.stdout and "[train]" in proc.stdout  # streamed, prefixed by stage
 
 
@@ -98,11 +99,14 @@ def test_bundled_run_metrics(bundled_run):
     run_dir, _ = bundled_run
     metrics = json.loads((run_dir / "train" / "outputs" / "metrics").read_text())
     assert metrics["accuracy"] >= 0.9 and metrics["macro_f1"] >= 0.9
-    assert metrics["classes"] == ["setosa", "versicolor", "virginica"]
-    assert metrics["n_train"] + metrics["n_test"] == 150 and metrics["n_test"] == 30
-    assert sum(map(sum, metrics["confusion_matrix"])) == 30
+    schema = schemas.active()
+    assert metrics["classes"] == sorted(schema.classes)  # iris: setosa, versicolor, virginica
+    assert metrics["n_train"] + metrics["n_test"] == sample_rows()  # iris: 150
+    counts = metrics["class_counts"]
+    assert metrics["n_test"] == sum(max(1, round(0.2 * (counts["train"][c] + counts["test"][c]))) for c in counts["test"])
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n_test"]
     assert (metrics["epochs"], metrics["batch_size"]) == (10, 32) and len(metrics["loss_per_epoch"]) == 10
-    assert "Id" not in metrics["feature_names"]
+    assert metrics["feature_names"] == list(schema.features) and schema.key not in metrics["feature_names"]
 
 
 def test_bundled_run_record(bundled_run):
@@ -170,24 +174,26 @@ def test_primitive_inputs_are_materialised_as_text(bundled_run):
 def test_model_loads_and_predicts(bundled_run):
     import pickle
 
-    import pandas as pd
+    import pyarrow.csv as pcsv
+
     run_dir, _ = bundled_run
+    schema = schemas.active()
     model = pickle.loads((run_dir / "train" / "outputs" / "model").read_bytes())
-    assert list(model.feature_names_in_) == ["SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"]
-    assert list(model.classes_) == ["setosa", "versicolor", "virginica"]
-    row = pd.DataFrame([[5.0, 3.4, 1.5, 0.2]], columns=list(model.feature_names_in_))
-    assert model.predict(row)[0] == "setosa"
+    assert list(model.feature_names_in_) == list(schema.features)  # iris: SepalLengthCm, ... PetalWidthCm
+    assert list(model.classes_) == sorted(schema.classes)
+    rows = pcsv.read_csv(DATA_A).to_pandas()  # the rows of source A, as a user would hand them over
+    truth = [schema.canonical(str(label)) for label in rows[schema.label]]
+    assert (model.predict(rows[list(schema.features)]) == truth).mean() >= 0.9
     with pytest.raises(ValueError, match="feature names"):
-        model.predict(row.rename(columns={"SepalLengthCm": "Sepal"}))
+        model.predict(rows[list(schema.features)].rename(columns={next(iter(schema.features)): "renamed"}))
 
 
 def test_failed_stage_stops_downstream_and_is_reported(tmp_path, flow_dag):
     bad = tmp_path / "b.csv"
-    bad.write_text("Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n1,x,1,1,1,setosa\n")
+    message = bad_source(bad)
     proc = stageflow("run", "--run-dir", str(tmp_path / "run"), "--data-path-b", str(bad))
     assert proc.returncode == 1
-    assert (f"stage load_b failed: exit status 1: input data_path: {bad}: column SepalLengthCm must be a "
-            f"number in every row, found 'x' in row 1") in proc.stderr
+    assert f"stage load_b failed: exit status 1: {message}" in proc.stderr
     assert "--- last 20 lines of" in proc.stderr
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     states = {name: s["status"] for name, s in record["stages"].items()}

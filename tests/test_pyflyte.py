@@ -14,9 +14,13 @@ from stageflow import domino
 from stageflow.registry import STAGES
 from stageflow.runner import HostBackend, RunError
 
-from conftest import ROOT
+from stageflow.runtime import schema as schemas
+
+from conftest import ROOT, bad_source, samples
 
 PYFLYTE = Path(sys.executable).with_name("pyflyte")
+# The active schema's samples, relative to the repository (pyflyte runs there): data/source_a.csv for iris.
+SAMPLE_A, SAMPLE_B = (os.path.relpath(path, ROOT) for path in samples())
 
 
 def pyflyte(run_dir, *args, backend="host"):
@@ -36,8 +40,7 @@ def flat(text: str) -> str:
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pyflyte")
-    proc = pyflyte(run_dir, "--data_path_a", "data/source_a.csv", "--data_path_b", "data/source_b.jsonl",
-                   "--epochs", "3", "--batch_size", "16")
+    proc = pyflyte(run_dir, "--data_path_a", SAMPLE_A, "--data_path_b", SAMPLE_B, "--epochs", "3", "--batch_size", "16")
     return run_dir, proc
 
 
@@ -62,13 +65,13 @@ def test_pyflyte_returns_the_model_and_metrics(bundled):
     assert (outputs / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     figures = json.loads(metrics.read_text())
     assert (figures["epochs"], figures["batch_size"]) == (3, 16) and figures["accuracy"] >= 0.8
-    assert list(pickle.loads(model.read_bytes()).classes_) == ["setosa", "versicolor", "virginica"]
+    assert list(pickle.loads(model.read_bytes()).classes_) == sorted(schemas.active().classes)
 
 
 @pytest.mark.slow
 def test_pyflyte_materialises_inputs_as_the_contract_says(bundled):
     run_dir, _ = bundled
-    assert (run_dir / "load_a" / "load_a" / "inputs" / "data_path").read_text() == str(ROOT / "data" / "source_a.csv")
+    assert (run_dir / "load_a" / "load_a" / "inputs" / "data_path").read_text() == str(ROOT / SAMPLE_A)
     assert (run_dir / "train" / "train" / "inputs" / "epochs").read_text() == "3"  # flytekit alone drops these
     upstream = run_dir / "process" / "process" / "outputs" / "processed_data"
     assert (run_dir / "train" / "train" / "inputs" / "processed_data").read_bytes() == upstream.read_bytes()
@@ -77,12 +80,11 @@ def test_pyflyte_materialises_inputs_as_the_contract_says(bundled):
 @pytest.mark.slow
 def test_pyflyte_fails_loudly_on_a_failing_stage(tmp_path):
     bad = tmp_path / "b.csv"
-    bad.write_text("Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n1,x,1,1,1,setosa\n")
-    proc = pyflyte(tmp_path / "run", "--data_path_a", "data/source_a.csv", "--data_path_b", str(bad))
+    message = bad_source(bad)
+    proc = pyflyte(tmp_path / "run", "--data_path_a", SAMPLE_A, "--data_path_b", str(bad))
     assert proc.returncode != 0
     out = flat(proc.stdout + proc.stderr)
-    assert (f"stage load_b failed: exit status 1: input data_path: {bad}: column SepalLengthCm must be a number "
-            f"in every row, found 'x' in row 1") in out
+    assert f"stage load_b failed: exit status 1: {message}" in out
     assert f"--- last 20 lines of {tmp_path / 'run' / 'load_b' / 'logs' / 'load_b.log'} ---" in out
     assert not (tmp_path / "run" / "merge").exists()  # nothing downstream ran
     assert "TrainingOutputs(" not in proc.stdout
@@ -106,8 +108,7 @@ def test_without_a_daemon_the_process_backend_is_chosen_and_said_why(monkeypatch
 
 @pytest.mark.docker
 def test_pyflyte_uses_the_docker_backend_when_images_are_built(tmp_path):
-    proc = pyflyte(tmp_path, "--data_path_a", "data/source_a.csv", "--data_path_b", "data/source_b.jsonl",
-                   backend=None)
+    proc = pyflyte(tmp_path, "--data_path_a", SAMPLE_A, "--data_path_b", SAMPLE_B, backend=None)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ("stageflow: running each stage with the docker backend (Docker daemon reachable and every stage image "
             "built)") in proc.stdout

@@ -11,9 +11,9 @@ import pytest
 
 from stageflow.registry import STAGES
 
-from conftest import ROOT
+from conftest import ROOT, samples
 
-DATA_A = ROOT / "data" / "source_a.csv"
+DATA_A = samples()[0]
 
 
 def stageflow(*args):
@@ -49,15 +49,15 @@ def made_run(tmp_path_factory):
 def test_a_users_directory_is_refused_and_left_as_it_was(tmp_path):
     """The issue's case: the source lives in a folder named like a stage, inside the directory given."""
     (tmp_path / "merge").mkdir()
-    shutil.copy(DATA_A, tmp_path / "merge" / "source_a.csv")
+    shutil.copy(DATA_A, tmp_path / "merge" / DATA_A.name)
     (tmp_path / "report.html").write_text("my own report")
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "notes.txt").write_text("mine")
     before = snapshot(tmp_path)
-    proc = stageflow("run", "--run-dir", str(tmp_path), "--data-path-a", str(tmp_path / "merge" / "source_a.csv"))
+    proc = stageflow("run", "--run-dir", str(tmp_path), "--data-path-a", str(tmp_path / "merge" / DATA_A.name))
     assert_refused(proc, f"run directory {tmp_path}", "not made by stageflow")
     assert snapshot(tmp_path) == before
-    assert (tmp_path / "merge" / "source_a.csv").read_bytes() == DATA_A.read_bytes()
+    assert (tmp_path / "merge" / DATA_A.name).read_bytes() == DATA_A.read_bytes()
 
 
 def test_a_new_or_empty_directory_becomes_a_run_directory_and_can_be_reused(tmp_path):
@@ -69,7 +69,7 @@ def test_a_new_or_empty_directory_becomes_a_run_directory_and_can_be_reused(tmp_
 
 
 def test_a_data_path_inside_the_run_directory_is_refused(made_run):
-    source = made_run / "load_a" / "inputs" / "source_a.csv"
+    source = made_run / "load_a" / "inputs" / DATA_A.name
     shutil.copy(DATA_A, source)
     before = snapshot(made_run)
     proc = stageflow("run", "--run-dir", str(made_run), "--data-path-a", str(source))
