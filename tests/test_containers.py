@@ -56,7 +56,8 @@ def removes_leftovers(docker_client, tmp_path):
     """Whatever a test asserts, containers of its run directories do not outlive it."""
     yield
     for container in docker_client.containers.list(all=True, sparse=True, filters={"label": "io.stageflow.run"}):
-        if container.labels["io.stageflow.run"].startswith(str(tmp_path)):
+        # a sparse listing carries the labels as the list API gives them ("Labels"), not under "Config"
+        if (container.attrs.get("Labels") or {}).get("io.stageflow.run", "").startswith(str(tmp_path)):
             container.remove(force=True)
 
 
