@@ -204,18 +204,17 @@ def cmd_compose(args: argparse.Namespace) -> int:
 def cmd_compose_stage(args: argparse.Namespace) -> int:
     """One stage through docker-compose.yml, with its inputs from a run directory or given paths."""
     from stageflow import containers, dag as dag_module
-    from stageflow.runner import RunError
 
     latest = RUNS / "latest"
     run_dir = Path(args.from_dir) if args.from_dir else (latest if latest.is_dir() else None)
     given = dict(item.split("=", 1) for item in args.input)
-    defaults = {"data_path_a": str(DEFAULT_DATA_A), "data_path_b": str(DEFAULT_DATA_B)}
     try:
+        defaults = {name: str(path) for name, path in schemas.active().samples.items()}  # the schema's sample
         one = containers.one_stage(dag_module.load(Path(args.flow)), args.stage, run_dir, given, defaults)
         print(f"running stage {args.stage} through docker-compose.yml in {containers.COMPOSE_DIR}"
               + (f", inputs from {run_dir}" if run_dir else ""), flush=True)
         run = containers.compose_stage(one, args.timeout)
-    except RunError as err:
+    except (RunError, schemas.SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if run.interrupted:
