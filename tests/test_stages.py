@@ -3,12 +3,15 @@
 import gzip
 import json
 import math
+import pickle
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.neural_network import _multilayer_perceptron as mlp_module
+from sklearn.preprocessing import StandardScaler
 
 from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
@@ -230,6 +233,51 @@ def test_each_batch_is_one_gradient_step_of_batch_size_rows():
     assert model.named_steps["classify"]._optimizer.t == 3  # Adam's step counter: one step per epoch
     model, _ = train.fit(x_train, c_train, names, epochs=2, batch_size=100)
     assert model.named_steps["classify"]._optimizer.t == 2 * 3  # batches of 100, 100 and 40
+
+
+def test_fit_is_reproducible_to_the_model_bytes():
+    x, codes, names = iris_like(n_per_class=50)
+    models = [train.fit(x.copy(), codes, names, epochs=3, batch_size=16)[0] for _ in range(2)]
+    assert pickle.dumps(models[0], protocol=5) == pickle.dumps(models[1], protocol=5)
+    assert models[0].named_steps["classify"].get_params()["random_state"] == train.SEED  # the seed, not a generator
+
+
+def test_each_epoch_shuffles_the_training_set_afresh(monkeypatch):
+    """From an int seed sklearn makes a new generator per partial_fit call, so every epoch would see the same
+    order; the rows are drawn anew each epoch, as in sklearn's own fit."""
+    orders = []
+
+    def recording(*args, **kwargs):
+        orders.append(real(*args, **kwargs))
+        return orders[-1]
+
+    real = mlp_module.shuffle
+    monkeypatch.setattr(mlp_module, "shuffle", recording)
+    x, codes, names = iris_like(n_per_class=50)
+    train.fit(x, codes, names, epochs=3, batch_size=16)
+    assert len(orders) == 3
+    assert sorted(orders[0]) == list(range(150))
+    assert len({tuple(order) for order in orders}) == 3
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_trained_on_codes_the_model_predicts_what_training_on_names_gives(n_classes):
+    """The stage trains on integer codes (sklearn re-checks text labels on every call) and then names the
+    classes; the model must be the one sklearn trains on the names themselves."""
+    x, codes, names = iris_like(n_per_class=30)
+    keep = codes < n_classes
+    x, codes, names = x[keep], codes[keep], names[:n_classes]
+    model, _ = train.fit(x.copy(), codes, names, epochs=2, batch_size=8)
+    scaled = StandardScaler().fit_transform(x)
+    direct = train.estimator(8).set_params(random_state=np.random.RandomState(train.SEED))
+    for _ in range(2):
+        direct.partial_fit(scaled, names[codes], classes=names)
+    classify = model.named_steps["classify"]
+    assert list(classify.classes_) == list(names)
+    assert all(np.array_equal(a, b) for a, b in zip(classify.coefs_, direct.coefs_))
+    assert model.predict(x).tolist() == direct.predict(scaled).tolist()
+    assert set(model.predict(x)) <= set(names)
+    assert np.array_equal(model.predict_proba(x), direct.predict_proba(scaled))
 
 
 def test_evaluate_agrees_with_sklearn_on_names():
