@@ -95,6 +95,6 @@ def test_bench_runs_part_of_the_flow_on_shuffled_ids(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Ids shuffled" in proc.stdout
     cells = [line.split() for line in proc.stdout.splitlines()]
-    assert {row[0] for row in cells if len(row) > 1 and row[1].replace(",", "").isdigit()} == {"load_a", "load_b",
-                                                                                               "merge"}
+    table_rows = {row[0] for row in cells if len(row) == 2 + len(bench.UNITS) and row[0] in registry.STAGES}
+    assert table_rows == {"load_a", "load_b", "merge"}  # the process backend's column only
     assert "pyflyte" not in proc.stdout and "train / fit" not in proc.stdout
