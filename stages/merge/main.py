@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -114,7 +115,7 @@ def aligned(streams: list[Iterable[pa.Table]]) -> Iterator[list[pa.Table | None]
                     live.remove(i)
         if len(live) <= 1:
             for i in live:
-                for table in (held[i], *streams[i]):
+                for table in chain([held[i]], streams[i]):  # lazily: the rest may be most of the data
                     if table.num_rows:
                         yield [table if j == i else None for j in range(len(streams))]
             return
@@ -234,7 +235,7 @@ def merge(tree: StageTree) -> None:
             raise
         writer.close({"sources": sources, "rows": writer.rows, "overlap": overlap.count})
     log.info("merged %d + %d rows (%d Ids in both, identical) into %d rows (%s)", a.num_rows, b.num_rows,
-             overlap.count, writer.rows, "streamed: both sorted by Id" if streaming else "sorted through files")
+             overlap.count, writer.rows, "streamed: both sorted by Id" if streaming else "sorted through spill files: a source is not sorted by Id")
 
 
 def main() -> None:
