@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -86,15 +87,20 @@ def revision() -> str:
 
 def missing_wheels() -> list[str]:
     """Pinned requirements with no wheel in the wheelhouse: the build would fail later, less clearly."""
-    have = {p.name.split("-")[0].lower().replace("_", "-") + "==" + p.name.split("-")[1]
-            for p in WHEELS.glob("*.whl")}
+    have = {pin(*p.name.split("-")[:2]) for p in WHEELS.glob("*.whl")}
     wanted = set()
     for req in requirement_files():
         for line in req.read_text().splitlines():
             line = line.split("#")[0].strip()
             if line:
-                wanted.add(line.lower().replace("_", "-"))
+                wanted.add(pin(*line.split("==")))
     return sorted(wanted - have)
+
+
+def pin(name: str, version: str) -> str:
+    """`name==version` with the name as PEP 503 compares it: a lock spells `jaraco-classes`, a wheel may
+    spell `jaraco.classes` or `jaraco_classes`."""
+    return re.sub(r"[-_.]+", "-", name).lower() + "==" + version
 
 
 def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], force: bool = False) -> str:

@@ -3,40 +3,74 @@
 Unpickling runs whatever code the file asks for, so a model file swapped or altered after training is
 arbitrary code execution. The train stage records the model's hash in its metrics (and the runner in
 run.json); a model that does not match is refused before a single byte of it is unpickled.
+
+The file is read once, and the bytes that were hashed are the bytes unpickled: hashing the file and then
+opening it again would check one file and run another (a file replaced in between, or a FIFO that feeds
+each reader something different). Only a regular file is read at all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
-
-from stageflow.runtime.contract import sha256_file
 
 
 class ModelError(Exception):
     """The model cannot be trusted or found; the message says which and why."""
 
 
-def verify(model_path: Path, metrics_path: Path) -> str:
-    """Return the model's sha256 if it matches the one recorded in `metrics_path`; raise otherwise."""
-    model_path, metrics_path = Path(model_path), Path(metrics_path)
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"))  # a socket cannot be opened at all: "cannot be read"
+
+
+def read_regular(what: str, path: Path) -> bytes:
+    """The whole of `path` (the model or the metrics: `what`), provided it is a regular file.
+
+    The type is checked on the open file, so the path cannot change between the check and the read;
+    O_NONBLOCK, so that opening a FIFO does not wait for a writer.
+    """
     try:
-        expected = json.loads(metrics_path.read_text())["model_sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ModelError(f"metrics {metrics_path}: no model_sha256 to check against ({err})") from None
-    try:
-        actual = sha256_file(model_path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as err:
-        raise ModelError(f"model {model_path}: cannot be read ({err.strerror})") from None
+        raise ModelError(f"{what} {path}: cannot be read ({err.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in KINDS if test(mode)), "a special file")
+        raise ModelError(f"{what} {path}: is {kind}, not a regular file; refusing to read it")
+    with open(fd, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as err:
+            raise ModelError(f"{what} {path}: cannot be read ({err.strerror})") from None
+
+
+def verified_bytes(model_path: Path, metrics_path: Path) -> tuple[bytes, str]:
+    """The model's bytes and their sha256, if it matches the one recorded in `metrics_path`; raise otherwise."""
+    model_path, metrics_path = Path(model_path), Path(metrics_path)
+    metrics = read_regular("metrics", metrics_path)
+    try:
+        expected = json.loads(metrics)["model_sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"metrics {metrics_path}: no model_sha256 to check against ({err})") from None
+    data = read_regular("model", model_path)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ModelError(f"model {model_path}: sha256 {actual} does not match {expected} recorded in "
                          f"{metrics_path}; refusing to load it (unpickling an untrusted file runs code)")
-    return actual
+    return data, actual
+
+
+def verify(model_path: Path, metrics_path: Path) -> str:
+    """Return the model's sha256 if it matches the one recorded in `metrics_path`; raise otherwise."""
+    return verified_bytes(model_path, metrics_path)[1]
 
 
 def load(model_path: Path, metrics_path: Path):
-    """The scikit-learn pipeline in `model_path`, unpickled only after `verify` passed."""
-    verify(model_path, metrics_path)
-    with open(model_path, "rb") as handle:
-        return pickle.load(handle)  # noqa: S301 - verified against the recorded hash just above
+    """The scikit-learn pipeline in `model_path`, unpickled from the very bytes `verify` checked."""
+    data, _ = verified_bytes(model_path, metrics_path)
+    return pickle.loads(data)  # noqa: S301 - these bytes matched the recorded hash just above

@@ -38,10 +38,12 @@ TIERS = {"Small": Tier(cpus=1, memory="2g"), "Medium": Tier(cpus=2, memory="4g")
 
 
 def content_hash(paths: list[Path], *salt: str) -> str:
-    """A short hash of files (and directories, recursively) by path and content: an image version."""
+    """A short hash of files (and directories, recursively) by path and content: an image version.
+
+    A lock's source (requirements.in) is left out: the image installs the lock compiled from it."""
     digest = hashlib.sha256("\0".join(salt).encode() + b"\0")
     files = sorted(found for path in paths for found in ([path] if path.is_file() else path.rglob("*"))
-                   if found.is_file() and "__pycache__" not in found.parts)
+                   if found.is_file() and "__pycache__" not in found.parts and found.suffix != ".in")
     for path in files:
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]

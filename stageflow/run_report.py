@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Iterable, Mapping, Sequence
 
-from stageflow.runtime.report import DASH, Html, cards, escape, fmt, link, page, section, table
+from stageflow.runtime.report import DASH, Html, cards, fmt, link, page, section, table
 
 
 def rows_cell(stage: Mapping[str, Any]) -> str:
@@ -59,16 +59,16 @@ def dag_svg(order: Sequence[str], edges: Sequence[tuple[str, str]], stages: Mapp
            for col, names in columns.items() for i, name in enumerate(names)}  # each column centred
     width = PAD * 2 + max(columns, default=0) * COL_W + BOX_W
     height = PAD * 2 + (tallest - 1) * ROW_H + BOX_H
-    parts = [f'<svg class="dag" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="flow DAG">',
-             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-             'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8c959f"/></marker></defs>']
+    parts = [Html('<svg class="dag" width="{0}" height="{1}" viewBox="0 0 {0} {1}" role="img" aria-label="flow DAG">'
+                  '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+                  'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8c959f"/></marker></defs>'
+                  ).format(width, height)]
     for src, dst in edges:
         (x1, y1), (x2, y2) = pos[src], pos[dst]
         x1, y1, y2 = x1 + BOX_W, y1 + BOX_H / 2, y2 + BOX_H / 2
         mid = (x1 + x2) / 2
-        parts.append(f'<path d="M {x1} {y1} C {mid} {y1}, {mid} {y2}, {x2 - 2} {y2}" fill="none" '
-                     'stroke="#8c959f" stroke-width="1.5" marker-end="url(#arrow)"/>')
+        parts.append(Html('<path d="M {} {} C {} {}, {} {}, {} {}" fill="none" stroke="#8c959f" stroke-width="1.5" '
+                          'marker-end="url(#arrow)"/>').format(x1, y1, mid, y1, mid, y2, x2 - 2, y2))
     for name in order:
         x, y = pos[name]
         stage = stages.get(name, {})
@@ -76,15 +76,16 @@ def dag_svg(order: Sequence[str], edges: Sequence[tuple[str, str]], stages: Mapp
         fill, ink = FILL.get(status, GREY)
         detail = status + (f" · {seconds(stage):.1f} s" if seconds(stage) is not None else "")
         detail += " · cached" if stage.get("cached") else ""
-        tip = f"<title>{escape(stage['error'])}</title>" if stage.get("error") else ""
-        parts.append(f'<a href="#stage-{escape(name)}">{tip}<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" '
-                     f'rx="8" fill="{fill}" stroke="{ink}" stroke-width="1.5"/>'
-                     f'<text x="{x + BOX_W / 2}" y="{y + 24}" text-anchor="middle" font-size="15" font-weight="600" '
-                     f'fill="#1f2328">{escape(name)}</text>'
-                     f'<text x="{x + BOX_W / 2}" y="{y + 44}" text-anchor="middle" font-size="12" '
-                     f'fill="{ink}">{escape(detail)}</text></a>')
-    parts.append("</svg>")
-    return Html("".join(parts))
+        tip = Html("<title>{}</title>").format(stage["error"]) if stage.get("error") else ""
+        parts.append(Html('<a href="#stage-{name}">{tip}<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" '
+                          'fill="{fill}" stroke="{ink}" stroke-width="1.5"/>'
+                          '<text x="{mid}" y="{y1}" text-anchor="middle" font-size="15" font-weight="600" '
+                          'fill="#1f2328">{name}</text>'
+                          '<text x="{mid}" y="{y2}" text-anchor="middle" font-size="12" fill="{ink}">{detail}</text></a>'
+                          ).format(name=name, tip=tip, x=x, y=y, w=BOX_W, h=BOX_H, fill=fill, ink=ink,
+                                   mid=x + BOX_W / 2, y1=y + 24, y2=y + 44, detail=detail))
+    parts.append(Html("</svg>"))
+    return Html("").join(parts)
 
 
 def when(stamp: str | None) -> str:
@@ -113,23 +114,22 @@ def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[
     for name in order:
         stage = stages.get(name, {})
         status = stage.get("status", "pending")
-        outputs = Html("<br>".join(f"<span class=nowrap>{link(f'{name}/outputs/{out}', out)} "
-                                   f"<span class=mono>{digest[:12]}</span></span>"
-                                   for out, digest in stage.get("outputs", {}).items()) or DASH)
-        row = [Html(f'<span id="stage-{escape(name)}">{escape(name)}</span>'),
-               Html(f'<span class="status {escape(status)}">{escape(status)}</span>'),
+        outputs = Html("<br>").join(Html('<span class=nowrap>{} <span class=mono>{}</span></span>').format(
+            link(f"{name}/outputs/{out}", out), digest[:12]) for out, digest in stage.get("outputs", {}).items()) or DASH
+        row = [Html('<span id="stage-{0}">{0}</span>').format(name),
+               Html('<span class="status {0}">{0}</span>').format(status),
                fmt(seconds(stage), ".2f"), fmt(stage.get("peak_rss_mb"), ",.0f"), rows_cell(stage),
                fmt(stage.get("cached")), link(f"logs/{name}.log", f"{name}.log") if stage.get("log") else DASH,
                outputs]
-        rows.append(row + [Html(f'<span class="error">{escape(stage.get("error") or "")}</span>')] * errors)
+        rows.append(row + [Html('<span class="error">{}</span>').format(stage.get("error") or "")] * errors)
     header = ["stage", "status", "seconds", "peak MB", "rows in → out", "cached", "log", "outputs"]
     stage_table = table(header + ["error"] * errors, rows, numeric=(2, 3))
     head = [("status", record.get("status", DASH))]
     if metrics:
         head += [("accuracy", f"{metrics['accuracy']:.3f}"), ("macro F1", f"{metrics['macro_f1']:.3f}")]
     head.append(("wall time", wall_time(record)))
-    training = (Html(f"<p>{link(training_href, 'Open the training report')} "
-                     "(hold-out metrics, confusion matrix, loss curve, class balance, parameters).</p>")
+    training = (Html("<p>{} (hold-out metrics, confusion matrix, loss curve, class balance, parameters).</p>").format(
+                    link(training_href, "Open the training report"))
                 if training_href else Html("<p>No training report: the train stage did not finish.</p>"))
     params = table(["input", "value"], record.get("params", {}).items())
     subtitle = (f"flow {record.get('flow', DASH)} on the {record.get('backend', DASH)} backend, "
@@ -137,4 +137,4 @@ def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[
     return page("Run report", subtitle, cards(head),
                 section("Training", training),
                 section("Stages", dag_svg(order, edges, stages), stage_table),
-                section("Flow inputs", params, Html(f"<p>Record: {link('run.json', 'run.json')}</p>")))
+                section("Flow inputs", params, Html("<p>Record: {}</p>").format(link("run.json", "run.json"))))

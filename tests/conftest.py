@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stageflow.runtime import dataset
+from stageflow.runtime import contract, dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
@@ -22,6 +22,31 @@ def load_stage(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def run_main(module, root: Path) -> tuple[int, str | None]:
+    """Run a stage's own entrypoint (`main()`, as its image does) in this process on the fake tree at `root`,
+    so a test's monkeypatched sizes apply; return its exit status and its _ERROR text (None if it wrote none)."""
+    saved = os.environ.get("WORKFLOW_ROOT")
+    os.environ["WORKFLOW_ROOT"] = str(root)
+    try:
+        with pytest.raises(SystemExit) as exit:
+            module.main()
+    finally:
+        if saved is None:
+            del os.environ["WORKFLOW_ROOT"]
+        else:
+            os.environ["WORKFLOW_ROOT"] = saved
+    error = root / "outputs" / contract.ERROR_FILE
+    return exit.value.code, error.read_text() if error.exists() else None
+
+
+def write_snapshot(path: Path, table: pa.Table, meta: dict | None = None) -> Path:
+    """A snapshot as the stages write one: checked by the schema, through their own Writer."""
+    with dataset.Writer(path) as writer:
+        writer.write(dataset.conform(table, "test snapshot"))
+        writer.meta = meta or {}
+    return path
 
 
 @pytest.fixture
@@ -68,7 +93,7 @@ def train_root(wf_root):
     columns = {dataset.ID: pa.array(range(1, len(y) + 1), pa.int64()),
                **{name: pa.array(x[:, i]) for i, name in enumerate(dataset.FEATURES)},
                dataset.LABEL: pa.array(list(y))}
-    dataset.write(pa.table(columns), wf_root / "inputs" / "processed_data", {})
+    write_snapshot(wf_root / "inputs" / "processed_data", pa.table(columns))
     (wf_root / "inputs" / "epochs").write_text("5")
     (wf_root / "inputs" / "batch_size").write_text("16")
     return wf_root

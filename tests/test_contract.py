@@ -88,9 +88,15 @@ def test_file_input_returns_its_path(wf_root):
     assert StageTree().read("data", File) == wf_root / "inputs" / "data"
 
 
-def test_directory_where_a_file_is_expected_is_refused(wf_root):
-    (wf_root / "inputs" / "data").mkdir()
-    with pytest.raises(StageError, match="input data: expected a file file, found a directory"):
+@pytest.mark.parametrize("make, what", [
+    (os.mkdir, "a directory"),
+    (os.mkfifo, r"a FIFO \(named pipe\)"),
+    (lambda path: path.symlink_to(path.parent / "nowhere"),
+     r"a link that cannot be followed \(No such file or directory\)"),
+])
+def test_anything_but_a_regular_file_is_refused_and_named(wf_root, make, what):
+    make(wf_root / "inputs" / "data")
+    with pytest.raises(StageError, match=f"^input data: expected a regular file, found {what} at .*inputs/data$"):
         StageTree().read("data", File)
 
 
@@ -171,6 +177,21 @@ def test_unexpected_exception_is_one_line_in_error(wf_root, capsys):
     assert contract.run(body, outputs=[]) == 1
     assert (wf_root / "outputs" / contract.ERROR_FILE).read_text() == "ZeroDivisionError: division by zero\n"
     assert "Traceback" in capsys.readouterr().err  # the full trace goes to the log, not to _ERROR
+
+
+@pytest.mark.parametrize("filler", ["y", "é"])
+def test_a_huge_error_is_cut_to_a_short_line_that_keeps_its_start(wf_root, capsys, filler):
+    message = "input x: " + filler * 3_000_000
+
+    def body(tree):
+        raise StageError(message)
+    assert contract.run(body, outputs=[]) == 1
+    error = (wf_root / "outputs" / contract.ERROR_FILE).read_bytes().decode("utf-8")  # cut between characters
+    whole = len(message.encode())
+    assert error.startswith("input x: " + filler * 1000) and error.count("\n") == 1
+    assert error.endswith(f" … (cut here: the whole line was {whole} bytes)\n")
+    assert len(error.encode()) <= contract.MAX_ERROR_LINE + 1
+    assert len(capsys.readouterr().err) < 2 * contract.MAX_ERROR_LINE  # the log gets the short line too
 
 
 def test_declared_output_not_written_is_an_error(wf_root):

@@ -1,5 +1,6 @@
 """Faults: a stage killed mid-write, Ctrl-C, a full disk, concurrent runs, and model integrity."""
 
+import hashlib
 import json
 import os
 import signal
@@ -186,3 +187,62 @@ def test_metrics_without_a_hash_are_refused(trained, tmp_path):
     metrics.write_text(json.dumps({"accuracy": 1.0}))
     with pytest.raises(model.ModelError, match=r"metrics .*: no model_sha256 to check against"):
         model.verify(model_path, metrics)
+
+
+def payload(marker):
+    """A pickle that creates `marker` when it is unpickled: proof that untrusted code ran."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Payload())
+
+
+def test_a_model_swapped_after_its_hash_is_checked_is_never_unpickled(trained, tmp_path, monkeypatch):
+    """The bytes unpickled are the bytes hashed: replacing the file once it is hashed changes nothing."""
+    real_model, metrics_path, _ = trained
+    model_path, evil, marker = tmp_path / "model", tmp_path / "evil", tmp_path / "pwned"
+    model_path.write_bytes(real_model.read_bytes())
+    evil.write_bytes(payload(marker))
+    real_sha256 = hashlib.sha256
+
+    class SwapOnceHashed:  # the file is replaced on disk the moment its digest is taken
+        def __init__(self, *data):
+            self.hash = real_sha256(*data)
+
+        def update(self, data):
+            self.hash.update(data)
+
+        def hexdigest(self):
+            if evil.exists():
+                os.replace(evil, model_path)
+            return self.hash.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", SwapOnceHashed)
+    loaded = model.load(model_path, metrics_path)
+    monkeypatch.undo()
+    assert not evil.exists() and model_path.read_bytes() == payload(marker)  # the swap did happen
+    assert not marker.exists()  # the payload never ran
+    assert list(loaded.classes_) == ["setosa", "versicolor", "virginica"]  # what was hashed is what loaded
+
+
+def test_a_fifo_is_refused_as_a_model_without_waiting_for_a_writer(trained, tmp_path):
+    """A FIFO can hand the hash one stream and the unpickler another (or hang the reader): refused unread."""
+    _, metrics_path, _ = trained
+    fifo = tmp_path / "model"
+    os.mkfifo(fifo)
+    message = f"model {fifo}: is a FIFO (named pipe), not a regular file; refusing to read it"
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "verify-model", str(fifo), str(metrics_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)  # reading it would wait forever
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"error: {message}\n")
+    with pytest.raises(model.ModelError) as raised:
+        model.load(fifo, metrics_path)
+    assert str(raised.value) == message
+
+
+def test_a_directory_is_refused_as_a_model(trained, tmp_path):
+    _, metrics_path, _ = trained
+    with pytest.raises(model.ModelError, match=rf"^model {tmp_path}: is a directory, not a regular file; "):
+        model.verify(tmp_path, metrics_path)

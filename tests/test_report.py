@@ -242,6 +242,25 @@ def test_run_report_shows_errors_escaped_and_dashes_for_missing_fields(run_page)
     assert merge_row.count(report.DASH) >= 4  # peak MB, rows, cached, log: not recorded for a skipped stage
 
 
+def test_run_report_escapes_every_value_from_run_json():
+    evil = '<script>pwned()</script><img src=x onerror="pwned()">'
+    record = {**RECORD, "flow": evil, "backend": evil, "status": evil, "started_at": evil, "params": {evil: evil},
+              "stages": {"load_a": {"status": evil, "error": evil, "log": evil, "cached": evil,
+                                    "outputs": {evil: evil, "javascript:pwned()": evil}}}}
+    page = run_report.run_report(record, ORDER, EDGES, METRICS, "training-report.html")
+    assert "<script" not in page and "<img" not in page and page.count("&lt;script&gt;") >= 8
+    assert 'href="load_a/outputs/javascript%3Apwned%28%29"' in page  # a file name, never a javascript: URL
+    assert_self_contained(page)
+
+
+def test_page_helpers_escape_whatever_is_not_marked_as_markup():
+    assert report.section("<h>", "<b>text</b>", report.Html("<i>markup</i>")) == \
+        "<section><h2>&lt;h&gt;</h2>&lt;b&gt;text&lt;/b&gt;<i>markup</i></section>"
+    assert report.Html('<a title="{}">{:.1f} {}</a>').format('"><b>', 2.25, report.Html("<br>")) == \
+        '<a title="&quot;&gt;&lt;b&gt;">2.2 <br></a>'
+    assert report.Html("<br>").join(["<b>", report.Html("<i>")]) == "&lt;b&gt;<br><i>"
+
+
 def test_run_report_without_training_says_so():
     page = run_report.run_report({**RECORD, "stages": {}}, ORDER, EDGES)
     assert "No training report" in page and "training-report.html" not in page

@@ -3,6 +3,7 @@
 import gzip
 import json
 import math
+import os
 import pickle
 
 import numpy as np
@@ -16,8 +17,9 @@ from sklearn.preprocessing import StandardScaler
 from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import iris_like, load_stage
+from conftest import iris_like, load_stage, run_main, write_snapshot
 
+load_a = load_stage("load_a")
 merge = load_stage("merge")
 process = load_stage("process")
 train = load_stage("train")
@@ -82,7 +84,7 @@ def test_missing_and_duplicate_ids_are_refused():
         dataset.check_ids(table([(5, "a"), (2, "b"), (5, "c"), (2, "d"), (3, "e")]), "src")
 
 
-# ------------------------------------------------------------------ sources
+# ------------------------------------------------------------------ sources (more in test_bad_inputs.py)
 
 
 def write_csv(path, body, opener=open):
@@ -104,112 +106,153 @@ def write_jsonl(path, csv_rows):
 GOOD_ROWS = "1,5.1,3.5,0.1,1.4,0.2,Iris-setosa\n2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor\n"
 
 
+def load_source(root, path):
+    """Run load_a on the source at `path`: its exit status, its _ERROR and the snapshot (None on failure)."""
+    (root / "inputs" / "data_path").write_text(str(path))
+    status, error = run_main(load_a, root)
+    out = root / "outputs" / "datasetA"
+    return status, error, dataset.Snapshot(out, "datasetA") if out.exists() else None
+
+
 @pytest.mark.parametrize("name, writer", [
     ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS)),
     ("s.csv.gz", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS, gzip.open)),
     ("s.jsonl", lambda p: write_jsonl(p, GOOD_ROWS)),
     ("s.parquet", lambda p: pq.write_table(table([(1, "Iris-setosa"), (2, "Iris-versicolor")]), p)),
 ])
-def test_every_source_format_loads(tmp_path, name, writer):
-    path = tmp_path / name
+def test_every_source_format_loads(wf_root, name, writer):
+    path = wf_root / name
     writer(path)
-    raw, _ = sources.read_source(path)
-    out = dataset.conform(raw, "src")
-    assert out.num_rows == 2 and out.column("Id").to_pylist() == [1, 2]
+    status, error, out = load_source(wf_root, path)
+    assert (status, error) == (0, None)
+    assert out.read().column("Id").to_pylist() == [1, 2]
+    assert out.read().column("Species").to_pylist() == ["Iris-setosa", "Iris-versicolor"]  # process normalises
+    assert out.meta["source"]["rows"] == 2 and out.meta["source"]["format"] == name.split(".", 1)[1]
 
 
-def test_unsupported_extension_and_missing_file(tmp_path):
-    with pytest.raises(StageError, match=r"input data_path: .*s\.xlsx has an unsupported extension"):
-        sources.read_source(tmp_path / "s.xlsx")
-    with pytest.raises(StageError, match=r"input data_path: .*nope\.csv does not exist"):
-        sources.read_source(tmp_path / "nope.csv")
+def test_padded_numbers_take_the_slow_path_and_load(wf_root):
+    path = write_csv(wf_root / "s.csv", HEADER + "\n1, 5.1 ,3.5,0.1,1.4,0.2,setosa\n")
+    status, _, out = load_source(wf_root, path)
+    assert status == 0
+    assert out.read().column("SepalLengthCm").to_pylist() == [5.1]
 
 
-def test_empty_and_header_only_files(tmp_path):
-    with pytest.raises(StageError, match="is empty"):
-        sources.read_source(write_csv(tmp_path / "e.csv", ""))
-    with pytest.raises(StageError, match="has a header but no data rows"):
-        sources.read_source(write_csv(tmp_path / "h.csv", HEADER + "\n"))
+def test_the_text_read_rewrites_the_file_the_typed_read_began(wf_root, monkeypatch):
+    """A bad value in a late batch sends load back to a text read after the typed one wrote row groups into
+    the same temporary file: the snapshot must hold each row once."""
+    monkeypatch.setattr(dataset, "ROW_GROUP", 2)
+    monkeypatch.setattr(sources, "CSV_BLOCK", 100)
+    rows = [f"{i},5.1,3.5,0.1,1.4,0.2,setosa" for i in range(1, 10)] + ["10, 5.1 ,3.5,0.1,1.4,0.2,setosa"]
+    status, _, out = load_source(wf_root, write_csv(wf_root / "s.csv", HEADER + "\n" + "\n".join(rows) + "\n"))
+    assert status == 0
+    assert out.read().column("Id").to_pylist() == list(range(1, 11))
+    assert out.file.metadata.num_row_groups > 1 and out.meta["source"]["rows"] == 10
 
 
-def test_padded_numbers_take_the_slow_path_and_load(tmp_path):
-    path = write_csv(tmp_path / "s.csv", HEADER + "\n1, 5.1 ,3.5,0.1,1.4,0.2,setosa\n")
-    out = dataset.conform(sources.read_source(path)[0], "src")
-    assert out.column("SepalLengthCm").to_pylist() == [5.1]
+# ------------------------------------------------------------------ merge (more in test_streaming.py)
 
 
-# ------------------------------------------------------------------ merge
+def merged(root, a, b):
+    """Run merge on snapshots of tables `a` and `b`: its exit status, its _ERROR and its output (or None)."""
+    write_snapshot(root / "inputs" / "datasetA", a)
+    write_snapshot(root / "inputs" / "datasetB", b)
+    status, error = run_main(merge, root)
+    out = root / "outputs" / "merged_data"
+    return status, error, dataset.Snapshot(out, "merged_data") if out.exists() else None
 
 
-def test_merge_is_the_union_of_a_and_b_not_a_twice():
-    a = table([(1, "setosa"), (2, "setosa")])
-    b = table([(3, "virginica"), (4, "virginica")])
-    merged, overlap = merge.union(a, b)
-    assert merged.column("Id").to_pylist() == [1, 2, 3, 4] and overlap == 0
+def test_merge_is_the_union_of_a_and_b_not_a_twice(wf_root):
+    status, _, out = merged(wf_root, table([(1, "setosa"), (2, "setosa")]), table([(3, "virginica"), (4, "virginica")]))
+    assert status == 0
+    assert out.read().column("Id").to_pylist() == [1, 2, 3, 4] and out.meta["overlap"] == 0
 
 
-def test_merge_keeps_identical_rows_once_and_sorts_by_id():
-    a = table([(3, "setosa"), (1, "setosa")])
-    b = table([(2, "virginica"), (3, "setosa")])
-    merged, overlap = merge.union(a, b)
-    assert merged.column("Id").to_pylist() == [1, 2, 3] and overlap == 1
+def test_merge_keeps_identical_rows_once_and_sorts_by_id(wf_root):
+    status, _, out = merged(wf_root, table([(3, "setosa"), (1, "setosa")]), table([(2, "virginica"), (3, "setosa")]))
+    assert status == 0
+    assert out.read().column("Id").to_pylist() == [1, 2, 3] and out.meta["overlap"] == 1
+    assert out.read().column("Species").to_pylist() == ["setosa", "virginica", "setosa"]
 
 
-def test_merge_accepts_columns_in_another_order():
+def test_merge_accepts_a_snapshot_with_columns_in_another_order(wf_root):
     a = table([(1, "setosa")])
     b = table([(2, "virginica")])
-    b = b.select(list(reversed(b.column_names)))
-    assert merge.union(a, b)[0].column_names == a.column_names
+    write_snapshot(wf_root / "inputs" / "datasetA", a)
+    pq.write_table(b.select(list(reversed(b.column_names))), wf_root / "inputs" / "datasetB")
+    assert run_main(merge, wf_root) == (0, None)
+    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data").read()
+    assert out.column_names == a.column_names and out.column("Id").to_pylist() == [1, 2]
 
 
-def test_merge_refuses_conflicting_ids_and_names_them():
-    a = table([(1, "setosa"), (2, "setosa"), (3, "setosa")])
-    b = table([(1, "setosa"), (2, "virginica"), (3, "versicolor")])
-    with pytest.raises(StageError, match=r"merge: Id 2, 3 \(2 in all\) have different values"):
-        merge.union(a, b)
+@pytest.mark.parametrize("missing", [None, math.nan])
+def test_merge_treats_two_missing_values_as_equal(wf_root, missing):
+    a = table([(1, "setosa")], SepalLengthCm=[missing])
+    status, _, out = merged(wf_root, a, a)
+    assert status == 0 and out.num_rows == 1 and out.meta["overlap"] == 1
 
 
-def test_merge_treats_two_missing_values_as_equal():
-    a = table([(1, "setosa")], SepalLengthCm=[None])
-    b = table([(1, "setosa")], SepalLengthCm=[None])
-    assert merge.union(a, b)[0].num_rows == 1
+@pytest.mark.parametrize("ids_b", [[2, 3], [3, 2]], ids=["streamed", "unsorted"])
+@pytest.mark.parametrize("lacking", ["datasetA", "datasetB"])
+def test_merge_leaves_out_an_optional_column_only_one_source_has(wf_root, capsys, lacking, ids_b):
+    a, b = table([(1, "setosa"), (2, "setosa")]), table([(i, "setosa") for i in ids_b])
+    if lacking == "datasetA":
+        a = a.drop_columns([dataset.NOISE])
+    else:
+        b = b.drop_columns([dataset.NOISE])
+    status, error, out = merged(wf_root, a, b)
+    assert (status, error) == (0, None)
+    assert out.column_names == [dataset.ID, *dataset.FEATURES, dataset.LABEL]
+    assert out.read().column("Id").to_pylist() == [1, 2, 3] and out.meta["overlap"] == 1  # Id 2: the same row
+    has = "datasetB" if lacking == "datasetA" else "datasetA"
+    assert f"merge: RandomColumn is in {has} but not in {lacking}; merged_data leaves it out" in capsys.readouterr().err
 
 
-def test_merge_refuses_different_column_sets():
-    a = table([(1, "setosa")])
-    b = table([(2, "setosa")]).drop_columns([dataset.NOISE])
-    with pytest.raises(StageError, match=r"only in A: RandomColumn; only in B: -"):
-        merge.union(a, b)
+# ------------------------------------------------------------------ process (more in test_streaming.py)
 
 
-def test_merge_refuses_different_types():
-    a = table([(1, "setosa")])
-    b = pa.table({**{c: a.column(c) for c in a.column_names}}).set_column(1, "SepalLengthCm", pa.array([1], pa.int64()))
-    with pytest.raises(StageError, match="column SepalLengthCm is double in datasetA but int64 in datasetB"):
-        merge.union(a, b)
-
-
-# ------------------------------------------------------------------ process
-
-
-def test_process_drops_noise_normalises_labels_and_counts_dropped():
+def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsys):
     t = table([(1, " Iris-setosa "), (2, "VERSICOLOR"), (3, "iris-virginica"), (4, "setosa"), (5, None)],
               PetalWidthCm=[0.1, 0.2, math.nan, 0.3, 0.4])
-    out, dropped = process.process_table(t)
+    write_snapshot(wf_root / "inputs" / "merged_data", t, {"sources": []})
+    assert run_main(process, wf_root) == (0, None)
+    out = dataset.Snapshot(wf_root / "outputs" / "processed_data", "processed_data")
     assert dataset.NOISE not in out.column_names
-    assert out.column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
-    assert dropped == 2  # the NaN feature and the missing label
+    assert out.read().column("Id").to_pylist() == [1, 2, 4]
+    assert out.read().column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
+    assert out.meta == {"sources": [], "rows": 3, "dropped": 2}  # the NaN feature and the missing label
+    assert "dropped 2 of 5 rows with a missing or non-finite feature or label" in capsys.readouterr().err
 
 
-def test_process_refuses_when_every_row_is_dropped():
-    t = table([(1, "setosa"), (2, "setosa")], SepalLengthCm=[math.inf, None])
-    with pytest.raises(StageError, match="all 2 rows have a missing or non-finite feature or label"):
-        process.process_table(t)
+def json_records(label):
+    rows = [(1, "Iris-setosa"), (2, "Iris-versicolor"), (3, label)]
+    return [{"Id": i, **{name: 1.0 + i for name in dataset.FEATURES}, "Species": species} for i, species in rows]
 
 
-def test_process_refuses_unknown_labels():
-    with pytest.raises(StageError, match=r"column Species has unknown label 'setsoa' in 1 row\(s\)"):
-        process.process_table(table([(1, "setosa"), (2, "setsoa")]))
+MISSING_LABEL_SOURCES = {
+    "csv empty": ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS + "3,6.3,3.3,0.3,6.0,2.5,\n")),
+    "csv blank": ("s.csv", lambda p: write_csv(p, HEADER + "\n" + GOOD_ROWS + "3,6.3,3.3,0.3,6.0,2.5,  \n")),
+    "jsonl null": ("s.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in json_records(None)))),
+    "jsonl empty": ("s.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in json_records("")))),
+    "parquet null": ("s.parquet", lambda p: pq.write_table(pa.table({
+        "Id": [1, 2, 3], **{name: [1.0, 2.0, 3.0] for name in dataset.FEATURES},
+        "Species": ["Iris-setosa", "Iris-versicolor", None]}), p)),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_LABEL_SOURCES)
+def test_a_missing_label_is_a_dropped_row_whatever_the_format(wf_root, tmp_path, capsys, case):
+    name, writer = MISSING_LABEL_SOURCES[case]
+    writer(wf_root / name)
+    status, error, snapshot = load_source(wf_root, wf_root / name)
+    assert (status, error) == (0, None)
+    assert snapshot.read().column("Species").to_pylist() == ["Iris-setosa", "Iris-versicolor", None]
+    ptree = tmp_path / "process"
+    (ptree / "inputs").mkdir(parents=True)
+    os.link(wf_root / "outputs" / "datasetA", ptree / "inputs" / "merged_data")
+    assert run_main(process, ptree) == (0, None)
+    out = dataset.Snapshot(ptree / "outputs" / "processed_data", "processed_data")
+    assert out.read().column("Id").to_pylist() == [1, 2] and out.meta["dropped"] == 1
+    assert "dropped 1 of 3 rows with a missing or non-finite feature or label" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ train

@@ -1,7 +1,7 @@
 """The streaming paths: several batches and row groups, made small so tiny data crosses their boundaries.
 
-A stage that streams must give what the whole-table logic gives, and name rows by their place in the whole
-source, not in the batch they arrived in.
+A stage that streams must give the rows a whole-table reading of its inputs would, and name rows by their
+place in the whole source, not in the batch they arrived in. Each test runs the stage's own entrypoint.
 """
 
 import itertools
@@ -11,11 +11,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from stageflow.runtime import contract, dataset, sources
+from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import load_stage
+from conftest import load_stage, run_main, write_snapshot
 
+load_a = load_stage("load_a")
 merge = load_stage("merge")
 process = load_stage("process")
 
@@ -36,26 +37,31 @@ def csv_rows(ids, species="Iris-setosa", bad=None):
     return "\n".join(lines) + "\n"
 
 
-def snapshot(path, ids, species="setosa", **overrides):
+def rows(ids, species="setosa", **overrides):
+    """An iris-shaped table whose every value follows from its row's Id (and species)."""
     columns = {dataset.ID: pa.array(ids, pa.int64()),
                **{name: pa.array([float(i) + k / 10 for i in ids]) for k, name in enumerate(dataset.FEATURES)},
                dataset.NOISE: pa.array([0.5] * len(ids)),
                dataset.LABEL: pa.array([species] * len(ids) if isinstance(species, str) else species)}
     columns.update(overrides)
-    dataset.write(dataset.conform(pa.table(columns), "t"), path, {"source": {"sha256": "x", "rows": len(ids),
-                                                                              "format": "csv"}})
-    return path
+    return pa.table(columns)
 
 
-def run(wf_root, body, outputs):
-    return contract.run(body, outputs, root=wf_root)
+def snapshot(path, ids, species="setosa", **overrides):
+    """A snapshot in row groups of ROW_GROUP rows (3 under `small_pieces`)."""
+    meta = {"source": {"sha256": "x", "rows": len(ids), "format": "csv"}}
+    return write_snapshot(path, rows(ids, species, **overrides), meta)
+
+
+def output(wf_root, name):
+    return dataset.Snapshot(wf_root / "outputs" / name, name)
 
 
 def test_load_streams_a_csv_in_batches_into_row_groups(wf_root, small_pieces):
     source = wf_root / "a.csv"
     source.write_text(csv_rows(range(1, 11)))
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 0
+    assert run_main(load_a, wf_root) == (0, None)
     out = pq.ParquetFile(wf_root / "outputs" / "datasetA")
     assert out.metadata.num_row_groups == 4  # 10 rows in groups of 3
     table = dataset.Snapshot(wf_root / "outputs" / "datasetA", "datasetA").read()
@@ -67,9 +73,8 @@ def test_load_names_a_bad_value_by_its_row_in_the_whole_source(wf_root, small_pi
     source = wf_root / "a.csv"
     source.write_text(csv_rows(range(1, 11), bad=9))  # in a late batch, after rows were written
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text() == (
-        f"input data_path: {source}: column SepalLengthCm must be a number in every row, found 'wide' in row 9\n")
+    assert run_main(load_a, wf_root) == (1, f"input data_path: {source}: column SepalLengthCm must be a number "
+                                             f"in every row, found 'wide' in row 9\n")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 
@@ -77,16 +82,16 @@ def test_load_finds_a_duplicate_id_across_batches(wf_root, small_pieces):
     source = wf_root / "a.csv"
     source.write_text(csv_rows([1, 2, 3, 4, 5, 6, 7, 2]))
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run(wf_root, lambda tree: sources.load(tree, "datasetA"), ["datasetA"]) == 1
-    assert "duplicate Id 2 (1 Id(s) appear more than once)" in (wf_root / "outputs" / "_ERROR").read_text()
+    status, error = run_main(load_a, wf_root)
+    assert status == 1 and error.endswith(": duplicate Id 2 (1 Id(s) appear more than once)\n")
 
 
 def test_merge_streams_sources_whose_id_ranges_are_apart(wf_root, small_pieces, capsys):
     snapshot(wf_root / "inputs" / "datasetA", [11, 12, 13, 14])  # B's Ids all come first
     snapshot(wf_root / "inputs" / "datasetB", [1, 2, 3, 4, 5], species="virginica")
-    assert run(wf_root, merge.merge, ["merged_data"]) == 0
+    assert run_main(merge, wf_root) == (0, None)
     assert "into 9 rows (streamed: both sorted by Id)" in capsys.readouterr().err
-    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
+    out = output(wf_root, "merged_data")
     assert out.read().column("Id").to_pylist() == [1, 2, 3, 4, 5, 11, 12, 13, 14]
     assert (out.meta["rows"], out.meta["overlap"]) == (9, 0)
 
@@ -96,18 +101,16 @@ def test_merge_streams_sources_whose_id_ranges_are_apart(wf_root, small_pieces, 
     ([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4, 5, 6, 20, 21]),  # B inside A, then past it
     ([5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),      # A inside B, all of A in both
 ])
-def test_merge_streams_sorted_sources_to_what_the_whole_table_union_gives(wf_root, small_pieces, capsys,
-                                                                         ids_a, ids_b):
-    a = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetA", ids_a), "a").read()
-    b = dataset.Snapshot(snapshot(wf_root / "inputs" / "datasetB", ids_b), "b").read()
-    assert run(wf_root, merge.merge, ["merged_data"]) == 0
-    expected, overlap = merge.union(a, b)
+def test_merge_streams_sorted_sources_into_their_sorted_union(wf_root, small_pieces, capsys, ids_a, ids_b):
+    snapshot(wf_root / "inputs" / "datasetA", ids_a)
+    snapshot(wf_root / "inputs" / "datasetB", ids_b)
+    assert run_main(merge, wf_root) == (0, None)
     assert "streamed: both sorted by Id" in capsys.readouterr().err
-    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
-    assert out.read().equals(expected)
-    assert out.read().column("Id").to_pylist() == sorted(set(ids_a) | set(ids_b))
-    assert (out.meta["rows"], out.meta["overlap"]) == (expected.num_rows, overlap)
-    assert overlap == len(set(ids_a) & set(ids_b))
+    out = output(wf_root, "merged_data")
+    union = sorted(set(ids_a) | set(ids_b))
+    assert out.read().to_pydict() == dataset.conform(rows(union), "expected").to_pydict()
+    assert (out.meta["rows"], out.meta["overlap"]) == (len(union), len(set(ids_a) & set(ids_b)))
+    assert out.file.metadata.num_row_groups > 1  # written in pieces, not whole
 
 
 def sorted_in_memory(a_path, b_path, out_path, meta):
@@ -117,10 +120,10 @@ def sorted_in_memory(a_path, b_path, out_path, meta):
     b = dataset.Snapshot(b_path, "b").read().select(a.column_names)
     combined = pa.concat_tables([a, b.filter(pc.invert(pc.is_in(b.column("Id"), value_set=a.column("Id"))))])
     order = pc.sort_indices(combined, sort_keys=[("Id", "ascending")])
-    writer = dataset.Writer(out_path, a.schema)
-    for start in range(0, combined.num_rows, dataset.ROW_GROUP):
-        writer.write(combined.take(order.slice(start, dataset.ROW_GROUP)))
-    writer.close(meta)
+    with dataset.Writer(out_path, a.schema) as writer:
+        for start in range(0, combined.num_rows, dataset.ROW_GROUP):
+            writer.write(combined.take(order.slice(start, dataset.ROW_GROUP)))
+        writer.meta = meta
 
 
 def labelled(path, ids, groups):
@@ -129,16 +132,16 @@ def labelled(path, ids, groups):
     orders = [["setosa", "versicolor", "virginica"], ["virginica", "setosa", "versicolor"],
               ["versicolor", "virginica", "setosa", "unused"]]
     labels = [dataset.SPECIES[i % 3] if i % 7 else None for i in ids]  # by Id: an Id in both has one row
-    table = dataset.Snapshot(snapshot(path, ids, species=labels), "t").read()
-    writer = dataset.Writer(path, table.schema)
-    for k, start in enumerate(range(0, len(ids), groups)):
-        piece = table.slice(start, groups)
-        text = pc.cast(piece.column("Species"), pa.string())
-        codes = pc.index_in(text, value_set=pa.array(orders[k % 3])).cast(pa.int32())
-        piece = piece.set_column(piece.schema.get_field_index("Species"), "Species",
-                                 pa.DictionaryArray.from_arrays(codes, pa.array(orders[k % 3])))
-        writer.write(piece)
-    writer.close({"source": {"sha256": "x", "rows": len(ids), "format": "csv"}})
+    table = dataset.conform(rows(ids, labels), "t")
+    with dataset.Writer(path, table.schema) as writer:
+        for k, start in enumerate(range(0, len(ids), groups)):
+            piece = table.slice(start, groups)
+            text = pc.cast(piece.column("Species"), pa.string())
+            codes = pc.index_in(text, value_set=pa.array(orders[k % 3])).cast(pa.int32())
+            piece = piece.set_column(piece.schema.get_field_index("Species"), "Species",
+                                     pa.DictionaryArray.from_arrays(codes, pa.array(orders[k % 3])))
+            writer.write(piece)
+        writer.meta = {"source": {"sha256": "x", "rows": len(ids), "format": "csv"}}
     return path
 
 
@@ -159,9 +162,9 @@ def test_merge_sorts_unsorted_sources_through_files_into_the_bytes_a_sort_in_mem
     monkeypatch.setattr(merge, "spill_runs", lambda snap, names, spill, *rest: spills.append(spill) or
                         spill_runs(snap, names, spill, *rest))
     a, b = labelled(wf_root / "inputs" / "datasetA", ids_a, 3), labelled(wf_root / "inputs" / "datasetB", ids_b, 4)
-    assert run(wf_root, merge.merge, ["merged_data"]) == 0
-    assert "(sorted through spill files" in capsys.readouterr().err
-    out = dataset.Snapshot(wf_root / "outputs" / "merged_data", "merged_data")
+    assert run_main(merge, wf_root) == (0, None)
+    assert "(sorted through spill files: a source is not sorted by Id)" in capsys.readouterr().err
+    out = output(wf_root, "merged_data")
     assert out.read().column("Id").to_pylist() == sorted(set(ids_a) | set(ids_b))
     assert (out.meta["rows"], out.meta["overlap"]) == (len(set(ids_a) | set(ids_b)), len(set(ids_a) & set(ids_b)))
     sorted_in_memory(a, b, wf_root / "expected", out.meta)
@@ -189,39 +192,39 @@ def test_once_one_stream_is_left_its_pieces_follow_one_at_a_time():
 def test_merge_counts_every_conflict_across_pieces(wf_root, small_pieces, ids_a):
     snapshot(wf_root / "inputs" / "datasetA", ids_a)
     snapshot(wf_root / "inputs" / "datasetB", [2, 7, 8], species="virginica")
-    assert run(wf_root, merge.merge, ["merged_data"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text() == (
-        "merge: Id 2, 7, 8 (3 in all) have different values in datasetA and datasetB\n")
+    assert run_main(merge, wf_root) == (1, "merge: Id 2, 7, 8 (3 in all) have different values in datasetA "
+                                           "and datasetB\n")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 
 def test_merge_stage_refuses_conflicts_without_an_output(wf_root, small_pieces):
     snapshot(wf_root / "inputs" / "datasetA", [1, 2, 3])
     snapshot(wf_root / "inputs" / "datasetB", [3, 4], species="virginica")
-    assert run(wf_root, merge.merge, ["merged_data"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text().startswith("merge: Id 3 (1 in all) have different values")
+    status, error = run_main(merge, wf_root)
+    assert status == 1 and error.startswith("merge: Id 3 (1 in all) have different values")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 
 def test_process_counts_and_checks_across_row_groups(wf_root, small_pieces):
     labels = ["Iris-setosa", " setosa", "VERSICOLOR", "setsoa", "virginica", "setsoa", "setosa", "iris-virginica"]
     snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels)
-    assert run(wf_root, process.process, ["processed_data"]) == 1
-    assert (wf_root / "outputs" / "_ERROR").read_text() == (
+    assert run_main(process, wf_root) == (1, (
         "input merged_data: column Species has unknown label 'setsoa' in 2 row(s); "
-        "expected one of setosa, versicolor, virginica\n")
+        "expected one of setosa, versicolor, virginica\n"))
 
 
-def test_process_streams_to_what_process_table_gives(wf_root, small_pieces):
+def test_process_streams_row_group_by_row_group(wf_root, small_pieces):
     labels = ["Iris-setosa", " setosa", "VERSICOLOR", None, "virginica", "setosa", "setosa", "iris-virginica"]
     widths = pa.array([0.1, 0.2, float("nan"), 0.4, 0.5, None, 0.7, 0.8])
-    path = snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels, PetalWidthCm=widths)
-    assert run(wf_root, process.process, ["processed_data"]) == 0
-    out = dataset.Snapshot(wf_root / "outputs" / "processed_data", "processed_data")
-    expected, dropped = process.process_table(dataset.Snapshot(path, "merged_data").read())
-    assert out.read().equals(expected)
-    assert (out.meta["rows"], out.meta["dropped"], dropped) == (5, 3, 3)
+    snapshot(wf_root / "inputs" / "merged_data", list(range(1, 9)), species=labels, PetalWidthCm=widths)
+    assert run_main(process, wf_root) == (0, None)
+    out = output(wf_root, "processed_data")
+    assert out.read().column("Id").to_pylist() == [1, 2, 5, 7, 8]  # 3: NaN width, 4: no label, 6: no width
     assert out.read().column("Species").to_pylist() == ["setosa", "setosa", "virginica", "setosa", "virginica"]
+    assert out.read().column("PetalWidthCm").to_pylist() == [0.1, 0.2, 0.5, 0.7, 0.8]
+    assert out.column_names == [dataset.ID, *dataset.FEATURES, dataset.LABEL]
+    assert (out.meta["rows"], out.meta["dropped"], out.meta["source"]["sha256"]) == (5, 3, "x")
+    assert out.file.metadata.num_row_groups > 1
 
 
 def test_a_file_that_is_not_parquet_is_refused_naming_the_input():

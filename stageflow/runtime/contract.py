@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 import traceback
@@ -29,6 +30,7 @@ log = logging.getLogger("stageflow")
 ERROR_FILE = "_ERROR"
 MAX_SIMPLE_OUTPUT = 1024  # copilot's limit for a primitive output, in bytes
 MAX_ERROR_BYTES = 1024 * 1024  # copilot reads at most this much of _ERROR
+MAX_ERROR_LINE = 4096  # bytes of an error line kept: a person reads it (in _ERROR and the log), not a parser
 
 File = Path  # the declared type of a file input or output
 SIMPLE_TYPES = (str, int, float, bool, dt.datetime, dt.timedelta)
@@ -148,6 +150,28 @@ def _shown(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What a `st_mode` describes, in the words an error shows (`a FIFO (named pipe)`)."""
+    return next((name for test, name in _KINDS if test(mode)), "a file of an unknown kind")
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """What an existing `path` is, when it is anything but a regular file once links are followed (`a FIFO
+    (named pipe)`, `a link to /dev/null, a character device`); None for a regular file. Data is read from
+    regular files only: a FIFO or a device blocks or never ends, and a directory is not data."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:  # a dangling link or a loop of links
+        return f"a link that cannot be followed ({err.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return f"a link to {path.resolve()}, {file_kind(mode)}" if path.is_symlink() else file_kind(mode)
+
+
 # ---------------------------------------------------------------- the tree a stage works in
 
 class StageTree:
@@ -172,8 +196,9 @@ class StageTree:
         real = path.resolve()
         if path.is_symlink() and not real.is_relative_to(self.root.resolve()):
             raise StageError(f"input {name}: is a symlink to {real}, outside the workflow tree {self.root}")
-        if not real.is_file():
-            raise StageError(f"input {name}: expected a {expected} file, found a directory at {path}")
+        what = not_a_regular_file(path)
+        if what:
+            raise StageError(f"input {name}: expected a regular file, found {what} at {path}")
         if kind is File:
             return path
         raw = path.read_bytes()
@@ -248,9 +273,17 @@ class StageTree:
 
 
 def one_line(err: BaseException) -> str:
-    """The error as one printable line: a parser quoting binary junk must not garble the log or _ERROR."""
+    """The error as one printable line: a parser quoting binary junk must not garble the log or _ERROR.
+
+    A line longer than MAX_ERROR_LINE (a message listing a million columns, a parser quoting a huge row)
+    keeps its start, which names the input and the problem, and says it was cut."""
     text = "".join(c if c.isprintable() else "?" for c in " ".join(str(err).split())) or type(err).__name__
-    return text if isinstance(err, StageError) else f"{type(err).__name__}: {text}"
+    line = text if isinstance(err, StageError) else f"{type(err).__name__}: {text}"
+    data = line.encode("utf-8")
+    if len(data) <= MAX_ERROR_LINE:
+        return line
+    kept = data[:MAX_ERROR_LINE - 100].decode("utf-8", errors="ignore")
+    return f"{kept} … (cut here: the whole line was {len(data)} bytes)"
 
 
 def run(body: Callable[[StageTree], None], outputs: Iterable[str], root: Path | None = None) -> int:

@@ -48,13 +48,27 @@ def _first_bad(column: pa.ChunkedArray, kind: pa.DataType) -> tuple[int, str]:
 
 
 def _label_column(values: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    """Labels as LABEL_TYPE: text or dictionary-encoded text in, dictionary-encoded text out."""
+    """Labels as LABEL_TYPE: text or dictionary-encoded text in, dictionary-encoded text out.
+
+    A blank label (a CSV's empty field, what pandas writes for a missing value) is a missing label, as a JSON
+    null or a Parquet null is: one meaning whatever the format, and process drops such rows and counts them."""
     kind = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
     if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
         raise StageError(f"{name}: column {LABEL} must hold text labels, found {values.type}")
-    if pa.types.is_dictionary(values.type) and any(chunk.dictionary.null_count for chunk in values.chunks):
-        values = pc.cast(values, kind)  # a missing label must be a missing row, not a dictionary entry
-    return pc.cast(values, LABEL_TYPE)
+    labels = pc.cast(values, LABEL_TYPE)
+    # Checked on each chunk's dictionary (a handful of entries), so labels that are all present cost nothing.
+    if any(chunk.dictionary.null_count or pc.any(pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "")).as_py()
+           for chunk in labels.chunks):
+        text = pc.cast(labels, pa.string())  # a missing label must be a missing row, not a dictionary entry
+        blank = pc.equal(pc.utf8_trim_whitespace(text), "")
+        labels = pc.cast(pc.if_else(blank, pa.scalar(None, pa.string()), text), LABEL_TYPE)
+    return labels
+
+
+def listed(names: list[str], limit: int = 10) -> str:
+    """Names for a message: all of a few, the first `limit` of many (a header can hold a million)."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
 def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
@@ -67,13 +81,13 @@ def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
     present = table.column_names
     missing = [col for col in REQUIRED if col not in present]
     if missing:
-        raise StageError(f"{name}: missing required column {', '.join(missing)} (found {', '.join(present)})")
+        raise StageError(f"{name}: missing required column {', '.join(missing)} (found {listed(present)})")
     unknown = [col for col in present if col not in TYPES]
     if unknown:
-        raise StageError(f"{name}: unknown column {', '.join(unknown)}; expected only {', '.join(TYPES)}")
+        raise StageError(f"{name}: unknown column {listed(unknown)}; expected only {', '.join(TYPES)}")
     duplicated = sorted({col for col in present if present.count(col) > 1})
     if duplicated:
-        raise StageError(f"{name}: column {', '.join(duplicated)} appears more than once")
+        raise StageError(f"{name}: column {listed(duplicated)} appears more than once")
     columns, names = [], []
     for col in (c for c in TYPES if c in present):
         values = table.column(col)
@@ -169,24 +183,29 @@ class Snapshot:
         return conform(self._read(self.file.read), f"input {self.name}")
 
 
-def read(path: Path, name: str) -> tuple[pa.Table, dict]:
-    """Read a snapshot written by `write`, with its metadata; `name` is the input it came in as."""
-    snapshot = Snapshot(path, name)
-    return snapshot.read(), snapshot.meta
-
-
 class Writer:
-    """Write a snapshot in pieces, in row groups of ROW_GROUP rows; the metadata (lineage, hashes, counts)
-    goes into the file's footer at `close`, so it may depend on everything written."""
+    """Write a snapshot in row groups of ROW_GROUP rows, as a context manager.
 
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.schema = schema
+    Leaving the block normally writes the footer with `meta` (lineage, hashes, counts: set it last, as it
+    may depend on everything written). Leaving it with an exception aborts: the file is released, never
+    finished, and the exception goes on. Without a schema the file is opened at the first `write`, with
+    that table's schema, for a stage that learns its columns from its first batch.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None):
+        self.path = path
+        self.meta: dict = {}
         self.pending: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0
+        self.sink = self.writer = None
+        if schema is not None:
+            self._open(schema)
+
+    def _open(self, schema: pa.Schema) -> None:
         # zstd at its fastest level; Ids (usually ascending) delta-encoded, smaller and cheaper than a
         # dictionary; features and labels dictionary-encoded (few distinct values); the noise column plain.
-        self.sink = pa.OSFile(str(path), "wb")  # ours to close, even when the writer cannot finish
+        self.sink = pa.OSFile(str(self.path), "wb")  # ours to close, even when the writer cannot finish
         try:
             self.writer = pq.ParquetWriter(
                 self.sink, schema, compression="zstd", compression_level=1,
@@ -196,7 +215,18 @@ class Writer:
             self.sink.close()
             raise
 
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, kind, err, trace) -> None:
+        if kind is None:
+            self._close()
+        else:
+            self._abort()
+
     def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self._open(table.schema)
         if table.num_rows == 0:
             return
         self.pending.append(table)
@@ -213,35 +243,28 @@ class Writer:
             self.writer.write_table(table, row_group_size=ROW_GROUP)
         self.pending, self.buffered = [], 0
 
-    def close(self, meta: dict) -> None:
+    def _close(self) -> None:
+        if self.writer is None:
+            raise ValueError(f"{self.path}: no schema and nothing written, so no snapshot to close")
         try:
             self._flush()
-            self.writer.add_key_value_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+            self.writer.add_key_value_metadata({META_KEY: json.dumps(self.meta, sort_keys=True).encode()})
             self.writer.close()
         except BaseException:
-            self.abort()
+            self._abort()
             raise
         self.sink.close()
 
-    def abort(self) -> None:
+    def _abort(self) -> None:
         """Give up on the file (the caller deletes it): release it and never mask the error that got us here.
 
         On a full disk the footer cannot be written either, and a file left open keeps its blocks, so the
         stage could not even write its _ERROR."""
+        if self.writer is None:
+            return
         try:
             self.writer.close()
         except (OSError, pa.ArrowException):
             pass
         finally:
             self.sink.close()
-
-
-def write(table: pa.Table, path: Path, meta: dict) -> None:
-    """Write a snapshot; the metadata (lineage, hashes, counts) travels inside the file itself."""
-    writer = Writer(path, table.schema)
-    try:
-        writer.write(table)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close(meta)

@@ -1,9 +1,13 @@
 """HTML pages that stay readable anywhere: the page helpers and the training report (a train stage output).
 
 Each page is one self-contained file: inline CSS, plots as base64 PNG data: URIs, no script, font or link
-to anything outside the page. A Domino artifact, an MLflow run, an e-mail attachment and a run directory
+to anything outside the page (and a Content-Security-Policy that forbids them, should one ever slip in). A Domino artifact, an MLflow run, an e-mail attachment and a run directory
 copied elsewhere all show the same thing, and a reader never needs network access. The run report
 (stageflow.run_report, host-side) is built from the same helpers.
+
+Every value a page shows comes from a file that someone else may have written (run.json, the metrics, the
+labels in the data), so it is text: the helpers escape whatever is not `Html`, and Html is made only from
+literal templates, whose `format` escapes what it fills in.
 
 matplotlib is imported only when a plot is drawn: importing it costs a second that a page without plots
 does not need.
@@ -17,9 +21,11 @@ import io
 import logging
 import os
 import shutil
+import string
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import quote
 
 MPL_CACHE_ENV = "STAGEFLOW_MPL_CACHE"  # a font cache made when the image was built (stages/train/Dockerfile)
 DASH = "–"  # shown for a value a record does not carry (an older run.json, a stage that never ran)
@@ -57,8 +63,27 @@ svg.dag text { font-family: inherit; }
 """
 
 
+# No script and nothing fetched, whatever markup a page turns out to hold: inline styles and data: images only.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
 class Html(str):
-    """Markup that is already safe; every other value is escaped on its way into a page."""
+    """Markup that is safe as it stands. Anything else is text, escaped wherever it enters markup: the values
+    `format` fills into a template and the items `join` joins are escaped unless they are Html themselves."""
+
+    def format(self, *args: Any, **kwargs: Any) -> Html:
+        return Html(_ESCAPING.vformat(self, args, kwargs))
+
+    def join(self, parts: Iterable[Any]) -> Html:
+        return Html(str.join(self, map(escape, parts)))
+
+
+class _Escaping(string.Formatter):
+    def format_field(self, value: Any, spec: str) -> str:
+        return value if isinstance(value, Html) and not spec else html.escape(format(value, spec))
+
+
+_ESCAPING = _Escaping()
 
 
 def escape(value: Any) -> str:
@@ -74,40 +99,43 @@ def fmt(value: Any, spec: str = "") -> str:
     return format(value, spec)
 
 
-
-
-def link(href: str, text: Any) -> Html:
-    return Html(f'<a href="{html.escape(href)}">{escape(text)}</a>')
+def link(path: str, text: Any) -> Html:
+    """A link to a file beside the page. The path is percent-encoded, so no part of it can become a scheme
+    (javascript:), a host, a query or a fragment, whatever names a run record gives its files."""
+    if path.startswith("/"):
+        raise ValueError(f"link to {path!r}: a report links only to paths relative to it")
+    return Html('<a href="{}">{}</a>').format(quote(path), text)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = ()) -> Html:
     """A table; columns listed in `numeric` are right-aligned so digits line up."""
     numeric = set(numeric)
 
-    def cells(tag: str, row: Sequence[Any]) -> str:
-        return "".join(f'<{tag}{" class=num" if i in numeric else ""}>{escape(c)}</{tag}>' for i, c in enumerate(row))
+    def cells(tag: str, row: Sequence[Any]) -> Html:
+        return Html("").join(Html("<{0}{1}>{2}</{0}>").format(tag, Html(" class=num") if i in numeric else "", cell)
+                             for i, cell in enumerate(row))
 
-    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
-    return Html(f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>")
+    body = Html("").join(Html("<tr>{}</tr>").format(cells("td", row)) for row in rows)
+    return Html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>").format(cells("th", header), body)
 
 
 def cards(items: Iterable[tuple[str, Any]]) -> Html:
     """The headline figures, large, at the top of a page."""
-    return Html('<div class="cards">' + "".join(
-        f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div></div>'
-        for label, value in items) + "</div>")
+    card = Html('<div class="card"><div class="label">{}</div><div class="value">{}</div></div>')
+    return Html('<div class="cards">{}</div>').format(Html("").join(card.format(*item) for item in items))
 
 
-def section(heading: str, *parts: str) -> Html:
-    return Html(f"<section><h2>{escape(heading)}</h2>{''.join(parts)}</section>")
+def section(heading: str, *parts: Any) -> Html:
+    return Html("<section><h2>{}</h2>{}</section>").format(heading, Html("").join(parts))
 
 
-def page(title: str, subtitle: str, *sections: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-            '<meta name=viewport content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n"
-            f"<body><main><h1>{escape(title)}</h1><p class=subtitle>{escape(subtitle)}</p>\n"
-            + "\n".join(sections) + "\n</main></body></html>\n")
+def page(title: str, subtitle: str, *sections: Any) -> str:
+    return Html("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+                '<meta http-equiv="Content-Security-Policy" content="{csp}">'
+                '<meta name=viewport content="width=device-width, initial-scale=1">'
+                "<title>{title}</title><style>{css}</style></head>\n"
+                "<body><main><h1>{title}</h1><p class=subtitle>{subtitle}</p>\n{body}\n</main></body></html>\n"
+                ).format(csp=CSP, css=Html(CSS), title=title, subtitle=subtitle, body=Html("\n").join(sections))
 
 
 def write(path: Path, text: str) -> None:
@@ -173,8 +201,13 @@ def png_uri(fig) -> str:
 
 
 def figure(uri: str, caption: str) -> Html:
-    return Html(f'<figure><img src="{uri}" alt="{html.escape(caption)}"><figcaption>{escape(caption)}'
-                "</figcaption></figure>")
+    return Html('<figure><img src="{0}" alt="{1}"><figcaption>{1}</figcaption></figure>').format(uri, caption)
+
+
+def plain(labels: Iterable[Any]) -> list[str]:
+    """Labels that matplotlib prints as they are: a `$` would start mathtext, and a class named `$\\x{$` would
+    then fail the whole report."""
+    return [str(label).replace("$", r"\$") for label in labels]
 
 
 def confusion_plot(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> str:
@@ -183,8 +216,8 @@ def confusion_plot(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> s
     image = ax.imshow(matrix, cmap="Blues", vmin=0)
     fig.colorbar(image, ax=ax, shrink=0.8)
     ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=20)
-    ax.set_yticks(ticks, classes)
+    ax.set_xticks(ticks, plain(classes), rotation=20)
+    ax.set_yticks(ticks, plain(classes))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     top = max((max(row) for row in matrix), default=0)
@@ -215,11 +248,11 @@ def balance_plot(counts: Mapping[str, Mapping[str, int]]) -> str:
     ax = fig.add_subplot()
     classes = sorted({c for split in counts.values() for c in split})
     width = 0.8 / max(len(counts), 1)
-    for k, (split, per_class) in enumerate(counts.items()):
+    for k, (per_class, label) in enumerate(zip(counts.values(), plain(counts))):
         xs = [i + (k - (len(counts) - 1) / 2) * width for i in range(len(classes))]
-        bars = ax.bar(xs, [per_class.get(c, 0) for c in classes], width, label=split)
+        bars = ax.bar(xs, [per_class.get(c, 0) for c in classes], width, label=label)
         ax.bar_label(bars, fontsize=9)
-    ax.set_xticks(range(len(classes)), classes)
+    ax.set_xticks(range(len(classes)), plain(classes))
     ax.set_ylabel("rows")
     ax.legend(frameon=False, ncols=len(counts), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     ax.margins(y=0.1)
@@ -248,11 +281,11 @@ def training_report(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> st
         plots.append(figure(balance_plot(counts), "Class balance of the data, per split"))
     parameters = table(["parameter", "value"], [(k, ", ".join(map(str, v)) if isinstance(v, list) else fmt(v))
                                                 for k, v in params.items()])
-    model = Html(f"<p>Model sha256: <code>{escape(metrics.get('model_sha256', DASH))}</code></p>")
+    model = Html("<p>Model sha256: <code>{}</code></p>").format(metrics.get("model_sha256", DASH))
     return page("Training report", f"{metrics.get('n_train', DASH)} training rows, {metrics.get('n_test', DASH)} "
                                    f"hold-out rows, {len(classes)} classes",
                 headline,
                 section("Hold-out metrics per class", scores),
-                section("Plots", Html(f'<div class="plots">{"".join(plots)}</div>')),
+                section("Plots", Html('<div class="plots">{}</div>').format(Html("").join(plots))),
                 section("Class balance", balance) if counts else "",
                 section("Training parameters", parameters, model))

@@ -19,7 +19,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from stageflow.runtime import dataset
-from stageflow.runtime.contract import StageError, StageTree, sha256_file
+from stageflow.runtime.contract import StageError, StageTree, not_a_regular_file, sha256_file
 
 log = logging.getLogger("stageflow")
 
@@ -77,58 +77,95 @@ def check_source(path: Path) -> str:
     fmt = source_format(path)
     if not path.exists():
         raise StageError(f"input data_path: {path} does not exist")
-    if not path.is_file():
-        raise StageError(f"input data_path: {path} is a directory, not a file")
+    what = not_a_regular_file(path)
+    if what:
+        raise StageError(f"input data_path: {path} is {what}, not a regular file")
     if path.stat().st_size == 0:
         raise StageError(f"input data_path: {path} is empty")
     return fmt
 
 
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def _has_text(path: Path) -> bool:
+    """Whether the first CSV block holds anything but blank lines (after decompression)."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        return bool(stream.read(CSV_BLOCK).strip())
+
+
+def _unreadable(path: Path, fmt: str, err: Exception, rows: int) -> StageError:
+    """The reader's error in the user's terms. pyarrow's words for a line longer than a CSV block advise a
+    larger block size, which a user cannot set; a row (or header) that long means the file is not iris rows."""
+    reason = " ".join(str(err).split())
+    hint = "is this a CSV file with one row per line?"
+    if "straddles two block boundaries" in reason:
+        where = f"a line after row {rows}" if rows else "a line"
+        return StageError(f"input data_path: {path}: {where} is longer than {_size(CSV_BLOCK)}, the most a row may "
+                          f"take (an iris row takes about 40 bytes): {hint}")
+    if "Empty CSV file or block" in reason:  # the file is not empty (checked), so no whole line in a block
+        if not _has_text(path):
+            return StageError(f"input data_path: {path} has only blank lines; expected a header row naming the "
+                              f"columns, then data rows")
+        return StageError(f"input data_path: {path}: its first line is longer than {_size(CSV_BLOCK)}, too long "
+                          f"for a header naming the iris columns: {hint}")
+    return StageError(f"input data_path: {path} is not a valid {fmt} file ({reason[:200]})")
+
+
 def source_tables(path: Path, fmt: str, typed: bool = True) -> Iterator[pa.Table]:
     """The source as raw (unchecked) tables, batch by batch; any unreadable part is one named error."""
     batches = READERS[fmt](path, typed)
+    rows = 0
     while True:
         try:
             batch = next(batches)
         except StopIteration:
             return
         except (pa.ArrowInvalid, OSError, EOFError) as err:
-            reason = " ".join(str(err).split())[:200]
-            raise StageError(f"input data_path: {path} is not a valid {fmt} file ({reason})") from None
+            raise _unreadable(path, fmt, err, rows) from None
         if batch.num_rows:
+            rows += batch.num_rows
             yield pa.Table.from_batches([batch])
 
 
-def read_source(path: Path) -> tuple[pa.Table, str]:
-    """Read a whole source file (unchecked), turning every way a file can be unreadable into one named error."""
-    fmt = check_source(path)
+def _is_number(text: str) -> bool:
     try:
-        tables = list(source_tables(path, fmt))
-    except ConversionError:
-        tables = list(source_tables(path, fmt, typed=False))
-    table = pa.concat_tables(tables) if tables else None
-    if table is None or table.num_rows == 0:
-        raise StageError(f"input data_path: {path} has a header but no data rows")
-    return table, fmt
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
-def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> tuple[dataset.Writer | None, pa.ChunkedArray]:
-    """Check and write the source batch by batch; returns the open writer (None if no rows) and the Ids."""
+def check_header(names: list[str], path: Path) -> None:
+    """A CSV whose first line is data lends its values to the columns as names; say so, instead of
+    reporting every iris column missing."""
+    if any(name in dataset.TYPES for name in names) or not any(_is_number(name) for name in names):
+        return
+    optional = ", ".join(name for name in dataset.TYPES if name not in dataset.REQUIRED)
+    raise StageError(f"input data_path: {path}: the header row is missing: the first row "
+                     f"({dataset.listed(names)}) looks like data; the first line must name the columns "
+                     f"{', '.join(dataset.REQUIRED)} (and optionally {optional}), in any order")
+
+
+def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
+    """Check and write the source batch by batch into `tmp`; return the lineage in its footer."""
     name = f"input data_path: {path}"
-    writer, ids, first_row = None, [], 0
-    try:
+    with dataset.Writer(tmp) as writer:
+        ids, first_row = [], 0
         for raw in source_tables(path, fmt, typed):
+            if not first_row and fmt in ("csv", "csv.gz"):
+                check_header(raw.column_names, path)
             table = dataset.conform(raw, name, first_row)
             first_row += table.num_rows
-            if writer is None:
-                writer = dataset.Writer(tmp, table.schema)
             writer.write(table)
             ids.extend(table.column(dataset.ID).chunks)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    return writer, pa.chunked_array(ids, type=dataset.TYPES[dataset.ID])
+        if not writer.rows:
+            raise StageError(f"input data_path: {path} has a header but no data rows")
+        dataset.check_ids(pa.table({dataset.ID: pa.chunked_array(ids, type=dataset.TYPES[dataset.ID])}), name)
+        writer.meta = {"source": {"path": str(path), "format": fmt, "sha256": sha256_file(path), "rows": writer.rows,
+                                  "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}
+    return writer.meta["source"]
 
 
 def load(tree: StageTree, output: str) -> None:
@@ -138,19 +175,8 @@ def load(tree: StageTree, output: str) -> None:
     fmt = check_source(path)
     with tree.output_file(output) as tmp:
         try:
-            writer, ids = _snapshot(path, fmt, tmp, typed=True)
-        except ConversionError:
-            writer, ids = _snapshot(path, fmt, tmp, typed=False)
-        try:
-            if writer is None:
-                raise StageError(f"input data_path: {path} has a header but no data rows")
-            dataset.check_ids(pa.table({dataset.ID: ids}), f"input data_path: {path}")
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        meta = {"source": {"path": str(path), "format": fmt, "sha256": sha256_file(path), "rows": writer.rows,
-                           "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}
-        writer.close(meta)
-    log.info("loaded %d rows from %s (%s, sha256 %s) in %.2f s", meta["source"]["rows"], path, fmt,
-             meta["source"]["sha256"][:12], time.perf_counter() - started)
+            source = _snapshot(path, fmt, tmp, typed=True)
+        except ConversionError:  # the typed writer has released tmp: the text read starts it afresh
+            source = _snapshot(path, fmt, tmp, typed=False)
+    log.info("loaded %d rows from %s (%s, sha256 %s) in %.2f s", source["rows"], path, fmt,
+             source["sha256"][:12], time.perf_counter() - started)

@@ -2,7 +2,9 @@
 
 The seed concatenated A with itself; here both sources count. A row that both sources hold with the
 same values is kept once; the same Id with different values is a conflict no merge rule can settle
-silently, so it stops the flow and names the Ids.
+silently, so it stops the flow and names the Ids. An optional column (RandomColumn) that only one source
+has is left out of the merged data, with a warning: filled with nulls for the other source's rows it would
+carry no information for them, and an Id in both sources would compare a value against a null.
 
 When both snapshots are sorted by Id (as extracts usually are, interleaved or not), the stage streams them:
 a row group of each at a time. Otherwise it sorts them externally: each row group sorted and spilled to a
@@ -32,18 +34,15 @@ log = logging.getLogger("stageflow")
 HELD_ROWS = 2_000_000
 
 
-def check_same_columns(a: pa.Table, b: pa.Table) -> pa.Table:
-    """Return b with a's column order; columns must agree by name and type, in any order."""
-    if set(a.column_names) != set(b.column_names):
-        only_a = sorted(set(a.column_names) - set(b.column_names))
-        only_b = sorted(set(b.column_names) - set(a.column_names))
-        raise StageError(f"merge: datasetA and datasetB have different columns "
-                         f"(only in A: {', '.join(only_a) or '-'}; only in B: {', '.join(only_b) or '-'})")
-    for name in a.column_names:
-        if a.schema.field(name).type != b.schema.field(name).type:
-            raise StageError(f"merge: column {name} is {a.schema.field(name).type} in datasetA "
-                             f"but {b.schema.field(name).type} in datasetB")
-    return b.select(a.column_names)
+def shared_columns(a: dataset.Snapshot, b: dataset.Snapshot) -> list[str]:
+    """The columns both snapshots have, in canonical order. Both hold every required column (checked when
+    read), so the others differ only in optional columns: those are left out, and the log says so."""
+    names_a, names_b = a.empty().column_names, b.empty().column_names
+    for name in sorted(set(names_a) ^ set(names_b)):
+        has, lacks = ("datasetA", "datasetB") if name in names_a else ("datasetB", "datasetA")
+        log.warning("merge: %s is in %s but not in %s; merged_data leaves it out (an optional column is kept "
+                    "only when both sources have it)", name, has, lacks)
+    return [name for name in names_a if name in names_b]
 
 
 def find_conflicts(a: pa.Table, b: pa.Table) -> list[int]:
@@ -63,8 +62,7 @@ def find_conflicts(a: pa.Table, b: pa.Table) -> list[int]:
 
 def combine(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int, list[int]]:
     """A plus the rows of B whose Id A lacks, unsorted (no copy when nothing overlaps); how many Ids both
-    hold; and those of them whose values differ."""
-    b = check_same_columns(a, b)
+    hold; and those of them whose values differ. Both have the same columns, in the same order."""
     overlap = pc.is_in(b.column(dataset.ID), value_set=a.column(dataset.ID).combine_chunks())
     n_overlap = pc.sum(overlap).as_py() or 0
     conflicts: list[int] = []
@@ -87,13 +85,6 @@ def refuse(conflicts: list[int]) -> None:
         shown = ", ".join(str(i) for i in sorted(conflicts)[:10])
         raise StageError(f"merge: Id {shown} ({len(conflicts)} in all) have different values "
                          f"in datasetA and datasetB")
-
-
-def union(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int]:
-    """A plus the rows of B whose Id A lacks, sorted by Id; also returns how many Ids overlapped."""
-    combined, n_overlap, conflicts = combine(a, b)
-    refuse(conflicts)
-    return combined.sort_by(dataset.ID), n_overlap
 
 
 def aligned(streams: list[Iterable[pa.Table]]) -> Iterator[list[pa.Table | None]]:
@@ -212,30 +203,26 @@ def external_union(a: dataset.Snapshot, b: dataset.Snapshot, names: list[str], s
 def merge(tree: StageTree) -> None:
     a = dataset.Snapshot(tree.read("datasetA", contract.File), "datasetA")
     b = dataset.Snapshot(tree.read("datasetB", contract.File), "datasetB")
-    names = check_same_columns(a.empty(), b.empty()).column_names
+    names = shared_columns(a, b)
     streaming = all(dataset.strictly_increasing(s.column(dataset.ID)) for s in (a, b))
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
     sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
     overlap = Overlap()
-    with tree.output_file("merged_data") as tmp:
-        writer = dataset.Writer(tmp, a.empty().schema)
-        try:
-            if streaming:  # a row group of each side in memory at a time
-                for table in sorted_union((t.select(names) for t in a.tables()),
-                                          (t.select(names) for t in b.tables()), overlap):
+    with tree.output_file("merged_data") as tmp, dataset.Writer(tmp, a.empty().select(names).schema) as writer:
+        if streaming:  # a row group of each side in memory at a time
+            for table in sorted_union((t.select(names) for t in a.tables()),
+                                      (t.select(names) for t in b.tables()), overlap):
+                writer.write(table)
+        else:  # sorted runs spilled beside the output: disk-backed, where /tmp may be a small tmpfs
+            with tempfile.TemporaryDirectory(prefix=".merge-runs-", dir=tmp.parent) as spill:
+                for table in external_union(a, b, names, Path(spill), overlap):
                     writer.write(table)
-            else:  # sorted runs spilled beside the output: disk-backed, where /tmp may be a small tmpfs
-                with tempfile.TemporaryDirectory(prefix=".merge-runs-", dir=tmp.parent) as spill:
-                    for table in external_union(a, b, names, Path(spill), overlap):
-                        writer.write(table)
-            refuse(overlap.conflicts)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close({"sources": sources, "rows": writer.rows, "overlap": overlap.count})
+        refuse(overlap.conflicts)
+        writer.meta = {"sources": sources, "rows": writer.rows, "overlap": overlap.count}
     log.info("merged %d + %d rows (%d Ids in both, identical) into %d rows (%s)", a.num_rows, b.num_rows,
-             overlap.count, writer.rows, "streamed: both sorted by Id" if streaming else "sorted through spill files: a source is not sorted by Id")
+             overlap.count, writer.rows,
+             "streamed: both sorted by Id" if streaming else "sorted through spill files: a source is not sorted by Id")
 
 
 def main() -> None:

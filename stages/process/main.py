@@ -71,7 +71,7 @@ def usable_rows(table: pa.Table) -> pa.ChunkedArray:
 
 
 def clean_table(table: pa.Table) -> pa.Table:
-    """Drop the noise column, normalise labels and keep the usable rows (no checks: see process_table)."""
+    """Drop the noise column, normalise labels and keep the usable rows (the checks need every row group)."""
     if dataset.NOISE in table.column_names:
         table = table.drop_columns([dataset.NOISE])
     labels = normalise_labels(table.column(dataset.LABEL))
@@ -79,37 +79,21 @@ def clean_table(table: pa.Table) -> pa.Table:
     return table.filter(usable_rows(table))
 
 
-def process_table(table: pa.Table) -> tuple[pa.Table, int]:
-    """Return the cleaned table and how many rows were dropped."""
-    cleaned = clean_table(table)
-    check_not_empty(cleaned.num_rows, table.num_rows)
-    check_labels(unknown_labels(cleaned.column(dataset.LABEL)))
-    return cleaned, table.num_rows - cleaned.num_rows
-
-
 def process(tree: StageTree) -> None:
-    """process_table a row group at a time: memory stays at one row group whatever the data's size."""
+    """Clean a row group at a time: memory stays at one row group whatever the data's size."""
     snapshot = dataset.Snapshot(tree.read("merged_data", contract.File), "merged_data")
     unknown: dict[str, int] = {}
-    with tree.output_file("processed_data") as tmp:
-        writer = None
-        try:
-            for table in snapshot.tables():
-                cleaned = clean_table(table)
-                for label, count in unknown_labels(cleaned.column(dataset.LABEL)).items():
-                    unknown[label] = unknown.get(label, 0) + count
-                if writer is None:
-                    writer = dataset.Writer(tmp, cleaned.schema)
-                writer.write(cleaned)
-            kept = writer.rows if writer else 0
-            check_not_empty(kept, snapshot.num_rows)
-            check_labels(unknown)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+    with tree.output_file("processed_data") as tmp, dataset.Writer(tmp) as writer:
+        for table in snapshot.tables():
+            cleaned = clean_table(table)
+            for label, count in unknown_labels(cleaned.column(dataset.LABEL)).items():
+                unknown[label] = unknown.get(label, 0) + count
+            writer.write(cleaned)
+        kept = writer.rows
+        check_not_empty(kept, snapshot.num_rows)
+        check_labels(unknown)
         dropped = snapshot.num_rows - kept
-        writer.close({**snapshot.meta, "rows": kept, "dropped": dropped})
+        writer.meta = {**snapshot.meta, "rows": kept, "dropped": dropped}
     if dropped:
         log.warning("dropped %d of %d rows with a missing or non-finite feature or label",
                     dropped, snapshot.num_rows)
