@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -30,7 +30,7 @@ from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
 
-# Rows the merge of sorted runs holds at once, shared among the runs (a slice of each): about 110 MB here.
+# Rows the merge of sorted runs holds at once, shared among the runs (a slice of each): about 100 MB.
 HELD_ROWS = 2_000_000
 
 
