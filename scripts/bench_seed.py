@@ -37,6 +37,11 @@ def train_stage():
     return module
 
 
+def user_network(train, epochs: int, batch_size: int):
+    """The train stage's network as sklearn's own `fit` runs it: `epochs` shuffled passes."""
+    return train.estimator(batch_size).set_params(max_iter=epochs, shuffle=True)
+
+
 def fit(processed: str, epochs: str, batch_size: str) -> None:
     """sklearn's own fit on the train stage's training rows; prints its wall and CPU seconds as JSON."""
     from sklearn.exceptions import ConvergenceWarning
@@ -50,7 +55,7 @@ def fit(processed: str, epochs: str, batch_size: str) -> None:
     x_train, _, c_train, _ = train.split(x, codes, names)
     y_train = names[c_train]  # the text labels a user's DataFrame would hand the estimator
     del x, codes
-    model = make_pipeline(StandardScaler(), train.estimator(int(batch_size)).set_params(max_iter=int(epochs)))
+    model = make_pipeline(StandardScaler(), user_network(train, int(epochs), int(batch_size)))
     started, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the epochs asked for, not a cap

@@ -53,9 +53,10 @@ def test_the_baselines_cover_every_stage_with_the_flows_input_names():
 
 def test_the_fit_baseline_and_the_peer_train_the_stages_network():
     train = load_stage("train")
-    fit = train.estimator(32).set_params(max_iter=10).get_params()
-    stage = train.estimator(32).get_params()
-    assert {k: v for k, v in fit.items() if k != "max_iter"} == {k: v for k, v in stage.items() if k != "max_iter"}
+    fit, stage = bench_seed.user_network(train, 10, 32).get_params(), train.estimator(32).get_params()
+    assert (fit["max_iter"], fit["shuffle"]) == (10, True)  # the epochs, each shuffled, as the stage's are
+    assert {k: v for k, v in fit.items() if k not in ("max_iter", "shuffle")} == \
+        {k: v for k, v in stage.items() if k not in ("max_iter", "shuffle")}
     source = (ROOT / "scripts" / "bench_flytekit.py").read_text()
     assert f"hidden_layer_sizes={train.HIDDEN}, learning_rate_init={train.LEARNING_RATE}" in source
     assert f"random_state={train.SEED}" in source

@@ -20,6 +20,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelBinarizer, StandardScaler
+from sklearn.utils.multiclass import unique_labels
 
 from stageflow.runtime import contract, dataset, report, tracking
 from stageflow.runtime.contract import StageError, StageTree, sha256_file
@@ -34,6 +35,7 @@ LEARNING_RATE = 0.05  # with 10 epochs of 32-row batches on iris, 0.05 reaches 0
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 10_000_000
 CHUNK = 65_536  # rows per forward pass in evaluation: a whole-set pass at 16M rows holds GBs
+STEP_ROWS = 1_000_000  # rows per partial_fit call in training: its checks amortised, a slice of the set held
 
 
 def check_params(epochs: int, batch_size: int) -> None:
@@ -93,48 +95,56 @@ def split(x: np.ndarray, codes: np.ndarray, names: np.ndarray) -> tuple[np.ndarr
 
 
 def estimator(batch_size: int) -> MLPClassifier:
-    """The network, as a user would write it for sklearn's own `fit`: `batch_size` rows per gradient step,
-    the training set shuffled afresh each epoch."""
+    """The network, set so that a `partial_fit` call steps through its rows in the order given, `batch_size`
+    rows per gradient step (`fit` draws the order); the same with `max_iter` is sklearn's own `fit`."""
     return MLPClassifier(hidden_layer_sizes=HIDDEN, learning_rate_init=LEARNING_RATE, random_state=SEED,
-                         batch_size=batch_size, shuffle=True)
+                         batch_size=batch_size, shuffle=False)
 
 
 def fit(x: np.ndarray, codes: np.ndarray, names: np.ndarray, epochs: int, batch_size: int,
         progress: Progress | None = None) -> tuple[Pipeline, list[float]]:
-    """Standardise `x` (in place), then train `epochs` epochs: one `partial_fit` call each.
+    """Standardise `x` (in place), then train `epochs` epochs, each a pass over the rows in a new seeded
+    order in gradient steps of `batch_size` rows, as sklearn's own `fit` does.
 
-    Within a call sklearn does what its own `fit` does per epoch: shuffles, steps through `batch_size`-row
-    batches with the optimiser's state kept from call to call, and sets `loss_` to the epoch's loss (the
-    batch losses' mean, weighted by rows). A call per batch instead paid sklearn's input checks on every
-    step, 8x the step itself at 32 rows. Two things keep it at `fit`'s speed and seeding:
-    - the labels go in as small integer codes: sklearn checks and encodes the whole label array on every
-      call, which for text costs 2.7 s per million rows, for uint8 codes 0.06 s. The model is then given
-      the class names (`name_classes`), so it predicts names;
-    - one random generator for the whole run, as `fit` has: from an int seed sklearn would make a new
-      generator per call and shuffle every epoch in the same order."""
+    The rows go to `partial_fit` in calls of about STEP_ROWS (whole batches, in the epoch's order). A call
+    per batch paid sklearn's input checks on every step, 8x the step itself at 32 rows. A call per epoch
+    with sklearn shuffling would hold three index arrays of the whole set (0.4 GB at 10M rows per source)
+    and, from an int seed, shuffle every epoch the same way. An epoch's loss is its calls' losses weighted
+    by rows: the row-weighted mean of its batches' losses, which is what `fit` reports.
+
+    The labels go in as small integer codes: sklearn checks and encodes the labels of every call, which
+    for text costs 2.7 s per million rows, for uint8 codes 0.06 s. The model is then given the class
+    names (`name_classes`), so it predicts names."""
     scaler = StandardScaler().fit(x)
     scaled = scaler.transform(x, copy=False)  # in place: a scaled copy would be 0.5 GB more at 10M rows
     labels = codes.astype(np.min_scalar_type(len(names) - 1), copy=False)
     classes = np.arange(len(names), dtype=labels.dtype)
-    model = estimator(batch_size).set_params(random_state=np.random.RandomState(SEED))
+    model = estimator(batch_size)
+    rng = np.random.default_rng(SEED)
+    step = batch_size * max(1, STEP_ROWS // batch_size)
     losses: list[float] = []
     with warnings.catch_warnings():
-        # batch_size above the training rows: sklearn warns that it clips to one batch (train() says so once).
+        # An epoch's last batch may be shorter than batch_size; sklearn warns that it clips.
         warnings.filterwarnings("ignore", message="Got `batch_size` less than 1 or larger than sample size")
         for epoch in range(1, epochs + 1):
-            model.partial_fit(scaled, labels, classes=classes)
-            losses.append(float(model.loss_))
+            order = rng.permutation(len(labels))
+            total = 0.0
+            for start in range(0, len(order), step):
+                rows = order[start:start + step]
+                model.partial_fit(scaled[rows], labels[rows], classes=classes)
+                total += model.loss_ * len(rows)
+            losses.append(total / len(labels))
             if progress:
                 progress.step(epoch, loss=losses[-1])
-    model.set_params(random_state=SEED)  # the parameter as set, not the generator's end state
     name_classes(model, names)
     return Pipeline([("scale", scaler), ("classify", model)]), losses
 
 
 def name_classes(model: MLPClassifier, names: np.ndarray) -> None:
     """Make a model trained on codes 0..k-1 predict `names` (sorted, so code i is names[i]): the classifier
-    maps its outputs to labels through `classes_` and its label binarizer, both refitted here on the names."""
-    model.classes_ = names
+    maps its outputs to labels through `classes_` and its label binarizer, both set here as `partial_fit`
+    sets them when given `classes=names`."""
+    model.classes_ = unique_labels(names)
     model._label_binarizer = LabelBinarizer().fit(names)
 
 
