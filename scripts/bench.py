@@ -1,8 +1,10 @@
 """Benchmark: the flow against what a user would run instead, on generated iris-shaped sources.
 
     make bench                                   # 2 x 1,000,000 rows, the flow's defaults (10 epochs, batch 32)
-    .venv/bin/python scripts/bench.py --rows 50000 --repeat 3 --no-baseline --no-docker --no-peer
-    .venv/bin/python scripts/bench.py --rows 10000000 --shuffle --until merge --no-baseline --no-docker
+    make bench ROWS=50000 BENCH_ARGS="--repeat 3 --no-baseline --no-docker --no-peer"
+    make bench ROWS=10000000 BENCH_ARGS="--shuffle --until merge --no-baseline --no-docker"
+
+(docs/performance.md lists the commands behind each figure it gives.)
 
 Generates two CSV sources of ROWS rows each (Ids 1..N in A and N+1..2N in B; odd and even Ids with
 --interleave; each source's Ids in random order with --shuffle), in a temporary directory it deletes
@@ -12,7 +14,7 @@ afterwards, then measures, side by side:
      flow.py, no cache) with the process backend, and with the docker backend when a daemon answers and
      the stage images are built (`make images`);
   2. the whole flow against the same five stages as plain flytekit tasks run by `pyflyte run`
-     (scripts/bench_flytekit.py: pandas between tasks, scikit-learn's own fit);
+     (scripts/bench_flytekit.py: pandas between tasks, scikit-learn's own fit), alternating, --repeat times;
   3. the train stage against scikit-learn's own `MLPClassifier(...).fit(X, y)` on the same rows, both
      as fresh processes, alternating, --repeat times at each of --fit-batch-sizes.
 Per stage: wall and CPU seconds, peak memory and input rows per second. Peak memory of a process is its
@@ -217,8 +219,9 @@ def run_baseline(work: Path, dag, sources: dict[str, Path], params: dict) -> dic
     return results
 
 
-def run_flow(work: Path, dag, backend, params: dict, timeout: float) -> tuple[dict[str, Measure], float, runner.Run]:
-    run_dir = work / f"run-{backend.name}"
+def run_flow(work: Path, dag, backend, params: dict, timeout: float, label: str = ""
+             ) -> tuple[dict[str, Measure], float, runner.Run]:
+    run_dir = work / f"run-{backend.name}{label}"
     run = runner.Run(dag, run_dir, backend, params, timeout=timeout, echo=False)
     started = time.perf_counter()
     ok = run.execute()
@@ -239,9 +242,9 @@ def cli_start(work: Path) -> Measure:
     return measured([sys.executable, "-c", "from stageflow import cli, dag; dag.load()"], work / "cli-start.log")
 
 
-def run_peer(work: Path, sources: dict[str, Path], params: dict) -> Measure:
+def run_peer(work: Path, sources: dict[str, Path], params: dict, label: str) -> Measure:
     """The same stages as plain flytekit tasks, run by `pyflyte run` (flytekit's scratch files in `work`)."""
-    d = work / "peer"
+    d = work / f"peer{label}"
     d.mkdir()
     args = [f"--{name}={value}" for name, value in {**params, **sources}.items()]
     return measured([str(PYFLYTE), "run", str(ROOT / "scripts" / "bench_flytekit.py"), "model_training", *args],
@@ -378,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-batch-sizes", default=f"{defaults['batch_size']},1024",
                         help="batch sizes at which train is measured against sklearn's own fit, comma-separated "
                              f"(default {defaults['batch_size']},1024)")
-    parser.add_argument("--repeat", type=int, default=1, help="train-vs-fit pairs per batch size (default 1)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="side-by-side pairs: train and fit at each batch size, the flow and the peer (default 1)")
     parser.add_argument("--until", choices=STAGES, help="run the flow only up to this stage (and what it needs)")
     parser.add_argument("--work-dir", help="where sources and runs go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (default: delete it)")
@@ -443,10 +447,16 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                 columns["docker"], _, _ = run_flow(work, dag, docker, flow_params, args.timeout)
             except RuntimeError as err:
                 docker_note = f"docker backend: skipped ({err})"
-    peer = start = None
+    peers: list[tuple[float, Measure]] = []  # (stageflow run's wall, the peer's)
     if with_train and not args.no_peer:
-        print("the same stages as plain flytekit tasks, pyflyte run", flush=True)
-        peer, start = run_peer(work, sources, params), cli_start(work)
+        start = cli_start(work).seconds
+        for i in range(args.repeat):
+            if i:
+                print(f"stageflow, process backend, run {i + 1}", flush=True)
+            flow_wall = wall if i == 0 else run_flow(work, dag, runner.HostBackend(), flow_params, args.timeout,
+                                                      f"-{i + 1}")[1]
+            print(f"the same stages as plain flytekit tasks, pyflyte run{f', run {i + 1}' if i else ''}", flush=True)
+            peers.append((flow_wall + start, run_peer(work, sources, params, f"-{i + 1}")))
     fits: dict[int, list[tuple[Measure, Measure]]] = {}
     if with_train and not args.no_fit:
         processed = run.tree(TRAIN) / "inputs" / "processed_data"
@@ -482,12 +492,15 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     worst = max((ours[name].rss_mb or 0, name) for name in data_stages)
     print(f"process backend, largest data stage peak: {worst[1]} {worst[0]:.0f} MiB"
           + (f"; train {fmt(ours[TRAIN].rss_mb, '.0f')} MiB" if with_train else ""))
-    if peer:
-        whole = wall + start.seconds
-        print(f"\nwhole flow (epochs {args.epochs}, batch {args.batch_size}), stageflow run / the same stages as "
-              f"plain flytekit tasks (pyflyte run): {whole:.2f} s (runner {wall:.2f} s + CLI start "
-              f"{start.seconds:.2f} s) / {peer.seconds:.2f} s = {whole / peer.seconds:.2f}x; peak "
-              f"{max(m.rss_mb or 0 for m in ours.values()):.0f} MiB (largest stage) / {peer.rss_mb:.0f} MiB")
+    if peers:
+        print(f"\nwhole flow (epochs {args.epochs}, batch {args.batch_size}), stageflow run (runner, process backend, "
+              f"+ {start:.2f} s CLI start) / the same stages as plain flytekit tasks (pyflyte run):")
+        for i, (ours_s, peer) in enumerate(peers, 1):
+            print(f"  run {i}: {ours_s:.2f} s / {peer.seconds:.2f} s = {ours_s / peer.seconds:.2f}x (peer cpu "
+                  f"{peer.cpu:.2f} s, peak {peer.rss_mb:.0f} MiB)")
+        print(f"  stageflow / flytekit: {spread([o / p.seconds for o, p in peers])}; peak "
+              f"{max(m.rss_mb or 0 for m in ours.values()):.0f} MiB (largest stage, run 1) / "
+              f"{max(p.rss_mb for _, p in peers):.0f} MiB")
     if fits:
         print(f"\ntrain stage / scikit-learn's own fit, fresh processes, the same {n * 2:,} rows' training "
               f"split, {args.epochs} epochs (wall: whole processes; loop: the training loop alone):")
