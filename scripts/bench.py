@@ -407,7 +407,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def bench(args: argparse.Namespace, work: Path) -> int:
+@dataclasses.dataclass
+class Round:
+    """One side-by-side round: the flow on each backend, and the peer."""
+    ours: dict[str, Measure]
+    wall: float  # the process backend's whole run
+    docker: dict[str, Measure] | None = None
+    peer: Measure | None = None
+
+
+def make_sources(args: argparse.Namespace, work: Path) -> tuple[dict[str, Path], str]:
     n = args.rows
     sources = {"data_path_a": work / "source_a.csv", "data_path_b": work / "source_b.csv"}
     started = time.perf_counter()
@@ -418,6 +427,11 @@ def bench(args: argparse.Namespace, work: Path) -> int:
     shape = ", ".join(s for s, on in (("Ids interleaved", args.interleave), ("Ids shuffled", args.shuffle)) if on)
     print(f"generated 2 x {n:,} rows ({size:,.0f} MB of CSV{', ' + shape if shape else ''}) in "
           f"{time.perf_counter() - started:.1f} s in {work}", flush=True)
+    return sources, shape
+
+
+def bench(args: argparse.Namespace, work: Path) -> int:
+    sources, shape = make_sources(args, work)
     dag = dag_module.load()
     if args.until:
         dag = upto(dag, args.until)
@@ -427,86 +441,99 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         print(f"training: epochs {args.epochs}, batch size {args.batch_size}", flush=True)
     flow_params = {**{k: str(v) for k, v in sources.items()}, **params}
 
-    columns: dict[str, dict[str, Measure]] = {}
+    seed = None
     if not args.no_baseline:
         print("seed-style stages (pandas, CSV between stages, one process per stage)", flush=True)
-        columns["seed"] = run_baseline(work, dag, sources, params)
-    print("stageflow, process backend", flush=True)
-    ours, wall, run = run_flow(work, dag, RusageHostBackend(), flow_params, args.timeout)
-    columns["process"] = ours
-    docker_note = None
-    if args.no_docker:
-        docker_note = "docker backend: skipped (--no-docker)"
-    else:
-        docker, why_not = docker_backend(dag)
-        if docker is None:
-            docker_note = f"docker backend: skipped ({why_not})"
-        else:
-            print("stageflow, docker backend", flush=True)
+        seed = run_baseline(work, dag, sources, params)
+    docker, docker_note = (None, "--no-docker") if args.no_docker else docker_backend(dag)
+    with_peer = with_train and not args.no_peer
+    start = cli_start(work).seconds if with_peer else 0.0
+    rounds: list[Round] = []
+    for i in range(args.repeat if docker or with_peer else 1):
+        label = f"-{i + 1}"
+        print(f"stageflow, process backend, run {i + 1}", flush=True)
+        ours, wall, run = run_flow(work, dag, RusageHostBackend(), flow_params, args.timeout, label)
+        rounds.append(Round(ours, wall))
+        if docker:
+            print(f"stageflow, docker backend, run {i + 1}", flush=True)
             try:
-                columns["docker"], _, _ = run_flow(work, dag, docker, flow_params, args.timeout)
+                rounds[-1].docker = run_flow(work, dag, docker, flow_params, args.timeout, label)[0]
             except RuntimeError as err:
-                docker_note = f"docker backend: skipped ({err})"
-    peers: list[tuple[float, Measure]] = []  # (stageflow run's wall, the peer's)
-    if with_train and not args.no_peer:
-        start = cli_start(work).seconds
-        for i in range(args.repeat):
-            if i:
-                print(f"stageflow, process backend, run {i + 1}", flush=True)
-            flow_wall = wall if i == 0 else run_flow(work, dag, runner.HostBackend(), flow_params, args.timeout,
-                                                      f"-{i + 1}")[1]
-            print(f"the same stages as plain flytekit tasks, pyflyte run{f', run {i + 1}' if i else ''}", flush=True)
-            peers.append((flow_wall + start, run_peer(work, sources, params, f"-{i + 1}")))
+                docker, docker_note = None, contract.one_line(err)
+        if with_peer:
+            print(f"the same stages as plain flytekit tasks, pyflyte run, run {i + 1}", flush=True)
+            rounds[-1].peer = run_peer(work, sources, params, label)
+        if i == 0:
+            processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
     fits: dict[int, list[tuple[Measure, Measure]]] = {}
     if with_train and not args.no_fit:
-        processed = run.tree(TRAIN) / "inputs" / "processed_data"
         for batch_size in args.fit_batch_sizes:
             for i in range(args.repeat):
                 print(f"train stage and sklearn's own fit, batch {batch_size}, run {i + 1}", flush=True)
                 label = f"b{batch_size}-{i}"
-                pair = (run_train(work, dag.node(TRAIN), processed, args.epochs, batch_size, label, args.timeout),
-                        run_fit(work, processed, args.epochs, batch_size, label))
-                fits.setdefault(batch_size, []).append(pair)
+                fits.setdefault(batch_size, []).append((
+                    run_train(work, dag.node(TRAIN), processed, args.epochs, batch_size, label, args.timeout),
+                    run_fit(work, processed, args.epochs, batch_size, label)))
 
-    names = [node.name for node in dag.nodes]
-    data_stages = [name for name in names if name != TRAIN]
-    print(f"\n{n:,} rows per source{' (' + shape + ')' if shape else ''}: per stage, wall and CPU seconds, "
-          f"peak memory and input rows per second\n")
-    print(table(columns, stage_rows(dag, n)))
-    roots = [name for name in names if not dag.node(name).upstream]
-    path = max(ours[r].seconds for r in roots) + sum(ours[name].seconds for name in data_stages if name not in roots)
-    print(f"\nprocess backend: {', '.join(roots)} run in parallel; data stages' critical path {path:.2f} s, "
-          f"flow wall clock {wall:.2f} s")
-    if "seed" in columns:
-        seed = columns["seed"]
-        for label, group in (("data stages", data_stages), ("whole flow ", names if with_train else [])):
-            if group:
-                print(f"{label}, seed-style / ours: wall {total(seed, group):.2f} s / {total(ours, group):.2f} s = "
-                      f"{total(seed, group) / total(ours, group):.1f}x faster; cpu "
-                      f"{total(seed, group, 'cpu') / total(ours, group, 'cpu'):.1f}x less")
-    if "docker" in columns:
-        extra = {name: columns["docker"][name].seconds - ours[name].seconds for name in names}
-        print("docker - process, per stage: " + ", ".join(f"{k} {v:+.2f} s" for k, v in extra.items()))
-    if docker_note:
-        print(docker_note)
-    worst = max((ours[name].rss_mb or 0, name) for name in data_stages)
-    print(f"process backend, largest data stage peak: {worst[1]} {worst[0]:.0f} MiB"
-          + (f"; train {fmt(ours[TRAIN].rss_mb, '.0f')} MiB" if with_train else ""))
-    if peers:
-        print(f"\nwhole flow (epochs {args.epochs}, batch {args.batch_size}), stageflow run (runner, process backend, "
-              f"+ {start:.2f} s CLI start) / the same stages as plain flytekit tasks (pyflyte run):")
-        for i, (ours_s, peer) in enumerate(peers, 1):
-            print(f"  run {i}: {ours_s:.2f} s / {peer.seconds:.2f} s = {ours_s / peer.seconds:.2f}x (peer cpu "
-                  f"{peer.cpu:.2f} s, peak {peer.rss_mb:.0f} MiB)")
-        print(f"  stageflow / flytekit: {spread([o / p.seconds for o, p in peers])}; peak "
-              f"{max(m.rss_mb or 0 for m in ours.values()):.0f} MiB (largest stage, run 1) / "
-              f"{max(p.rss_mb for _, p in peers):.0f} MiB")
+    show_flow(dag, args.rows, shape, seed, rounds, docker_note)
+    if with_peer:
+        show_peer(args, rounds, start)
     if fits:
-        print(f"\ntrain stage / scikit-learn's own fit, fresh processes, the same {n * 2:,} rows' training "
+        print(f"\ntrain stage / scikit-learn's own fit, fresh processes, the same {args.rows * 2:,} rows' training "
               f"split, {args.epochs} epochs (wall: whole processes; loop: the training loop alone):")
         for batch_size, pairs in fits.items():
             show_train_vs_fit(batch_size, pairs)
     return 0
+
+
+def show_flow(dag, n: int, shape: str, seed: dict[str, Measure] | None, rounds: list[Round],
+              docker_note: str | None) -> None:
+    """The per-stage table (the first round), the ratios to the seed-style stages, docker's overhead."""
+    first = rounds[0]
+    columns = {"seed": seed, "process": first.ours, "docker": first.docker}
+    names = [node.name for node in dag.nodes]
+    data_stages = [name for name in names if name != TRAIN]
+    print(f"\n{n:,} rows per source{' (' + shape + ')' if shape else ''}: per stage, wall and CPU seconds, "
+          f"peak memory and input rows per second\n")
+    print(table({k: v for k, v in columns.items() if v}, stage_rows(dag, n)))
+    roots = [name for name in names if not dag.node(name).upstream]
+    ours = first.ours
+    path = max(ours[r].seconds for r in roots) + sum(ours[name].seconds for name in data_stages if name not in roots)
+    print(f"\nprocess backend: {', '.join(roots)} run in parallel; data stages' critical path {path:.2f} s, "
+          f"flow wall clock {first.wall:.2f} s")
+    if seed:
+        for label, group in (("data stages", data_stages), ("whole flow ", names if TRAIN in names else [])):
+            if group:
+                print(f"{label}, seed-style / ours: wall {total(seed, group):.2f} s / {total(ours, group):.2f} s = "
+                      f"{total(seed, group) / total(ours, group):.1f}x faster; cpu "
+                      f"{total(seed, group, 'cpu') / total(ours, group, 'cpu'):.1f}x less")
+    pairs = [r for r in rounds if r.docker]
+    if pairs:
+        print(f"docker - process, per stage{f' (median, min, max of {len(pairs)} runs)' if len(pairs) > 1 else ''}: "
+              + ", ".join(f"{name} {extra(name, pairs)}" for name in names))
+    if docker_note:
+        print(f"docker backend: skipped ({docker_note})")
+    worst = max((ours[name].rss_mb or 0, name) for name in data_stages)
+    print(f"process backend, largest data stage peak: {worst[1]} {worst[0]:.0f} MiB"
+          + (f"; train {fmt(ours[TRAIN].rss_mb, '.0f')} MiB" if TRAIN in names else ""))
+
+
+def extra(name: str, rounds: list[Round]) -> str:
+    """A stage's seconds in its container over its seconds as a process, over the rounds."""
+    values = sorted(r.docker[name].seconds - r.ours[name].seconds for r in rounds)
+    if len(values) == 1:
+        return f"{values[0]:+.2f} s"
+    return f"{statistics.median(values):+.2f} s ({values[0]:+.2f}, {values[-1]:+.2f})"
+
+
+def show_peer(args: argparse.Namespace, rounds: list[Round], start: float) -> None:
+    print(f"\nwhole flow (epochs {args.epochs}, batch {args.batch_size}), stageflow run (runner, process backend, "
+          f"+ {start:.2f} s CLI start) / the same stages as plain flytekit tasks (pyflyte run):")
+    for i, r in enumerate(rounds, 1):
+        print(f"  run {i}: {r.wall + start:.2f} s / {r.peer.seconds:.2f} s = {(r.wall + start) / r.peer.seconds:.2f}x "
+              f"(peak {max(m.rss_mb or 0 for m in r.ours.values()):.0f} MiB, the largest stage / "
+              f"{r.peer.rss_mb:.0f} MiB)")
+    print(f"  stageflow / flytekit: {spread([(r.wall + start) / r.peer.seconds for r in rounds])}")
 
 
 if __name__ == "__main__":
