@@ -13,14 +13,19 @@ REGISTRY ?=
 DOMINO_PYTHON ?= python3
 DATA_A ?=
 DATA_B ?=
+STAGE ?=
+FROM ?=
+INPUTS ?=
+KEEP_DAYS ?= 7
+DATASET ?=
 export BASE_IMAGE
 
 .PHONY: help venv lock run test test-fast data docker-up base-image wheels images push environments submit compose \
-        compose-file bench clean
+        compose-stage compose-file bench gc clean
 
 ## help: list the targets
 help:
-	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-12s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-14s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
 
 # The project goes in editable, from this checkout, with the console script `stageflow`; setuptools comes from
 # the lock, so no build environment is fetched and a reinstall needs no index. The stamp skips all of it when
@@ -86,18 +91,23 @@ push: images
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port/prefix"; exit 2; }
 	$(PY) -m stageflow images-push --registry $(REGISTRY)
 
-## environments: write each stage's Domino environment to build/environments.json; create/revise them on Domino if DOMINO_API_HOST and DOMINO_USER_API_KEY are set
+## environments: write each stage's Domino environment to build/environments.json; with Domino's API at hand (docs/domino.md), create/revise them and wait for the builds
 environments: venv
 	$(PY) -m stageflow environments
 
-## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATA_A=/mnt/... DATA_B=/mnt/...)
+## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATASET=name:version DATA_A=/mnt/data/... DATA_B=...)
 submit:
-	@test -n "$(DATA_A)" && test -n "$(DATA_B)" || { echo "usage: make submit DATA_A=/mnt/.../a.csv DATA_B=/mnt/.../b.jsonl"; exit 2; }
-	$(DOMINO_PYTHON) -m stageflow submit --data-path-a "$(DATA_A)" --data-path-b "$(DATA_B)"
+	@test -n "$(DATA_A)" && test -n "$(DATA_B)" || { echo "usage: make submit [DATASET=iris:3] DATA_A=/mnt/data/iris/a.csv DATA_B=/mnt/data/iris/b.jsonl"; exit 2; }
+	$(DOMINO_PYTHON) -m stageflow submit --data-path-a "$(DATA_A)" --data-path-b "$(DATA_B)" $(if $(DATASET),--dataset "$(DATASET)")
 
 ## compose: run the whole flow through docker-compose.yml (fake /workflow trees in .workflow/)
 compose: images
 	$(PY) -m stageflow run --backend compose --run-dir .workflow $(RUN_ARGS)
+
+## compose-stage: run one stage through docker-compose.yml, its tree prepared in .workflow/ (STAGE=merge; inputs from FROM=runs/latest or INPUTS="name=path ...")
+compose-stage: images
+	@test -n "$(STAGE)" || { echo 'usage: make compose-stage STAGE=<stage> [FROM=RUN_DIR] [INPUTS="name=value ..."]'; exit 2; }
+	$(PY) -m stageflow compose-stage $(STAGE) $(if $(FROM),--from "$(FROM)") $(foreach i,$(INPUTS),--input "$(i)")
 
 ## compose-file: regenerate docker-compose.yml from the stage registry (stageflow/registry.py)
 compose-file: venv
@@ -111,7 +121,11 @@ data: venv
 bench: venv
 	$(PY) scripts/bench.py --rows $(ROWS) $(BENCH_ARGS)
 
-## clean: remove run directories and caches (keeps .venv)
-clean:
+## gc: remove stage-cache entries not used in KEEP_DAYS days (7) nor by the newest run, and images of old versions
+gc: venv
+	$(PY) -m stageflow gc --keep-days $(KEEP_DAYS)
+
+## clean: gc, then remove run directories and the test cache (keeps .venv and what a re-run needs)
+clean: gc
 	rm -rf runs .workflow .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

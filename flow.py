@@ -1,9 +1,10 @@
 """Domino Flows definition of the training flow: five stages, each a Domino job on its own environment.
 
-Submit from a Domino workspace with
-    pyflyte run --remote flow.py model_training --data_path_a PATH_A --data_path_b PATH_B
+Submit from a Domino workspace with `make submit` (docs/domino.md), which checks what a remote run needs first,
+then runs `pyflyte run --remote flow.py model_training --data_path_a PATH_A --data_path_b PATH_B`.
 Run locally (no Domino) with `make run`, or `pyflyte run flow.py model_training ...` without --remote.
-Environments, tiers and images come from the stage registry (stageflow/registry.py).
+Environments, tiers and images come from the stage registry (stageflow/registry.py); the environment revisions
+from build/environments.json (`make environments`); the dataset snapshot from `make submit DATASET=...`.
 """
 
 from typing import NamedTuple, TypeVar
@@ -13,42 +14,57 @@ from flytekit.types.file import FlyteFile
 
 try:  # Domino's plugin, present in Domino environments only
     from flytekitplugins.domino.helpers import Input, Output, run_domino_job_task
+    from flytekitplugins.domino.task import DatasetSnapshot
 except ImportError:
-    from stageflow.domino import Input, Output, run_domino_job_task
-try:  # Flow Artifacts, in the plugin versions that have them; without, the report is a plain FlyteFile
-    from flytekitplugins.domino.artifact import REPORT, Artifact
+    from stageflow.domino import DatasetSnapshot, Input, Output, run_domino_job_task
+try:  # Flow Artifacts, in the plugin versions that have them; without, model and report are plain FlyteFiles
+    from flytekitplugins.domino.artifact import MODEL, REPORT, Artifact
 except ImportError:
-    from stageflow.domino import REPORT, Artifact
+    from stageflow.domino import MODEL, REPORT, Artifact
+from stageflow.environments import built_revisions
 from stageflow.registry import stage as registered
+from stageflow.submit import pinned_dataset
 
 Parquet = FlyteFile[TypeVar("parquet")]
 Pickle = FlyteFile[TypeVar("pkl")]
 Json = FlyteFile[TypeVar("json")]
 Html = FlyteFile[TypeVar("html")]
+ModelArtifact = Artifact(name="Model", type=MODEL)
 ReportArtifact = Artifact(name="Training report", type=REPORT)
 
-TrainingOutputs = NamedTuple("TrainingOutputs", model=Pickle, metrics=Json,
-                             report=ReportArtifact.File(name="report.html"))
+# Each file's format is given, not inferred from its name: Domino's Flyte checks blob formats.
+TrainingOutputs = NamedTuple("TrainingOutputs", model=ModelArtifact.File(name="model.pkl", type="pkl"),
+                             metrics=Json, report=ReportArtifact.File(name="report.html", type="html"))
+
+REVISIONS = built_revisions()  # per stage, the environment revision built from its image (none locally)
+DATASET = pinned_dataset()  # the snapshot of the dataset holding the sources, named at `make submit`
 
 
-def job(name: str) -> dict:
-    """The per-stage Domino job settings, all derived from the stage registry. What is left out (git ref,
-    volume size, dataset snapshots) takes the project's defaults, as in the seed and Domino's examples."""
+def job(name: str, reads_sources: bool = False) -> dict:
+    """The per-stage Domino job settings: command, environment, hardware tier and cache from the stage
+    registry; the environment's revision built from the stage's image, when recorded (by name only
+    otherwise, e.g. locally); and for a stage that reads the sources, the dataset snapshot Domino must mount.
+    What is left out (git ref, volume size) takes the project's defaults, as in Domino's examples."""
     stage = registered(name)
-    return {"flyte_task_name": name, "command": stage.command, "environment_name": stage.environment,
-            "hardware_tier_name": stage.tier, "cache": stage.cache, "cache_version": stage.version,
-            "use_project_defaults_for_omitted": True}
+    settings = {"flyte_task_name": name, "command": stage.command, "environment_name": stage.environment,
+                "hardware_tier_name": stage.tier, "cache": stage.cache, "cache_version": stage.version,
+                "use_project_defaults_for_omitted": True}
+    if name in REVISIONS:
+        settings["environment_revision_id"] = REVISIONS[name]
+    if reads_sources and DATASET:
+        settings["dataset_snapshots"] = [DatasetSnapshot(**DATASET)]
+    return settings
 
 
 @workflow
 def model_training(data_path_a: str, data_path_b: str, epochs: int = 10, batch_size: int = 32) -> TrainingOutputs:
     load_a = run_domino_job_task(
-        **job("load_a"),
+        **job("load_a", reads_sources=True),
         inputs=[Input(name="data_path", type=str, value=data_path_a)],
         output_specs=[Output(name="datasetA", type=Parquet)],
     )
     load_b = run_domino_job_task(
-        **job("load_b"),
+        **job("load_b", reads_sources=True),
         inputs=[Input(name="data_path", type=str, value=data_path_b)],
         output_specs=[Output(name="datasetB", type=Parquet)],
     )

@@ -11,16 +11,14 @@ import sys
 from pathlib import Path
 
 from stageflow import run_report
-from stageflow.runtime import report
 from stageflow.run_report import rows_cell, seconds
 from stageflow.runtime.report import DASH, fmt
-from stageflow.runner import link_or_copy
-from stageflow.registry import ROOT
+from stageflow.registry import ROOT, STAGES
+from stageflow.rundir import os_error, write_atomic
 
 DEFAULT_DATA_A = ROOT / "data" / "source_a.csv"
 DEFAULT_DATA_B = ROOT / "data" / "source_b.jsonl"
 RUNS = ROOT / "runs"
-TRAINING_REPORT = "training-report.html"  # in the run directory, beside report.html
 
 
 def new_run_dir(prefix: str = "") -> Path:
@@ -55,82 +53,86 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def headline(metrics: dict) -> str:
-    losses = metrics.get("loss_per_epoch") or [float("nan")]
-    per_class = ", ".join(f"{name} {scores['f1']:.3f}" for name, scores in metrics.get("per_class", {}).items())
-    return (f"hold-out accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} "
-            f"({metrics['n_train']} train / {metrics['n_test']} test rows, {metrics['epochs']} epochs, "
-            f"final loss {losses[-1]:.4f})\nF1 per class: {per_class}")
-
-
-def output_file(run_dir: Path, record: dict, name: str) -> Path | None:
-    """A flow output of the run, found by the runner's layout; None when the run did not produce it."""
-    for stage, result in record.get("stages", {}).items():
-        path = run_dir / stage / "outputs" / name
-        if name in result.get("outputs", {}) and path.is_file():
-            return path
-    return None
+def headline_text(name: str, headline: dict) -> str:
+    """A flow output's headline as aligned `label  value` lines under the output's name."""
+    width = max(map(len, headline))
+    lines = [f"  {label.ljust(width)}  {fmt(value)}" for label, value in headline.items()]
+    return "\n".join([f"{name} headline:", *lines])
 
 
 def write_run_report(run_dir: Path, record: dict, dag) -> Path:
-    metrics_path = output_file(run_dir, record, "metrics")
-    metrics = json.loads(metrics_path.read_text()) if metrics_path else None
-    # The training report is an output with a bare name, which a browser shows as text: give it a .html twin.
-    training = run_dir / TRAINING_REPORT
-    training.unlink(missing_ok=True)
-    training_path = output_file(run_dir, record, "report")
-    if training_path:
-        link_or_copy(training_path, training)
     edges = [(up, node.name) for node in dag.nodes for up in sorted(node.upstream)]
     path = run_dir / "report.html"
-    report.write(path, run_report.run_report(record, [node.name for node in dag.nodes], edges, metrics,
-                                         TRAINING_REPORT if training_path else None))
+    write_atomic(path, run_report.run_report(record, [node.name for node in dag.nodes], edges,
+                                             run_report.headlines(run_dir, record)))
     return path
+
+
+def backend_named(name: str):
+    from stageflow.runner import HostBackend
+
+    if name == "host":
+        return HostBackend()
+    from stageflow import containers  # needs the Docker SDK only when asked for
+    return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from stageflow import dag as dag_module
     from stageflow.cache import Cache
-    from stageflow.runner import HostBackend, Run, RunDirLock, RunError
-
-    def backends(name: str):
-        if name == "host":
-            return HostBackend()
-        from stageflow import containers  # needs the Docker SDK only when asked for
-        return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
+    from stageflow.runner import Run, RunError, check_params, check_timeout
 
     params = {"data_path_a": str(Path(args.data_path_a).resolve()),
               "data_path_b": str(Path(args.data_path_b).resolve()),
               "epochs": args.epochs, "batch_size": args.batch_size}
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped job cleans up as a Ctrl-C does
     try:
-        dag = dag_module.load(Path(args.flow))
-        backend = backends(args.backend)
+        dag = dag_module.load(Path(args.flow), args.workflow)
+        backend = backend_named(args.backend)
+        check_params(dag, params)  # as Run does, but before a runs/<time> is made for a run that cannot start
+        check_timeout(args.timeout)
         run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
-        with RunDirLock(run_dir):
-            run = Run(dag, run_dir, backend, params, timeout=args.timeout,
-                      cache=None if args.no_cache else Cache())
-            print(f"running flow model_training ({args.backend} backend) in {run_dir}", flush=True)
-            ok = run.execute()
-            record = json.loads((run_dir / "run.json").read_text())
-            report_path = write_run_report(run_dir, record, dag)
-    except RunError as err:
+        run = Run(dag, run_dir, backend, params, timeout=args.timeout, cache=None if args.no_cache else Cache())
+        print(f"running flow {dag.name} ({args.backend} backend) in {run_dir}", flush=True)
+        run.execute()
+    except (RunError, dag_module.FlowError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    record = run.record.as_json()
+    try:
+        report_path = write_run_report(run_dir, record, dag)
+    except OSError as err:
+        report_path = f"not written: {os_error(err)}"
+    return print_outcome(run, record, report_path)
+
+
+def print_outcome(run, record: dict, report_path: Path | str) -> int:
+    """The end of `stageflow run`: the stage table, then what failed, or the outputs and their headlines."""
     print("\n" + summary(record))
-    print(f"\nrun report:      {report_path}\nrecord:          {run_dir / 'run.json'}")
+    print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run.run_dir / 'run.json'}")
     if run.interrupted:
         print("\ninterrupted; stopped every running stage.", file=sys.stderr)
         return 130
-    if not ok:
+    if record["status"] != "succeeded":
         print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
         print("\nflow failed.", file=sys.stderr)
         return 1
-    metrics_path = run.output_path("metrics")
-    print(f"training report: {run_dir / TRAINING_REPORT}\nmodel:           {run.output_path('model')}\n"
-          f"metrics:         {metrics_path}\n")
-    print(headline(json.loads(metrics_path.read_text())))
+    print("\n".join(f"{name + ':':16} {output['path']}" for name, output in record["outputs"].items()))
+    for name, headline in run_report.headlines(run.run_dir, record).items():
+        print("\n" + headline_text(name, headline))
     return 0
+
+
+def ran_dag(flow: Path, workflow: str | None, record: dict):
+    """The DAG a run ran: the workflow named, else the flow file's only one, else the one run.json names."""
+    from stageflow import dag as dag_module
+
+    try:
+        return dag_module.load(flow, workflow)
+    except dag_module.FlowError:
+        if workflow or not isinstance(record.get("flow"), str):
+            raise
+        return dag_module.load(flow, record["flow"])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -141,7 +143,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {run_dir} is not a run directory (no run.json)", file=sys.stderr)
         return 2
     record = json.loads((run_dir / "run.json").read_text())
-    print(write_run_report(run_dir, record, dag_module.load(Path(args.flow))))
+    try:
+        dag = ran_dag(Path(args.flow), args.workflow, record)
+    except dag_module.FlowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        print(write_run_report(run_dir, record, dag))
+    except OSError as err:
+        print(f"error: run report: {os_error(err)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -179,11 +190,46 @@ def cmd_compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compose_stage(args: argparse.Namespace) -> int:
+    """One stage through docker-compose.yml, with its inputs from a run directory or given paths."""
+    from stageflow import containers, dag as dag_module
+    from stageflow.runner import RunError
+
+    latest = RUNS / "latest"
+    run_dir = Path(args.from_dir) if args.from_dir else (latest if latest.is_dir() else None)
+    given = dict(item.split("=", 1) for item in args.input)
+    defaults = {"data_path_a": str(DEFAULT_DATA_A), "data_path_b": str(DEFAULT_DATA_B)}
+    try:
+        one = containers.one_stage(dag_module.load(Path(args.flow)), args.stage, run_dir, given, defaults)
+        print(f"running stage {args.stage} through docker-compose.yml in {containers.COMPOSE_DIR}"
+              + (f", inputs from {run_dir}" if run_dir else ""), flush=True)
+        run = containers.compose_stage(one, args.timeout)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if run.interrupted:
+        return 130
+    if run.failures():
+        print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
+        return 1
+    outputs = containers.COMPOSE_DIR / args.stage / "outputs"
+    print(f"\nstage {args.stage} succeeded in {run.results[args.stage].seconds:.1f} s; outputs in {outputs}: "
+          f"{', '.join(one.nodes[0].outputs)}\nto run it again by hand: {containers.by_hand(one)}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from stageflow import disk
+
+    print("\n".join(disk.gc(args.keep_days, args.dry_run)))
+    return 0
+
+
 def cmd_environments(args: argparse.Namespace) -> int:
     from stageflow import environments
 
     try:
-        print("\n".join(environments.run()))
+        environments.run(say=lambda line: print(line, flush=True))
     except environments.DominoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -193,7 +239,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from stageflow import submit
 
-    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size)
+    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size, args.dataset)
 
 
 def cmd_verify_model(args: argparse.Namespace) -> int:
@@ -208,9 +254,23 @@ def cmd_verify_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, found {text!r}")
+    return value
+
+
+def name_value(text: str) -> str:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, found {text!r}")
+    return text
+
+
+def add_run_command(sub) -> None:
     run = sub.add_parser("run", help="run the whole flow locally")
     run.add_argument("--backend", choices=["host", "docker", "compose"], default="host",
                      type=lambda name: "host" if name == "process" else name,  # its name before 0.2
@@ -221,11 +281,52 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data-path-b", default=str(DEFAULT_DATA_B), help="source B (default: bundled sample)")
     run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
     run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
-    run.add_argument("--timeout", type=float, default=3600.0, help="seconds before a stage is killed (default 3600)")
+    run.add_argument("--timeout", default="3600", help="seconds a stage may take, hashing its sources and restoring "
+                                                       "it from the cache included (default 3600)")
     run.add_argument("--no-cache", action="store_true",
                      help="run every stage even when the cache holds its outputs for the same inputs")
-    run.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    run.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file (default: this checkout's flow.py)")
+    run.add_argument("--workflow", help="the @workflow to run, when the flow file defines several")
     run.set_defaults(func=cmd_run)
+
+
+def add_report_command(sub) -> None:
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
+                                        "memory, rows, logs and outputs")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
+    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file the run ran")
+    rep.add_argument("--workflow", help="the @workflow it ran, when the flow file defines several (default: the "
+                                        "one run.json names)")
+    rep.set_defaults(func=cmd_report)
+
+
+def add_compose_stage_command(sub) -> None:
+    stage_cmd = sub.add_parser("compose-stage", help="run one stage through docker-compose.yml: prepare its tree "
+                               "in .workflow/<stage>/ (inputs, outputs writable by the container's user), then "
+                               "`docker compose run` it")
+    stage_cmd.add_argument("stage", choices=list(STAGES), metavar="STAGE", help=", ".join(STAGES))
+    stage_cmd.add_argument("--from", dest="from_dir", metavar="RUN_DIR",
+                           help="run directory whose outputs and flow inputs feed the stage (default: runs/latest)")
+    stage_cmd.add_argument("--input", action="append", default=[], metavar="NAME=VALUE", type=name_value,
+                           help="an input of the stage: a file's path or a value (repeatable; wins over --from)")
+    stage_cmd.add_argument("--timeout", type=float, default=3600.0, help="seconds before the stage is killed")
+    stage_cmd.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
+    stage_cmd.set_defaults(func=cmd_compose_stage)
+
+
+def add_gc_command(sub) -> None:
+    gc = sub.add_parser("gc", help="remove stage-cache entries and images that neither the current code nor a "
+                        "recent run uses (docs/disk.md)")
+    gc.add_argument("--keep-days", type=non_negative, default=7.0, metavar="DAYS",
+                    help="keep cache entries used in the last DAYS days (default 7); the newest run's are always kept")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc.set_defaults(func=cmd_gc)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    add_run_command(sub)
     for action, text in (("wheels", "download the stages' pinned wheels into wheels/ (host side)"),
                          ("build", "build every stage image that is not up to date"),
                          ("push", "push every stage image to a registry; prints digests")):
@@ -244,22 +345,22 @@ def parser() -> argparse.ArgumentParser:
     compose.set_defaults(func=cmd_compose, action="file")
     env = sub.add_parser("compose-env", help="print export lines for using docker-compose.yml by hand")
     env.set_defaults(func=cmd_compose, action="env")
+    add_compose_stage_command(sub)
+    add_gc_command(sub)
     environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
-                                  "build/environments.json; create or revise them on Domino when DOMINO_API_HOST "
-                                  "and DOMINO_USER_API_KEY are set")
+                                  "build/environments.json; where Domino's API is reachable (docs/domino.md), create "
+                                  "or revise them and wait for each revision's build")
     environments.set_defaults(func=cmd_environments)
     submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
-                            "`pyflyte run --remote flow.py model_training ...`")
+                            "`pyflyte run --remote flow.py <workflow> ...`")
     submit.add_argument("--data-path-a", required=True, help="source A, an absolute path as a Domino job sees it")
     submit.add_argument("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
     submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
     submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
+    submit.add_argument("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is "
+                                          "mounted for the loads; name alone: its latest snapshot)")
     submit.set_defaults(func=cmd_submit)
-    rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
-                                        "memory, rows, logs and outputs")
-    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
-    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
-    rep.set_defaults(func=cmd_report)
+    add_report_command(sub)
     return top
 
 

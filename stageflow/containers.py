@@ -6,18 +6,24 @@ files its inputs name (read-only), no network, the limits of its hardware tier, 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
-from pathlib import Path
+import sys
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from stageflow.dag import Dag, Node
+from stageflow.dag import Dag, Node, Source
 from stageflow.images import ImageError, client
-from stageflow.runner import Outcome, ProcessHandle, RunError, kill_after
+from stageflow.runner import Outcome, ProcessHandle, Run, RunError, kill_after, runner_alive, runner_identity
 from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
+from stageflow.runtime.contract import File, StageError, not_a_regular_file, parse_value
+
+COMPOSE_DIR = ROOT / ".workflow"  # where docker-compose.yml mounts each stage's tree from
 
 STAGE_UID = 12574  # Domino's ubuntu user, which the images are built for
+RUN_LABEL, RUNNER_LABEL = "io.stageflow.run", "io.stageflow.runner"  # the run directory; host:pid:start
 TMPFS = "rw,nosuid,nodev,size=1g"
 HARDENING = {"read_only": True, "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
              "network_mode": "none", "tmpfs": {"/tmp": TMPFS}}
@@ -36,12 +42,39 @@ def prepare_tree(tree: Path) -> None:
         os.chown(outputs, STAGE_UID, STAGE_UID)
 
 
-def volumes(tree: Path, mounts: list[Path]) -> dict[str, dict]:
-    found = {str(tree / "inputs"): {"bind": "/workflow/inputs", "mode": "ro"},
-             str(tree / "outputs"): {"bind": "/workflow/outputs", "mode": "rw"}}
-    for path in mounts:
-        found[str(path)] = {"bind": str(path), "mode": "ro"}
-    return found
+# A data file is mounted at the path the user gave, so that every message and the snapshot's provenance
+# name that path (as on Domino, where a job sees /mnt/data/... at its own path). These directories belong to
+# the image: a file mounted in one would hide the image's own file of that name (system and code
+# directories, the contract's tree) or be out of the stage user's reach (/root is closed to it).
+IMAGE_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run",
+              "/sbin", "/sys", "/usr", "/var", "/opt/stageflow", "/opt/venv", "/opt/stage", "/workflow")
+
+
+def data_file(path: Path) -> Path:
+    """The real file behind a data path a stage container may be given, or a one-line refusal.
+
+    Only a regular file (after following links) is mounted, read-only: never a socket (the Docker socket
+    would hand the stage the daemon), a device, a FIFO or a directory."""
+    what = not_a_regular_file(path)
+    if what:
+        raise StageError(f"data path {path}: {what}; only regular files are mounted into a stage container")
+    target = PurePosixPath(os.path.normpath(path))
+    inside = next((d for d in IMAGE_DIRS if target.is_relative_to(d)), None)
+    if inside:
+        raise StageError(f"data path {path}: inside {inside}, which belongs to the stage image; move the file "
+                         f"elsewhere (e.g. under /home, /mnt or /srv) or use --backend host")
+    return Path(os.path.realpath(path))
+
+
+def mounts(tree: Path, files: list[Path]) -> list:
+    """The stage's tree at /workflow (inputs read-only) and each data file read-only at its own path.
+
+    Mount objects, not `src:dst:mode` strings: a path holding `:` is then just a path."""
+    from docker.types import Mount
+
+    found = [Mount("/workflow/inputs", str(tree / "inputs"), type="bind", read_only=True),
+             Mount("/workflow/outputs", str(tree / "outputs"), type="bind")]
+    return found + [Mount(str(path), str(data_file(path)), type="bind", read_only=True) for path in files]
 
 
 def _peak_memory_mb(container_id: str) -> float | None:
@@ -77,14 +110,36 @@ class DockerBackend:
                 raise RunError(f"image {node.stage.image()} for stage {node.name} is missing; "
                                f"build it with `make images`") from None
 
-    def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ContainerHandle":
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        """Before the first stage: remove the containers a dead runner (kill -9) left on this directory,
+        which would otherwise write into it."""
+        for container in self.client.containers.list(all=True, sparse=True,
+                                                     filters={"label": f"{RUN_LABEL}={run_dir}"}):
+            if not runner_alive((container.attrs.get("Labels") or {}).get(RUNNER_LABEL)):
+                try:
+                    container.remove(force=True)
+                except Exception:  # noqa: BLE001 - already gone is fine
+                    pass
+
+    def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ContainerHandle":
+        import docker
+
+        given = mounts(tree, files)  # refuses a bad data path before any container exists
         prepare_tree(tree)
         tier = TIERS[node.stage.tier]
         container = self.client.containers.create(
-            node.stage.image(), user=stage_user(), volumes=volumes(tree, mounts),
+            node.stage.image(), user=stage_user(), mounts=given,
             environment={"WORKFLOW_ROOT": "/workflow"}, mem_limit=tier.memory, memswap_limit=tier.memory,
-            nano_cpus=int(tier.cpus * 1e9), labels={"io.stageflow.run": str(tree.parent)}, **HARDENING)
-        container.start()
+            nano_cpus=int(tier.cpus * 1e9), labels={RUN_LABEL: str(tree.parent), RUNNER_LABEL: runner_identity()},
+            **HARDENING)
+        try:
+            container.start()
+        except BaseException as err:
+            container.remove(force=True)  # a container that never ran must not stay behind as `Created`
+            if isinstance(err, docker.errors.APIError):
+                reason = " ".join(str(err.explanation or err).split())
+                raise StageError(f"container of stage {node.name} did not start: {reason}") from None
+            raise
         return ContainerHandle(container, timeout)
 
 
@@ -97,12 +152,17 @@ class ContainerHandle:
 
     def lines(self) -> Iterator[str]:
         pending = ""
-        for chunk in self.container.logs(stream=True, follow=True):
-            pending += chunk.decode("utf-8", "replace")
-            *complete, pending = pending.split("\n")
-            for line in complete:
-                yield line + "\n"
-            self.peak = _peak_memory_mb(self.container.id) or self.peak
+        try:
+            for chunk in self.container.logs(stream=True, follow=True):
+                pending += chunk.decode("utf-8", "replace")
+                *complete, pending = pending.split("\n")
+                for line in complete:
+                    yield line + "\n"
+                self.peak = _peak_memory_mb(self.container.id) or self.peak
+        except GeneratorExit:  # the reader gave up on the stage (its own error): nobody will wait() for it
+            self.kill("abandoned")
+            self._remove()
+            raise
         if pending:
             yield pending
 
@@ -113,9 +173,17 @@ class ContainerHandle:
             self.container.reload()
             oom = self.container.attrs["State"].get("OOMKilled")
         finally:
-            self.timer.cancel()
-            self.container.remove(force=True)
+            self._remove()
         return Outcome(status, self.killed_for or ("oom" if oom else None), self.peak)
+
+    def _remove(self) -> None:
+        import docker
+
+        self.timer.cancel()
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:  # already removed
+            pass
 
     def kill(self, reason: str = "interrupted") -> None:
         self.killed_for = self.killed_for or reason
@@ -137,18 +205,31 @@ class ComposeBackend:
     def check(self, dag: Dag) -> None:
         self.docker.check(dag)
 
-    def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ComposeHandle":
-        if tree.parent.resolve() != (ROOT / ".workflow").resolve():
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        self.docker.prepare_run(run_dir, lock_fd)
+
+    def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ComposeHandle":
+        if tree.parent.resolve() != COMPOSE_DIR.resolve():
             raise RunError("the compose backend runs in .workflow/, where docker-compose.yml mounts the trees")
-        prepare_tree(tree)
         name = f"stageflow-{node.name}-{os.getpid()}"
-        args = [*self.command, "run", "--rm", "-T", "--name", name]
-        for path in mounts:
-            args += ["-v", f"{path}:{path}:ro"]
+        args = [*self.command, "run", "--rm", "-T", "--name", name, "-l", f"{RUN_LABEL}={tree.parent}",
+                "-l", f"{RUNNER_LABEL}={runner_identity()}", *data_volumes(files)]
+        prepare_tree(tree)
         proc = subprocess.Popen([*args, node.name], cwd=ROOT, env={**os.environ, **compose_env()},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True)
         return ComposeHandle(proc, name, timeout)
+
+
+def data_volumes(files: list[Path]) -> list[str]:
+    """`-v` options giving a compose service each data file read-only at its own path (see mounts())."""
+    args = []
+    for path in files:
+        if ":" in str(path):
+            raise StageError(f"data path {path}: holds ':', which `docker compose run -v` reads as a "
+                             f"separator; rename it or use --backend docker")
+        args += ["-v", f"{data_file(path)}:{path}:ro"]
+    return args
 
 
 class ComposeHandle(ProcessHandle):
@@ -167,6 +248,70 @@ class ComposeHandle(ProcessHandle):
         """Killing the compose client would leave its container running: remove the container itself."""
         self.killed_for = self.killed_for or reason
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
+
+
+def one_stage(dag: Dag, name: str, run_dir: Path | None, given: dict[str, str], params: dict[str, str]) -> Dag:
+    """Stage `name` of the flow alone, each input taken from `given` (NAME=VALUE), else from `run_dir`:
+    an upstream stage's output there, or a flow input as that run had it (run.json), else from `params`."""
+    node = dag.node(name)
+    unknown = sorted(set(given) - set(node.inputs))
+    if unknown:
+        raise RunError(f"input {', '.join(unknown)}: not an input of stage {name} ({', '.join(node.inputs)})")
+    if run_dir is not None and not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir}: not found")
+    if run_dir is not None and (run_dir / "run.json").is_file():
+        params = {**params, **json.loads((run_dir / "run.json").read_text()).get("params", {})}
+    inputs = {}
+    for key, (kind, src) in node.inputs.items():
+        if key in given:
+            value = given[key]
+        elif src.stage:
+            if run_dir is None:
+                raise RunError(f"input {key}: give a run directory holding {src.stage}'s outputs (--from) or "
+                               f"--input {key}=PATH")
+            value = run_dir / src.stage / "outputs" / src.output
+        elif src.flow_input:
+            value = params.get(src.flow_input, dag.defaults.get(src.flow_input))
+        else:
+            value = src.value
+        inputs[key] = (kind, Source(value=_input_value(key, kind, value)))
+    return Dag([Node(node.stage, inputs, node.outputs)], {}, {},
+               {output: Source(stage=name, output=output) for output in node.outputs})
+
+
+def _input_value(name: str, kind: type, value) -> object:
+    """An input's value as the runner materialises it: a file as its absolute path, a primitive typed."""
+    if value is None:
+        raise RunError(f"input {name}: no value; give --input {name}=VALUE")
+    if kind is File:
+        path = Path(value).absolute()
+        if not path.is_file():
+            raise RunError(f"input {name}: {path} is not a file; run the flow first (`make run`) or give "
+                           f"--input {name}=PATH")
+        return path
+    if kind is str:  # a data path: absolute, since the stage runs from another directory
+        return os.path.abspath(value) if value and os.path.isfile(value) else value
+    try:
+        return parse_value(str(value), kind) if isinstance(value, str) else value
+    except ValueError as err:
+        raise RunError(f"input {name}: {err}, found {value!r}") from None
+
+
+def by_hand(dag: Dag) -> str:
+    """The shell command that runs a one-stage DAG's stage again, once compose_stage has prepared its tree."""
+    node = dag.nodes[0]
+    files = [Path(src.value) for kind, src in node.inputs.values() if kind is str and os.path.isfile(src.value)]
+    python = os.path.relpath(sys.executable)
+    return (f'eval "$({python} -m stageflow compose-env)" && '
+            + shlex.join([*compose_command(), "run", "--rm", *data_volumes(files), node.name]))
+
+
+def compose_stage(dag: Dag, timeout: float) -> Run:
+    """Run a one-stage DAG through docker-compose.yml in .workflow/, as the runner runs any stage: its tree
+    prepared (inputs in place, outputs writable by the container's user), its outcome checked."""
+    run = Run(dag, COMPOSE_DIR, ComposeBackend(), {}, timeout=timeout)
+    run.execute()
+    return run
 
 
 def compose_command() -> list[str]:
@@ -219,8 +364,9 @@ def compose_spec() -> dict:
 COMPOSE_HEADER = """\
 # Generated by `stageflow compose-file` from stageflow/registry.py: edit that, then regenerate.
 # One service per stage, each with a fake /workflow tree under .workflow/<stage>/ (inputs read-only).
-# `make compose` runs the whole flow through it; by hand (after `eval "$(stageflow compose-env)"`):
-#   docker compose run --rm merge        (or docker-compose run --rm merge, compose v1)
+# `make compose` runs the whole flow through it; `make compose-stage STAGE=merge` runs one stage, its tree
+# prepared from runs/latest (or FROM=RUN_DIR, INPUTS="name=path ..."). Again by hand after that:
+#   eval "$(.venv/bin/python -m stageflow compose-env)" && docker compose run --rm merge   (compose v1: docker-compose)
 """
 
 

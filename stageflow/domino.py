@@ -1,4 +1,5 @@
-"""`run_domino_job_task`, `Input`, `Output` and `Artifact` for machines without Domino's flytekit plugin.
+"""`run_domino_job_task`, `Input`, `Output`, `DatasetSnapshot` and `Artifact` for machines without Domino's
+flytekit plugin.
 
 Domino ships `flytekitplugins.domino.helpers` inside its environments only (it is not on PyPI). flow.py
 imports the real one when it is there and this one otherwise. Here each call becomes a Flyte raw-container
@@ -45,6 +46,14 @@ class Input:
 class Output:
     name: str
     type: Any
+
+
+@dataclass(frozen=True)
+class DatasetSnapshot:  # noqa: N815 - the plugin's field names (flytekitplugins.domino.task)
+    """A dataset snapshot a Domino job mounts; kept on the task for inspection, meaningless locally."""
+    Name: str | None = None
+    Version: int | None = None
+    Id: str | None = None
 
 
 DATA, MODEL, REPORT = "data", "model", "report"  # Domino's three kinds of Flow Artifact
@@ -132,8 +141,8 @@ class StageTask(ContainerTask):
 
     def execute(self, **kwargs) -> Any:
         """Run this one stage through the local runner (flytekit calls this with native values)."""
-        from stageflow.dag import Dag, Node, Source, contract_type
-        from stageflow.runner import Run, RunDirLock
+        from stageflow.dag import Dag, Node, Source, contract_type, file_formats
+        from stageflow.runner import Run
 
         backend, run_dir = local_session()
         iface = self.python_interface
@@ -141,12 +150,11 @@ class StageTask(ContainerTask):
                   for name, kind in iface.inputs.items()}
         outputs = {name: contract_type(kind) for name, kind in iface.outputs.items()}
         dag = Dag([Node(registry.stage(self.name), inputs, outputs)], {}, {},
-                  {name: Source(stage=self.name, output=name) for name in outputs})
-        stage_dir = run_dir / self.name
-        with RunDirLock(stage_dir):
-            run = Run(dag, stage_dir, backend, {})
-            if not run.execute():
-                raise StageFailed("\n\n".join(run.failures()) or f"stage {self.name} was interrupted")
+                  {name: Source(stage=self.name, output=name) for name in outputs}, self.name,
+                  file_formats(iface.outputs))
+        run = Run(dag, run_dir / self.name, backend, {})
+        if not run.execute():
+            raise StageFailed("\n\n".join(run.failures()) or f"stage {self.name} was interrupted")
         values = [FlyteFile(str(run.output_path(name))) if kind is contract.File
                   else contract.parse_value(run.output_path(name).read_text(), kind)
                   for name, kind in outputs.items()]

@@ -3,33 +3,41 @@
 A Domino environment revision is a base image plus Dockerfile instructions (without FROM). Each stage's
 environment takes its image by digest from the last `make push` (build/pushed.json), so a revision names the
 very image that was built and tested. `make environments` writes the definitions to build/environments.json
-(commit it with build/pushed.json: the commit Domino pins then says which images its environments run) and,
-with DOMINO_API_HOST and DOMINO_USER_API_KEY set, creates each missing environment or adds a revision to an
-existing one, recording what it did in the same file.
+and, where it can reach Domino's API (see stageflow/domino_api.py), creates each missing environment or adds a
+revision to an existing one, then waits for Domino to build each revision: Domino builds them asynchronously,
+and a job runs whatever revision is active unless its task pins one. The record keeps, per stage, the
+environment's id and the id of the revision built from this push, so flow.py can pin exactly that revision and
+`make submit` can check, from inside a workspace, that this deployment holds it.
 
-The requests are python-domino's (PyPI `dominodatalab` 2.2.0: `Domino.environments_list`,
-`create_environment`, `create_environment_revision`): same endpoints, payload fields and API-key header.
-The package itself is not used: it pins packaging==23.2 and python-dateutil~=2.8.2, which would downgrade
-what flytekit and pandas run on here, and its client insists on an owner/project and a /version round trip
-before it sends anything.
+Requests and answers (sources in docs/domino.md): environments are listed with GET /v1/environments (python-
+domino's `environments_list`: `{"objectType": "list", "data": [...]}`), created with POST
+/api/environments/beta/environments and revised with POST .../environments/{id}/revisions (python-domino's
+flat bodies), and read with GET /api/environments/v1/environments/{id}, whose answer wraps the environment in
+`{"environment": ...}` with `latestRevision` and `selectedRevision` (the active one). A created revision comes
+back as `{"environmentRevision": {...}}`. Answers without their envelope are accepted too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
+from stageflow.domino_api import CREDENTIALS, Api, DominoError, connect, configured, items, unwrap
 from stageflow.images import BUILD, PUSHED
 from stageflow.registry import IMAGE_CODE_DIR, ROOT, STAGES, Stage
 
 ENVIRONMENTS = BUILD / "environments.json"
-HOST_ENV, KEY_ENV = "DOMINO_API_HOST", "DOMINO_USER_API_KEY"
 VISIBILITY = "Private"  # python-domino: "Private" or "Global"
-
-
-class DominoError(Exception):
-    """A missing precondition or a refused request, as one line that says what to do."""
+TIMEOUT_ENV, POLL_ENV = "STAGEFLOW_BUILD_TIMEOUT", "STAGEFLOW_BUILD_POLL"  # seconds: how long, how often
+# Build statuses: only "Succeeded" and "Failed" are confirmed (a real CI pipeline polls for exactly these);
+# anything else ("Queued", "Building", ...) is taken as still building. The others here are guesses at
+# spellings of the same two outcomes, accepted so that a variant never waits out the timeout.
+SUCCEEDED, FAILED = {"succeeded", "success", "built"}, {"failed", "error", "cancelled", "canceled"}
+# Where a failed revision may say why: the public API's field for it is not documented (docs/domino.md).
+MESSAGE_KEYS = ("statusMessage", "message", "error", "errorMessage", "failureReason")
 
 
 def shown(path: Path) -> str:
@@ -72,117 +80,269 @@ def definitions(pushed: dict) -> dict[str, dict]:
             for name, stage in STAGES.items()}
 
 
-def environment_problems(record: dict | None, pushed: dict | None, host: str | None) -> list[str]:
-    """Why the Domino environments are not known to be defined for the last push (empty when they are)."""
-    create = f"run `make environments` with {HOST_ENV} and {KEY_ENV} set"
+def state(revision: dict) -> str:
+    """built, failed or building, from a revision as Domino shows it (or as the record keeps it)."""
+    status = str(revision.get("status") or "").lower()
+    if status in SUCCEEDED or revision.get("isBuilt") is True:  # isBuilt: the internal revision DTO's flag
+        return "built"
+    return "failed" if status in FAILED else "building"
+
+
+def applied_environments(record: dict | None) -> dict[str, dict]:
+    return ((record or {}).get("applied") or {}).get("environments") or {}
+
+
+def recorded(entry: dict, image: str | None) -> bool:
+    """Whether a record entry names an environment and a revision made from `image`."""
+    return bool(entry.get("environment_id") and entry.get("revision_id")) and entry.get("image") == image
+
+
+def record_problems(record: dict | None, pushed: dict | None) -> list[str]:
+    """Why build/environments.json does not name a built revision of the last push for every stage (empty
+    when it does). What the deployment holds is checked apart, through its API (`domino_problems`)."""
+    create = f"run `make environments` with {CREDENTIALS} set"
     if record is None:
         return [f"no environment definitions ({shown(ENVIRONMENTS)} missing): {create}"]
-    if pushed is not None and not push_problems(pushed) and record.get("definitions") != definitions(pushed):
+    defined = record.get("definitions") or {}
+    if pushed is not None and not push_problems(pushed) and defined != definitions(pushed):
         return [f"{shown(ENVIRONMENTS)} does not match the last push: {create}"]
-    applied = record.get("applied") or {}
-    images = {name: d.get("image") for name, d in (record.get("definitions") or {}).items()}
-    done = {name: d.get("image") for name, d in (applied.get("environments") or {}).items()}
-    behind = [name for name in STAGES if not images.get(name) or done.get(name) != images[name]]
+    done = applied_environments(record)
+    behind = [name for name in STAGES if not recorded(done.get(name, {}), (defined.get(name) or {}).get("image"))]
     if behind:
-        return [f"Domino environments not created or revised for the last push ({', '.join(behind)}): {create}"]
-    if host and applied.get("host") != host.rstrip("/"):
-        return [f"environments were created on {applied.get('host')}, not on {host}: {create}"]
+        return [f"no Domino environment revision recorded for the last push ({', '.join(behind)}): {create}"]
+    unbuilt = [f"{name} ({done[name].get('status')})" for name in STAGES if state(done[name]) != "built"]
+    if unbuilt:
+        return [f"environment revisions not built: {', '.join(unbuilt)}: run `make environments` again (it waits "
+                f"for the builds and says why one failed)"]
     return []
 
 
-class DominoApi:
-    """The three environment calls python-domino makes (see the module's docstring), through requests."""
-
-    def __init__(self, host: str, api_key: str, timeout: float = 30.0):
-        import requests
-
-        self.host, self.timeout = host.rstrip("/"), timeout
-        self.session = requests.Session()
-        self.session.headers.update({"X-Domino-Api-Key": api_key, "Accept": "application/json"})
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        import requests
-
-        try:
-            response = self.session.request(method, self.host + path, json=body, timeout=self.timeout)
-        except requests.RequestException as err:
-            raise DominoError(f"{method} {self.host}{path}: {err}") from None
-        if not response.ok:
-            raise DominoError(f"{method} {self.host}{path}: HTTP {response.status_code} {' '.join(response.text.split())[:300]}")
-        return response.json()
-
-    def environments(self) -> list[dict]:
-        found = self._call("GET", "/v1/environments")  # a list, or {"objectType": "list", "data": [...]}
-        return found["data"] if isinstance(found, dict) else found
-
-    @staticmethod
-    def revision(definition: dict) -> dict:
-        return {"dockerfileInstructions": definition["dockerfileInstructions"], "environmentVariables": [],
-                "image": definition["image"], "postRunScript": "", "postSetupScript": "", "preRunScript": "",
-                "preSetupScript": "", "skipCache": False, "summary": definition["description"],
-                "supportedClusters": [], "tags": [], "useVpn": False, "workspaceTools": []}
-
-    def create(self, definition: dict) -> dict:
-        # addBaseDependencies: Domino adds what its jobs need to an image that is not one of its own.
-        return self._call("POST", "/api/environments/beta/environments", {
-            **self.revision(definition), "name": definition["name"], "visibility": VISIBILITY,
-            "addBaseDependencies": True, "description": definition["description"], "isRestricted": False})
-
-    def revise(self, environment_id: str, definition: dict) -> dict:
-        return self._call("POST", f"/api/environments/beta/environments/{environment_id}/revisions",
-                          self.revision(definition))
+def built_revisions(path: Path | None = None) -> dict[str, str]:
+    """Per stage, the id of the revision `make environments` saw built from the image of the current code;
+    flow.py pins these. Empty without a record (locally, before the first `make environments`)."""
+    done = applied_environments(read_record(path or ENVIRONMENTS))
+    return {name: entry["revision_id"] for name, entry in done.items()
+            if name in STAGES and entry.get("revision_id") and entry.get("version") == STAGES[name].version
+            and state(entry) == "built"}
 
 
-def apply(defined: dict[str, dict], api: DominoApi, before: dict) -> list[str]:
-    """Create or revise each stage's environment, skipping one whose applied image is unchanged; returns
-    a line per stage. The record is written after every request, so a re-run after a refused request
-    does not add the same revisions twice."""
-    by_name: dict[str, list[dict]] = {}
-    for found in api.environments():
-        by_name.setdefault(found.get("name"), []).append(found)
-    done = dict(before.get("environments", {})) if before.get("host") == api.host else {}
-    applied = {"host": api.host, "environments": done}
-    lines = []
+# ---------------------------------------------------------------- Domino's answers
+
+
+def environment(api: Api, environment_id: str) -> dict | None:
+    """The environment with this id on the deployment behind `api`, or None when it has none."""
+    try:
+        return unwrap(api.get(f"/api/environments/v1/environments/{environment_id}"), "environment")
+    except DominoError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def revision(found: dict | None, revision_id: str) -> dict | None:
+    """The revision with this id as the environment shows it: its latest or its active one (an older one is
+    not visible through the public API). The active revision is `selectedRevision` in the public API,
+    `activeRevision` in older descriptions; being active means it was built."""
+    for key in ("latestRevision", "selectedRevision", "activeRevision"):
+        shown_revision = (found or {}).get(key)
+        if isinstance(shown_revision, dict) and shown_revision.get("id") == revision_id:
+            if key != "latestRevision" and not shown_revision.get("status"):
+                return {**shown_revision, "status": "Succeeded"}
+            return shown_revision
+    return None
+
+
+def revision_image(found: dict) -> str | None:
+    """The base image of a revision, when the answer echoes the request's `image` (not a documented field;
+    `dockerImage`, seen in examples, may well name the image Domino built, so it is not compared)."""
+    return found.get("image")
+
+
+def message(found: dict) -> str:
+    said = "; ".join(str(found[key]) for key in MESSAGE_KEYS if found.get(key))
+    return f": {' '.join(said.split())[:300]}" if said else ""
+
+
+def revision_problem(stage: str, entry: dict, name: str, found_env: dict | None) -> str | None:
+    """What is wrong with the recorded revision on this deployment, or None when it is built from the image."""
+    environment_id, revision_id = entry.get("environment_id"), entry.get("revision_id")
+    if found_env is None:
+        return (f"stage {stage}: this deployment has no environment {environment_id} ({name}): run `make "
+                f"environments` against this deployment and commit {shown(ENVIRONMENTS)}")
+    found = revision(found_env, revision_id)
+    if found is None:
+        return (f"stage {stage}: revision {revision_id} is no longer the latest or active revision of {name}: "
+                f"run `make environments` to build one from the pushed image again")
+    if state(found) == "failed":
+        return (f"stage {stage}: revision {revision_id} of {name} failed to build ({found.get('status')}"
+                f"{message(found)}): see its build log in Domino, then run `make environments` again")
+    if state(found) == "building":
+        return f"stage {stage}: revision {revision_id} of {name} is {found.get('status')}: run `make environments`, which waits for it"
+    image = revision_image(found)
+    if image and image != entry.get("image"):
+        return f"stage {stage}: revision {revision_id} of {name} holds {image}, not the pushed {entry.get('image')}: run `make environments`"
+    return None
+
+
+def domino_problems(api: Api, record: dict) -> list[str]:
+    """Whether the deployment behind `api` holds every recorded environment with its recorded revision
+    built from the pushed image: a deployment is known by what it holds, not by how its URL is spelt."""
+    done, defined = applied_environments(record), record.get("definitions") or {}
+    found = []
+    for stage in STAGES:
+        entry = done.get(stage, {})
+        problem = revision_problem(stage, entry, (defined.get(stage) or {}).get("name"),
+                                   environment(api, entry.get("environment_id")))
+        found += [problem] if problem else []
+    return found
+
+
+# ---------------------------------------------------------------- creating, revising, waiting
+
+
+def revision_body(definition: dict) -> dict:
+    return {"dockerfileInstructions": definition["dockerfileInstructions"], "environmentVariables": [],
+            "image": definition["image"], "postRunScript": "", "postSetupScript": "", "preRunScript": "",
+            "preSetupScript": "", "skipCache": False, "summary": definition["description"],
+            "supportedClusters": [], "tags": [], "useVpn": False, "workspaceTools": []}
+
+
+def create(api: Api, definition: dict) -> tuple[str, str]:
+    """A new environment (addBaseDependencies: Domino adds what its jobs need to an image not its own);
+    returns its id and the id of its first revision, which the answer may not carry: then it is read back."""
+    created = unwrap(api.post("/api/environments/beta/environments", {
+        **revision_body(definition), "name": definition["name"], "visibility": VISIBILITY,
+        "addBaseDependencies": True, "description": definition["description"], "isRestricted": False}),
+        "environment")
+    environment_id = required(created.get("id"), "environment id", definition["name"])
+    first = (created.get("latestRevision") or {}).get("id") or \
+        ((environment(api, environment_id) or {}).get("latestRevision") or {}).get("id")
+    return environment_id, required(first, "revision id", definition["name"])
+
+
+def revise(api: Api, environment_id: str, definition: dict) -> str:
+    added = unwrap(api.post(f"/api/environments/beta/environments/{environment_id}/revisions",
+                            revision_body(definition)), "environmentRevision")
+    return required(added.get("id"), "revision id", definition["name"])
+
+
+def required(value, what: str, name: str) -> str:
+    if not value:
+        raise DominoError(f"Domino's answer for {name} carries no {what}; nothing recorded for it")
+    return str(value)
+
+
+def by_name(api: Api) -> dict[str, list[dict]]:
+    named: dict[str, list[dict]] = {}
+    for found in items(api.get("/v1/environments"), "data", "environments"):
+        named.setdefault(found.get("name"), []).append(found)
+    return named
+
+
+def apply(defined: dict[str, dict], api: Api, before: dict, say: Callable[[str], None],
+          timeout: float, interval: float) -> None:
+    """Create or revise each stage's environment, then wait for its revision to build. A stage whose
+    recorded revision of the same image is built (or still building) sends nothing new. The record is
+    written after every change, so a re-run after a refused request, a failed build or a timeout neither
+    adds the same revision twice nor loses one."""
+    named = by_name(api)
+    done = dict(before.get("environments") or {})
+    applied = {"via": api.via, "environments": done}  # for the reader: the deployment is known by its ids
+    waiting = []
     for stage, definition in defined.items():
-        name, matches, last = definition["name"], by_name.get(definition["name"], []), done.get(stage, {})
+        name, matches, last = definition["name"], named.get(definition["name"], []), done.get(stage) or {}
         if len(matches) > 1:
-            raise DominoError(f"{len(matches)} environments on {api.host} are named {name}; archive all but one")
+            raise DominoError(f"{len(matches)} environments on {api.via} are named {name}; archive all but one")
         if matches and last.get("environment_id") == matches[0].get("id") and last.get("image") == definition["image"]:
-            lines.append(f"{stage:8} {name:20} up to date (environment {last['environment_id']})")
-            continue
+            found = revision(environment(api, last["environment_id"]), last.get("revision_id"))
+            if found and state(found) == "built":
+                last["status"] = "Succeeded"
+                say(f"{stage:8} {name:20} up to date: environment {last['environment_id']}, revision {last['revision_id']}")
+                continue
+            if found and state(found) == "building":
+                waiting.append(stage)  # sent by an earlier run that stopped waiting
+                continue
         try:
             if matches:
                 environment_id, action = matches[0]["id"], "revision added"
-                answer = api.revise(environment_id, definition)
+                revision_id = revise(api, environment_id, definition)
             else:
-                answer = api.create(definition)
-                environment_id, action = answer.get("id"), "created"
+                (environment_id, revision_id), action = create(api, definition), "created"
         except DominoError as err:
             raise DominoError(f"stage {stage}, environment {name}: {err}") from None
-        done[stage] = {"environment_id": environment_id, "image": definition["image"], "answer_id": answer.get("id")}
+        done[stage] = {"environment_id": environment_id, "revision_id": revision_id, "image": definition["image"],
+                       "version": STAGES[stage].version, "status": "sent"}
         write(defined, applied)
-        lines.append(f"{stage:8} {name:20} {action} (environment {environment_id})")
-    return lines
+        say(f"{stage:8} {name:20} {action}: environment {environment_id}, revision {revision_id}")
+        waiting.append(stage)
+    write(defined, applied)
+    wait(defined, api, applied, waiting, say, timeout, interval)
+
+
+def wait(defined: dict[str, dict], api: Api, applied: dict, waiting: list[str], say: Callable[[str], None],
+         timeout: float, interval: float) -> None:
+    """Poll each revision until it is built or failed, saying each change of status; every failure is
+    reported at the end, with what Domino says, and a timeout names the revisions still building."""
+    done, started, seen, failed = applied["environments"], time.monotonic(), {}, []
+    while waiting:
+        for stage in list(waiting):
+            entry, name = done[stage], defined[stage]["name"]
+            found_env = environment(api, entry["environment_id"])
+            found = revision(found_env, entry["revision_id"])
+            if found is None:
+                raise DominoError(revision_problem(stage, entry, name, found_env))
+            if found.get("status") != seen.get(stage):
+                seen[stage] = found.get("status")
+                say(f"{stage:8} {name:20} revision {found.get('number', entry['revision_id'])}: {seen[stage]} "
+                    f"({time.monotonic() - started:.0f} s)")
+            if state(found) == "building":
+                continue
+            entry["status"] = "Succeeded" if state(found) == "built" else found.get("status")
+            write(defined, applied)
+            waiting.remove(stage)
+            problem = revision_problem(stage, entry, name, found_env)
+            failed += [problem] if problem else []
+        if waiting and time.monotonic() - started > timeout:
+            still = ", ".join(f"{stage} ({seen.get(stage)})" for stage in waiting)
+            raise DominoError(f"revisions still building after {timeout:.0f} s: {still}; run `make environments` "
+                              f"again to keep waiting (no new revision is added), or set {TIMEOUT_ENV}")
+        if waiting:
+            time.sleep(interval)
+    if failed:
+        raise DominoError("\n".join(failed))
 
 
 def write(defined: dict[str, dict], applied: dict | None) -> None:
     BUILD.mkdir(exist_ok=True)
-    ENVIRONMENTS.write_text(json.dumps({"definitions": defined, "applied": applied}, indent=2) + "\n")
+    tmp = ENVIRONMENTS.with_name(ENVIRONMENTS.name + ".tmp")  # a killed run never leaves half a record
+    tmp.write_text(json.dumps({"definitions": defined, "applied": applied}, indent=2) + "\n")
+    os.replace(tmp, ENVIRONMENTS)
 
 
-def run(env=os.environ) -> list[str]:
-    """`make environments`: write the definitions, and create them on Domino when credentials are set."""
+def seconds(env, name: str, default: float) -> float:
+    try:
+        return float(env.get(name) or default)
+    except ValueError:
+        raise DominoError(f"{name}={env.get(name)}: expected a number of seconds") from None
+
+
+def run(env=os.environ, say: Callable[[str], None] = print) -> None:
+    """`make environments`: write the definitions; where Domino's API is reachable, create or revise them
+    and wait for each revision's build."""
     pushed = read_record(PUSHED)
     problems = push_problems(pushed)
     if problems:
         raise DominoError(problems[0])
+    timeout, interval = seconds(env, TIMEOUT_ENV, 1800), seconds(env, POLL_ENV, 10)
     defined = definitions(pushed)
     before = (read_record(ENVIRONMENTS) or {}).get("applied") or {}
     write(defined, before or None)
-    lines = [f"{stage:8} {d['name']:20} {d['image']}" for stage, d in defined.items()]
-    if not (env.get(HOST_ENV) and env.get(KEY_ENV)):
-        return lines + [f"written to {shown(ENVIRONMENTS)}; {HOST_ENV} and {KEY_ENV} are not both set, so "
-                        f"nothing was sent to Domino"]
-    api = DominoApi(env[HOST_ENV], env[KEY_ENV])
-    lines += apply(defined, api, before)
-    return lines + [f"written to {shown(ENVIRONMENTS)}, with what was done on {api.host}"]
+    for stage, definition in defined.items():
+        say(f"{stage:8} {definition['name']:20} {definition['image']}")
+    if not configured(env):
+        say(f"written to {shown(ENVIRONMENTS)}; nothing was sent to Domino: set {CREDENTIALS} to create them")
+        return
+    api = connect(env)
+    apply(defined, api, before, say, timeout, interval)
+    say(f"written to {shown(ENVIRONMENTS)}: every stage's environment and the revision built from this push, "
+        f"on {api.via}; commit it")

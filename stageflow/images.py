@@ -130,10 +130,11 @@ def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], fo
 def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
     """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of the runtime image,
     then of each stage's image on top of it."""
-    runtime = runtime_image()
-    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(), {"BASE_IMAGE": base_image()})]
+    runtime = runtime_image()  # IMAGE: the tag a Dockerfile's build stage is labelled with, for `stageflow gc`
+    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(),
+              {"BASE_IMAGE": base_image(), "IMAGE": runtime})]
     return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
-                     {"RUNTIME_IMAGE": runtime}) for stage in STAGES.values()]
+                     {"RUNTIME_IMAGE": runtime, "IMAGE": stage.image()}) for stage in STAGES.values()]
 
 
 def build_all(force: bool = False) -> list[str]:
@@ -167,6 +168,10 @@ def push_all(registry: str) -> dict[str, str]:
             if "error" in event:
                 raise ImageError(f"push of {remote} failed: {event['error']}")
             digest = event.get("aux", {}).get("Digest", digest)
+        # The registry holds it now: a local tag under the registry's name would keep this version alive
+        # after `stageflow gc` drops it (a tag costs no space, but the image it names does).
+        if remote != local:
+            docker_client.images.remove(remote)
         if not digest:
             raise ImageError(f"push of {remote} reported no digest")
         pushed[stage.name] = f"{repo}@{digest}"

@@ -7,6 +7,8 @@ It is host-side: stages never draw it. It shares the page helpers of the trainin
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from stageflow.runtime.report import DASH, Html, cards, fmt, link, page, section, table
@@ -104,10 +106,45 @@ def wall_time(record: Mapping[str, Any]) -> str:
     return f"{seconds:.0f} s"
 
 
+def published(record: Mapping[str, Any]) -> dict[str, Mapping[str, str]]:
+    """The record's flow outputs, {name: {"path", "sha256"}}; an older run.json's bare paths are left out."""
+    return {name: output for name, output in record.get("outputs", {}).items()
+            if isinstance(output, Mapping) and "path" in output}
+
+
+def headlines(run_dir: Path, record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `headline` object of each JSON flow output that has one (the stage that writes the output
+    decides what it holds), read from the run directory's outputs/ wherever the directory now is."""
+    found = {}
+    for name, output in published(record).items():
+        path = Path(run_dir) / "outputs" / Path(output["path"]).name
+        if path.suffix != ".json":
+            continue
+        try:
+            headline = json.loads(path.read_text()).get("headline")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(headline, dict) and headline:
+            found[name] = headline
+    return found
+
+
+def outputs_section(record: Mapping[str, Any]) -> Html:
+    """Links to the flow's outputs, as outputs/<name>.<format>: a browser opens each by its extension."""
+    outputs = published(record)
+    if not outputs:
+        return section("Outputs", Html("<p>No outputs: the flow did not finish.</p>"))
+    rows = [(name, link(f"outputs/{Path(output['path']).name}", Path(output["path"]).name),
+             Html("<span class=mono>{}</span>").format(output.get("sha256", ""))) for name, output in outputs.items()]
+    return section("Outputs", table(["output", "file", "sha256"], rows))
+
+
 def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[tuple[str, str]],
-               metrics: Mapping[str, Any] | None = None, training_href: str | None = None) -> str:
+               shown: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """The whole run on one page. Links are relative to the run directory (the runner's layout:
-    logs/<stage>.log, <stage>/outputs/<name>), so the directory can be moved or zipped whole."""
+    logs/<stage>.log, <stage>/outputs/<name>, outputs/<name>.<format>), so the directory can be moved or
+    zipped whole. `shown` holds the headline of each flow output that has one (see `headlines`)."""
+    shown = shown or {}
     stages = record.get("stages", {})
     errors = any(stages.get(name, {}).get("error") for name in order)
     rows = []
@@ -124,17 +161,13 @@ def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[
         rows.append(row + [Html('<span class="error">{}</span>').format(stage.get("error") or "")] * errors)
     header = ["stage", "status", "seconds", "peak MB", "rows in → out", "cached", "log", "outputs"]
     stage_table = table(header + ["error"] * errors, rows, numeric=(2, 3))
-    head = [("status", record.get("status", DASH))]
-    if metrics:
-        head += [("accuracy", f"{metrics['accuracy']:.3f}"), ("macro F1", f"{metrics['macro_f1']:.3f}")]
-    head.append(("wall time", wall_time(record)))
-    training = (Html("<p>{} (hold-out metrics, confusion matrix, loss curve, class balance, parameters).</p>").format(
-                    link(training_href, "Open the training report"))
-                if training_href else Html("<p>No training report: the train stage did not finish.</p>"))
+    head = [("status", record.get("status", DASH)), ("wall time", wall_time(record))]
+    head += [(label if len(shown) == 1 else f"{output}: {label}", fmt(value))
+             for output, headline in shown.items() for label, value in headline.items()]
     params = table(["input", "value"], record.get("params", {}).items())
     subtitle = (f"flow {record.get('flow', DASH)} on the {record.get('backend', DASH)} backend, "
                 f"{when(record.get('started_at'))} to {when(record.get('finished_at'))}")
     return page("Run report", subtitle, cards(head),
-                section("Training", training),
+                outputs_section(record),
                 section("Stages", dag_svg(order, edges, stages), stage_table),
                 section("Flow inputs", params, Html("<p>Record: {}</p>").format(link("run.json", "run.json"))))

@@ -5,26 +5,29 @@ raw containers gets wrong: every input materialised as the contract says (primit
 files), every exit status and declared output checked, downstream stages stopped after a failure, and a
 record of the run (run.json) with the hash of every input and output.
 
-Layout of a run directory:
-    run.json                 what ran, how it ended, hashes, where the flow's outputs are
+Layout of a run directory (what may be one: stageflow/rundir.py):
+    .stageflow-run           the mark of a directory a run made, and its lock
+    run.json                 what ran, how it ended (or "running"), hashes, where the flow's outputs are
     logs/<stage>.log         each stage's stdout and stderr
     <stage>/inputs/<name>    the stage's /workflow tree (mounted at /workflow in a container)
     <stage>/outputs/<name>
+    outputs/<name>.<format>  a read-only copy of each flow output, named by its declared format (model.pkl)
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
-import fcntl
+import functools
 import json
+import math
 import os
 import queue
 import re
-import shutil
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -33,16 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from stageflow.runtime import contract
-from stageflow.cache import Cache, key as cache_key, link_or_copy
-from stageflow.dag import Dag, Node
+from stageflow.cache import Cache, Sources, key as cache_key, place, sha256
+from stageflow.dag import Dag, Node, Source
 from stageflow.registry import ROOT
+from stageflow.rundir import RunDir, RunError, os_error, write_atomic
 
 LOG_TAIL = 20
 PEAK_SAMPLE_SECONDS = 0.02
-
-
-class RunError(Exception):
-    """A problem with the run itself (its inputs or run directory), reported before any stage starts."""
 
 
 @dataclass
@@ -58,29 +58,93 @@ class Handle(Protocol):
     def kill(self, reason: str = "interrupted") -> None: ...
 
 
+def check_timeout(value: float | str) -> float:
+    """A stage's time limit: a positive, finite number of seconds (nan or a negative one would kill every
+    stage at once, inf none)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise RunError(f"timeout: expected a positive number of seconds, found {value!r}")
+    return seconds
+
+
+class Stopped(Exception):
+    """The runner's own work for a stage (hashing, copying) ran out of the stage's time, or Ctrl-C came."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def kill_after(timeout: float, kill: Callable[[str], None]) -> threading.Timer:
     """Start the stage's timeout clock now, not when we begin waiting: a stage that hangs silently must
     time out too. Both backends' handles cancel it once the stage has exited."""
-    timer = threading.Timer(timeout, kill, ("timeout",))
+    timer = threading.Timer(min(timeout, threading.TIMEOUT_MAX), kill, ("timeout",))
     timer.daemon = True
     timer.start()
     return timer
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load libraries
+PR_SET_PDEATHSIG = 1
+
+
+def die_with(runner: int) -> None:
+    """Between fork and exec of a stage process: have the kernel SIGKILL it when its parent dies, however
+    the parent dies (kill -9 included), so no stage outlives the runner to write into its directory.
+
+    The parent, for the kernel, is the thread that forked: stages are started from the thread that then
+    waits for them (the stage's worker), which lives exactly as long as the stage does."""
+    if LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != runner:
+        os._exit(127)  # could not arm it, or the runner died before it was armed
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot): tells it from a later process given the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def runner_identity() -> str:
+    """This runner as host:pid:start, for labels on what it starts outside its own process tree."""
+    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
+
+
+def runner_alive(identity: str | None) -> bool:
+    """Whether the runner `identity` names still lives; one on another host is taken to (we cannot tell)."""
+    host, _, rest = (identity or "").partition(":")
+    pid, _, start = rest.partition(":")
+    if host and host != socket.gethostname():
+        return True
+    return pid.isdigit() and process_start(int(pid)) == start
 
 
 class HostBackend:
     """Each stage as a Python process on this host: no Docker needed, the fastest way to iterate."""
 
     name = "host"
+    lock_fd: int | None = None
 
     def check(self, dag: Dag) -> None:
         """Nothing to prepare: the stages run from this checkout with this Python."""
+
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        """Before the first stage: every stage process will inherit the run directory's lock, so the lock
+        is held for as long as any of them lives, even one that outlived the runner for a moment."""
+        self.lock_fd = lock_fd
 
     def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
         env = {**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.Popen([sys.executable, str(ROOT / node.stage.script)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", start_new_session=True)
+                                text=True, errors="replace", start_new_session=True,
+                                preexec_fn=functools.partial(die_with, os.getpid()),
+                                pass_fds=() if self.lock_fd is None else (self.lock_fd,))
         return ProcessHandle(proc, timeout)
 
 
@@ -162,236 +226,81 @@ def tail(path: Path, lines: int = LOG_TAIL) -> str:
         return "".join(deque(handle, maxlen=lines))
 
 
-class Run:
-    """One execution of the DAG in one run directory."""
+def check_params(dag: Dag, params: dict[str, Any]) -> dict[str, Any]:
+    """Flow inputs are checked against flow.py's types before anything runs, as Flyte would."""
+    merged = {**dag.defaults, **{k: v for k, v in params.items() if v is not None}}
+    unknown = sorted(set(merged) - set(dag.inputs))
+    if unknown:
+        raise RunError(f"flow input {', '.join(unknown)}: not an input of the flow")
+    missing = sorted(set(dag.inputs) - set(merged))
+    if missing:
+        raise RunError(f"flow input {', '.join(missing)}: required but not given")
+    return {name: checked_value(name, value, dag.inputs[name]) for name, value in merged.items()}
 
-    def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
-                 echo: bool = True, cache: Cache | None = None):
-        self.dag, self.run_dir, self.backend, self.timeout, self.echo = dag, Path(run_dir), backend, timeout, echo
-        self.cache = cache
-        self.params = self._check_params(params)
-        self.results = {node.name: StageResult() for node in dag.nodes}
-        self.handles: dict[str, Handle] = {}
-        self.print_lock = threading.Lock()
-        self.started_at = dt.datetime.now(dt.timezone.utc)
+
+def checked_value(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = contract.parse_value(value, kind)
+        except ValueError as err:
+            raise RunError(f"flow input {name}: {err}, found {value!r}") from None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RunError(f"flow input {name}: expected {kind.__name__}, found {value!r}")
+    return value
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """What a run did, as run.json tells it: each stage's result, then the flow's outputs."""
+
+    def __init__(self, flow: str, backend: str, params: dict[str, Any], stages: list[str]):
+        self.flow, self.backend, self.params = flow, backend, params
+        self.stages = {name: StageResult() for name in stages}
+        self.outputs: dict[str, dict[str, str]] = {}
+        self.started_at = now()
+        self.finished_at: str | None = None
         self.interrupted = False
+        self.error: str | None = None  # what failed the run itself, outside any stage
 
-    def _check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Flow inputs are checked against flow.py's types before anything runs, as Flyte would."""
-        merged = {**self.dag.defaults, **{k: v for k, v in params.items() if v is not None}}
-        unknown = sorted(set(merged) - set(self.dag.inputs))
-        if unknown:
-            raise RunError(f"flow input {', '.join(unknown)}: not an input of the flow")
-        missing = sorted(set(self.dag.inputs) - set(merged))
-        if missing:
-            raise RunError(f"flow input {', '.join(missing)}: required but not given")
-        checked = {}
-        for name, value in merged.items():
-            kind = self.dag.inputs[name]
-            if isinstance(value, str) and kind is not str:
-                try:
-                    value = contract.parse_value(value, kind)
-                except ValueError as err:
-                    raise RunError(f"flow input {name}: {err}, found {value!r}") from None
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise RunError(f"flow input {name}: expected {kind.__name__}, found {value!r}")
-            checked[name] = value
-        return checked
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None and all(result.status == "succeeded" for result in self.stages.values())
 
-    # ------------------------------------------------------------ one stage
+    @property
+    def status(self) -> str:
+        if self.finished_at is None:
+            return "running"
+        return "interrupted" if self.interrupted else ("succeeded" if self.succeeded else "failed")
 
-    def tree(self, name: str) -> Path:
-        return self.run_dir / name
-
-    def _materialise(self, node: Node) -> dict[str, str]:
-        inputs = self.tree(node.name) / "inputs"
-        for name, (kind, src) in node.inputs.items():
-            target = inputs / name
-            if src.stage:
-                link_or_copy(self.tree(src.stage) / "outputs" / src.output, target)
-                continue
-            value = self.params[src.flow_input] if src.flow_input else src.value
-            if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
-                link_or_copy(Path(value), target)
-            else:
-                target.write_text(contract.format_value(value))
-        return {name: contract.sha256_file(inputs / name) for name in node.inputs}
-
-    def _host_files(self, node: Node) -> list[Path]:
-        """Host files a stage names in a str input (a source's data_path): a container must see them."""
-        values = [self.params.get(src.flow_input) if src.flow_input else src.value
-                  for kind, src in node.inputs.values() if kind is str and not src.stage]
-        return [Path(v) for v in values if isinstance(v, str) and os.path.isabs(v) and Path(v).exists()]
-
-    def _echo(self, name: str, line: str) -> None:
-        if self.echo:
-            with self.print_lock:
-                print(f"[{name}] {line.rstrip()}", flush=True)
-
-    def _run_stage(self, node: Node) -> None:
-        result = self.results[node.name]
-        tree = self.tree(node.name)
-        (tree / "inputs").mkdir(parents=True)
-        (tree / "outputs").mkdir()
-        log_path = self.run_dir / "logs" / f"{node.name}.log"
-        result.log = str(log_path)
-        started = time.perf_counter()
-        try:
-            result.inputs = self._materialise(node)
-            host_files = self._host_files(node)
-            entry = cache_key(node.name, node.stage.version, result.inputs,
-                              {str(path): contract.sha256_file(path) for path in host_files if path.is_file()})
-            if self.cache and self._reuse(node, entry, log_path):
-                result.seconds = round(time.perf_counter() - started, 3)
-                result.status = "succeeded"
-                return
-            handle = self.backend.start(node, tree, self.timeout, host_files)
-            self.handles[node.name] = handle
-            if self.interrupted:  # Ctrl-C came while this stage was starting
-                handle.kill()
-            with open(log_path, "w") as log:
-                for line in handle.lines():
-                    log.write(line)
-                    log.flush()
-                    self._echo(node.name, line)
-            outcome = handle.wait()
-            result.exit_code, result.peak_rss_mb = outcome.exit_code, outcome.peak_rss_mb
-            result.error = self._failure(node, outcome)
-        except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
-            result.error = contract.one_line(err)
-        finally:
-            self.handles.pop(node.name, None)
-        result.seconds = round(time.perf_counter() - started, 3)
-        if result.error is None:
-            outputs = tree / "outputs"
-            result.outputs = {name: contract.sha256_file(outputs / name) for name in node.outputs}
-            for name in node.outputs:
-                os.chmod(outputs / name, 0o444)  # hard-linked downstream: nothing may change it now
-            self._count_rows(node)
-            if self.cache:
-                try:
-                    self.cache.store(entry, outputs, result.outputs, rows_in=result.rows_in,
-                                     rows_out=result.rows_out)
-                except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
-                    self._echo(node.name, f"warning: could not add outputs to the cache ({err})")
-        result.status = "failed" if result.error else "succeeded"
-
-    def _count_rows(self, node: Node) -> None:
-        tree, result = self.tree(node.name), self.results[node.name]
-        result.rows_in = parquet_rows([tree / "inputs" / name for name in node.inputs])
-        result.rows_out = parquet_rows([tree / "outputs" / name for name in node.outputs])
-
-    def _reuse(self, node: Node, entry: str, log_path: Path) -> bool:
-        """Take a stage's outputs from the cache when an entry for exactly these inputs is intact."""
-        result = self.results[node.name]
-        manifest = self.cache.restore(entry, list(node.outputs), self.tree(node.name) / "outputs")
-        if manifest is None:
-            return False
-        result.outputs, result.cached = manifest["outputs"], True
-        result.rows_in, result.rows_out = manifest.get("rows_in"), manifest.get("rows_out")
-        log_path.write_text(f"cached: outputs reused from cache entry {entry}\n")
-        self._echo(node.name, f"cached (entry {entry[:12]})")
-        return True
-
-    def _failure(self, node: Node, outcome: Outcome) -> str | None:
-        """Why the stage failed, in one line, or None when it did what it declared."""
-        if outcome.reason == "timeout":
-            return f"timed out after {self.timeout:g} s"
-        if outcome.reason == "oom":
-            return "killed: out of memory (the hardware tier's memory limit)"
-        if outcome.reason == "interrupted":
-            return "interrupted"
-        error_file = self.tree(node.name) / "outputs" / contract.ERROR_FILE
-        if outcome.exit_code != 0:
-            message = error_file.read_text(errors="replace").strip() if error_file.is_file() else ""
-            return f"exit status {outcome.exit_code}" + (f": {message}" if message else "")
-        missing = [name for name in node.outputs if not (self.tree(node.name) / "outputs" / name).is_file()]
-        if missing:
-            return f"exited 0 but did not write declared output {', '.join(missing)}"
-        if error_file.exists():
-            return f"exited 0 but wrote {contract.ERROR_FILE}: {error_file.read_text(errors='replace').strip()}"
-        return None
-
-    # ------------------------------------------------------------ the whole flow
-
-    def execute(self) -> bool:
-        """Run every stage whose upstream succeeded, in parallel where the DAG allows; True if all did."""
-        self.backend.check(self.dag)
-        for stale in [self.run_dir / "logs", *(self.tree(node.name) for node in self.dag.nodes)]:
-            shutil.rmtree(stale, ignore_errors=True)  # a reused run directory starts clean
-        (self.run_dir / "logs").mkdir(parents=True)
-        done: queue.Queue[str] = queue.Queue()
-        pending = {node.name: node for node in self.dag.nodes}
-        running: dict[str, threading.Thread] = {}
-
-        def worker(node: Node) -> None:
-            # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would
-            # not wake the main thread's wait, and the stages would run on until one of them finished.
-            # Threads this one starts (timers, watchers) inherit the mask.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
-                self._run_stage(node)
-            finally:
-                done.put(node.name)
-
-        try:
-            while pending or running:
-                for name, node in list(pending.items()):
-                    states = {self.results[up].status for up in node.upstream}
-                    if states & {"failed", "skipped"}:
-                        self.results[name].status = "skipped"
-                        del pending[name]
-                    elif states <= {"succeeded"}:
-                        self.results[name].status = "running"
-                        running[name] = threading.Thread(target=worker, args=(node,), daemon=True)
-                        running[name].start()
-                        del pending[name]
-                if not running:
-                    break
-                finished = done.get()
-                running.pop(finished).join()
-        except KeyboardInterrupt:
-            self.interrupted = True
-            for handle in list(self.handles.values()):
-                handle.kill()
-            for thread in running.values():
-                thread.join()
-            for name in pending:
-                self.results[name].status = "skipped"
-        finally:
-            self.write_record()
-        return all(r.status == "succeeded" for r in self.results.values())
-
-    def output_path(self, name: str) -> Path:
-        src = self.dag.outputs[name]
-        return self.tree(src.stage) / "outputs" / src.output
-
-    def record(self) -> dict:
-        ok = all(r.status == "succeeded" for r in self.results.values())
-        model = self.dag.outputs.get("model")  # absent when the DAG is one stage (a local pyflyte task)
+    def as_json(self) -> dict:
         return {
-            "flow": "model_training",
-            "backend": self.backend.name,
-            "status": "interrupted" if self.interrupted else ("succeeded" if ok else "failed"),
-            "started_at": self.started_at.isoformat(timespec="seconds"),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "flow": self.flow,
+            "backend": self.backend,
+            "status": self.status,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
             "params": {k: contract.format_value(v) for k, v in self.params.items()},
-            "stages": {name: vars(result) for name, result in self.results.items()},
-            "outputs": {name: str(self.output_path(name)) for name in self.dag.outputs if ok},
-            "model_sha256": self.results[model.stage].outputs.get(model.output) if ok and model else None,
+            "stages": {name: vars(result) for name, result in self.stages.items()},
+            "outputs": self.outputs if self.succeeded else {},
+            **({"error": self.error} if self.error else {}),
         }
 
-    def write_record(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".run.json.", dir=self.run_dir)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.record(), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, self.run_dir / "run.json")
+    def write(self, path: Path) -> None:
+        """Replace run.json whole. Where that fails (a full disk) the old one goes too: run.json may say
+        nothing, but never describe an earlier run as this one."""
+        try:
+            write_atomic(path, json.dumps(self.as_json(), indent=2) + "\n")
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise RunError(f"run record {path}: {os_error(err)}") from None
 
     def failures(self) -> list[str]:
         """One report per failed stage: its one-line error, then the tail of its log."""
         reports = []
-        for name, result in self.results.items():
+        for name, result in self.stages.items():
             if result.status == "failed":
                 text = f"stage {name} failed: {result.error}"
                 if result.log and Path(result.log).is_file():
@@ -400,26 +309,291 @@ class Run:
         return reports
 
 
-class RunDirLock:
-    """Two runs writing one run directory would corrupt each other's trees: the second one stops at once."""
+class StageRun:
+    """One stage of a run: its inputs materialised, its outputs taken from the cache or made by starting it
+    on the backend, its log streamed, its outcome judged, its outputs checked and offered to the cache."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+    def __init__(self, run: "Run", node: Node):
+        self.run, self.node = run, node
+        self.result = run.results[node.name]
+        self.tree = run.tree(node.name)
+        self.log_path = run.run_dir / "logs" / f"{node.name}.log"
 
-    def __enter__(self) -> "RunDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
+    def __call__(self) -> None:
+        self.result.log = str(self.log_path)
+        started = time.perf_counter()
+        self.deadline = time.monotonic() + self.run.timeout
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            owner = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise RunError(f"run directory {self.path.parent} is in use by another run ({owner})") from None
-        self.handle.truncate(0)
-        self.handle.write(f"pid {os.getpid()}")
-        self.handle.flush()
-        return self
+            self.result.error = self._produce_outputs()
+            if self.result.error is None and not self.result.cached:
+                self._keep_outputs()
+        except Stopped as stop:
+            self.result.error = self._failure(Outcome(None, stop.reason))
+        except OSError as err:  # a full disk, an unreadable file: which, where
+            self.result.error = os_error(err)
+        except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
+            self.result.error = contract.one_line(err)
+        self.result.seconds = round(time.perf_counter() - started, 3)
+        self.result.status = "failed" if self.result.error else "succeeded"
 
-    def __exit__(self, *exc) -> None:
-        self.handle.close()
+    def _produce_outputs(self) -> str | None:
+        """Fill the stage's outputs, from the cache or by running it; why it failed, or None."""
+        (self.tree / "inputs").mkdir(parents=True)
+        (self.tree / "outputs").mkdir()
+        self.result.inputs = self._materialise()
+        self.host_files = self._host_files()
+        if self.run.cache:
+            self.sources = Sources([path for path in self.host_files if path.is_file()], self._check)
+            self.entry = cache_key(self.node.name, self.node.stage.version, self.result.inputs, self.sources.hashes)
+            if self._reuse():
+                return None
+        self._check()
+        return self._failure(self._execute())
+
+    def _check(self) -> None:
+        """Between steps of the runner's own work for the stage: the stage's clock runs during it too."""
+        if self.run.interrupted:
+            raise Stopped("interrupted")
+        if time.monotonic() > self.deadline:
+            raise Stopped("timeout")
+
+    def _materialise(self) -> dict[str, str]:
+        """Write each input where the contract says (files as files, primitives as text); their sha256.
+
+        A file input is a copy (a reflink where the file system has them), not a link: a stage that writes
+        into its input must not change the upstream output, the cache, or the user's file it came from."""
+        inputs = self.tree / "inputs"
+        for name, (kind, src) in self.node.inputs.items():
+            target = inputs / name
+            if src.stage:
+                place(self.run.tree(src.stage) / "outputs" / src.output, target)
+                continue
+            value = self.run.value_of(src)
+            if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
+                place(Path(value), target)
+            else:
+                target.write_text(contract.format_value(value))
+        return {name: sha256(inputs / name, self._check) for name in self.node.inputs}
+
+    def _host_files(self) -> list[Path]:
+        """Host files a stage names in a str input (a source's data_path): a container must see them."""
+        values = [self.run.value_of(src) for kind, src in self.node.inputs.values() if kind is str and not src.stage]
+        return [Path(v) for v in values if isinstance(v, str) and os.path.isabs(v) and Path(v).exists()]
+
+    def _reuse(self) -> bool:
+        """Take the stage's outputs from the cache when an entry for exactly these inputs is intact."""
+        manifest = self.run.cache.restore(self.entry, list(self.node.outputs), self.tree / "outputs", self._check)
+        if manifest is None:
+            return False
+        self.result.outputs, self.result.cached = manifest["outputs"], True
+        self.result.rows_in, self.result.rows_out = manifest.get("rows_in"), manifest.get("rows_out")
+        self.log_path.write_text(f"cached: outputs reused from cache entry {self.entry}\n")
+        self.run.echo_line(self.node.name, f"cached (entry {self.entry[:12]})")
+        return True
+
+    def _execute(self) -> Outcome:
+        """Start the stage on the backend and stream its log until it ends."""
+        handle = self.run.backend.start(self.node, self.tree, self.deadline - time.monotonic(), self.host_files)
+        self.run.handles[self.node.name] = handle
+        try:
+            if self.run.interrupted:  # Ctrl-C came while this stage was starting
+                handle.kill()
+            with open(self.log_path, "w") as log:
+                for line in handle.lines():
+                    log.write(line)
+                    log.flush()
+                    self.run.echo_line(self.node.name, line)
+            outcome = handle.wait()
+        except BaseException:  # the log could not be written (a full disk): never leave the stage unwatched
+            handle.kill()
+            handle.wait()
+            raise
+        finally:
+            self.run.handles.pop(self.node.name, None)
+        self.result.exit_code, self.result.peak_rss_mb = outcome.exit_code, outcome.peak_rss_mb
+        return outcome
+
+    def _failure(self, outcome: Outcome) -> str | None:
+        """Why the stage failed, in one line, or None when it did what it declared."""
+        if outcome.reason == "timeout":
+            return f"timed out after {self.run.timeout:g} s"
+        if outcome.reason == "oom":
+            return "killed: out of memory (the hardware tier's memory limit)"
+        if outcome.reason == "interrupted":
+            return "interrupted"
+        outputs = self.tree / "outputs"
+        error_file = outputs / contract.ERROR_FILE
+        if outcome.exit_code != 0:
+            message = error_file.read_text(errors="replace").strip() if error_file.is_file() else ""
+            return f"exit status {outcome.exit_code}" + (f": {message}" if message else "")
+        missing = [name for name in self.node.outputs if not (outputs / name).is_file()]
+        if missing:
+            return f"exited 0 but did not write declared output {', '.join(missing)}"
+        if error_file.exists():
+            return f"exited 0 but wrote {contract.ERROR_FILE}: {error_file.read_text(errors='replace').strip()}"
+        return None
+
+    def _keep_outputs(self) -> None:
+        """Record the outputs' hashes and rows, freeze them, and offer them to the cache."""
+        outputs, result = self.tree / "outputs", self.result
+        result.outputs = {name: contract.sha256_file(outputs / name) for name in self.node.outputs}
+        for name in self.node.outputs:
+            os.chmod(outputs / name, 0o444)  # recorded: an edit would make run.json wrong
+        result.rows_in = parquet_rows([self.tree / "inputs" / name for name in self.node.inputs])
+        result.rows_out = parquet_rows([outputs / name for name in self.node.outputs])
+        if self.run.cache:
+            self._offer_to_cache()
+
+    def _offer_to_cache(self) -> None:
+        """Store the outputs under the key, unless a source changed while the stage ran: the key would then
+        name content the stage may not have read."""
+        changed = not self.sources.unchanged()
+        try:
+            if not changed:
+                self.run.cache.store(self.entry, self.tree / "outputs", self.result.outputs,
+                                     rows_in=self.result.rows_in, rows_out=self.result.rows_out)
+        except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
+            self.note(f"warning: could not add outputs to the cache ({contract.one_line(err)})")
+        if changed:
+            self.note("warning: a source file changed while the stage ran; its outputs are not cached")
+
+    def note(self, text: str) -> None:
+        """A line of the runner's own about this stage, in its log and on the console."""
+        with open(self.log_path, "a") as log:
+            log.write(text + "\n")
+        self.run.echo_line(self.node.name, text)
+
+
+class Run:
+    """One execution of the DAG in one run directory: which stage runs when (in parallel where the DAG
+    allows, none after an upstream failure, all stopped on Ctrl-C), then the flow's outputs published."""
+
+    def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
+                 echo: bool = True, cache: Cache | None = None):
+        self.dag, self.backend, self.echo, self.cache = dag, backend, echo, cache
+        self.timeout = check_timeout(timeout)
+        self.params = check_params(dag, params)
+        self.dir = RunDir(Path(run_dir), [node.name for node in dag.nodes])
+        self.run_dir = self.dir.path
+        self.dir.check()
+        self._refuse_inputs_inside()
+        self.record = RunRecord(dag.name, backend.name, self.params, [node.name for node in dag.nodes])
+        self.results = self.record.stages
+        self.handles: dict[str, Handle] = {}
+        self.print_lock = threading.Lock()
+
+    def value_of(self, src: Source) -> Any:
+        """The value of an input that is not a stage's output: a flow input's, or a constant."""
+        return self.params[src.flow_input] if src.flow_input else src.value
+
+    def _refuse_inputs_inside(self) -> None:
+        """A source inside the run directory would be cleared or rewritten by the run that reads it."""
+        inside = self.run_dir.resolve()
+        for node in self.dag.nodes:
+            for name, (_, src) in node.inputs.items():
+                value = None if src.stage else self.value_of(src)
+                if isinstance(value, (str, Path)) and os.path.isabs(value) and \
+                        Path(value).resolve().is_relative_to(inside):
+                    what = f"flow input {src.flow_input}" if src.flow_input else f"input {name} of stage {node.name}"
+                    raise RunError(f"{what}: {value} is inside the run directory {self.run_dir}, which a run "
+                                   f"clears; move it out")
+
+    @property
+    def interrupted(self) -> bool:
+        return self.record.interrupted
+
+    def tree(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def output_path(self, name: str) -> Path:
+        """Where flow output `name` is published: outputs/<name>.<its declared format>."""
+        extension = self.dag.formats.get(name)
+        return self.run_dir / "outputs" / (f"{name}.{extension}" if extension else name)
+
+    def echo_line(self, name: str, line: str) -> None:
+        if self.echo:
+            with self.print_lock:
+                print(f"[{name}] {line.rstrip()}", flush=True)
+
+    def execute(self) -> bool:
+        """Run every stage whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
+        self.backend.check(self.dag)
+        with self.dir:
+            self.backend.prepare_run(self.run_dir, self.dir.lock_fd)
+            self.record.write(self.run_dir / "run.json")  # at once: an earlier run's record must not stand
+            try:
+                self.dir.clear()
+                self._schedule()
+                if self.record.succeeded:
+                    self._publish_outputs()
+            except OSError as err:  # clearing the directory or publishing the outputs (a full disk)
+                self.record.error = os_error(err)
+            finally:
+                self.record.finished_at = now()
+                self.record.write(self.run_dir / "run.json")
+        if self.record.error:
+            raise RunError(self.record.error)
+        return self.record.succeeded
+
+    def _schedule(self) -> None:
+        """Start each stage once its upstream has succeeded; skip it once one has not."""
+        done: queue.Queue[str] = queue.Queue()
+        pending = {node.name: node for node in self.dag.nodes}
+        running: dict[str, threading.Thread] = {}
+        try:
+            while pending or running:
+                self._start_ready(pending, running, done)
+                if not running:
+                    break
+                running.pop(done.get()).join()
+        except KeyboardInterrupt:
+            self._stop(running, pending)
+
+    def _start_ready(self, pending: dict[str, Node], running: dict[str, threading.Thread], done: queue.Queue) -> None:
+        for name, node in list(pending.items()):
+            states = {self.results[up].status for up in node.upstream}
+            if states & {"failed", "skipped"}:
+                self.results[name].status = "skipped"
+            elif states <= {"succeeded"}:
+                self.results[name].status = "running"
+                running[name] = threading.Thread(target=self._worker, args=(node, done), daemon=True)
+                running[name].start()
+            else:
+                continue
+            del pending[name]
+
+    def _worker(self, node: Node, done: queue.Queue) -> None:
+        # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would not
+        # wake the main thread's wait, and the stages would run on until one of them finished. Threads
+        # this one starts (timers, watchers) inherit the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            StageRun(self, node)()
+        finally:
+            done.put(node.name)
+
+    def _stop(self, running: dict[str, threading.Thread], pending: dict[str, Node]) -> None:
+        """Ctrl-C: kill every running stage, wait for their threads to record it, skip the rest."""
+        self.record.interrupted = True
+        for handle in list(self.handles.values()):
+            handle.kill()
+        for thread in running.values():
+            thread.join()
+        for name in pending:
+            self.results[name].status = "skipped"
+
+    def _publish_outputs(self) -> None:
+        """Copy each flow output to outputs/<name>.<format>, read-only: a name a browser or a user can open,
+        and a copy, so nothing done to it reaches the stage's output or the cache."""
+        (self.run_dir / "outputs").mkdir()
+        for name, src in self.dag.outputs.items():
+            target = self.output_path(name)
+            if src.stage:
+                place(self.tree(src.stage) / "outputs" / src.output, target)
+            else:  # the workflow returns one of its inputs or a constant
+                target.write_text(contract.format_value(self.value_of(src)))
+                os.chmod(target, 0o444)
+            self.record.outputs[name] = {"path": str(target), "sha256": contract.sha256_file(target)}
+
+    def failures(self) -> list[str]:
+        return self.record.failures()

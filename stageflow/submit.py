@@ -1,75 +1,240 @@
 """`stageflow submit` (`make submit`): launch the flow on Domino, once everything it relies on is in place.
 
-A remote run needs: a Domino workspace (its Flyte connection and credentials come from there, and Domino's
-flytekit plugin ships only in Domino's environments: without the plugin flow.py would register plain
-raw-container tasks instead of Domino jobs), the stage images pushed for this very code (flow.py's
-cache_version is the image version), their Domino environments created from that push, and a committed tree
-(Domino pins the commit). Every missing piece is listed at once, then nothing runs. Standard library only:
-it runs with the workspace's Python, which is the one that has flytekit and the plugin.
+A remote run needs a Domino workspace (its Flyte connection and API proxy come from there, and Domino's
+flytekit plugin ships only in Domino's environments: without it flow.py would register plain raw-container
+tasks instead of Domino jobs), the stage images pushed for this very code (flow.py's cache_version is the image
+version), a built revision of each stage's environment from that push on this deployment (flow.py pins it),
+the hardware tiers the registry names, and, when the sources are in a dataset, its snapshot, which the load
+tasks then list so that Domino mounts it. Every problem is listed at once, one line each, and nothing is sent
+while any remains. Standard library only: it runs with the workspace's Python, which has flytekit and the plugin.
+
+The dataset is handed to flow.py through the environment of `pyflyte run --remote` (STAGEFLOW_DATASET=name:version
+and STAGEFLOW_DATASET_ID), read by `pinned_dataset` when pyflyte imports flow.py.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from stageflow import environments
-from stageflow.registry import ROOT
+from stageflow import domino_api, environments
+from stageflow.domino_api import Api, DominoError, items, unwrap
+from stageflow.registry import ROOT, STAGES
 
-WORKSPACE_VARS = ("DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID")  # set by Domino in every run
+WORKSPACE_VARS = ("DOMINO_PROJECT_ID", "DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID")  # every run
 PLUGIN = "flytekitplugins.domino.helpers"
+PLUGIN_TASK = "flytekitplugins.domino.task"  # DatasetSnapshot
+DATASET_ENV, DATASET_ID_ENV = "STAGEFLOW_DATASET", "STAGEFLOW_DATASET_ID"
+# Where a job finds a dataset (docs/domino.md): git-based projects mount the project's own datasets under
+# /mnt/data and shared ones under /mnt/imported/data; Domino File System projects use /domino/datasets/local
+# and /domino/datasets. A pinned snapshot has been seen both at <root>/<name> and at
+# <root>/snapshots/<name>/<version>: both are accepted.
+OWN_ROOTS, SHARED_ROOTS = ("/mnt/data", "/domino/datasets/local"), ("/mnt/imported/data", "/domino/datasets")
+ACTIVE = "active"  # a snapshot's status once its files are in place (others seen: pending, copying, failed)
 
 
-def plugin_present() -> bool:
+def plugin_present(module: str = PLUGIN) -> bool:
     try:
-        return importlib.util.find_spec(PLUGIN) is not None
+        return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # flytekitplugins itself is missing
         return False
 
 
-def git_problems(root: Path) -> list[str]:
-    """Uncommitted or unpushed work: Domino runs the commit it pins, not this working tree."""
+def parse_dataset(text: str) -> tuple[str, int | None]:
+    """`name` or `name:version` (versions count from 1, as Domino numbers snapshots)."""
+    match = re.fullmatch(r"([^:/\s]+)(?::([1-9][0-9]*))?", text.strip())
+    if not match:
+        raise DominoError(f"DATASET={text}: expected a dataset name and snapshot version, e.g. iris:3 (or iris for "
+                          f"its latest snapshot)")
+    return match[1], int(match[2]) if match[2] else None
+
+
+def pinned_dataset(env=os.environ) -> dict | None:
+    """The dataset snapshot `stageflow submit` resolved, as the keywords of Domino's DatasetSnapshot (Name,
+    Version and, when known, Id); None when none was named (locally, or sources in the project's code)."""
+    if not env.get(DATASET_ENV):
+        return None
+    name, version = parse_dataset(env[DATASET_ENV])
+    return {"Name": name, **({"Version": version} if version else {}),
+            **({"Id": env[DATASET_ID_ENV]} if env.get(DATASET_ID_ENV) else {})}
+
+
+def git_warnings(root: Path) -> list[str]:
+    """Uncommitted or unpushed work. Not a reason to refuse: Domino captures flow.py at submission and the
+    stages run the code baked into their pinned images; but a commit is the record of what was submitted."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
 
     status = git("status", "--porcelain")
     if status.returncode != 0:
-        return [f"{root} is not a git checkout ({status.stderr.strip()}): Domino pins a commit of the project"]
+        return []  # no git checkout: a Domino File System project
     changed = status.stdout.splitlines()
     found = []
     if changed:
-        shown = ", ".join(line[3:] for line in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        found.append(f"uncommitted changes ({shown}): commit them, since Domino runs the pinned commit")
+        listed = ", ".join(line[3:] for line in changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        found.append(f"uncommitted changes ({listed}): submitted as they are; commit them to keep a record of what ran")
     ahead = git("rev-list", "--count", "@{upstream}..HEAD")  # fails harmlessly when there is no upstream
     if ahead.returncode == 0 and int(ahead.stdout.strip() or 0):
-        found.append(f"{ahead.stdout.strip()} commit(s) not pushed to the upstream branch: `git push` first")
+        found.append(f"{ahead.stdout.strip()} commit(s) not pushed: `git push` to keep a record of what ran")
     return found
 
 
-def problems(data_paths: list[str], env=os.environ) -> list[str]:
-    """Everything that stands between this checkout and a remote run (empty when nothing does)."""
+def tier_problems(api: Api, project_id: str | None) -> list[str]:
+    """The hardware tiers the registry names, by name, against this project's tiers (python-domino reads
+    them there: `[{"hardwareTier": {...}}]`; the deployment-wide list is refused to non-admins)."""
+    listed = (items(api.get(f"/v4/projects/{project_id}/hardwareTiers"), "hardwareTiers") if project_id
+              else items(api.get("/api/hardwaretiers/v1/hardwaretiers"), "hardwareTiers"))
+    names = [unwrap(tier, "hardwareTier").get("name") for tier in listed]
+    found = []
+    for tier in sorted({stage.tier for stage in STAGES.values()} - set(names)):
+        users = ", ".join(name for name, stage in STAGES.items() if stage.tier == tier)
+        found.append(f"hardware tier {tier} ({users}) is not on this deployment (it has {', '.join(map(str, names))}): "
+                     f"set `tier` in stageflow/registry.py to one of those")
+    return found
+
+
+def created(snapshot: dict) -> float:
+    """A snapshot's creation time as a number, whether Domino gives ISO text or epoch milliseconds."""
+    value = snapshot.get("createdAt")
+    if isinstance(value, (int, float)):
+        return float(value) / 1000
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def find_snapshot(api: Api, name: str, version: int | None, project_id: str | None) -> tuple[dict, list[str]]:
+    """The dataset `name` (this project's own first) and its snapshot `version`, numbered from 1 in order of
+    creation (Domino's API lists snapshots without a number; the Flows plugin rejects version 0), or the
+    latest active one when no version is given. Returns what was found and the problems."""
+    visible = [unwrap(d, "dataset") for d in api.pages("/api/datasetrw/v2/datasets", "datasets")]
+    named = [d for d in visible if d.get("name") == name]
+    own = [d for d in named if d.get("projectId") == project_id]
+    chosen = own or named
+    if not chosen:
+        return {"name": name}, [f"no dataset named {name} is visible to this project: create it in Domino (Data > Datasets) or "
+                    f"name another one with DATASET=name:version"]
+    if len(chosen) > 1:
+        return {"name": name}, [f"{len(chosen)} datasets named {name} are visible ({', '.join(str(d.get('id')) for d in chosen)}): "
+                    f"rename or unshare all but one"]
+    dataset = chosen[0]
+    snapshots = sorted((unwrap(s, "snapshot") for s in
+                        api.pages(f"/api/datasetrw/v1/datasets/{dataset.get('id')}/snapshots", "snapshots")), key=created)
+    found = {"name": name, "id": dataset.get("id"), "own": dataset.get("projectId") == project_id if
+             dataset.get("projectId") else None}
+    if version is None:
+        active = [n for n, s in enumerate(snapshots, 1) if s.get("status") == ACTIVE]
+        if not active:
+            return found, [f"dataset {name} has no snapshot yet: take one in Domino (the dataset's page, Take snapshot), "
+                           f"then name it with DATASET={name}:<version>"]
+        return {**found, "version": active[-1]}, []
+    if version > len(snapshots):
+        return found, [f"dataset {name} has {len(snapshots)} snapshot(s), so no version {version}: name one of "
+                       f"1..{len(snapshots)} (DATASET={name}:<version>) or take a new snapshot in Domino"]
+    status = snapshots[version - 1].get("status")
+    if status != ACTIVE:
+        return found, [f"snapshot {version} of dataset {name} is {status}, not {ACTIVE}: wait for it or name another"]
+    return {**found, "version": version}, []
+
+
+def mounts(name: str, version: int | None, own: bool | None, env) -> list[PurePosixPath]:
+    """Where a job finds dataset `name` (see OWN_ROOTS); `own` None means not known, so both kinds."""
+    roots = ([*OWN_ROOTS, env.get("DOMINO_DATASETS_DIR")] if own is not False else []) + \
+            ([*SHARED_ROOTS, env.get("DOMINO_IMPORTED_DATA_DIR")] if own is not True else [])
+    found = []
+    for root in filter(None, dict.fromkeys(roots)):
+        found.append(PurePosixPath(root) / name)
+        if version:
+            found.append(PurePosixPath(root) / "snapshots" / name / str(version))
+    return found
+
+
+def dataset_of(path: PurePosixPath, env) -> str | None:
+    """The dataset whose mount holds `path`, if any: such data reaches a job only with its snapshot."""
+    roots = [*OWN_ROOTS, *SHARED_ROOTS, env.get("DOMINO_DATASETS_DIR"), env.get("DOMINO_IMPORTED_DATA_DIR")]
+    for root in sorted(filter(None, set(roots)), key=len, reverse=True):
+        if path.is_relative_to(root):
+            parts = [p for p in path.relative_to(root).parts if p not in ("snapshots",)]
+            return parts[0] if parts else None
+    return None
+
+
+def path_problems(data_paths: list[str], dataset: dict | None, env) -> list[str]:
+    """Each data path must be absolute as a job sees it, and lie under the named dataset's mount (or, with
+    no dataset named, outside every dataset mount: a job sees a dataset only if its snapshot is listed)."""
+    found = []
+    for text in data_paths:
+        path = PurePosixPath(text)
+        if not path.is_absolute() or ".." in path.parts:
+            found.append(f"data path {text} is not absolute as a Domino job sees it (/mnt/data/<dataset>/..., "
+                         f"/mnt/code/...): give the full path")
+        elif dataset is not None:
+            if not dataset.get("name"):
+                continue  # DATASET itself is wrong; said already
+            roots = mounts(dataset["name"], dataset.get("version"), dataset.get("own"), env)
+            if not any(path.is_relative_to(root) and path != root for root in roots):
+                found.append(f"data path {text} is not in dataset {dataset['name']}'s mount ({', '.join(map(str, roots[:2]))}"
+                             f"/...): give the path under it, or name the dataset that holds it (DATASET=name:version)")
+        elif dataset_of(path, env):
+            found.append(f"data path {text} is in dataset {dataset_of(path, env)}, which a job mounts only if its snapshot "
+                         f"is named: add DATASET={dataset_of(path, env)}:<version>")
+    return found
+
+
+def deployment_problems(env, record: dict | None, dataset: dict | None) -> tuple[list[str], dict | None]:
+    """What this deployment holds, through its API: the recorded environment revisions, the tiers, the
+    dataset snapshot (resolved to its version and id). Stops at the first refused or failed request."""
+    api = domino_api.connect(env)
+    found = []
+    try:
+        if record and not environments.record_problems(record, None):
+            found += environments.domino_problems(api, record)
+        found += tier_problems(api, env.get("DOMINO_PROJECT_ID"))
+        if dataset:
+            dataset, problems = find_snapshot(api, dataset["name"], dataset.get("version"), env.get("DOMINO_PROJECT_ID"))
+            found += problems
+    except DominoError as err:
+        found.append(f"Domino's API ({api.via}) did not answer as expected, so nothing more could be checked; try "
+                     f"again, from a workspace of this deployment: {err}")
+    return found, dataset
+
+
+def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tuple[list[str], dict | None]:
+    """Every problem that stands between this checkout and a remote run (empty when none does), and the
+    dataset snapshot to pin (name, version, id), if one was named."""
     found = []
     missing = [name for name in WORKSPACE_VARS if not env.get(name)]
     if missing:
-        found.append(f"not inside a Domino workspace ({', '.join(missing)} unset): open a workspace on this "
-                     f"project and run `make submit` there")
-    if not plugin_present():
-        found.append(f"Domino's flytekit plugin ({PLUGIN}) is not importable by {sys.executable}: use the Python of "
-                     f"a Domino environment that ships it (DOMINO_PYTHON=...)")
+        found.append(f"not inside a Domino workspace ({', '.join(missing)} unset): open a workspace on this project "
+                     f"and run `make submit` there")
+    for module in (PLUGIN, PLUGIN_TASK):
+        if not plugin_present(module):
+            found.append(f"Domino's flytekit plugin ({module}) is not importable by {sys.executable}: use the Python "
+                         f"of a Domino environment that ships it (DOMINO_PYTHON=...)")
+            break
     pushed = environments.read_record(environments.PUSHED)
-    found += environments.push_problems(pushed)
-    found += environments.environment_problems(environments.read_record(environments.ENVIRONMENTS), pushed,
-                                               env.get(environments.HOST_ENV))
-    found += git_problems(ROOT)
-    relative = [path for path in data_paths if not os.path.isabs(path)]
-    if relative:
-        found.append(f"data paths must be absolute as a Domino job sees them (/mnt/code/..., /mnt/data/...): "
-                     f"{', '.join(relative)}")
-    return found
+    record = environments.read_record(environments.ENVIRONMENTS)
+    found += environments.push_problems(pushed) + environments.record_problems(record, pushed)
+    dataset = None
+    if dataset_text:
+        try:
+            name, version = parse_dataset(dataset_text)
+            dataset = {"name": name, "version": version}
+        except DominoError as err:
+            found.append(str(err))
+            dataset = {}  # named, but wrongly: no snapshot to look up, no mount to check against
+    if domino_api.configured(env):
+        online, dataset = deployment_problems(env, record, dataset)
+        found += online
+    return found + path_problems(data_paths, dataset, env), dataset
 
 
 def command(data_path_a: str, data_path_b: str, epochs: str | None, batch_size: str | None) -> list[str]:
@@ -82,12 +247,21 @@ def command(data_path_a: str, data_path_b: str, epochs: str | None, batch_size: 
     return args
 
 
-def submit(data_path_a: str, data_path_b: str, epochs: str | None = None, batch_size: str | None = None) -> int:
-    found = problems([data_path_a, data_path_b])
+def submit(data_path_a: str, data_path_b: str, epochs: str | None = None, batch_size: str | None = None,
+           dataset: str | None = None) -> int:
+    for line in git_warnings(ROOT):
+        print(f"warning: {line}", file=sys.stderr)
+    found, snapshot = check([data_path_a, data_path_b], dataset)
     if found:
-        print("error: not submitting to Domino; missing:\n" + "\n".join(f"  - {line}" for line in found),
+        print("error: not submitting to Domino; to do first:\n" + "\n".join(f"  - {line}" for line in found),
               file=sys.stderr)
         return 2
+    pins = {}
+    if snapshot:
+        pins = {DATASET_ENV: f"{snapshot['name']}:{snapshot['version']}",
+                **({DATASET_ID_ENV: str(snapshot["id"])} if snapshot.get("id") else {})}
+        print(f"dataset {snapshot['name']}: snapshot version {snapshot['version']} (id {snapshot.get('id')}), mounted "
+              f"in the jobs that read the sources", flush=True)
     args = command(data_path_a, data_path_b, epochs, batch_size)
-    print("submitting: " + " ".join(args), flush=True)
-    return subprocess.run(args, cwd=ROOT).returncode
+    print("submitting: " + shlex.join([f"{k}={v}" for k, v in pins.items()] + args), flush=True)
+    return subprocess.run(args, cwd=ROOT, env={**os.environ, **pins}).returncode

@@ -2,17 +2,31 @@ import importlib
 import importlib.util
 import os
 import re
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pytest
 
 from stageflow.runtime import contract, dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
+
+
+def downstream(dag, names) -> set[str]:
+    """The stages that depend, directly or not, on any of `names`, from the DAG the runner runs."""
+    found: set[str] = set()
+    for node in dag.nodes:  # flow.py's order is topological
+        if node.upstream & (set(names) | found):
+            found.add(node.name)
+    return found
 
 
 def load_stage(name: str):
@@ -66,9 +80,56 @@ def standin(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDIN))
     helpers = importlib.import_module("flytekitplugins.domino.helpers")
     helpers.CALLS.clear()
+    importlib.import_module("flytekitplugins.domino.artifact").FILES.clear()
     yield helpers
     for name in [m for m in sys.modules if m.split(".")[0] == "flytekitplugins"]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def big_source(tmp_path_factory):
+    """An iris-shaped CSV large enough (2,000,000 rows) that writing its snapshot takes a visible while.
+
+    The streaming load snapshots 500,000 rows in about half a second, less than a busy machine may take to
+    deliver the Ctrl-C test's signal: that test then saw the loads succeed before the interrupt.
+    """
+    n = 2_000_000
+    rng = np.random.default_rng(1)
+    table = pa.table({"Id": np.arange(1, n + 1), "SepalLengthCm": rng.normal(5.8, 0.8, n),
+                      "SepalWidthCm": rng.normal(3.0, 0.4, n), "RandomColumn": rng.normal(0, 1, n),
+                      "PetalLengthCm": rng.normal(3.7, 1.7, n), "PetalWidthCm": rng.normal(1.2, 0.7, n),
+                      "Species": np.array(["Iris-setosa", "Iris-versicolor", "Iris-virginica"])[rng.integers(0, 3, n)]})
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    pcsv.write_csv(table, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """Debian's docker-registry on 127.0.0.1 only, torn down whatever happens. One for the session: the push
+    tests share it, so only the first uploads the images' layers (about 40 s here), the next finds them."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp_path = tmp_path_factory.mktemp("registry")
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n"
+                      f"  filesystem:\n    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "registry did not start"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True, scope="session")

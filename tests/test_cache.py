@@ -1,5 +1,6 @@
 """The stage cache: reuse when nothing changed, rerun exactly what a change touches, never use a bad entry."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -7,6 +8,12 @@ import subprocess
 import sys
 
 import pytest
+
+from stageflow import dag as dag_module
+from stageflow.cache import Cache, place
+from stageflow.registry import STAGES
+from stageflow.runner import HostBackend, Run
+from stageflow.runtime import dataset
 
 from conftest import ROOT
 
@@ -31,7 +38,7 @@ def sources(tmp_path):
     return ["--data-path-a", str(tmp_path / "source_a.csv"), "--data-path-b", str(tmp_path / "source_b.jsonl")]
 
 
-ALL = {"load_a", "load_b", "merge", "process", "train"}
+ALL = set(STAGES)
 
 
 def cached_stages(states):
@@ -81,7 +88,7 @@ def test_damaged_cache_entry_is_detected_and_rerun(env, tmp_path, sources, damag
         data = bytearray(target.read_bytes())
         data[len(data) // 2] ^= 0xFF
         target.chmod(0o644)
-        target.write_bytes(bytes(data))  # hard link: the r1 output is hit too, as a disk fault would
+        target.write_bytes(bytes(data))  # the cache's own copy, as a disk fault would
     elif damage == "delete":
         target.unlink()
     else:
@@ -91,3 +98,107 @@ def test_damaged_cache_entry_is_detected_and_rerun(env, tmp_path, sources, damag
     assert cached_stages(states) == ALL - {"process"}
     assert record2["stages"]["process"]["outputs"] == {"processed_data": record["stages"]["process"]["outputs"][
         "processed_data"]}
+
+
+@pytest.mark.parametrize("change", ["replaced", "rewritten"])
+def test_a_source_changed_while_its_load_runs_is_not_cached_under_its_old_content(tmp_path, change):
+    """The runner hashes a source for the cache key before the stage reads it. A source changed in between
+    must not leave a snapshot of the new content cached under the old content's key."""
+    source = tmp_path / "a.csv"
+    shutil.copy(ROOT / "data" / "source_a.csv", source)
+    original = source.read_bytes()
+    changed = original.replace(b"5.1,", b"5.2,", 1)  # the same size, other content
+    assert changed != original and len(changed) == len(original)
+
+    def write(data):
+        if change == "replaced":
+            (tmp_path / "new.csv").write_bytes(data)
+            os.replace(tmp_path / "new.csv", source)
+        else:
+            source.write_bytes(data)
+
+    class ChangingSource(HostBackend):
+        def start(self, node, tree, timeout, mounts):
+            if node.name == "load_a":  # after the runner hashed the source, before the stage reads it
+                write(changed)
+            return super().start(node, tree, timeout, mounts)
+
+    dag, cache = dag_module.load(), Cache(tmp_path / "cache")
+    params = {"data_path_a": str(source), "data_path_b": str(ROOT / "data" / "source_b.jsonl")}
+    first = Run(dag, tmp_path / "r1", ChangingSource(), params, cache=cache, echo=False)
+    assert first.execute(), first.failures()
+    write(original)
+    second = Run(dag, tmp_path / "r2", HostBackend(), params, cache=cache, echo=False)
+    assert second.execute(), second.failures()
+    snapshot = dataset.Snapshot(second.tree("load_a") / "outputs" / "datasetA", "datasetA")
+    assert snapshot.meta["source"]["sha256"] == hashlib.sha256(original).hexdigest()
+    assert "changed while the stage ran" in (tmp_path / "r1" / "logs" / "load_a.log").read_text()
+
+
+def test_runs_do_not_share_files_with_the_cache_or_each_other(env, tmp_path, sources):
+    """Appending to one run's model (as its owner or root may, read-only or not) changes nothing else."""
+    _, record1 = run(env, tmp_path / "r1", *sources)
+    states, _ = run(env, tmp_path / "r2", *sources)
+    assert cached_stages(states) == ALL
+    model = tmp_path / "r2" / "train" / "outputs" / "model"
+    model.chmod(0o644)
+    with open(model, "ab") as handle:
+        handle.write(b"x")
+    digest = record1["stages"]["train"]["outputs"]["model"]
+    assert hashlib.sha256((tmp_path / "r1" / "train" / "outputs" / "model").read_bytes()).hexdigest() == digest
+    states, record3 = run(env, tmp_path / "r3", *sources)
+    assert cached_stages(states) == ALL and record3["stages"]["train"]["outputs"]["model"] == digest
+    assert hashlib.sha256((tmp_path / "r3" / "train" / "outputs" / "model").read_bytes()).hexdigest() == digest
+
+
+def test_a_stage_writing_into_its_input_changes_no_upstream_output_and_no_cache_entry(tmp_path):
+    dag, cache = dag_module.load(), Cache(tmp_path / "cache")
+    first = dag.nodes[-1]  # a stage fed by another's output: the last
+
+    class WritingIntoInput(HostBackend):
+        def start(self, node, tree, timeout, mounts):
+            if node.name == first.name:  # as the stage itself might, before it runs
+                for name, (_, src) in node.inputs.items():
+                    if src.stage:
+                        with open(tree / "inputs" / name, "ab") as handle:
+                            handle.write(b"scribble")
+            return super().start(node, tree, timeout, mounts)
+
+    params = {"data_path_a": str(ROOT / "data" / "source_a.csv"), "data_path_b": str(ROOT / "data" / "source_b.jsonl")}
+    scribbled = Run(dag, tmp_path / "r1", WritingIntoInput(), params, cache=cache, echo=False)
+    scribbled.execute()
+    upstream = {src.stage for _, src in first.inputs.values() if src.stage}
+    assert upstream
+    for name in upstream:
+        for output, digest in scribbled.results[name].outputs.items():
+            assert hashlib.sha256((scribbled.tree(name) / "outputs" / output).read_bytes()).hexdigest() == digest
+    second = Run(dag, tmp_path / "r2", HostBackend(), params, cache=cache, echo=False)
+    assert second.execute(), second.failures()
+    assert all(second.results[name].cached for name in upstream)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mkfs.xfs"), reason="mounting an XFS image needs root "
+                    "and mkfs.xfs (xfsprogs)")
+def test_copies_are_reflinks_where_the_file_system_has_them(tmp_path):
+    """On XFS (or btrfs) a copy shares the original's blocks until either is written: no data is copied,
+    and a write to one still leaves the other as it was."""
+    image, disk = tmp_path / "xfs.img", tmp_path / "disk"
+    with open(image, "wb") as handle:
+        handle.truncate(300 << 20)  # XFS's smallest
+    subprocess.run(["mkfs.xfs", "-q", str(image)], check=True)
+    disk.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
+    try:
+        data = os.urandom(8 << 20)
+        (disk / "a").write_bytes(data)
+        os.sync()
+        free = os.statvfs(disk).f_bfree
+        place(disk / "a", disk / "b")
+        os.sync()
+        assert free - os.statvfs(disk).f_bfree < 64  # blocks: the 2,048 of the data are shared, not copied
+        os.chmod(disk / "b", 0o644)
+        with open(disk / "b", "ab") as handle:
+            handle.write(b"x")
+        assert (disk / "a").read_bytes() == data and (disk / "b").read_bytes() == data + b"x"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

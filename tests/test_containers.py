@@ -1,19 +1,20 @@
 """The stages in their real images: docker backend, compose harness, hardening, push to a real registry."""
 
+import hashlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
+import docker
 import pytest
 
 from stageflow import dag as dag_module
 from stageflow import images
+from stageflow.dag import Dag
 from stageflow.runner import Run, RunError
 from stageflow.registry import STAGES, TIERS, Tier
 
@@ -48,6 +49,16 @@ def run_flow(backend, run_dir, **params):
 def leftover_containers(docker_client, run_dir):
     # sparse: no inspect per container, which fails when a (fast) stage's container is removed in between
     return docker_client.containers.list(all=True, sparse=True, filters={"label": f"io.stageflow.run={run_dir}"})
+
+
+@pytest.fixture
+def removes_leftovers(docker_client, tmp_path):
+    """Whatever a test asserts, containers of its run directories do not outlive it."""
+    yield
+    for container in docker_client.containers.list(all=True, sparse=True, filters={"label": "io.stageflow.run"}):
+        # a sparse listing carries the labels as the list API gives them ("Labels"), not under "Config"
+        if (container.attrs.get("Labels") or {}).get("io.stageflow.run", "").startswith(str(tmp_path)):
+            container.remove(force=True)
 
 
 def comparable(metrics_path):
@@ -122,6 +133,101 @@ def test_failing_stage_in_a_container_is_reported(containers, tmp_path, docker_c
     assert leftover_containers(docker_client, tmp_path / "run") == []
 
 
+def run_load_a(backend, run_dir, data_path):
+    """load_a alone, as flow.py wires it (the node compiled from flow.py), on one data path."""
+    node = dag_module.load().node("load_a")
+    run = Run(Dag([node], {"data_path_a": str}, {}, {}), run_dir, backend, {"data_path_a": str(data_path)},
+              echo=False)
+    return run, run.execute()
+
+
+@pytest.fixture
+def special_files(tmp_path):
+    """Paths that are not regular data files, each with the kind the refusal must name."""
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    link = tmp_path / "socket.csv"
+    link.symlink_to("/var/run/docker.sock")
+    return {"/var/run/docker.sock": "a socket", str(link): "a link to /run/docker.sock, a socket",
+            str(fifo): "a FIFO (named pipe)",
+            "/dev/null": "a character device", "/opt": "a directory", str(tmp_path): "a directory"}
+
+
+def test_docker_backend_mounts_only_regular_data_files(containers, docker_client, tmp_path, special_files,
+                                                       removes_leftovers):
+    """The Docker socket, devices, FIFOs and directories are refused before a container exists."""
+    for n, (path, kind) in enumerate(special_files.items()):
+        run_dir = tmp_path / f"run{n}"
+        run, ok = run_load_a(containers.DockerBackend(), run_dir, path)
+        assert not ok
+        result = run.results["load_a"]
+        assert result.error == f"data path {path}: {kind}; only regular files are mounted into a stage container"
+        assert result.exit_code is None and not (run_dir / "logs" / "load_a.log").exists()  # never started
+        assert leftover_containers(docker_client, run_dir) == []
+
+
+@pytest.mark.parametrize("path, inside", [("/etc/hostname", "/etc"), ("/usr/share/dict/../../lib/os-release", "/usr")])
+def test_docker_backend_never_mounts_over_the_images_directories(containers, docker_client, tmp_path, path, inside,
+                                                                 removes_leftovers):
+    run, ok = run_load_a(containers.DockerBackend(), tmp_path, path)
+    assert not ok
+    assert run.results["load_a"].error == (f"data path {path}: inside {inside}, which belongs to the stage image; "
+                                           f"move the file elsewhere (e.g. under /home, /mnt or /srv) or use "
+                                           f"--backend host")
+    assert leftover_containers(docker_client, tmp_path) == []
+
+
+def test_a_data_path_holding_a_colon_is_mounted(containers, tmp_path):
+    source = tmp_path / "a:b" / "source_a.csv"
+    source.parent.mkdir()
+    source.write_bytes((ROOT / "data" / "source_a.csv").read_bytes())
+    run, ok = run_load_a(containers.DockerBackend(), tmp_path / "run:1", source)
+    assert ok, run.failures()
+    assert run.results["load_a"].rows_out == 75
+
+
+def test_a_container_that_does_not_start_is_removed(containers, docker_client, tmp_path, monkeypatch,
+                                                    removes_leftovers):
+    """A stage image whose entrypoint is missing: the create succeeds, the start fails."""
+    prefix = f"stageflow-test-nostart-{os.getpid()}"
+    monkeypatch.setenv("STAGEFLOW_REGISTRY", prefix)
+    tag = STAGES["load_a"].image()
+    docker_client.images.build(fileobj=__import__("io").BytesIO(
+        f"FROM {images.LOCAL_BASE}\nENTRYPOINT [\"/nowhere\"]\n".encode()), tag=tag, rm=True)
+    try:
+        run, ok = run_load_a(containers.DockerBackend(), tmp_path, ROOT / "data" / "source_a.csv")
+        assert not ok
+        error = run.results["load_a"].error
+        assert error.startswith("container of stage load_a did not start: ") and "/nowhere" in error, error
+        assert "\n" not in error
+        assert leftover_containers(docker_client, tmp_path) == []
+    finally:
+        docker_client.images.remove(tag, force=True)
+
+
+def test_a_stage_container_nobody_reads_any_more_is_removed(containers, docker_client, tmp_path, removes_leftovers):
+    """If the runner stops reading a stage's log (its own failure), the container must not outlive it."""
+    node = dag_module.load().node("load_a")
+    for part in ("inputs", "outputs"):
+        (tmp_path / "load_a" / part).mkdir(parents=True)
+    source = ROOT / "data" / "source_a.csv"
+    (tmp_path / "load_a" / "inputs" / "data_path").write_text(str(source))
+    handle = containers.DockerBackend().start(node, tmp_path / "load_a", 60, [source])
+    lines = handle.lines()
+    next(lines)
+    lines.close()
+    assert leftover_containers(docker_client, tmp_path) == []
+
+
+def test_compose_backend_refuses_a_data_path_holding_a_colon(containers, tmp_path):
+    source = tmp_path / "a:b.csv"
+    source.write_bytes((ROOT / "data" / "source_a.csv").read_bytes())
+    run, ok = run_load_a(containers.ComposeBackend(), ROOT / ".workflow", source)
+    assert not ok
+    assert run.results["load_a"].error == (f"data path {source}: holds ':', which `docker compose run -v` reads "
+                                           f"as a separator; rename it or use --backend docker")
+
+
 def test_timeout_is_reported_as_such(containers, tmp_path):
     # 0.05 s: load_a snapshots the bundled 75 rows in well under 0.3 s, so a 0.3 s limit was sometimes met
     run = Run(dag_module.load(), tmp_path, containers.DockerBackend(), DATA, timeout=0.05, echo=False)
@@ -153,7 +259,7 @@ def test_container_is_hardened(containers, docker_client, tmp_path):
               "print('ifaces', sorted(os.listdir('/sys/class/net')))\n")
     out = docker_client.containers.run(
         STAGES["merge"].image(), entrypoint=["python", "-c", script], remove=True, user=containers.stage_user(),
-        volumes=containers.volumes(tmp_path, []), **containers.HARDENING).decode()
+        mounts=containers.mounts(tmp_path, []), **containers.HARDENING).decode()
     assert "uid 12574" in out or f"uid {os.getuid()}" in out
     assert "caps 0000000000000000" in out
     assert "ro /opt/x 30" in out and "ro /workflow/inputs/x 30" in out  # EROFS
@@ -192,6 +298,30 @@ def test_ctrl_c_stops_containers_and_leaves_none(docker_client, tmp_path):
     assert record["status"] == "interrupted"
 
 
+def test_containers_of_a_killed_runner_are_removed_before_the_next_run_there(docker_client, tmp_path, big_source):
+    """kill -9 leaves the runner no chance to stop its containers: the next run on the same directory
+    removes them before its first stage, so none can write into it (or stay behind)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--no-cache",
+                             "--run-dir", str(run_dir), "--data-path-a", str(big_source), "--data-path-b",
+                             str(big_source)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(c.attrs["State"] == "running" for c in leftover_containers(docker_client, run_dir)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no stage container started"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert leftover_containers(docker_client, run_dir)  # nobody stopped them
+    again = subprocess.run([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--run-dir",
+                            str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert leftover_containers(docker_client, run_dir) == []
+    record = json.loads((run_dir / "run.json").read_text())
+    for name, stage in record["stages"].items():
+        for output, digest in stage["outputs"].items():
+            assert hashlib.sha256((run_dir / name / "outputs" / output).read_bytes()).hexdigest() == digest
+
+
 def test_missing_daemon_is_a_clear_error(tmp_path):
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"}
     proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--run-dir",
@@ -218,48 +348,28 @@ def test_compose_harness_runs_the_flow(both_runs):
         comparable(process_run.output_path("metrics"))
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def registry(tmp_path):
-    """Debian's docker-registry on 127.0.0.1 only, torn down whatever happens."""
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nlog:\n  accesslog:\n    disabled: true\n  level: warn\nstorage:\n"
-                      f"  filesystem:\n    rootdirectory: {tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "registry did not start"
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_push_prints_digests_and_pulls_back_by_digest(registry, docker_client, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(images, "PUSHED", tmp_path / "pushed.json")
     pushed = images.push_all(f"{registry}/stageflow")
     out = capsys.readouterr().out
     assert set(pushed) == set(STAGES)
-    for name, ref in pushed.items():
-        digest = ref.split("@")[1]
-        assert digest.startswith("sha256:") and digest in out
-        docker_client.images.remove(ref.split("@")[0] + ":" + STAGES[name].version)  # drop the pushed tag
-        pulled = docker_client.images.pull(ref)
-        assert pulled.id == docker_client.images.get(STAGES[name].image()).id
-    assert json.loads((tmp_path / "pushed.json").read_text())["images"] == pushed
+    try:
+        for name, ref in pushed.items():
+            digest = ref.split("@")[1]
+            assert digest.startswith("sha256:") and digest in out
+            with pytest.raises(docker.errors.ImageNotFound):  # push leaves no local tag under the registry's name
+                docker_client.images.get(ref.split("@")[0] + ":" + STAGES[name].version)
+            pulled = docker_client.images.pull(ref)
+            assert pulled.id == docker_client.images.get(STAGES[name].image()).id
+        assert json.loads((tmp_path / "pushed.json").read_text())["images"] == pushed
+    finally:
+        for image in docker_client.api.images():  # what the pulls by digest named; the images stay under theirs
+            for ref in image.get("RepoDigests") or []:
+                if ref.startswith(registry + "/"):
+                    docker_client.api.remove_image(ref)
+        for image in docker_client.api.images():
+            assert not any(ref.startswith(registry + "/") for ref in (image.get("RepoTags") or [])
+                           + (image.get("RepoDigests") or [])), image
 
 
 SECRET = __import__("re").compile(

@@ -3,6 +3,7 @@ and workflow that plain flytekit serialises from it when the plugin is absent.""
 
 import importlib.util
 import inspect
+import json
 import os
 import sys
 import uuid
@@ -16,7 +17,7 @@ from flytekit.models.types import SimpleType
 from flytekit.tools.translator import get_serializable
 from flytekit.types.file import FlyteFile
 
-from stageflow import domino
+from stageflow import domino, environments
 from stageflow.registry import STAGES
 
 from conftest import ROOT, STANDIN
@@ -66,11 +67,24 @@ def kind(python_type) -> str:
 
 
 @pytest.fixture
-def calls(standin, monkeypatch):
+def no_record(tmp_path, monkeypatch):
+    """No build/environments.json and no dataset named, as on a machine that never ran `make environments`."""
+    monkeypatch.setattr(environments, "ENVIRONMENTS", tmp_path / "environments.json")
+    monkeypatch.delenv("STAGEFLOW_DATASET", raising=False)
+    monkeypatch.delenv("STAGEFLOW_DATASET_ID", raising=False)
+    return tmp_path / "environments.json"
+
+
+def recorded_calls(standin, monkeypatch):
     flow = load_flow(monkeypatch)
     assert flow.run_domino_job_task is standin.run_domino_job_task  # flow.py took the plugin, not the fallback
     assert [c["flyte_task_name"] for c in standin.CALLS] == list(JOBS)  # one call per stage, in order
     return {c["flyte_task_name"]: c for c in standin.CALLS}
+
+
+@pytest.fixture
+def calls(standin, monkeypatch, no_record):
+    return recorded_calls(standin, monkeypatch)
 
 
 def test_each_call_runs_the_stage_script_baked_into_its_own_image(calls):
@@ -87,7 +101,62 @@ def test_each_call_names_its_environment_tier_and_cache(calls):
         assert call["cache_version"] == STAGES[name].version  # changes exactly when the image does
         assert STAGES[name].image().endswith(":" + call["cache_version"])
         assert call["use_project_defaults_for_omitted"] is True
-        assert call["environment_revision_id"] is None  # the environment's active revision, set by `make environments`
+
+
+def test_without_a_record_environments_are_named_only(calls):
+    assert all(call["environment_revision_id"] is None and call["dataset_snapshots"] is None for call in calls.values())
+
+
+def test_each_call_pins_the_revision_built_from_its_image(standin, monkeypatch, no_record):
+    revisions = {name: f"{n:024x}" for n, name in enumerate(STAGES, 1)}
+    no_record.write_text(json.dumps({"definitions": {}, "applied": {"environments": {
+        name: {"environment_id": f"e{revision[1:]}", "revision_id": revision, "image": "r@sha256:0",
+               "version": STAGES[name].version, "status": "Succeeded"} for name, revision in revisions.items()}}}))
+    calls = recorded_calls(standin, monkeypatch)
+    for name, call in calls.items():
+        assert call["environment_revision_id"] == revisions[name]
+        assert call["environment_name"] == JOBS[name][0]  # with its environment, as public flows give both
+
+
+def test_the_stages_that_read_the_sources_list_the_dataset_snapshot(standin, monkeypatch, no_record):
+    monkeypatch.setenv("STAGEFLOW_DATASET", "iris:3")  # as `make submit DATASET=iris:3` hands it over
+    monkeypatch.setenv("STAGEFLOW_DATASET_ID", "65f1c0de00000000000000aa")
+    calls = recorded_calls(standin, monkeypatch)
+    from flytekitplugins.domino.task import DatasetSnapshot
+
+    for name, call in calls.items():
+        reads_sources = any(source == "flow" and flow_input.startswith("data_path")
+                            for _, _, (source, flow_input) in INPUTS[name])
+        assert call["dataset_snapshots"] == ([DatasetSnapshot(Name="iris", Version=3, Id="65f1c0de00000000000000aa")]
+                                             if reads_sources else None), name
+    assert sum(call["dataset_snapshots"] is not None for call in calls.values()) == 2
+
+
+def test_the_model_and_the_report_are_flow_artifacts_with_explicit_types(calls, standin):
+    from flytekitplugins.domino.artifact import FILES
+
+    assert FILES == [{"artifact": "Model", "kind": "MODEL", "name": "model.pkl", "type": "pkl"},
+                     {"artifact": "Training report", "kind": "REPORT", "name": "report.html", "type": "html"}]
+
+
+# Every keyword public Domino flows pass to run_domino_job_task (where each was seen: the stand-in's docstring).
+PUBLIC_KEYWORDS = {
+    "flyte_task_name": "load_a", "command": "python /mnt/code/x.py", "inputs": [], "output_specs": [],
+    "environment_name": "SAS Analytics Pro", "environment_revision_id": "68792679a33fd917266afcbf",
+    "hardware_tier_name": "Small", "hardware_tier_id": "small-k8s", "dataset_snapshots": [],
+    "main_git_repo_ref": None, "use_latest_git_ref": True, "external_data_volumes": [], "volume_size_gib": 10,
+    "dfs_repo_commit_id": "93326b183a6dd5ec24035b570337c08108658617", "cache": False, "cache_version": "1.0",
+    "use_project_defaults_for_omitted": True,
+}
+
+
+def test_the_standin_takes_every_keyword_of_public_flows_and_no_other(standin):
+    signature = inspect.signature(standin.run_domino_job_task)
+    signature.bind(**PUBLIC_KEYWORDS)  # raises if one is missing
+    assert not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    for misspelt in ("dataset_snapshot", "output_spec", "environment_id", "retries"):
+        with pytest.raises(TypeError, match=misspelt):
+            standin.run_domino_job_task("load_a", "cmd", **{misspelt: None})
 
 
 def test_each_call_declares_typed_inputs_bound_to_upstream_outputs(calls):
@@ -115,7 +184,7 @@ def test_the_standin_is_the_only_one_and_lives_under_tests():
     assert found == [str(STANDIN / "flytekitplugins")]
 
 
-def test_without_standin_flow_uses_the_real_plugin_or_the_fallback(monkeypatch):
+def test_without_standin_flow_uses_the_real_plugin_or_the_fallback(monkeypatch, no_record):
     flow = load_flow(monkeypatch)
     source = inspect.getsourcefile(flow.run_domino_job_task)
     assert not source.startswith(str(STANDIN))
@@ -133,7 +202,7 @@ def literal_kind(literal_type) -> str:
 
 
 @pytest.fixture
-def serialised(monkeypatch):
+def serialised(monkeypatch, no_record):
     """flow.py serialised as `pyflyte register` would, images pushed to a (named, never contacted) registry."""
     monkeypatch.setenv("STAGEFLOW_REGISTRY", "registry.invalid:5000/team")
     flow = load_flow(monkeypatch)

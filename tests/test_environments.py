@@ -1,21 +1,19 @@
-"""`make environments` against a stand-in Domino API on 127.0.0.1: the definitions written for review, and
-the requests python-domino's environment calls would send (no real Domino is reachable from here)."""
+"""`make environments` against a stand-in Domino on 127.0.0.1 (tests/domino_server.py): the definitions written
+for review, the environments created or revised, each revision's build waited for, and how it authenticates
+from outside (API key, personal access token) and inside a run (the API proxy, the run's token)."""
 
 import hashlib
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stageflow import cli, environments
+import domino_server
+from domino_server import CREATE_PATH as CREATE
+from stageflow import cli, domino_api, environments
 from stageflow.registry import STAGES
 
 from conftest import ROOT
-
-KEY = "secret-key"
-CREATE = "/api/environments/beta/environments"
 
 
 def pushed_record(tag: str = "") -> dict:
@@ -26,14 +24,18 @@ def pushed_record(tag: str = "") -> dict:
             "versions": {name: stage.version for name, stage in STAGES.items()}}
 
 
+DOMINO_VARS = ("DOMINO_API_HOST", "DOMINO_API_PROXY", "DOMINO_USER_API_KEY", "DOMINO_ACCESS_TOKEN", "DOMINO_RUN_ID")
+
+
 @pytest.fixture
 def records(tmp_path, monkeypatch):
     """build/pushed.json and build/environments.json, in a temporary build directory."""
     monkeypatch.setattr(environments, "BUILD", tmp_path)
     monkeypatch.setattr(environments, "PUSHED", tmp_path / "pushed.json")
     monkeypatch.setattr(environments, "ENVIRONMENTS", tmp_path / "environments.json")
-    monkeypatch.delenv("DOMINO_API_HOST", raising=False)
-    monkeypatch.delenv("DOMINO_USER_API_KEY", raising=False)
+    for name in DOMINO_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STAGEFLOW_BUILD_POLL", "0")  # the stand-in's builds move on per read, not with time
 
     def push(record):
         (tmp_path / "pushed.json").write_text(json.dumps(record))
@@ -41,60 +43,16 @@ def records(tmp_path, monkeypatch):
     return push
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Just the three endpoints python-domino uses for environments; every request is recorded."""
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def handle_request(self):
-        server = self.server
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        server.requests.append((self.command, self.path, body))
-        if self.headers.get("X-Domino-Api-Key") != KEY:
-            return self.reply(401, {"message": "unauthorised"})
-        if (self.command, self.path) == ("GET", "/v1/environments"):
-            return self.reply(200, {"objectType": "list", "data": server.environments})
-        if (self.command, self.path) == ("POST", CREATE):
-            if body["name"] == server.refuse:
-                return self.reply(500, {"message": "image pull failed"})
-            created = {"id": f"env-{len(server.environments)}", "name": body["name"]}
-            server.environments.append(created)
-            return self.reply(200, created)
-        if self.command == "POST" and re.fullmatch(rf"{CREATE}/[\w-]+/revisions", self.path):
-            return self.reply(200, {"id": f"rev-{len(server.requests)}"})
-        return self.reply(404, {"message": "no such endpoint"})
-
-    do_GET = do_POST = handle_request
-
-
 @pytest.fixture
 def domino(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.requests, server.refuse = [], None
-    server.environments = [{"id": "env-dse", "name": "Domino Standard Environment"},
-                           {"id": "env-b", "name": "stageflow-load-b"}]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    host = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("DOMINO_API_HOST", host + "/")
-    monkeypatch.setenv("DOMINO_USER_API_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a proxy set for real traffic must not see this
-    server.host = host
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    """The stand-in deployment, reached from outside: its URL and an API key."""
+    with domino_server.running() as deployment:
+        deployment.add_environment("Domino Standard Environment")
+        deployment.load_b = deployment.add_environment("stageflow-load-b")
+        monkeypatch.setenv("DOMINO_API_HOST", deployment.host + "/")
+        monkeypatch.setenv("DOMINO_USER_API_KEY", domino_server.KEY)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a proxy set for real traffic must not see this
+        yield deployment
 
 
 def run(capsys):
@@ -105,6 +63,10 @@ def run(capsys):
 
 def written():
     return json.loads(environments.ENVIRONMENTS.read_text())
+
+
+def sent(domino, method=None):
+    return [(r["method"], r["path"]) for r in domino.requests if method in (None, r["method"])]
 
 
 def test_environments_need_a_push(records, capsys):
@@ -139,17 +101,17 @@ def test_definitions_are_written_for_review_without_credentials(records, capsys)
         assert "ENV PATH=/opt/venv/bin:$PATH" in instructions and f"io.stageflow.version={stage.version}" in instructions
         assert stage.description in definition["description"] and stage.version in definition["description"]
         assert f"{name:8} {stage.environment:20} {definition['image']}" in out
-    assert "are not both set, so nothing was sent to Domino" in out
+    assert "nothing was sent to Domino: set DOMINO_API_HOST with DOMINO_ACCESS_TOKEN" in out
 
 
-def test_missing_environments_are_created_and_existing_ones_revised(records, domino, capsys):
+def test_environments_are_created_or_revised_and_each_build_is_waited_for(records, domino, capsys):
     code, out, err = run(capsys)
     assert code == 0, err
-    calls = [(method, path) for method, path, _ in domino.requests]
-    assert calls == [("GET", "/v1/environments"), ("POST", CREATE), ("POST", f"{CREATE}/env-b/revisions"),
+    posts = sent(domino, "POST")
+    assert posts == [("POST", CREATE), ("POST", f"{CREATE}/{domino.load_b['id']}/revisions"),
                      ("POST", CREATE), ("POST", CREATE), ("POST", CREATE)]
     defined = written()["definitions"]
-    creates = [body for method, path, body in domino.requests if path == CREATE]
+    creates = [r["body"] for r in domino.requests if r["path"] == CREATE]
     assert [body["name"] for body in creates] == ["stageflow-load-a", "stageflow-merge", "stageflow-process",
                                                   "stageflow-train"]
     for body in creates:
@@ -158,51 +120,134 @@ def test_missing_environments_are_created_and_existing_ones_revised(records, dom
         assert body["dockerfileInstructions"] == defined[stage]["dockerfileInstructions"]
         assert body["description"] == defined[stage]["description"]
         assert (body["visibility"], body["addBaseDependencies"], body["isRestricted"]) == ("Private", True, False)
-    revision = domino.requests[2][2]
+    revision = next(r["body"] for r in domino.requests if r["path"].endswith("/revisions"))
     assert revision["image"] == defined["load_b"]["image"] and "name" not in revision
-    assert revision["dockerfileInstructions"] == defined["load_b"]["dockerfileInstructions"]
-    applied = written()["applied"]
-    assert applied["host"] == domino.host
-    assert {name: e["environment_id"] for name, e in applied["environments"].items()} == {
-        "load_a": "env-2", "load_b": "env-b", "merge": "env-3", "process": "env-4", "train": "env-5"}
-    assert "load_b   stageflow-load-b     revision added (environment env-b)" in out
-    assert "train    stageflow-train      created (environment env-5)" in out
+    # Recorded per stage: the environment's id and the id of the revision built from this push, as Domino has them.
+    on_domino = {e["name"]: e for e in domino.environments.values()}
+    applied = written()["applied"]["environments"]
+    for name, entry in applied.items():
+        environment = on_domino[STAGES[name].environment]
+        assert entry["environment_id"] == environment["id"]
+        assert entry["revision_id"] == environment["revisions"][-1]["id"] != entry["environment_id"]
+        assert entry["image"] == defined[name]["image"] == environment["revisions"][-1]["image"]
+        assert (entry["version"], entry["status"]) == (STAGES[name].version, "Succeeded")
+    assert applied["load_b"]["environment_id"] == domino.load_b["id"]  # revised, not created again
+    assert domino.load_b["revisions"][-1]["number"] == 2
+    assert environments.built_revisions() == {name: entry["revision_id"] for name, entry in applied.items()}
+    # Progress: each status as Domino reports it, until it is built.
+    merge = re.findall(r"^merge +stageflow-merge +revision 1: (\w+) \(\d+ s\)$", out, re.M)
+    assert merge == ["Queued", "Building", "Succeeded"]
+    assert f"load_b   stageflow-load-b     revision added: environment {domino.load_b['id']}, revision " \
+           f"{applied['load_b']['revision_id']}" in out
+
+
+def test_a_failed_build_fails_with_dominos_status_and_message(records, domino, capsys):
+    domino.builds["stageflow-merge"] = domino_server.FAILED_BUILD
+    code, out, err = run(capsys)
+    assert code == 1
+    merge = written()["applied"]["environments"]["merge"]
+    assert err == (f"error: stage merge: revision {merge['revision_id']} of stageflow-merge failed to build (Failed: "
+                   f"Step 4/7 : RUN pip install ... returned a non-zero code: 1): see its build log in Domino, then run "
+                   f"`make environments` again\n")
+    assert merge["status"] == "Failed"
+    assert environments.built_revisions().keys() == set(STAGES) - {"merge"}  # the others are built and kept
+    del domino.builds["stageflow-merge"], domino.requests[:]
+    assert run(capsys)[0] == 0  # once fixed, only merge gets a new revision
+    assert sent(domino, "POST") == [("POST", f"{CREATE}/{merge['environment_id']}/revisions")]
+    assert environments.built_revisions().keys() == set(STAGES)
+
+
+def test_a_build_that_outlasts_the_timeout_is_waited_for_again_not_repeated(records, domino, capsys, monkeypatch):
+    assert run(capsys)[0] == 0
+    new = pushed_record()
+    new["images"]["train"] = new["images"]["train"].replace("@sha256:", "@sha256:f")[:-1]  # a new push of train
+    records(new)
+    domino.builds["stageflow-train"] = ["Queued", "Building"]  # stays Building
+    monkeypatch.setenv("STAGEFLOW_BUILD_TIMEOUT", "0")
+    code, _, err = run(capsys)
+    assert code == 1
+    assert err == ("error: revisions still building after 0 s: train (Queued); run `make environments` again to keep "
+                   "waiting (no new revision is added), or set STAGEFLOW_BUILD_TIMEOUT\n")
+    train = written()["applied"]["environments"]["train"]
+    assert train["image"] == new["images"]["train"] and train["status"] == "sent"
+    assert "train" not in environments.built_revisions()
+    monkeypatch.delenv("STAGEFLOW_BUILD_TIMEOUT")
+    domino.revisions[train["revision_id"]]["script"] = ["Building", "Succeeded"]
+    del domino.requests[:]
+    assert run(capsys)[0] == 0
+    assert sent(domino, "POST") == []
+    assert environments.built_revisions()["train"] == train["revision_id"]
 
 
 def test_a_second_run_sends_only_what_changed(records, domino, capsys):
     run(capsys)
     del domino.requests[:]
     code, out, _ = run(capsys)
-    assert code == 0 and [(m, p) for m, p, _ in domino.requests] == [("GET", "/v1/environments")]
-    assert out.count("up to date") == 5
+    assert code == 0 and sent(domino, "POST") == [] and out.count("up to date") == 5
     new = pushed_record()
     new["images"]["merge"] = new["images"]["merge"].replace("@sha256:", "@sha256:f")[:-1]  # a new push of merge
     records(new)
     del domino.requests[:]
-    run(capsys)
-    assert [(m, p) for m, p, _ in domino.requests] == [("GET", "/v1/environments"), ("POST", f"{CREATE}/env-3/revisions")]
-    assert domino.requests[1][2]["image"] == new["images"]["merge"]
+    assert run(capsys)[0] == 0
+    merge = written()["applied"]["environments"]["merge"]
+    assert sent(domino, "POST") == [("POST", f"{CREATE}/{merge['environment_id']}/revisions")]
+    assert domino.revisions[merge["revision_id"]]["image"] == merge["image"] == new["images"]["merge"]
 
 
 def test_a_refused_request_stops_and_keeps_what_was_done(records, domino, capsys):
-    domino.refuse = "stageflow-merge"
+    domino.refuse = {"stageflow-merge"}
     code, _, err = run(capsys)
     assert code == 1
     assert err.startswith(f"error: stage merge, environment stageflow-merge: POST {domino.host}{CREATE}: HTTP 500 ")
     assert "image pull failed" in err
     assert set(written()["applied"]["environments"]) == {"load_a", "load_b"}
-    domino.refuse = None
+    domino.refuse = set()
     del domino.requests[:]
     assert run(capsys)[0] == 0  # the retry does not add load_a and load_b again
-    assert [body["name"] for _, path, body in domino.requests if path == CREATE] == [
+    assert [r["body"]["name"] for r in domino.requests if r["path"] == CREATE] == [
         "stageflow-merge", "stageflow-process", "stageflow-train"]
-    assert not [path for _, path, _ in domino.requests if path.endswith("/revisions")]
+    assert not [r for r in domino.requests if r["path"].endswith("/revisions")]
+
+
+def test_answers_without_their_envelope_are_read_too(records, domino, capsys):
+    domino.bare = True  # objects unwrapped; a created environment without its first revision: read back
+    assert run(capsys)[0] == 0
+    on_domino = {e["name"]: e for e in domino.environments.values()}
+    assert environments.built_revisions() == {name: on_domino[stage.environment]["revisions"][-1]["id"]
+                                              for name, stage in STAGES.items()}
 
 
 def test_a_wrong_key_is_reported(records, domino, capsys, monkeypatch):
     monkeypatch.setenv("DOMINO_USER_API_KEY", "wrong")
     code, _, err = run(capsys)
     assert code == 1 and f"GET {domino.host}/v1/environments: HTTP 401" in err
+
+
+def test_a_personal_access_token_is_sent_as_a_bearer_token(records, domino, capsys, monkeypatch):
+    monkeypatch.delenv("DOMINO_USER_API_KEY")
+    monkeypatch.setenv("DOMINO_ACCESS_TOKEN", domino_server.TOKEN)
+    assert run(capsys)[0] == 0
+    assert {json.dumps(r["auth"]) for r in domino.requests} == {
+        json.dumps({"Authorization": f"Bearer {domino_server.TOKEN}"})}
+
+
+def test_inside_a_run_the_api_proxy_is_used_without_credentials(records, domino, capsys, monkeypatch):
+    for name, value in domino_server.workspace(domino).items():
+        monkeypatch.setenv(name, value)  # DOMINO_API_HOST is the internal URL, which does not resolve here
+    code, out, err = run(capsys)
+    assert code == 0, err
+    assert {r["listener"] for r in domino.requests} == {"proxy"} and all(not r["auth"] for r in domino.requests)
+    assert environments.built_revisions().keys() == set(STAGES)
+    assert f"on Domino's API proxy {domino.proxy}" in out
+
+
+def test_inside_a_run_without_the_proxy_the_runs_token_is_used(records, domino, capsys, monkeypatch):
+    monkeypatch.delenv("DOMINO_USER_API_KEY")
+    monkeypatch.setenv("DOMINO_RUN_ID", "run-1")
+    monkeypatch.setattr(domino_api, "TOKEN_URL", domino.proxy + "/access-token")
+    assert run(capsys)[0] == 0
+    calls = [r for r in domino.requests if r["listener"] == "host"]
+    assert calls and all(r["auth"] == {"Authorization": f"Bearer {domino_server.RUN_TOKEN}"} for r in calls)
 
 
 @pytest.mark.docker
@@ -228,7 +273,7 @@ def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path
         (tmp_path / "inputs" / "data_path").write_text(str(source))
         containers.prepare_tree(tmp_path)
         client.containers.run(tag, entrypoint=["/bin/sh", "-c", stage.command], user=containers.stage_user(), remove=True,
-                              volumes=containers.volumes(tmp_path, [source]), network_mode="none")
+                              mounts=containers.mounts(tmp_path, [source]), network_mode="none")
         assert (tmp_path / "outputs" / "datasetA").read_bytes()[:4] == b"PAR1"
     finally:
         client.images.remove(tag, force=True)

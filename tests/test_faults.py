@@ -8,32 +8,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pcsv
 import pytest
 
-from stageflow import model
+from stageflow import dag as dag_module, model
 
-from conftest import ROOT
-
-
-@pytest.fixture(scope="module")
-def big_source(tmp_path_factory):
-    """An iris-shaped CSV large enough (2,000,000 rows) that writing its snapshot takes a visible while.
-
-    The streaming load snapshots 500,000 rows in about half a second, less than a busy machine may take to
-    deliver the Ctrl-C test's signal: that test then saw the loads succeed before the interrupt.
-    """
-    n = 2_000_000
-    rng = np.random.default_rng(1)
-    table = pa.table({"Id": np.arange(1, n + 1), "SepalLengthCm": rng.normal(5.8, 0.8, n),
-                      "SepalWidthCm": rng.normal(3.0, 0.4, n), "RandomColumn": rng.normal(0, 1, n),
-                      "PetalLengthCm": rng.normal(3.7, 1.7, n), "PetalWidthCm": rng.normal(1.2, 0.7, n),
-                      "Species": np.array(["Iris-setosa", "Iris-versicolor", "Iris-virginica"])[rng.integers(0, 3, n)]})
-    path = tmp_path_factory.mktemp("big") / "big.csv"
-    pcsv.write_csv(table, path)
-    return path
+from conftest import ROOT, downstream
 
 
 def load_tree(root, source):
@@ -81,6 +60,71 @@ def test_full_disk_is_a_clear_error_with_no_partial_output(tmp_path, big_source)
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a small tmpfs of the size asked for; unmounted whatever happens."""
+    mounted = []
+
+    def mount(path, size):
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(disk):
+    """Write to `disk` until it is full."""
+    with open(disk / "filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def stageflow_run(run_dir, env):
+    return subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_while_restoring_from_the_cache_leaves_no_partial_output(tmp_path, small_disk):
+    """The stage's tree is on a disk with room for some of its cached outputs but not all: the stage fails
+    in one line, and none of its outputs (whole or cut short) takes its name."""
+    env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    run_dir = tmp_path / "run"
+    assert stageflow_run(run_dir, env).returncode == 0  # fills the cache
+    last = dag_module.load().nodes[-1].name
+    small_disk(run_dir / last, "64k")  # train's report alone is about 120 kB
+    proc = stageflow_run(run_dir, env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"stage {last} failed: no space left on the device holding {run_dir / last / 'outputs'}" in proc.stderr
+    assert os.listdir(run_dir / last / "outputs") == []
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["stages"][last]["status"] == "failed"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_run_on_a_full_disk_leaves_no_earlier_record_in_its_place(tmp_path, small_disk):
+    env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    assert stageflow_run(tmp_path / "warm", env).returncode == 0  # fills the cache
+    disk = small_disk(tmp_path / "disk", "2m")
+    run_dir = disk / "run"
+    assert stageflow_run(run_dir, env).returncode == 0
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "succeeded"
+    fill(disk)
+    proc = stageflow_run(run_dir, env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no space left on the device" in proc.stderr, proc.stderr
+    if (run_dir / "run.json").exists():
+        assert json.loads((run_dir / "run.json").read_text())["status"] != "succeeded"
+
+
 def processes_with_root(run_dir):
     """Live processes whose environment points into `run_dir`: stage processes of that run."""
     found = []
@@ -110,9 +154,39 @@ def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source)
     assert processes_with_root(run_dir) == []
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted"
-    stages = record["stages"]
-    assert "interrupted" in {stages[name]["error"] for name in ("load_a", "load_b")}, stages  # one may have won
-    assert {stages[name]["status"] for name in ("merge", "process", "train")} == {"skipped"}
+    stages, dag = record["stages"], dag_module.load()
+    sources = [node.name for node in dag.nodes if not node.upstream]  # the loads, which read big_source
+    assert "interrupted" in {stages[name]["error"] for name in sources}, stages  # one may have won
+    assert {stages[name]["status"] for name in downstream(dag, sources)} == {"skipped"}
+
+
+def holds(pid, path):
+    """Whether process `pid` has `path` open (as a stage holds its run directory's lock)."""
+    fds = f"/proc/{pid}/fd"
+    return any(os.readlink(f"{fds}/{fd}") == str(path) for fd in os.listdir(fds))
+
+
+def test_kill_9_of_the_runner_kills_its_stages(tmp_path, big_source):
+    """Whatever kills the runner kills its stages: none may live on to write into the run directory (or
+    into the next run there), and each holds the directory's lock as long as it lives."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
+                             "--data-path-a", str(big_source), "--data-path-b", str(big_source)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(processes_with_root(run_dir)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the loads did not start"
+        time.sleep(0.01)
+    locked = [holds(pid, run_dir / ".stageflow-run") for pid in processes_with_root(run_dir)]
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 120
+    while processes_with_root(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with_root(run_dir) == []
+    written = [path for path in run_dir.glob("*/outputs/*") if not path.name.startswith(".")]  # not temp files
+    assert written == []  # killed before writing any output
+    assert locked == [True, True]
 
 
 def test_two_runs_at_once_in_different_directories_do_not_interfere(tmp_path):
@@ -126,7 +200,7 @@ def test_two_runs_at_once_in_different_directories_do_not_interfere(tmp_path):
     records = [json.loads((tmp_path / f"r{i}" / "run.json").read_text()) for i in (1, 2)]
     for name in ("merge", "process"):
         assert records[0]["stages"][name]["outputs"] == records[1]["stages"][name]["outputs"]
-    assert records[0]["model_sha256"] == records[1]["model_sha256"] is not None
+    assert records[0]["outputs"]["model"]["sha256"] == records[1]["outputs"]["model"]["sha256"] is not None
 
 
 # ------------------------------------------------------------------------------------------ model integrity
@@ -145,7 +219,7 @@ def test_model_hash_is_recorded_in_metrics_and_run_json(trained):
     model_path, metrics_path, run_dir = trained
     digest = model.verify(model_path, metrics_path)
     assert json.loads(metrics_path.read_text())["model_sha256"] == digest
-    assert json.loads((run_dir / "run.json").read_text())["model_sha256"] == digest
+    assert json.loads((run_dir / "run.json").read_text())["outputs"]["model"]["sha256"] == digest
 
 
 def test_verified_model_loads(trained):
@@ -246,3 +320,52 @@ def test_a_directory_is_refused_as_a_model(trained, tmp_path):
     _, metrics_path, _ = trained
     with pytest.raises(model.ModelError, match=rf"^model {tmp_path}: is a directory, not a regular file; "):
         model.verify(tmp_path, metrics_path)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0", "1e400", "soon"])
+def test_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(tmp_path / "run"),
+                           "--timeout", value], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: timeout: expected a positive number of seconds, found {value!r}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_refused_before_it_starts_makes_no_run_directory():
+    """Without --run-dir a run gets runs/<time>; a bad --timeout or flow input must not leave one behind."""
+    runs = ROOT / "runs"
+    before = sorted(os.listdir(runs)) if runs.is_dir() else []
+    latest = os.readlink(runs / "latest") if (runs / "latest").is_symlink() else None
+    for args in (["--timeout", "nan"], ["--epochs", "ten"]):
+        proc = subprocess.run([sys.executable, "-m", "stageflow", "run", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+    assert (sorted(os.listdir(runs)) if runs.is_dir() else []) == before
+    assert (os.readlink(runs / "latest") if (runs / "latest").is_symlink() else None) == latest
+
+
+@pytest.fixture
+def endless_source(tmp_path):
+    """A 1 TB source that takes no disk (sparse) and that no stage can read (not Parquet): hashing it would
+    take many minutes, the load rejects it at once."""
+    path = tmp_path / "endless.parquet"
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 40)
+    return path
+
+
+def test_hashing_a_source_counts_against_the_timeout(tmp_path, endless_source):
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(tmp_path / "run"),
+                           "--data-path-a", str(endless_source), "--timeout", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    first = dag_module.load().nodes[0].name
+    assert f"stage {first} failed: timed out after 2 s" in proc.stderr
+
+
+def test_without_the_cache_sources_are_not_hashed(tmp_path, endless_source):
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(tmp_path / "run"),
+                           "--data-path-a", str(endless_source), "--no-cache"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    assert f"input data_path: {endless_source} is not a valid parquet file" in proc.stderr

@@ -8,9 +8,11 @@ import sys
 import pytest
 
 from stageflow import dag as dag_module
-from stageflow.runner import HostBackend, Run, RunDirLock, RunError
+from stageflow.registry import STAGES
+from stageflow.rundir import RunDir
+from stageflow.runner import HostBackend, Run, RunError
 
-from conftest import ROOT, assert_self_contained, references
+from conftest import ROOT, assert_self_contained, downstream, references
 
 DATA_A = ROOT / "data" / "source_a.csv"
 DATA_B = ROOT / "data" / "source_b.jsonl"
@@ -27,7 +29,7 @@ def flow_dag():
 
 
 def test_dag_comes_from_flow_py(flow_dag):
-    assert [n.name for n in flow_dag.nodes] == ["load_a", "load_b", "merge", "process", "train"]
+    assert [n.name for n in flow_dag.nodes] == list(STAGES)  # the registry lists them in flow.py's order
     merge = flow_dag.node("merge")
     assert {k: (s.stage, s.output) for k, (_, s) in merge.inputs.items()} == {
         "datasetA": ("load_a", "datasetA"), "datasetB": ("load_b", "datasetB")}
@@ -43,12 +45,12 @@ def test_dag_comes_from_flow_py(flow_dag):
 FAKE_ARTIFACT_PLUGIN = """
 from typing import Annotated, TypeVar
 from flytekit.types.file import FlyteFile
-REPORT = "report"
+MODEL, REPORT = "model", "report"
 class Artifact:
     def __init__(self, name, type):
         self.name, self.type = name, type
     def File(self, name, type=None):
-        return Annotated[FlyteFile[TypeVar("html")], ("domino artifact", self.name, self.type, name)]
+        return Annotated[FlyteFile[TypeVar(type)], ("domino artifact", self.name, self.type, name)]
 """
 
 
@@ -82,10 +84,13 @@ def bundled_run(tmp_path_factory):
 def test_bundled_run_succeeds_and_reports(bundled_run):
     run_dir, proc = bundled_run
     assert proc.returncode == 0, proc.stderr
-    assert f"model:           {run_dir}/train/outputs/model" in proc.stdout
     assert f"run report:      {run_dir}/report.html" in proc.stdout
-    assert f"training report: {run_dir}/training-report.html" in proc.stdout
-    assert "hold-out accuracy" in proc.stdout and "F1 per class: setosa " in proc.stdout
+    for name, extension in (("model", "pkl"), ("metrics", "json"), ("report", "html")):
+        assert f"{name + ':':16} {run_dir}/outputs/{name}.{extension}" in proc.stdout
+    metrics = json.loads((run_dir / "outputs" / "metrics.json").read_text())
+    headline = proc.stdout[proc.stdout.index("metrics headline:"):].splitlines()
+    assert [line.split("  ")[1] for line in headline[1:]] == list(metrics["headline"])  # all of it, in order
+    assert "  hold-out accuracy  " in proc.stdout and "  F1 setosa  " in proc.stdout
     assert "[load_a]" in proc.stdout and "[train]" in proc.stdout  # streamed, prefixed by stage
 
 
@@ -104,7 +109,7 @@ def test_bundled_run_record(bundled_run):
     run_dir, _ = bundled_run
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "succeeded"
-    assert set(record["stages"]) == {"load_a", "load_b", "merge", "process", "train"}
+    assert set(record["stages"]) == set(STAGES)
     for name, stage in record["stages"].items():
         assert stage["status"] == "succeeded" and (stage["seconds"] > 0 or stage["cached"])
         for digest in [*stage["inputs"].values(), *stage["outputs"].values()]:
@@ -112,8 +117,15 @@ def test_bundled_run_record(bundled_run):
     stages = record["stages"]
     assert stages["merge"]["inputs"]["datasetA"] == stages["load_a"]["outputs"]["datasetA"]
     assert stages["train"]["inputs"]["processed_data"] == stages["process"]["outputs"]["processed_data"]
-    assert record["outputs"] == {name: str(run_dir / "train" / "outputs" / name)
-                                 for name in ("model", "metrics", "report")}
+    outputs = {name: run_dir / "outputs" / f"{name}.{extension}"
+               for name, extension in (("model", "pkl"), ("metrics", "json"), ("report", "html"))}
+    assert record["outputs"] == {name: {"path": str(path), "sha256": stages["train"]["outputs"][name]}
+                                 for name, path in outputs.items()}
+    for name, path in outputs.items():
+        assert path.read_bytes() == (run_dir / "train" / "outputs" / name).read_bytes()
+        assert not path.stat().st_mode & 0o222  # read-only
+        assert path.stat().st_ino != (run_dir / "train" / "outputs" / name).stat().st_ino  # a copy
+    assert "model_sha256" not in record
 
 
 def test_bundled_run_prints_the_summary_table(bundled_run):
@@ -121,18 +133,21 @@ def test_bundled_run_prints_the_summary_table(bundled_run):
     lines = proc.stdout.splitlines()
     header = lines.index(next(line for line in lines if line.split() == ["stage", "status", "seconds", "rows",
                                                                           "cached"]))
-    assert [line.split()[:2] for line in lines[header + 1:header + 6]] == [
-        [name, "succeeded"] for name in ("load_a", "load_b", "merge", "process", "train")]
+    assert [line.split()[:2] for line in lines[header + 1:header + 1 + len(STAGES)]] == [
+        [name, "succeeded"] for name in STAGES]
 
 
 def test_run_report_links_resolve_in_the_run_directory(bundled_run):
     run_dir, _ = bundled_run
     page = (run_dir / "report.html").read_text()
     refs = [ref for ref in references(page) if not ref.startswith("#")]
-    assert {"training-report.html", "logs/train.log", "train/outputs/report", "run.json"} <= set(refs)
+    assert {"outputs/report.html", "outputs/model.pkl", "outputs/metrics.json", "logs/train.log",
+            "train/outputs/report", "run.json"} <= set(refs)
     assert [ref for ref in refs if not (run_dir / ref).is_file()] == []
     assert_self_contained(page)
-    assert (run_dir / "training-report.html").read_bytes() == (run_dir / "train" / "outputs" / "report").read_bytes()
+    headline = json.loads((run_dir / "outputs" / "metrics.json").read_text())["headline"]
+    for label, value in headline.items():
+        assert f'<div class="label">{label}</div><div class="value">{value}</div>' in page
 
 
 def test_report_command_rewrites_the_run_report(bundled_run, tmp_path):
@@ -166,7 +181,7 @@ def test_model_loads_and_predicts(bundled_run):
         model.predict(row.rename(columns={"SepalLengthCm": "Sepal"}))
 
 
-def test_failed_stage_stops_downstream_and_is_reported(tmp_path):
+def test_failed_stage_stops_downstream_and_is_reported(tmp_path, flow_dag):
     bad = tmp_path / "b.csv"
     bad.write_text("Id,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species\n1,x,1,1,1,setosa\n")
     proc = stageflow("run", "--run-dir", str(tmp_path / "run"), "--data-path-b", str(bad))
@@ -176,13 +191,14 @@ def test_failed_stage_stops_downstream_and_is_reported(tmp_path):
     assert "--- last 20 lines of" in proc.stderr
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     states = {name: s["status"] for name, s in record["stages"].items()}
-    assert states == {"load_a": "succeeded", "load_b": "failed", "merge": "skipped", "process": "skipped",
-                      "train": "skipped"}
+    assert states == {**{name: "succeeded" for name in STAGES}, "load_b": "failed",
+                      **{name: "skipped" for name in downstream(flow_dag, ["load_b"])}}
     assert record["status"] == "failed" and record["outputs"] == {}
     assert os.listdir(tmp_path / "run" / "load_b" / "outputs") == ["_ERROR"]
     page = (tmp_path / "run" / "report.html").read_text()  # written for a failed run too
-    assert 'class="status failed"' in page and "No training report" in page and "must be a number" in page
-    assert not (tmp_path / "run" / "training-report.html").exists()
+    assert 'class="status failed"' in page and "No outputs: the flow did not finish." in page
+    assert "must be a number" in page
+    assert not (tmp_path / "run" / "outputs").exists()
 
 
 def test_bad_flow_input_stops_before_any_stage(tmp_path):
@@ -193,7 +209,7 @@ def test_bad_flow_input_stops_before_any_stage(tmp_path):
 
 
 def test_second_run_on_a_busy_run_dir_stops_at_once(tmp_path):
-    with RunDirLock(tmp_path):
+    with RunDir(tmp_path, STAGES):
         proc = stageflow("run", "--run-dir", str(tmp_path))
     assert proc.returncode == 2
     assert f"error: run directory {tmp_path} is in use by another run (pid {os.getpid()})" in proc.stderr
@@ -218,3 +234,58 @@ def test_unknown_and_missing_flow_inputs(flow_dag, tmp_path):
         Run(flow_dag, tmp_path, HostBackend(), {"data_path_a": "x"})
     with pytest.raises(RunError, match="flow input colour: not an input of the flow"):
         Run(flow_dag, tmp_path, HostBackend(), {"data_path_a": "x", "data_path_b": "y", "colour": "red"})
+
+
+def renamed_flow(tmp_path):
+    """flow.py with its workflow and its outputs renamed: nothing outside flow.py and train may care."""
+    text = (ROOT / "flow.py").read_text()
+    renames = [("def model_training(", "def iris_classifier("),
+               ('"TrainingOutputs", model=', '"TrainingOutputs", classifier='),
+               ("metrics=Json, report=", "scores=Json, page="),
+               ('TrainingOutputs(model=train["model"], metrics=train["metrics"], report=train["report"])',
+                'TrainingOutputs(classifier=train["model"], scores=train["metrics"], page=train["report"])')]
+    for old, new in renames:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / "renamed_flow.py"
+    path.write_text(text)
+    return path
+
+
+def test_a_flow_with_renamed_workflow_and_outputs_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = stageflow("run", "--flow", str(renamed_flow(tmp_path)), "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["flow"] == "iris_classifier" and record["status"] == "succeeded"
+    files = {"classifier": "classifier.pkl", "scores": "scores.json", "page": "page.html"}
+    assert record["outputs"] == {name: {"path": str(run_dir / "outputs" / file),
+                                        "sha256": record["stages"]["train"]["outputs"][stage_output]}
+                                 for (name, file), stage_output in zip(files.items(), ["model", "metrics", "report"])}
+    assert f"running flow iris_classifier (host backend) in {run_dir}" in proc.stdout
+    for name, file in files.items():
+        assert f"{name + ':':16} {run_dir / 'outputs' / file}" in proc.stdout
+    assert "scores headline:" in proc.stdout and "  hold-out accuracy  " in proc.stdout
+    proc = stageflow("report", str(run_dir), "--flow", str(tmp_path / "renamed_flow.py"))
+    assert proc.returncode == 0, proc.stderr
+    assert 'href="outputs/page.html"' in (run_dir / "report.html").read_text()
+
+
+def test_workflow_is_found_or_named(tmp_path):
+    flow = renamed_flow(tmp_path)
+    two = tmp_path / "two.py"
+    two.write_text(flow.read_text() + "\n\n@workflow\ndef other(data_path_a: str) -> str:\n    return data_path_a\n")
+    assert dag_module.load(two, "iris_classifier").name == "iris_classifier"
+    proc = stageflow("run", "--flow", str(two), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == (f"error: flow file {two}: defines several workflows (iris_classifier, other); "
+                           f"choose one with --workflow NAME\n")
+    proc = stageflow("run", "--flow", str(two), "--workflow", "nope", "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: flow file {two}: no @workflow named nope (defined: iris_classifier, other)\n"
+    none = tmp_path / "none.py"
+    none.write_text("from flytekit import workflow\n")
+    proc = stageflow("run", "--flow", str(none), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and proc.stderr == f"error: flow file {none}: defines no @workflow\n"
+    assert not (tmp_path / "run").exists()

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from stageflow import domino
+from stageflow.registry import STAGES
 from stageflow.runner import HostBackend, RunError
 
 from conftest import ROOT
 
 PYFLYTE = Path(sys.executable).with_name("pyflyte")
-STAGES = ["load_a", "load_b", "merge", "process", "train"]
 
 
 def pyflyte(run_dir, *args, backend="host"):
@@ -56,10 +56,10 @@ def test_pyflyte_runs_every_stage_through_the_runner(bundled):
 @pytest.mark.slow
 def test_pyflyte_returns_the_model_and_metrics(bundled):
     run_dir, proc = bundled
-    outputs = run_dir / "train" / "train" / "outputs"
-    model, metrics = outputs / "model", outputs / "metrics"
-    assert f"TrainingOutputs(model={model}, metrics={metrics}, report={outputs / 'report'})" in proc.stdout
-    assert (outputs / "report").read_text().lstrip().lower().startswith("<!doctype html")
+    outputs = run_dir / "train" / "outputs"  # the train stage's run directory publishes its outputs there
+    model, metrics = outputs / "model.pkl", outputs / "metrics.json"
+    assert f"TrainingOutputs(model={model}, metrics={metrics}, report={outputs / 'report.html'})" in proc.stdout
+    assert (outputs / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     figures = json.loads(metrics.read_text())
     assert (figures["epochs"], figures["batch_size"]) == (3, 16) and figures["accuracy"] >= 0.8
     assert list(pickle.loads(model.read_bytes()).classes_) == ["setosa", "versicolor", "virginica"]

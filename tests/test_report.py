@@ -17,7 +17,7 @@ import pytest
 
 from stageflow import run_report
 from stageflow.runtime import contract, report
-from stageflow.cli import headline, summary
+from stageflow.cli import headline_text, summary
 from stageflow.runtime.progress import Progress, duration, progress_line
 
 from conftest import ROOT, assert_self_contained, load_stage, references
@@ -91,6 +91,7 @@ def test_train_stage_writes_the_report_output(train_root, monkeypatch):
     outputs = train_root / "outputs"
     page = (outputs / "report").read_text()
     metrics = json.loads((outputs / "metrics").read_text())
+    assert metrics["headline"] == train.headline(metrics)
     assert contract.sha256_file(outputs / "model") in page
     assert f"{metrics['accuracy']:.3f}" in page and len(images(page)) == 3
     assert metrics["class_counts"] == {"train": {"setosa": 16, "versicolor": 16, "virginica": 16},
@@ -209,9 +210,13 @@ ORDER = ["load_a", "load_b", "merge", "train"]
 EDGES = [("load_a", "merge"), ("load_b", "merge"), ("merge", "train")]
 
 
+HEADLINE = {"hold-out accuracy": 0.933, "macro F1": 0.933, "final loss": 0.2}
+
+
 @pytest.fixture(scope="module")
 def run_page():
-    return run_report.run_report(RECORD, ORDER, EDGES, METRICS, "training-report.html")
+    record = {**RECORD, "outputs": {"report": {"path": "/x/outputs/report.html", "sha256": "b" * 64}}}
+    return run_report.run_report(record, ORDER, EDGES, {"metrics": HEADLINE})
 
 
 def test_run_report_draws_the_dag_with_each_stage_and_edge(run_page):
@@ -230,7 +235,7 @@ def test_run_report_draws_the_dag_with_each_stage_and_edge(run_page):
 def test_run_report_table_links_logs_and_outputs_relatively(run_page):
     refs = references(run_page)
     assert {"logs/load_a.log", "logs/load_b.log", "load_a/outputs/datasetA", "train/outputs/model",
-            "train/outputs/report", "training-report.html", "run.json"} <= set(refs)
+            "train/outputs/report", "outputs/report.html", "run.json"} <= set(refs)
     assert not any(ref.startswith("/") for ref in refs)
     assert "152 " in run_page.replace("<", " ") and "1,000 → 1,000" in run_page  # peak MB, rows in → out
     assert_self_contained(run_page)
@@ -242,13 +247,20 @@ def test_run_report_shows_errors_escaped_and_dashes_for_missing_fields(run_page)
     assert merge_row.count(report.DASH) >= 4  # peak MB, rows, cached, log: not recorded for a skipped stage
 
 
+def test_run_report_shows_the_headline_as_cards(run_page):
+    for label, value in HEADLINE.items():
+        assert card(label, value) in run_page
+    assert card("status", "failed") in run_page and card("wall time", "12 s") in run_page
+
+
 def test_run_report_escapes_every_value_from_run_json():
     evil = '<script>pwned()</script><img src=x onerror="pwned()">'
     record = {**RECORD, "flow": evil, "backend": evil, "status": evil, "started_at": evil, "params": {evil: evil},
               "stages": {"load_a": {"status": evil, "error": evil, "log": evil, "cached": evil,
-                                    "outputs": {evil: evil, "javascript:pwned()": evil}}}}
-    page = run_report.run_report(record, ORDER, EDGES, METRICS, "training-report.html")
-    assert "<script" not in page and "<img" not in page and page.count("&lt;script&gt;") >= 8
+                                    "outputs": {evil: evil, "javascript:pwned()": evil}}},
+              "outputs": {evil: {"path": f"/x/outputs/{evil}", "sha256": evil}}}
+    page = run_report.run_report(record, ORDER, EDGES, {evil: {evil: evil}})
+    assert "<script" not in page and "<img" not in page and page.count("&lt;script&gt;") >= 11
     assert 'href="load_a/outputs/javascript%3Apwned%28%29"' in page  # a file name, never a javascript: URL
     assert_self_contained(page)
 
@@ -261,10 +273,24 @@ def test_page_helpers_escape_whatever_is_not_marked_as_markup():
     assert report.Html("<br>").join(["<b>", report.Html("<i>")]) == "&lt;b&gt;<br><i>"
 
 
-def test_run_report_without_training_says_so():
+def test_run_report_without_outputs_says_so():
     page = run_report.run_report({**RECORD, "stages": {}}, ORDER, EDGES)
-    assert "No training report" in page and "training-report.html" not in page
+    assert "No outputs: the flow did not finish." in page and "outputs/" not in page
     assert page.count('class="status pending"') == len(ORDER)
+    assert 'class="label">hold-out' not in page
+
+
+def test_headlines_come_from_json_outputs_that_have_one(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "scores.json").write_text(json.dumps({"headline": HEADLINE, "other": 1}))
+    (tmp_path / "outputs" / "plain.json").write_text(json.dumps({"accuracy": 1.0}))
+    (tmp_path / "outputs" / "page.html").write_text('{"headline": {"x": 1}}')
+    record = {"outputs": {name: {"path": f"/elsewhere/outputs/{file}", "sha256": "0" * 64}
+                          for name, file in (("scores", "scores.json"), ("plain", "plain.json"), ("page", "page.html"),
+                                             ("gone", "gone.json"))}}
+    found = run_report.headlines(tmp_path, record)
+    assert found == {"scores": HEADLINE} and list(found["scores"]) == list(HEADLINE)  # order kept
+    assert run_report.headlines(tmp_path, {"outputs": {"model": "/old/run.json/style"}}) == {}
 
 
 # ------------------------------------------------------------------ CLI summary and progress
@@ -279,11 +305,16 @@ def test_summary_table_has_rows_and_cached_with_dashes_when_missing():
     assert len({line.index(line.split()[1]) for line in lines}) == 1  # the status column lines up
 
 
-def test_headline_names_accuracy_f1_and_final_loss():
-    text = headline(METRICS)
-    assert text.startswith("hold-out accuracy 0.933, macro F1 0.933 (120 train / 30 test rows, 4 epochs, "
-                           "final loss 0.2000)")
-    assert "F1 per class: setosa 1.000, versicolor 0.889, virginica 0.909" in text
+def test_headline_text_lines_up_labels_and_values():
+    assert headline_text("scores", HEADLINE).splitlines() == [
+        "scores headline:", "  hold-out accuracy  0.933", "  macro F1           0.933", "  final loss         0.2"]
+
+
+def test_train_headline_holds_what_the_cli_printed_before():
+    metrics = {**METRICS, "loss_per_epoch": [0.9, 0.05374]}
+    assert train.headline(metrics) == {
+        "hold-out accuracy": 0.933, "macro F1": 0.933, "train rows": 120, "test rows": 30, "epochs": 4,
+        "final loss": 0.0537, "F1 setosa": 1.0, "F1 versicolor": 0.889, "F1 virginica": 0.909}
 
 
 class Terminal(io.StringIO):

@@ -54,7 +54,15 @@ def crafted_run_dir(path):
     outputs.mkdir(parents=True)
     (outputs / "metrics").write_text(json.dumps(metrics))
     (outputs / "report").write_text(report.training_report(metrics, params))  # as the train stage writes it
+    published = path / "outputs"  # as the runner publishes the flow's outputs
+    published.mkdir()
+    (published / "report.html").write_text((outputs / "report").read_text())
+    (published / "metrics.json").write_text(json.dumps({**metrics, "headline": {hostile(i): hostile(i + 1)
+                                                                              for i in range(len(HOSTILE))}}))
     record = {"flow": hostile(0), "backend": hostile(1), "status": hostile(2), "started_at": hostile(3),
+              "outputs": {"report": {"path": str(published / "report.html"), "sha256": hostile(1)},
+                          "metrics": {"path": str(published / "metrics.json"), "sha256": hostile(2)},
+                          hostile(2): {"path": hostile(3), "sha256": hostile(4)}},
               "params": {hostile(i): hostile(i + 1) for i in range(len(HOSTILE))},
               "stages": {"load_a": {"status": hostile(2), "error": hostile(0), "log": hostile(1),
                                     "outputs": {hostile(i): hostile(i + 1) for i in range(len(HOSTILE))}},
@@ -165,10 +173,10 @@ def test_both_reports_render_crafted_values_as_text_and_run_and_fetch_nothing(br
     proc = subprocess.run([sys.executable, "-m", "stageflow", "report", str(run_dir)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for name in ("report.html", "training-report.html"):
+    for name in ("report.html", "outputs/report.html"):
         url = (run_dir / name).as_uri()
         requests = browser.open(url)
-        browser.screenshot(tmp_path / f"{name}.png")
+        browser.screenshot(tmp_path / f"{name.replace('/', '-')}.png")
         assert [r for r in requests if r != url and not r.startswith("data:")] == [], name
         assert browser.evaluate("typeof window.pwned") == "undefined", name  # no script ran
         assert browser.evaluate(ACTIVE) == [], name

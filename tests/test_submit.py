@@ -1,4 +1,5 @@
-"""`make submit`: what it checks before `pyflyte run --remote`, and the command it then runs."""
+"""`make submit`: what it checks before `pyflyte run --remote`, against a stand-in Domino reached through a
+workspace's API proxy (tests/domino_server.py), and the command it then runs."""
 
 import json
 import os
@@ -7,12 +8,13 @@ import sys
 
 import pytest
 
+import domino_server
 from stageflow import cli, environments, submit
 
-from test_environments import pushed_record
+from test_environments import DOMINO_VARS, pushed_record
 
-HOST = "https://domino.invalid"
 DATA = ["--data-path-a", "/mnt/data/iris/a.csv", "--data-path-b", "/mnt/data/iris/b.jsonl"]
+IRIS = ["--dataset", "iris:2"]
 
 
 def git(repo, *args):
@@ -21,8 +23,16 @@ def git(repo, *args):
 
 
 @pytest.fixture
-def ready(tmp_path, monkeypatch, standin):
-    """A checkout where everything a remote run needs is in place; each test breaks one thing."""
+def domino():
+    with domino_server.running() as deployment:
+        deployment.iris = deployment.add_dataset("iris", ["active", "active", "active", "pending"])
+        yield deployment
+
+
+@pytest.fixture
+def ready(tmp_path, monkeypatch, standin, domino):
+    """A checkout where everything a remote run needs is in place, in a workspace on the stand-in deployment
+    whose environments were made from outside; each test breaks one thing."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "flow.py").write_text("# the flow\n")
@@ -33,19 +43,20 @@ def ready(tmp_path, monkeypatch, standin):
     monkeypatch.setattr(environments, "BUILD", tmp_path)
     monkeypatch.setattr(environments, "PUSHED", tmp_path / "pushed.json")
     monkeypatch.setattr(environments, "ENVIRONMENTS", tmp_path / "environments.json")
-    pushed = pushed_record()
-    environments.PUSHED.write_text(json.dumps(pushed))
-    defined = environments.definitions(pushed)
-    environments.write(defined, {"host": HOST, "environments": {
-        name: {"environment_id": f"env-{name}", "image": d["image"]} for name, d in defined.items()}})
-    for name, value in (("DOMINO_PROJECT_OWNER", "ada"), ("DOMINO_PROJECT_NAME", "stageflow"),
-                        ("DOMINO_RUN_ID", "run-1"), ("DOMINO_API_HOST", HOST)):
+    environments.PUSHED.write_text(json.dumps(pushed_record()))
+    outside = {"DOMINO_API_HOST": domino.host, "DOMINO_USER_API_KEY": domino_server.KEY, "STAGEFLOW_BUILD_POLL": "0"}
+    environments.run(outside, say=lambda line: None)
+    for name in DOMINO_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in domino_server.workspace(domino).items():
         monkeypatch.setenv(name, value)
     bin_dir = tmp_path / "bin"  # a pyflyte that records how it was called
     bin_dir.mkdir()
-    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\npwd > {tmp_path}/pyflyte.cwd\nprintf "%s\\n" "$@" > {tmp_path}/pyflyte.args\n')
+    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\npwd > {tmp_path}/pyflyte.cwd\nprintf "%s\\n" "$@" > {tmp_path}/pyflyte.args\n'
+                                     f'echo "$STAGEFLOW_DATASET $STAGEFLOW_DATASET_ID" > {tmp_path}/pyflyte.dataset\n')
     (bin_dir / "pyflyte").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    del domino.requests[:]
     return tmp_path
 
 
@@ -55,88 +66,194 @@ def run(capsys, *args):
     return code, out, err
 
 
-def test_everything_in_place_runs_pyflyte_remote(ready, capsys):
-    code, out, err = run(capsys, *DATA, "--epochs", "5")
+def problems(err: str) -> list[str]:
+    lines = err.splitlines()
+    start = lines.index("error: not submitting to Domino; to do first:")
+    return [line.removeprefix("  - ") for line in lines[start + 1:]]
+
+
+def test_a_workspace_submits_what_was_made_from_outside(ready, domino, capsys):
+    """Environments made with the external URL, submitted where DOMINO_API_HOST is the internal one: the
+    deployment is recognised by the ids it holds, reached through the proxy, with no credentials sent."""
+    code, out, err = run(capsys, *DATA, *IRIS, "--epochs", "5")
     assert code == 0, err
     assert (ready / "pyflyte.args").read_text().split("\n")[:-1] == [
         "run", "--remote", "flow.py", "model_training", "--data_path_a", "/mnt/data/iris/a.csv",
         "--data_path_b", "/mnt/data/iris/b.jsonl", "--epochs", "5"]
     assert (ready / "pyflyte.cwd").read_text().strip() == str(ready / "repo")
-    assert out.startswith(f"submitting: {ready / 'bin' / 'pyflyte'} run --remote flow.py model_training")
+    assert (ready / "pyflyte.dataset").read_text().split() == ["iris:2", domino.iris["id"]]
+    assert f"submitting: STAGEFLOW_DATASET=iris:2 STAGEFLOW_DATASET_ID={domino.iris['id']} {ready / 'bin' / 'pyflyte'} " \
+           f"run --remote flow.py model_training" in out
+    assert {r["listener"] for r in domino.requests} == {"proxy"} and all(not r["auth"] for r in domino.requests)
+    read = {r["path"] for r in domino.requests}
+    assert {f"/api/environments/v1/environments/{e['environment_id']}"
+            for e in environments.applied_environments(environments.read_record(environments.ENVIRONMENTS)).values()} <= read
+    assert f"/v4/projects/{domino_server.PROJECT_ID}/hardwareTiers" in read
+    assert f"/api/datasetrw/v1/datasets/{domino.iris['id']}/snapshots" in read
 
 
-def test_outside_domino_every_missing_piece_is_listed(ready, capsys, monkeypatch):
-    for name in ("DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID", "DOMINO_API_HOST"):
+def test_a_dataset_without_version_takes_its_latest_active_snapshot(ready, domino, capsys):
+    code, out, err = run(capsys, *DATA, "--dataset", "iris")
+    assert code == 0, err
+    assert (ready / "pyflyte.dataset").read_text().split()[0] == "iris:3"  # version 4 is still pending
+    assert f"dataset iris: snapshot version 3 (id {domino.iris['id']})" in out
+
+
+@pytest.mark.parametrize("path", ["/mnt/data/iris/sub/a.csv", "/mnt/data/snapshots/iris/2/a.csv",
+                                  "/domino/datasets/local/iris/a.csv", "/domino/datasets/local/snapshots/iris/2/a.csv"])
+def test_every_documented_mount_of_the_snapshot_is_accepted(ready, capsys, path):
+    assert run(capsys, "--data-path-a", path, "--data-path-b", path, *IRIS)[0] == 0
+
+
+def test_sources_in_the_project_code_need_no_dataset(ready, capsys):
+    code, _, err = run(capsys, "--data-path-a", "/mnt/code/data/source_a.csv", "--data-path-b", "/mnt/code/data/b.jsonl")
+    assert code == 0, err
+    assert (ready / "pyflyte.dataset").read_text().split() == []
+
+
+def test_uncommitted_changes_are_a_warning_not_a_refusal(ready, capsys):
+    (ready / "repo" / "flow.py").write_text("# edited\n")
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 0
+    assert err == ("warning: uncommitted changes (flow.py): submitted as they are; commit them to keep a record of "
+                   "what ran\n")
+
+
+def test_a_project_without_git_submits(ready, capsys):
+    """Domino File System projects have no git checkout."""
+    import shutil
+
+    shutil.rmtree(ready / "repo" / ".git")
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert (code, err) == (0, "")
+
+
+def test_outside_domino_every_missing_piece_is_listed(ready, domino, capsys, monkeypatch):
+    for name in domino_server.workspace(domino):
         monkeypatch.delenv(name)
     monkeypatch.setattr(submit, "PLUGIN", "flytekitplugins.nothing_here.helpers")
     environments.PUSHED.unlink()
     environments.ENVIRONMENTS.unlink()
-    (ready / "repo" / "flow.py").write_text("# edited\n")
-    code, out, err = run(capsys, "--data-path-a", "data/source_a.csv", "--data-path-b", "/mnt/data/b.jsonl")
+    code, out, err = run(capsys, "--data-path-a", "data/source_a.csv", "--data-path-b", "/mnt/data/iris/b.jsonl")
     assert code == 2 and out == ""
-    assert err.splitlines() == [
-        "error: not submitting to Domino; missing:",
-        "  - not inside a Domino workspace (DOMINO_PROJECT_OWNER, DOMINO_PROJECT_NAME, DOMINO_RUN_ID unset): open a "
-        "workspace on this project and run `make submit` there",
-        f"  - Domino's flytekit plugin (flytekitplugins.nothing_here.helpers) is not importable by "
-        f"{sys.executable}: use the Python of a Domino environment that ships it (DOMINO_PYTHON=...)",
-        f"  - no images pushed ({environments.PUSHED} missing): run `make push REGISTRY=host:port/prefix`",
-        f"  - no environment definitions ({environments.ENVIRONMENTS} missing): run `make environments` with "
-        f"DOMINO_API_HOST and DOMINO_USER_API_KEY set",
-        "  - uncommitted changes (flow.py): commit them, since Domino runs the pinned commit",
-        "  - data paths must be absolute as a Domino job sees them (/mnt/code/..., /mnt/data/...): data/source_a.csv",
+    assert problems(err) == [
+        "not inside a Domino workspace (DOMINO_PROJECT_ID, DOMINO_PROJECT_OWNER, DOMINO_PROJECT_NAME, DOMINO_RUN_ID "
+        "unset): open a workspace on this project and run `make submit` there",
+        f"Domino's flytekit plugin (flytekitplugins.nothing_here.helpers) is not importable by {sys.executable}: "
+        f"use the Python of a Domino environment that ships it (DOMINO_PYTHON=...)",
+        f"no images pushed ({environments.PUSHED} missing): run `make push REGISTRY=host:port/prefix`",
+        f"no environment definitions ({environments.ENVIRONMENTS} missing): run `make environments` with "
+        f"DOMINO_API_HOST with DOMINO_ACCESS_TOKEN (a personal access token) or DOMINO_USER_API_KEY set",
+        "data path data/source_a.csv is not absolute as a Domino job sees it (/mnt/data/<dataset>/..., "
+        "/mnt/code/...): give the full path",
+        "data path /mnt/data/iris/b.jsonl is in dataset iris, which a job mounts only if its snapshot is named: "
+        "add DATASET=iris:<version>",
     ]
     assert not (ready / "pyflyte.args").exists()
 
 
-def break_push(ready):
+def break_push(ready, domino):
     stale = pushed_record()
     stale["versions"]["train"] = "000000000000"
     environments.PUSHED.write_text(json.dumps(stale))
 
 
-def break_environments(ready):
-    record = json.loads(environments.ENVIRONMENTS.read_text())
-    record["applied"]["environments"]["merge"]["image"] = "old@sha256:0"
-    environments.ENVIRONMENTS.write_text(json.dumps(record))
-
-
-def new_push(ready):
+def new_push(ready, domino):
     environments.PUSHED.write_text(json.dumps(pushed_record("again")))
 
 
-def unpushed_commit(ready):
-    repo = ready / "repo"
-    git(repo, "init", "-q", "--bare", str(ready / "origin.git"))
-    git(repo, "remote", "add", "origin", str(ready / "origin.git"))
-    git(repo, "push", "-q", "-u", "origin", "HEAD")
-    (repo / "flow.py").write_text("# changed\n")
-    git(repo, "commit", "-qam", "change")
+def edit_record(change):
+    def edit(ready, domino):
+        record = json.loads(environments.ENVIRONMENTS.read_text())
+        change(record["applied"]["environments"]["merge"], domino)
+        environments.ENVIRONMENTS.write_text(json.dumps(record))
+    return edit
 
 
-@pytest.mark.parametrize("breaks, expected", [
-    (lambda r: os.environ.pop("DOMINO_RUN_ID"), "not inside a Domino workspace (DOMINO_RUN_ID unset)"),
-    (break_push, "images pushed for another version of the code: train (pushed 000000000000, code at"),
-    (new_push, "environments.json does not match the last push: run `make environments`"),
-    (break_environments, "Domino environments not created or revised for the last push (merge): run `make environments`"),
-    (lambda r: os.environ.__setitem__("DOMINO_API_HOST", "https://other.invalid"),
-     f"environments were created on {HOST}, not on https://other.invalid"),
-    (lambda r: (r / "repo" / "notes.txt").write_text("x"), "uncommitted changes (notes.txt)"),
-    (unpushed_commit, "1 commit(s) not pushed to the upstream branch: `git push` first"),
-], ids=["workspace", "push", "environments-stale", "environments-not-applied", "other-domino", "dirty", "unpushed"])
-def test_each_precondition_is_checked(ready, capsys, breaks, expected):
-    assert run(capsys, *DATA)[0] == 0  # all in place first
+def newer_revision(ready, domino):
+    merge = next(e for e in domino.environments.values() if e["name"] == "stageflow-merge")
+    domino.add_revision(merge, {"image": "someone/else:1"}, ["Succeeded"])  # now the active one too
+
+
+def other_image(ready, domino):
+    merge = next(e for e in domino.environments.values() if e["name"] == "stageflow-merge")
+    merge["revisions"][-1]["image"] = "someone/else@sha256:1"
+
+
+def drop_tier(ready, domino):
+    domino.tiers = [tier for tier in domino.tiers if tier["name"] != "Large"]
+
+
+@pytest.mark.parametrize("breaks, args, expected", [
+    (lambda r, d: os.environ.pop("DOMINO_RUN_ID"), DATA + IRIS,
+     "not inside a Domino workspace (DOMINO_RUN_ID unset)"),
+    (lambda r, d: setattr(submit, "PLUGIN_TASK", "flytekitplugins.domino.nothing"), DATA + IRIS,
+     "Domino's flytekit plugin (flytekitplugins.domino.nothing) is not importable"),
+    (break_push, DATA + IRIS, "images pushed for another version of the code: train (pushed 000000000000, code at"),
+    (new_push, DATA + IRIS, "environments.json does not match the last push: run `make environments`"),
+    (edit_record(lambda merge, d: merge.pop("revision_id")), DATA + IRIS,
+     "no Domino environment revision recorded for the last push (merge): run `make environments`"),
+    (edit_record(lambda merge, d: merge.update(status="Building")), DATA + IRIS,
+     "environment revisions not built: merge (Building): run `make environments` again"),
+    (edit_record(lambda merge, d: merge.update(environment_id="0" * 24)), DATA + IRIS,
+     f"stage merge: this deployment has no environment {'0' * 24} (stageflow-merge): run `make environments` "
+     f"against this deployment"),
+    (newer_revision, DATA + IRIS, "is no longer the latest or active revision of stageflow-merge: run `make environments`"),
+    (other_image, DATA + IRIS, "of stageflow-merge holds someone/else@sha256:1, not the pushed "),
+    (drop_tier, DATA + IRIS, "hardware tier Large (train) is not on this deployment (it has Small, Medium, GPU): "
+                             "set `tier` in stageflow/registry.py to one of those"),
+    (lambda r, d: None, DATA + ["--dataset", "iris:7"],
+     "dataset iris has 4 snapshot(s), so no version 7: name one of 1..4 (DATASET=iris:<version>)"),
+    (lambda r, d: None, DATA + ["--dataset", "iris:4"], "snapshot 4 of dataset iris is pending, not active"),
+    (lambda r, d: None, ["--data-path-a", "/mnt/data/roses/a.csv", "--data-path-b", "/mnt/data/roses/b.csv",
+                         "--dataset", "roses:1"], "no dataset named roses is visible to this project"),
+    (lambda r, d: None, DATA + ["--dataset", "iris:0"], "DATASET=iris:0: expected a dataset name and snapshot version"),
+    (lambda r, d: None, ["--data-path-a", "/mnt/data/other/a.csv", "--data-path-b", "/mnt/data/iris/b.jsonl"] + IRIS,
+     "data path /mnt/data/other/a.csv is not in dataset iris's mount (/mnt/data/iris, /mnt/data/snapshots/iris/2/...)"),
+    (lambda r, d: None, ["--data-path-a", "/mnt/data/snapshots/iris/1/a.csv", "--data-path-b", "/mnt/data/iris/b"] + IRIS,
+     "data path /mnt/data/snapshots/iris/1/a.csv is not in dataset iris's mount"),
+    (lambda r, d: None, ["--data-path-a", "/mnt/data/iris/a.csv", "--data-path-b", "/mnt/code/b.csv"],
+     "data path /mnt/data/iris/a.csv is in dataset iris, which a job mounts only if its snapshot is named: add "
+     "DATASET=iris:<version>"),
+], ids=["workspace", "plugin", "push", "environments-stale", "no-revision", "not-built", "other-deployment",
+        "superseded", "other-image", "tier", "no-such-version", "snapshot-pending", "no-such-dataset", "bad-dataset",
+        "path-elsewhere", "path-other-version", "dataset-unnamed"])
+def test_each_precondition_is_checked(ready, domino, capsys, monkeypatch, breaks, args, expected):
+    assert run(capsys, *DATA, *IRIS)[0] == 0  # all in place first
     (ready / "pyflyte.args").unlink()
-    breaks(ready)
-    code, _, err = run(capsys, *DATA)
+    monkeypatch.setattr(submit, "PLUGIN_TASK", submit.PLUGIN_TASK)  # restored after a test that breaks it
+    breaks(ready, domino)
+    code, _, err = run(capsys, *args)
     assert code == 2
-    problems = err.splitlines()[1:]
-    assert len(problems) == 1 and expected in problems[0], err
+    assert len(problems(err)) == 1 and expected in problems(err)[0], err
     assert not (ready / "pyflyte.args").exists()
+
+
+def test_every_problem_is_listed_at_once(ready, domino, capsys):
+    drop_tier(ready, domino)
+    newer_revision(ready, domino)
+    code, _, err = run(capsys, "--data-path-a", "/mnt/data/other/a.csv", "--data-path-b", "/mnt/data/iris/b",
+                       "--dataset", "iris:9")
+    assert code == 2
+    found = problems(err)
+    expected = ["stage merge: revision ", "hardware tier Large (train) is not on this deployment",
+                "dataset iris has 4 snapshot(s), so no version 9",
+                "data path /mnt/data/other/a.csv is not in dataset iris's mount"]
+    assert len(found) == len(expected) and all(line.startswith(e) for line, e in zip(found, expected)), found
+
+
+def test_an_unreachable_api_is_one_problem(ready, capsys, monkeypatch):
+    monkeypatch.setenv("DOMINO_API_PROXY", "http://127.0.0.1:9")  # nothing listens on the discard port
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 2
+    assert len(problems(err)) == 1
+    assert problems(err)[0].startswith("Domino's API (Domino's API proxy http://127.0.0.1:9) did not answer as "
+                                       "expected, so nothing more could be checked; try again, from a workspace of "
+                                       "this deployment: GET http://127.0.0.1:9/api/environments/v1/environments/")
 
 
 def test_make_submit_needs_both_data_paths():
     proc = subprocess.run(["make", "--no-print-directory", "submit", "DATA_A=/mnt/a.csv"], cwd=submit.ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "usage: make submit DATA_A=/mnt/.../a.csv DATA_B=/mnt/.../b.jsonl" in proc.stdout
+    assert "usage: make submit [DATASET=iris:3] DATA_A=/mnt/data/iris/a.csv DATA_B=/mnt/data/iris/b.jsonl" in proc.stdout

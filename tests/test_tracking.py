@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from stageflow.runtime import contract, tracking
+from stageflow.runtime import contract, dataset, tracking
 
 from conftest import load_stage
 
@@ -53,6 +53,53 @@ def test_train_stage_logs_params_metrics_loss_and_files(train_root, store, tmp_p
         assert open(local, "rb").read() == (outputs / output).read_bytes()
 
 
+def test_the_model_is_logged_in_mlflows_format_with_signature_and_input_example(train_root, store):
+    import pickle
+
+    import mlflow
+    import pandas
+
+    assert contract.run(train.train, OUTPUTS) == 0
+    _, run = logged_run()
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert set(loaded.metadata.flavors) == {"python_function", "sklearn"}
+    assert loaded.metadata.signature.inputs.input_names() == list(dataset.FEATURES)
+    assert loaded.metadata.saved_input_example_info["type"] == "dataframe"
+    rows = pandas.DataFrame([[5.0, 3.4, 1.5, 0.2], [6.6, 3.0, 5.6, 2.0]], columns=dataset.FEATURES)
+    pickled = pickle.loads((train_root / "outputs" / "model").read_bytes())
+    assert list(loaded.predict(rows)) == list(pickled.predict(rows))
+
+
+def test_the_model_is_registered_under_the_name_asked_for(train_root, store, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("STAGEFLOW_REGISTERED_MODEL", "iris-classifier")
+    assert contract.run(train.train, OUTPUTS) == 0
+    _, run = logged_run()
+    versions = mlflow.MlflowClient().search_model_versions("name='iris-classifier'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
+
+
+def test_on_domino_the_default_experiment_is_the_projects_and_users(train_root, store, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    for name, value in (("DOMINO_PROJECT_OWNER", "ada"), ("DOMINO_PROJECT_NAME", "iris-flows"),
+                        ("DOMINO_STARTING_USERNAME", "bob")):
+        monkeypatch.setenv(name, value)
+    assert contract.run(train.train, OUTPUTS) == 0
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("stageflow-ada-iris-flows-bob")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert client.get_experiment_by_name("stageflow") is None
+
+
+def test_an_experiment_name_given_wins_and_the_local_default_stays():
+    domino = {"DOMINO_PROJECT_OWNER": "ada", "DOMINO_PROJECT_NAME": "iris-flows", "DOMINO_STARTING_USERNAME": "bob"}
+    assert tracking.experiment_name({**domino, "MLFLOW_EXPERIMENT_NAME": "mine"}) == "mine"
+    assert tracking.experiment_name({}) == "stageflow"
+
+
 def test_unset_tracking_uri_attempts_nothing(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert not tracking.enabled()
@@ -69,3 +116,27 @@ def test_unreachable_tracking_server_warns_and_training_still_succeeds(train_roo
     assert contract.run(train.train, OUTPUTS) == 0
     assert sorted(p.name for p in (train_root / "outputs").iterdir()) == sorted(OUTPUTS)
     assert "WARNING MLflow tracking failed, outputs are unaffected: " in capsys.readouterr().err  # the stage log
+
+
+@pytest.mark.docker
+def test_the_train_image_logs_the_model_in_mlflows_format(train_root, store):
+    """The image's mlflow-skinny, pandas and skops do what tracking asks of them: the model in MLflow's
+    format, logged from inside the container to a file store mounted at the same path."""
+    import mlflow
+    from docker.types import Mount
+
+    from stageflow import containers, images
+    from stageflow.registry import STAGES
+
+    mlruns = store
+    mlruns.mkdir()
+    mlruns.chmod(0o777)  # the container runs as Domino's uid
+    containers.prepare_tree(train_root)
+    mounts = [*containers.mounts(train_root, []), Mount(str(mlruns), str(mlruns), type="bind")]
+    images.client().containers.run(
+        STAGES["train"].image(), user=containers.stage_user(), remove=True, network_mode="none", mounts=mounts,
+        environment={"MLFLOW_TRACKING_URI": mlruns.as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
+                     "MLFLOW_EXPERIMENT_NAME": "stageflow-test", "HOME": "/tmp"})
+    _, run = logged_run()
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert loaded.metadata.signature.inputs.input_names() == list(dataset.FEATURES)

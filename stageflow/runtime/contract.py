@@ -286,6 +286,24 @@ def one_line(err: BaseException) -> str:
     return f"{kept} … (cut here: the whole line was {len(data)} bytes)"
 
 
+def unwritable(outputs: Path) -> str | None:
+    """Why this process cannot write its outputs directory, in one line; None when it can. A stage that
+    cannot write there cannot write _ERROR either, so this is its one chance to say so."""
+    try:
+        outputs.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=outputs)
+        os.close(fd)
+        os.unlink(probe)
+        return None
+    except OSError as err:
+        uid, reason = os.getuid(), err.strerror
+        with contextlib.suppress(OSError):
+            if err.errno in (errno.EACCES, errno.EPERM):
+                owner = outputs.stat()
+                reason = f"owned by uid {owner.st_uid}, mode {owner.st_mode & 0o7777:o}"
+        return f"outputs directory {outputs}: not writable by uid {uid} ({reason}); make it writable for uid {uid}"
+
+
 def run(body: Callable[[StageTree], None], outputs: Iterable[str], root: Path | None = None) -> int:
     """Run a stage body under the contract and return the process exit status.
 
@@ -295,6 +313,10 @@ def run(body: Callable[[StageTree], None], outputs: Iterable[str], root: Path | 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr, force=True)
     tree = StageTree(root)
+    problem = unwritable(tree.outputs)
+    if problem:
+        log.error("%s", problem)
+        return 1
     (tree.outputs / ERROR_FILE).unlink(missing_ok=True)
     for stale in tree.outputs.glob(".*.tmp"):  # left by a run that was killed mid-write
         stale.unlink(missing_ok=True)

@@ -172,6 +172,14 @@ def evaluate(model: Pipeline, x: np.ndarray, codes: np.ndarray, names: np.ndarra
     }
 
 
+def headline(metrics: dict) -> dict:
+    """What the runner prints and the run report shows for this output, in this order, rounded for reading."""
+    return {"hold-out accuracy": round(metrics["accuracy"], 3), "macro F1": round(metrics["macro_f1"], 3),
+            "train rows": metrics["n_train"], "test rows": metrics["n_test"], "epochs": metrics["epochs"],
+            "final loss": round(metrics["loss_per_epoch"][-1], 4),
+            **{f"F1 {name}": round(scores["f1"], 3) for name, scores in metrics["per_class"].items()}}
+
+
 def train(tree: StageTree) -> None:
     snapshot = dataset.Snapshot(tree.read("processed_data", contract.File), "processed_data")
     epochs = tree.read("epochs", int)
@@ -203,6 +211,7 @@ def train(tree: StageTree) -> None:
         "class_counts": class_counts(names, train=c_train, test=c_test), "feature_names": list(dataset.FEATURES),
         "model_sha256": model_sha256,
     })
+    metrics["headline"] = headline(metrics)
     with tree.output_file("metrics") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     with tree.output_file("report") as tmp:
@@ -210,11 +219,12 @@ def train(tree: StageTree) -> None:
     log.info("hold-out accuracy %.3f, macro F1 %.3f on %d rows", metrics["accuracy"], metrics["macro_f1"],
              len(c_test))
     if tracking.enabled():
-        track(tree, metrics, params)
+        track(tree, metrics, params, model, x_test[:5])
 
 
-def track(tree: StageTree, metrics: dict, params: dict) -> str | None:
-    """Mirror the run in MLflow: parameters, headline and per-class scores, the loss per epoch, the files."""
+def track(tree: StageTree, metrics: dict, params: dict, model: Pipeline, rows: np.ndarray) -> str | None:
+    """Mirror the run in MLflow: parameters, headline and per-class scores, the loss per epoch, the files, and
+    the model in MLflow's format with a few hold-out rows as its input example."""
     scores = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "training_seconds": metrics["seconds"]}
     scores.update({f"{score}_{cls}": values[score] for cls, values in metrics["per_class"].items()
                    for score in ("precision", "recall", "f1")})
@@ -223,7 +233,7 @@ def track(tree: StageTree, metrics: dict, params: dict) -> str | None:
         {"loss": metrics["loss_per_epoch"]},
         {"model.pkl": tree.outputs / "model", "metrics.json": tree.outputs / "metrics",
          "report.html": tree.outputs / "report"},
-        {"stageflow.stage": "train", "model_sha256": metrics["model_sha256"]})
+        {"stageflow.stage": "train", "model_sha256": metrics["model_sha256"]}, model, rows)
 
 
 def main() -> None:

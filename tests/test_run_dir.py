@@ -1,0 +1,137 @@
+"""What `--run-dir` may be: a directory the runner made, or a new or empty one; anything else is refused with
+one line before anything in it is touched."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from stageflow.registry import STAGES
+
+from conftest import ROOT
+
+DATA_A = ROOT / "data" / "source_a.csv"
+
+
+def stageflow(*args):
+    return subprocess.run([sys.executable, "-m", "stageflow", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def snapshot(folder):
+    """Every path under `folder` with its kind and content hash: what "nothing was touched" compares."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        content = os.readlink(path) if kind == "link" else path.read_bytes() if kind == "file" else b""
+        found[str(path.relative_to(folder))] = (kind, hashlib.sha256(str(content).encode()).hexdigest())
+    return found
+
+
+def assert_refused(proc, *words):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and all(word in proc.stderr for word in words), proc.stderr
+
+
+@pytest.fixture(scope="module")
+def made_run(tmp_path_factory):
+    """A run directory a previous run made."""
+    run_dir = tmp_path_factory.mktemp("made") / "run"
+    proc = stageflow("run", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def test_a_users_directory_is_refused_and_left_as_it_was(tmp_path):
+    """The issue's case: the source lives in a folder named like a stage, inside the directory given."""
+    (tmp_path / "merge").mkdir()
+    shutil.copy(DATA_A, tmp_path / "merge" / "source_a.csv")
+    (tmp_path / "report.html").write_text("my own report")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    proc = stageflow("run", "--run-dir", str(tmp_path), "--data-path-a", str(tmp_path / "merge" / "source_a.csv"))
+    assert_refused(proc, f"run directory {tmp_path}", "not made by stageflow")
+    assert snapshot(tmp_path) == before
+    assert (tmp_path / "merge" / "source_a.csv").read_bytes() == DATA_A.read_bytes()
+
+
+def test_a_new_or_empty_directory_becomes_a_run_directory_and_can_be_reused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for run_dir in (tmp_path / "new" / "run", tmp_path / "empty", tmp_path / "empty"):
+        proc = stageflow("run", "--run-dir", str(run_dir))
+        assert proc.returncode == 0, proc.stderr
+        assert (run_dir / "outputs").is_dir() and (run_dir / ".stageflow-run").is_file()
+
+
+def test_a_data_path_inside_the_run_directory_is_refused(made_run):
+    source = made_run / "load_a" / "inputs" / "source_a.csv"
+    shutil.copy(DATA_A, source)
+    before = snapshot(made_run)
+    proc = stageflow("run", "--run-dir", str(made_run), "--data-path-a", str(source))
+    assert_refused(proc, f"flow input data_path_a: {source} is inside the run directory {made_run}")
+    assert snapshot(made_run) == before
+    source.unlink()
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_something_else_named_like_a_stage_directory_is_refused(made_run, tmp_path, kind):
+    """In a directory a run made, a stage's name may only be that stage's folder; a file or a link there
+    (to the user's own folder, say) is refused in one line, and nothing is cleared."""
+    stage = made_run / list(STAGES)[2]
+    moved = tmp_path / "moved"
+    stage.rename(moved)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    if kind == "file":
+        stage.write_text("not a folder")
+    else:
+        stage.symlink_to(mine)
+    before, mine_before = snapshot(made_run), snapshot(mine)
+    try:
+        proc = stageflow("run", "--run-dir", str(made_run))
+        assert_refused(proc, f"run directory {made_run}: {stage.name} is a {kind}")
+        assert snapshot(made_run) == before and snapshot(mine) == mine_before
+    finally:
+        stage.unlink()
+        moved.rename(stage)
+
+
+def test_a_file_as_run_directory_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert_refused(stageflow("run", "--run-dir", str(target)), f"run directory {target}: not a directory")
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize("shape", ["long name", "long path"])
+def test_a_run_directory_path_longer_than_the_system_allows_is_one_line(tmp_path, shape):
+    long = tmp_path / ("x" * 300) if shape == "long name" else tmp_path.joinpath(*["y" * 200] * 25)
+    proc = stageflow("run", "--run-dir", str(long))
+    assert_refused(proc, "File name too long")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name, make", [("logs", "file"), ("run.json", "directory"), ("report.html", "fifo")])
+def test_the_runs_own_names_taken_by_something_else_are_refused(made_run, name, make):
+    """Besides the stage folders: logs/ must be a folder, run.json and report.html files."""
+    target = made_run / name
+    moved = made_run.parent / f"moved-{name}"
+    target.rename(moved)
+    {"file": target.write_text, "directory": lambda _: target.mkdir(),
+     "fifo": lambda _: os.mkfifo(target)}[make]("x")
+    before = snapshot(made_run) if make != "fifo" else None
+    try:
+        proc = stageflow("run", "--run-dir", str(made_run))
+        assert_refused(proc, f"run directory {made_run}: {name} is a "
+                             f"{'special file' if make == 'fifo' else make}")
+        if before is not None:
+            assert snapshot(made_run) == before
+    finally:
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        moved.rename(target)
