@@ -123,7 +123,7 @@ compose-file: venv
 data: venv
 	$(PY) scripts/make_data.py $(if $(SCHEMA),--schema $(SCHEMA))
 
-## bench: time the flow against seed-style stages on 2 x ROWS generated rows (ROWS=1000000; BENCH_ARGS)
+## bench: the flow against seed-style stages, sklearn's fit, plain flytekit tasks on 2 x ROWS rows (docs/performance.md)
 bench: venv
 	$(PY) scripts/bench.py --rows $(ROWS) $(BENCH_ARGS)
 

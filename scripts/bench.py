@@ -1,19 +1,26 @@
-"""Benchmark: the seed-style stages against this project's flow, on generated iris-shaped sources.
+"""Benchmark: the flow against what a user would run instead, on generated iris-shaped sources.
 
-    make bench ROWS=1000000
-    .venv/bin/python scripts/bench.py --rows 1000000 [--epochs 10] [--batch-size 1024] [--keep] [--interleave]
+    make bench                                   # 2 x 1,000,000 rows, the flow's defaults (10 epochs, batch 32)
+    make bench ROWS=50000 BENCH_ARGS="--repeat 3 --no-baseline --no-docker --no-peer"
+    make bench ROWS=10000000 BENCH_ARGS="--shuffle --until merge --no-baseline --no-docker"
 
-Generates two CSV sources of ROWS rows each (Ids 1..N in A and N+1..2N in B, or odd and even Ids with
---interleave; class-dependent features; Kaggle-spelt labels) in a temporary directory, then runs:
-  - the seed-style baseline: each stage a separate process doing what the seed's scripts did
-    (scripts/bench_seed.py: pandas read_csv / to_csv with CSV between stages);
-  - the flow through the local runner (DAG from flow.py, no cache), process backend, and docker backend
-    when a daemon answers and the stage images are built (`make images`);
-  - the bare estimator fit, in a fresh process, on the very arrays the train stage trains on;
-and prints per stage wall seconds, CPU seconds, peak memory and rows per second, then the ratios.
-Peak memory of a process is its own high-water mark (VmHWM, MiB: the interpreter and libraries included);
-of a container, its cgroup's (which counts page cache too). CPU seconds (user + system) are steadier than
-wall seconds on a busy machine. It is a benchmark, not a test: it asserts nothing about speed.
+(docs/performance.md lists the commands behind each figure it gives.)
+
+Generates two CSV sources of ROWS rows each (Ids 1..N in A and N+1..2N in B; odd and even Ids with
+--interleave; each source's Ids in random order with --shuffle), in a temporary directory it deletes
+afterwards, then measures, side by side:
+  1. the whole flow, stage by stage: the seed-style stages (scripts/bench_seed.py: a process per stage,
+     pandas and CSV between stages, the seed's random forest), the flow through the runner (DAG from
+     flow.py, no cache) with the process backend, and with the docker backend when a daemon answers and
+     the stage images are built (`make images`);
+  2. the whole flow against the same five stages as plain flytekit tasks run by `pyflyte run`
+     (scripts/bench_flytekit.py: pandas between tasks, scikit-learn's own fit), alternating, --repeat times;
+  3. the train stage against scikit-learn's own `MLPClassifier(...).fit(X, y)` on the same rows, both
+     as fresh processes, alternating, --repeat times at each of --fit-batch-sizes.
+Per stage: wall and CPU seconds, peak memory and input rows per second. Peak memory of a process is its
+own high-water mark (VmHWM, MiB: the interpreter and libraries included); of a container, its cgroup's
+(which counts page cache too). CPU seconds (user + system) are steadier than wall seconds on a busy
+machine. Epochs and batch size default to flow.py's. A benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +46,8 @@ import pyarrow.csv as pcsv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.path]
 
-from stageflow import dag as dag_module, runner
+from stageflow import dag as dag_module, registry, runner  # noqa: E402
+from stageflow.cache import place  # noqa: E402
 from stageflow.runtime import contract  # noqa: E402
 
 COLUMNS = ["Id", "SepalLengthCm", "SepalWidthCm", "RandomColumn", "PetalLengthCm", "PetalWidthCm", "Species"]
@@ -48,8 +57,9 @@ SPECIES = ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
 MEAN = np.array([[5.006, 3.428, 1.462, 0.246], [5.936, 2.770, 4.260, 1.326], [6.588, 2.974, 5.552, 2.026]])
 STD = np.array([[0.352, 0.379, 0.174, 0.105], [0.516, 0.314, 0.470, 0.198], [0.636, 0.322, 0.552, 0.275]])
 CHUNK = 1_000_000
-STAGES = ["load_a", "load_b", "merge", "process", "train"]
-DATA_STAGES = STAGES[:4]
+STAGES = list(registry.STAGES)
+TRAIN = "train"  # the stage measured against scikit-learn's own fit
+PYFLYTE = Path(sys.executable).with_name("pyflyte")
 
 
 # ------------------------------------------------------------------ the sources
@@ -61,14 +71,16 @@ def _decimal_strings(low: int, high: int, places: int) -> pa.Array:
     return pa.array([f"{'-' if v < 0 else ''}{abs(v) // scale}.{abs(v) % scale:0{places}d}" for v in range(low, high + 1)])
 
 
-def generate(path: Path, rows: int, first_id: int, seed: int, id_step: int = 1) -> None:
-    """Write an iris-shaped CSV, a chunk at a time (bounded memory at any size).
+def generate(path: Path, rows: int, first_id: int, seed: int, id_step: int = 1, shuffle: bool = False) -> None:
+    """Write an iris-shaped CSV, a chunk at a time (bounded memory at any size; with `shuffle`, the Ids'
+    order is drawn whole: 8 bytes a row).
 
     Numbers are written through dictionaries of their decimal strings: formatting floats is what makes
     a CSV writer slow, and a one-decimal feature has only about a hundred distinct values.
     """
     rng = np.random.default_rng(seed)
     features, noise, labels = _decimal_strings(0, 99, 1), _decimal_strings(-40000, 40000, 4), pa.array(SPECIES)
+    ids = first_id + id_step * (rng.permutation(rows) if shuffle else np.arange(rows, dtype=np.int64))
     with open(path, "wb") as handle:
         handle.write((",".join(COLUMNS) + "\n").encode())
         for start in range(0, rows, CHUNK):
@@ -77,7 +89,7 @@ def generate(path: Path, rows: int, first_id: int, seed: int, id_step: int = 1) 
             tenths = np.clip(np.rint(rng.normal(MEAN[species], STD[species]) * 10), 1, 99).astype(np.int8)
             noise_index = np.clip(np.rint(rng.normal(0, 1, n) * 10_000), -40000, 40000).astype(np.int32) + 40000
             columns = {
-                "Id": pa.array(first_id + id_step * np.arange(start, start + n, dtype=np.int64)),
+                "Id": pa.array(ids[start:start + n]),
                 **{name: pa.DictionaryArray.from_arrays(pa.array(tenths[:, i]), features)
                    for i, name in enumerate(("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"))},
                 "RandomColumn": pa.DictionaryArray.from_arrays(pa.array(noise_index), noise),
@@ -95,11 +107,12 @@ class Measure:
     seconds: float | None = None  # wall
     rss_mb: float | None = None  # peak resident set
     cpu: float | None = None  # user + system seconds: steadier than wall on a busy machine
+    loop: float | None = None  # for train and fit: seconds in the training loop alone
 
 
 class PeakRss:
-    """A seed-style child's own peak resident set: VmHWM, polled from /proc until it exits (as the runner
-    does for a stage). Not wait4's ru_maxrss, which counts the parent's memory shared before exec."""
+    """A child's own peak resident set: VmHWM, polled from /proc until it exits (as the runner does for a
+    stage). Not wait4's ru_maxrss, which counts the parent's memory shared before exec."""
 
     INTERVAL = 0.01
 
@@ -125,22 +138,18 @@ class PeakRss:
         return self.mb
 
 
-def from_rusage(seconds: float, usage, peak_mb: float | None) -> Measure:
-    return Measure(seconds, peak_mb, usage.ru_utime + usage.ru_stime)
-
-
-def measured(cmd: list[str], log: Path) -> Measure:
-    """Run one child to completion; its wall seconds and its own peak RSS (wait4)."""
+def measured(cmd: list[str], log: Path, **popen) -> Measure:
+    """Run one child to completion: its wall seconds, CPU seconds (its children's too) and peak RSS."""
     started = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **{"cwd": ROOT, **popen})
         peak = PeakRss(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}")
-    return from_rusage(seconds, usage, peak.stop())
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, cmd))} failed ({code}); see {log}")
+    return Measure(seconds, peak.stop(), usage.ru_utime + usage.ru_stime)
 
 
 REAP_LOCK = threading.Lock()
@@ -183,31 +192,36 @@ class RusageHostBackend(runner.HostBackend):
         return RusageHandle(super().start(node, tree, *args, **kwargs), self.usage, node.name)
 
 
-# ------------------------------------------------------------------ the three contenders
+# ------------------------------------------------------------------ the contenders
 
 
-def run_baseline(work: Path, a: Path, b: Path, epochs: int, batch_size: int) -> dict[str, Measure]:
-    seed = [sys.executable, str(ROOT / "scripts" / "bench_seed.py")]
+def upto(dag, last: str):
+    """The DAG cut after stage `last`: that stage and everything upstream of it."""
+    keep, todo = {last}, [last]
+    while todo:
+        new = dag.node(todo.pop()).upstream - keep
+        keep |= new
+        todo += new
+    return dataclasses.replace(dag, nodes=[n for n in dag.nodes if n.name in keep], outputs={})
+
+
+def run_baseline(work: Path, dag, sources: dict[str, Path], params: dict) -> dict[str, Measure]:
+    """The seed-style stages, one process each, wired as the DAG wires the flow's: CSV between them."""
     d = work / "seed"
     d.mkdir()
-    steps = {
-        "load_a": ["load", a, d / "datasetA.csv"],
-        "load_b": ["load", b, d / "datasetB.csv"],
-        "merge": ["merge", d / "datasetA.csv", d / "datasetB.csv", d / "merged.csv"],
-        "process": ["process", d / "merged.csv", d / "processed.csv"],
-        "train": ["train", d / "processed.csv", epochs, batch_size, d / "model.pkl"],
-    }
     results = {}
-    for name, args in steps.items():
-        print(f"  seed-style {name} ...", flush=True)
-        results[name] = measured([*seed, *map(str, args)], d / f"{name}.log")
+    for node in dag.nodes:
+        args = [f"{name}={d / f'{src.stage}.out' if src.stage else {**sources, **params}[src.flow_input]}"
+                for name, (_, src) in node.inputs.items()]
+        print(f"  seed-style {node.name} ...", flush=True)
+        results[node.name] = measured([sys.executable, str(ROOT / "scripts" / "bench_seed.py"), node.name,
+                                       str(d / f"{node.name}.out"), *args], d / f"{node.name}.log")
     return results
 
 
-def run_flow(work: Path, dag, backend, a: Path, b: Path, epochs: int, batch_size: int,
-             timeout: float) -> tuple[dict[str, Measure], float, runner.Run]:
-    run_dir = work / f"run-{backend.name}"
-    params = {"data_path_a": str(a), "data_path_b": str(b), "epochs": epochs, "batch_size": batch_size}
+def run_flow(work: Path, dag, backend, params: dict, timeout: float, label: str = ""
+             ) -> tuple[dict[str, Measure], float, runner.Run]:
+    run_dir = work / f"run-{backend.name}{label}"
     run = runner.Run(dag, run_dir, backend, params, timeout=timeout, echo=False)
     started = time.perf_counter()
     ok = run.execute()
@@ -222,16 +236,51 @@ def run_flow(work: Path, dag, backend, a: Path, b: Path, epochs: int, batch_size
     return results, wall, run
 
 
-def run_bare(run: runner.Run, epochs: int, batch_size: int) -> Measure:
-    """The estimator's fit on the same arrays the train stage built (same split, epochs, batch size), in a
-    fresh process; only the fit loop is timed."""
-    processed = run.tree("process") / "outputs" / "processed_data"
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_seed.py"), "bare", str(processed),
-                          str(epochs), str(batch_size)], cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"bench: the bare fit failed ({out.returncode}):\n{out.stderr[-2000:]}")
-    timed = json.loads(out.stdout.splitlines()[-1])
-    return Measure(timed["seconds"], None, timed["cpu"])
+def cli_start(work: Path) -> Measure:
+    """What `stageflow run` costs before its first stage starts (imports, the DAG from its cache): the
+    runner is timed in this process, the peer as a whole command."""
+    return measured([sys.executable, "-c", "from stageflow import cli, dag; dag.load()"], work / "cli-start.log")
+
+
+def run_peer(work: Path, sources: dict[str, Path], params: dict, label: str) -> Measure:
+    """The same stages as plain flytekit tasks, run by `pyflyte run` (flytekit's scratch files in `work`)."""
+    d = work / f"peer{label}"
+    d.mkdir()
+    args = [f"--{name}={value}" for name, value in {**params, **sources}.items()]
+    return measured([str(PYFLYTE), "run", str(ROOT / "scripts" / "bench_flytekit.py"), "model_training", *args],
+                    d / "pyflyte.log", cwd=d, env={**os.environ, "TMPDIR": str(d)})
+
+
+def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, label: str,
+              timeout: float) -> Measure:
+    """The train stage alone as the process backend runs it, on a fresh tree holding `processed`."""
+    tree = work / "train-vs-fit" / label
+    (tree / "inputs").mkdir(parents=True)
+    (tree / "outputs").mkdir()
+    place(processed, tree / "inputs" / "processed_data")
+    (tree / "inputs" / "epochs").write_text(str(epochs))
+    (tree / "inputs" / "batch_size").write_text(str(batch_size))
+    backend = RusageHostBackend()
+    started = time.perf_counter()
+    handle = backend.start(node, tree, timeout, [])
+    with open(tree / "stage.log", "w") as log:
+        log.writelines(handle.lines())
+    outcome = handle.wait()
+    seconds = time.perf_counter() - started
+    if outcome.exit_code != 0:
+        raise SystemExit(f"bench: the train stage failed ({outcome.exit_code}); see {tree / 'stage.log'}")
+    loop = json.loads((tree / "outputs" / "metrics").read_text())["seconds"]
+    shutil.rmtree(tree)  # a copy of the data, the model, the report: not needed, and repeats add up
+    return Measure(seconds, outcome.peak_rss_mb, backend.usage[node.name], loop)
+
+
+def run_fit(work: Path, processed: Path, epochs: int, batch_size: int, label: str) -> Measure:
+    """scikit-learn's own fit on the rows the stage trains on, as a fresh process."""
+    log = work / "train-vs-fit" / f"{label}.fit.log"
+    m = measured([sys.executable, str(ROOT / "scripts" / "bench_seed.py"), "fit", str(processed), str(epochs),
+                  str(batch_size)], log)
+    m.loop = json.loads(log.read_text().splitlines()[-1])["seconds"]
+    return m
 
 
 def docker_backend(dag):
@@ -251,9 +300,9 @@ def docker_backend(dag):
 # ------------------------------------------------------------------ the report
 
 
-def stage_rows(n: int) -> dict[str, int]:
-    """Rows each stage reads: a source for a load, both for the rest."""
-    return {"load_a": n, "load_b": n, "merge": 2 * n, "process": 2 * n, "train": 2 * n}
+def stage_rows(dag, n: int) -> dict[str, int]:
+    """Rows each stage reads: one source for a stage that reads a source, both for the rest."""
+    return {node.name: 2 * n if node.upstream else n for node in dag.nodes}
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -267,21 +316,24 @@ UNITS = ("wall s", "cpu s", "peak MiB", "rows/s")
 
 def table(columns: dict[str, dict[str, Measure]], rows: dict[str, int]) -> str:
     """One group of columns per contender, one row per stage, then the totals (sums; peak is the max)."""
+    names = list(rows)
+    data_stages = [name for name in names if name != TRAIN]
     lines = [["stage", "rows"] + [unit for _ in columns for unit in UNITS]]
-    for name in STAGES:
+    for name in names:
         line = [name, f"{rows[name]:,}"]
         for results in columns.values():
             m = results.get(name, Measure())
             line += [fmt(m.seconds, ".2f"), fmt(m.cpu, ".2f"), fmt(m.rss_mb, ".0f"),
                      fmt(rows[name] / m.seconds if m.seconds else None, ",.0f")]
         lines.append(line)
-    for label, names in (("4 data stages", DATA_STAGES), ("whole flow", STAGES)):
+    totals = [(f"{len(data_stages)} data stages", data_stages)] + ([("whole flow", names)] if TRAIN in names else [])
+    for label, group in totals:
         line = [label, ""]
         for results in columns.values():
             def summed(attr):
-                values = [getattr(results[n], attr) for n in names if n in results]
-                return fmt(sum(values), ".2f") if len(values) == len(names) and None not in values else "-"
-            rss = [results[n].rss_mb for n in names if n in results and results[n].rss_mb is not None]
+                values = [getattr(results[n], attr) for n in group if n in results]
+                return fmt(sum(values), ".2f") if len(values) == len(group) and None not in values else "-"
+            rss = [results[n].rss_mb for n in group if n in results and results[n].rss_mb is not None]
             line += [summed("seconds"), summed("cpu"), fmt(max(rss), ".0f") if rss else "-", ""]
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
@@ -290,30 +342,61 @@ def table(columns: dict[str, dict[str, Measure]], rows: dict[str, int]) -> str:
     group = sum(widths[2:6]) + 2 * 3
     titles = " " * (widths[0] + widths[1] + 4) + "  ".join(TITLES[k].center(group) for k in columns)
     rule = "-" * len(out[0])
-    return "\n".join([titles.rstrip(), out[0], rule, *out[1:len(STAGES) + 1], rule, *out[len(STAGES) + 1:]])
+    return "\n".join([titles.rstrip(), out[0], rule, *out[1:len(names) + 1], rule, *out[len(names) + 1:]])
 
 
 def total(results: dict[str, Measure], names: list[str], attr: str = "seconds") -> float:
     return sum(getattr(results[n], attr) for n in names)
 
 
+def spread(values: list[float]) -> str:
+    """min / median / max of repeated ratios: the noise is part of the figure."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    return f"median {statistics.median(values):.2f}x (min {min(values):.2f}x, max {max(values):.2f}x, {len(values)} runs)"
+
+
+def show_train_vs_fit(batch_size: int, pairs: list[tuple[Measure, Measure]]) -> None:
+    print(f"\nbatch {batch_size}:")
+    for i, (train, fit) in enumerate(pairs, 1):
+        print(f"  run {i}: train {train.seconds:.2f} s (cpu {train.cpu:.2f}, loop {train.loop:.2f}, "
+              f"{train.rss_mb:.0f} MiB) / fit {fit.seconds:.2f} s (cpu {fit.cpu:.2f}, loop {fit.loop:.2f}, "
+              f"{fit.rss_mb:.0f} MiB) = {train.seconds / fit.seconds:.2f}x wall, {train.cpu / fit.cpu:.2f}x cpu, "
+              f"{train.loop / fit.loop:.2f}x loop")
+    for label, attr in (("wall", "seconds"), ("cpu", "cpu"), ("loop", "loop")):
+        print(f"  train / fit, {label}: {spread([getattr(t, attr) / getattr(f, attr) for t, f in pairs])}")
+
+
+# ------------------------------------------------------------------ the run
+
+
 def main(argv: list[str] | None = None) -> int:
+    defaults = dag_module.load().defaults
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per source (default 1000000)")
-    # The flow's 10 epochs; batches of 1024 rather than its 32, which at 1.6M training rows would take an hour.
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="training batch size (default 1024)")
+    parser.add_argument("--epochs", type=int, default=defaults["epochs"],
+                        help=f"training epochs (default flow.py's, {defaults['epochs']})")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                        help=f"training batch size (default flow.py's, {defaults['batch_size']})")
+    parser.add_argument("--fit-batch-sizes", default=f"{defaults['batch_size']},1024",
+                        help="batch sizes at which train is measured against sklearn's own fit, comma-separated "
+                             f"(default {defaults['batch_size']},1024)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="side-by-side pairs: train and fit at each batch size, the flow and the peer (default 1)")
+    parser.add_argument("--until", choices=STAGES, help="run the flow only up to this stage (and what it needs)")
     parser.add_argument("--work-dir", help="where sources and runs go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (default: delete it)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
-    parser.add_argument("--no-bare", action="store_true", help="skip the bare estimator fit")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the seed-style stages")
     parser.add_argument("--no-docker", action="store_true", help="skip the docker backend")
-    parser.add_argument("--interleave", action="store_true",
-                        help="odd Ids in A, even in B (merge cannot stream; default: A 1..N, B N+1..2N)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the plain flytekit tasks (pyflyte run)")
+    parser.add_argument("--no-fit", action="store_true", help="skip train against sklearn's own fit")
+    parser.add_argument("--interleave", action="store_true", help="odd Ids in A, even in B (default: A 1..N, B N+1..2N)")
+    parser.add_argument("--shuffle", action="store_true", help="each source's Ids in random order (merge cannot stream)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
     args = parser.parse_args(argv)
     if args.rows < 50:
         parser.error("--rows must be at least 50 (the train stage needs a stratified split)")
+    args.fit_batch_sizes = [int(b) for b in args.fit_batch_sizes.split(",")]
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="stageflow-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -324,80 +407,133 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def bench(args: argparse.Namespace, work: Path) -> int:
+@dataclasses.dataclass
+class Round:
+    """One side-by-side round: the flow on each backend, and the peer."""
+    ours: dict[str, Measure]
+    wall: float  # the process backend's whole run
+    docker: dict[str, Measure] | None = None
+    peer: Measure | None = None
+
+
+def make_sources(args: argparse.Namespace, work: Path) -> tuple[dict[str, Path], str]:
     n = args.rows
-    a, b = work / "source_a.csv", work / "source_b.csv"
+    sources = {"data_path_a": work / "source_a.csv", "data_path_b": work / "source_b.csv"}
     started = time.perf_counter()
-    if args.interleave:
-        generate(a, n, 1, seed=1, id_step=2)
-        generate(b, n, 2, seed=2, id_step=2)
-    else:
-        generate(a, n, 1, seed=1)
-        generate(b, n, n + 1, seed=2)
-    size = (a.stat().st_size + b.stat().st_size) / 1e6
-    print(f"generated 2 x {n:,} rows ({size:,.0f} MB of CSV) in {time.perf_counter() - started:.1f} s in {work}",
-          flush=True)
-    print(f"training: epochs {args.epochs}, batch size {args.batch_size}", flush=True)
+    step, second = (2, 2) if args.interleave else (1, n + 1)
+    generate(sources["data_path_a"], n, 1, seed=1, id_step=step, shuffle=args.shuffle)
+    generate(sources["data_path_b"], n, second, seed=2, id_step=step, shuffle=args.shuffle)
+    size = sum(p.stat().st_size for p in sources.values()) / 1e6
+    shape = ", ".join(s for s, on in (("Ids interleaved", args.interleave), ("Ids shuffled", args.shuffle)) if on)
+    print(f"generated 2 x {n:,} rows ({size:,.0f} MB of CSV{', ' + shape if shape else ''}) in "
+          f"{time.perf_counter() - started:.1f} s in {work}", flush=True)
+    return sources, shape
 
-    columns: dict[str, dict[str, Measure]] = {}
-    if not args.no_baseline:
-        print("seed-style baseline (pandas, CSV between stages, one process per stage)", flush=True)
-        columns["seed"] = run_baseline(work, a, b, args.epochs, args.batch_size)
 
-    print("stageflow, process backend", flush=True)
-    backend = RusageHostBackend()
+def bench(args: argparse.Namespace, work: Path) -> int:
+    sources, shape = make_sources(args, work)
     dag = dag_module.load()
-    ours, wall, run = run_flow(work, dag, backend, a, b, args.epochs, args.batch_size, args.timeout)
-    columns["process"] = ours
+    if args.until:
+        dag = upto(dag, args.until)
+    params = {"epochs": args.epochs, "batch_size": args.batch_size}
+    with_train = any(node.name == TRAIN for node in dag.nodes)
+    if with_train:
+        print(f"training: epochs {args.epochs}, batch size {args.batch_size}", flush=True)
+    flow_params = {**{k: str(v) for k, v in sources.items()}, **params}
 
-    docker_note = None
-    if args.no_docker:
-        docker_note = "docker backend: skipped (--no-docker)"
-    else:
-        docker, why_not = docker_backend(dag)
-        if docker is None:
-            docker_note = f"docker backend: skipped ({why_not})"
-        else:
-            print("stageflow, docker backend", flush=True)
+    seed = None
+    if not args.no_baseline:
+        print("seed-style stages (pandas, CSV between stages, one process per stage)", flush=True)
+        seed = run_baseline(work, dag, sources, params)
+    docker, docker_note = (None, "--no-docker") if args.no_docker else docker_backend(dag)
+    with_peer = with_train and not args.no_peer
+    start = cli_start(work).seconds if with_peer else 0.0
+    rounds: list[Round] = []
+    for i in range(args.repeat if docker or with_peer else 1):
+        label = f"-{i + 1}"
+        print(f"stageflow, process backend, run {i + 1}", flush=True)
+        ours, wall, run = run_flow(work, dag, RusageHostBackend(), flow_params, args.timeout, label)
+        rounds.append(Round(ours, wall))
+        if docker:
+            print(f"stageflow, docker backend, run {i + 1}", flush=True)
             try:
-                columns["docker"], _, _ = run_flow(work, dag, docker, a, b, args.epochs, args.batch_size,
-                                                     args.timeout)
+                rounds[-1].docker = run_flow(work, dag, docker, flow_params, args.timeout, label)[0]
             except RuntimeError as err:
-                docker_note = f"docker backend: skipped ({err})"
+                docker, docker_note = None, contract.one_line(err)
+        if with_peer:
+            print(f"the same stages as plain flytekit tasks, pyflyte run, run {i + 1}", flush=True)
+            rounds[-1].peer = run_peer(work, sources, params, label)
+        if i == 0:
+            processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
+    fits: dict[int, list[tuple[Measure, Measure]]] = {}
+    if with_train and not args.no_fit:
+        for batch_size in args.fit_batch_sizes:
+            for i in range(args.repeat):
+                print(f"train stage and sklearn's own fit, batch {batch_size}, run {i + 1}", flush=True)
+                label = f"b{batch_size}-{i}"
+                fits.setdefault(batch_size, []).append((
+                    run_train(work, dag.node(TRAIN), processed, args.epochs, batch_size, label, args.timeout),
+                    run_fit(work, processed, args.epochs, batch_size, label)))
 
-    bare = None
-    if not args.no_bare:
-        print("bare estimator fit, in its own process", flush=True)
-        bare = run_bare(run, args.epochs, args.batch_size)
-
-    rows = stage_rows(n)
-    print(f"\n{n:,} rows per source{' (Ids interleaved)' if args.interleave else ''}: per stage, wall and CPU "
-          f"seconds, peak memory and input rows per second\n")
-    print(table(columns, rows))
-    path = max(ours["load_a"].seconds, ours["load_b"].seconds) + ours["merge"].seconds + ours["process"].seconds
-    print(f"\nprocess backend: load_a and load_b run in parallel; data stages' critical path {path:.2f} s, "
-          f"whole flow wall clock {wall:.2f} s")
-    if "seed" in columns:
-        seed = columns["seed"]
-        for label, names in (("data stages", DATA_STAGES), ("whole flow ", STAGES)):
-            faster = total(seed, names, "seconds") / total(ours, names, "seconds")
-            cpu = total(seed, names, "cpu") / total(ours, names, "cpu")
-            print(f"{label}, seed-style / ours: wall {total(seed, names, 'seconds'):.2f} s / "
-                  f"{total(ours, names, 'seconds'):.2f} s = {faster:.1f}x faster; cpu {cpu:.1f}x less")
-    if bare is not None:
-        train = ours["train"]
-        print(f"train, ours / bare estimator fit: wall {train.seconds:.2f} s / {bare.seconds:.2f} s = "
-              f"{train.seconds / bare.seconds:.2f}x (stage overhead {train.seconds - bare.seconds:.2f} s); "
-              f"cpu {train.cpu:.2f} s / {bare.cpu:.2f} s = {train.cpu / bare.cpu:.2f}x")
-    if "docker" in columns:
-        extra = {name: columns["docker"][name].seconds - ours[name].seconds for name in STAGES}
-        print("docker - process, per stage: " + ", ".join(f"{k} {v:+.2f} s" for k, v in extra.items()))
-    if docker_note:
-        print(docker_note)
-    worst = max((ours[name].rss_mb or 0, name) for name in DATA_STAGES)
-    print(f"process backend, largest data stage peak: {worst[1]} {worst[0]:.0f} MiB; "
-          f"train {fmt(ours['train'].rss_mb, '.0f')} MiB")
+    show_flow(dag, args.rows, shape, seed, rounds, docker_note)
+    if with_peer:
+        show_peer(args, rounds, start)
+    if fits:
+        print(f"\ntrain stage / scikit-learn's own fit, fresh processes, the same {args.rows * 2:,} rows' training "
+              f"split, {args.epochs} epochs (wall: whole processes; loop: the training loop alone):")
+        for batch_size, pairs in fits.items():
+            show_train_vs_fit(batch_size, pairs)
     return 0
+
+
+def show_flow(dag, n: int, shape: str, seed: dict[str, Measure] | None, rounds: list[Round],
+              docker_note: str | None) -> None:
+    """The per-stage table (the first round), the ratios to the seed-style stages, docker's overhead."""
+    first = rounds[0]
+    columns = {"seed": seed, "process": first.ours, "docker": first.docker}
+    names = [node.name for node in dag.nodes]
+    data_stages = [name for name in names if name != TRAIN]
+    print(f"\n{n:,} rows per source{' (' + shape + ')' if shape else ''}: per stage, wall and CPU seconds, "
+          f"peak memory and input rows per second\n")
+    print(table({k: v for k, v in columns.items() if v}, stage_rows(dag, n)))
+    roots = [name for name in names if not dag.node(name).upstream]
+    ours = first.ours
+    path = max(ours[r].seconds for r in roots) + sum(ours[name].seconds for name in data_stages if name not in roots)
+    print(f"\nprocess backend: {', '.join(roots)} run in parallel; data stages' critical path {path:.2f} s, "
+          f"flow wall clock {first.wall:.2f} s")
+    if seed:
+        for label, group in (("data stages", data_stages), ("whole flow ", names if TRAIN in names else [])):
+            if group:
+                print(f"{label}, seed-style / ours: wall {total(seed, group):.2f} s / {total(ours, group):.2f} s = "
+                      f"{total(seed, group) / total(ours, group):.1f}x faster; cpu "
+                      f"{total(seed, group, 'cpu') / total(ours, group, 'cpu'):.1f}x less")
+    pairs = [r for r in rounds if r.docker]
+    if pairs:
+        print(f"docker - process, per stage{f' (median, min, max of {len(pairs)} runs)' if len(pairs) > 1 else ''}: "
+              + ", ".join(f"{name} {extra(name, pairs)}" for name in names))
+    if docker_note:
+        print(f"docker backend: skipped ({docker_note})")
+    worst = max((ours[name].rss_mb or 0, name) for name in data_stages)
+    print(f"process backend, largest data stage peak: {worst[1]} {worst[0]:.0f} MiB"
+          + (f"; train {fmt(ours[TRAIN].rss_mb, '.0f')} MiB" if TRAIN in names else ""))
+
+
+def extra(name: str, rounds: list[Round]) -> str:
+    """A stage's seconds in its container over its seconds as a process, over the rounds."""
+    values = sorted(r.docker[name].seconds - r.ours[name].seconds for r in rounds)
+    if len(values) == 1:
+        return f"{values[0]:+.2f} s"
+    return f"{statistics.median(values):+.2f} s ({values[0]:+.2f}, {values[-1]:+.2f})"
+
+
+def show_peer(args: argparse.Namespace, rounds: list[Round], start: float) -> None:
+    print(f"\nwhole flow (epochs {args.epochs}, batch {args.batch_size}), stageflow run (runner, process backend, "
+          f"+ {start:.2f} s CLI start) / the same stages as plain flytekit tasks (pyflyte run):")
+    for i, r in enumerate(rounds, 1):
+        print(f"  run {i}: {r.wall + start:.2f} s / {r.peer.seconds:.2f} s = {(r.wall + start) / r.peer.seconds:.2f}x "
+              f"(peak {max(m.rss_mb or 0 for m in r.ours.values()):.0f} MiB, the largest stage / "
+              f"{r.peer.rss_mb:.0f} MiB)")
+    print(f"  stageflow / flytekit: {spread([(r.wall + start) / r.peer.seconds for r in rounds])}")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,26 @@
-"""The seed-style stages, for the benchmark's baseline only: what the seed's scripts did, one process each.
+"""The baselines the benchmark measures the flow against, each run as a process of its own:
 
-    python scripts/bench_seed.py load SRC OUT.csv
-    python scripts/bench_seed.py merge A.csv B.csv OUT.csv
-    python scripts/bench_seed.py process IN.csv OUT.csv
-    python scripts/bench_seed.py train IN.csv EPOCHS BATCH_SIZE OUT.pkl
-    python scripts/bench_seed.py bare PROCESSED_PARQUET EPOCHS BATCH_SIZE   (prints the fit's seconds as JSON)
+    python scripts/bench_seed.py STAGE OUT NAME=VALUE...  (a seed-style stage, given its inputs by name)
+    python scripts/bench_seed.py fit PROCESSED_PARQUET EPOCHS BATCH_SIZE   (prints the fit's seconds as JSON)
 
-pandas `read_csv` / `to_csv` with CSV between stages, merge as a concat of A and B (the seed concatenated A
-with itself, which is a bug, not a cost), process as a drop of the noise column. No checks, no metadata:
-this is the cost the project's stages are measured against, not a second implementation of them.
-Training fits the same estimator the train stage fits (`bare_fit`), so only the data path differs.
+The seed-style stages are the seed's scripts: pandas `read_csv` / `to_csv` with CSV between stages, merge
+as a concat of A and B (the seed concatenated A with itself, which is a bug, not a cost), process as a drop
+of the noise column, train as the seed's random forest (it ignores epochs and batch size, as the seed did).
+No checks, no metadata: the cost the project's stages are measured against, not a second implementation.
+
+`fit` is what a user would write instead of the train stage: scikit-learn's own
+`MLPClassifier(...).fit(X, y)` with the stage's network, epochs and batch size, on the very rows the stage
+trains on (read and split by the stage's own functions) with their text labels, standardised first.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import pickle
 import sys
+import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,82 +28,82 @@ FEATURES = ["SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"]
 
 
 def train_stage():
-    """The train stage's module, for its estimator settings (imported, not copied)."""
-    if "stage_train" not in sys.modules:
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
-        spec = importlib.util.spec_from_file_location("stage_train", ROOT / "stages" / "train" / "main.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["stage_train"]
+    """The train stage's module, for its reader, split and network (imported, not copied)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("stage_train", ROOT / "stages" / "train" / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def bare_fit(x, y, epochs: int, batch_size: int):
-    """The estimator alone: standardise, then `epochs` shuffled passes of `batch_size`-row partial_fit calls.
+def user_network(train, epochs: int, batch_size: int):
+    """The train stage's network as sklearn's own `fit` runs it: `epochs` shuffled passes."""
+    return train.estimator(batch_size).set_params(max_iter=epochs, shuffle=True)
 
-    The same estimator, settings and batch order as the train stage's `fit`, minus what the stage adds
-    around it (the loss per epoch, progress lines): the yardstick for the stage's overhead.
-    """
-    import numpy as np
+
+def fit(processed: str, epochs: str, batch_size: str) -> None:
+    """sklearn's own fit on the train stage's training rows; prints its wall and CPU seconds as JSON."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     train = train_stage()
-    classes = np.unique(y)
-    scaled = StandardScaler().fit(x).transform(x)
-    model = train.estimator(batch_size)
-    rng = np.random.default_rng(train.SEED)
-    for _ in range(epochs):
-        order = rng.permutation(len(y))
-        for start in range(0, len(y), batch_size):
-            batch = order[start:start + batch_size]
-            model.partial_fit(scaled[batch], y[batch], classes=classes)
-    return model
-
-
-def bare(processed: str, epochs: str, batch_size: str) -> None:
-    """Time the bare fit on the arrays the train stage builds from `processed` (same split), in a fresh
-    process like the stage's own, so nothing the benchmark's process holds after running the flows (its
-    heap, its threads) weighs on the loop; once, timed there, it came out 13% slower than the stage."""
-    import json
-    import time
-
-    train = train_stage()  # puts the checkout on sys.path too
     from stageflow.runtime import dataset
 
     x, codes, names = train.to_arrays(dataset.Snapshot(Path(processed), "processed_data"))
     x_train, _, c_train, _ = train.split(x, codes, names)
-    y_train = names[c_train]  # the text labels a user would hand the estimator
+    y_train = names[c_train]  # the text labels a user's DataFrame would hand the estimator
     del x, codes
+    model = make_pipeline(StandardScaler(), user_network(train, int(epochs), int(batch_size)))
     started, cpu = time.perf_counter(), time.process_time()
-    bare_fit(x_train, y_train, int(epochs), int(batch_size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the epochs asked for, not a cap
+        model.fit(x_train, y_train)
     print(json.dumps({"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu}))
 
 
-def main(argv: list[str]) -> None:
+def load(out: str, data_path: str) -> None:
     import pandas as pd
 
-    stage, *paths = argv
-    if stage == "load":
-        pd.read_csv(paths[0]).to_csv(paths[1], index=False)
-    elif stage == "merge":
-        pd.concat([pd.read_csv(paths[0]), pd.read_csv(paths[1])]).to_csv(paths[2], index=False)
-    elif stage == "process":
-        pd.read_csv(paths[0]).drop(columns=["RandomColumn"]).to_csv(paths[1], index=False)
-    elif stage == "train":
-        from sklearn.model_selection import train_test_split
+    pd.read_csv(data_path).to_csv(out, index=False)
 
-        source, epochs, batch_size, out = paths
-        df = pd.read_csv(source)
-        x, y = df[FEATURES].to_numpy(), df["Species"].to_numpy()
-        x_train, _, y_train, _ = train_test_split(x, y, test_size=0.2, random_state=42)
-        model = bare_fit(x_train, y_train, int(epochs), int(batch_size))
-        with open(out, "wb") as handle:
-            pickle.dump(model, handle)
-    elif stage == "bare":
-        bare(*paths)
-    else:
-        raise SystemExit(f"unknown stage {stage!r}; expected load, merge, process, train or bare")
+
+def merge(out: str, datasetA: str, datasetB: str) -> None:  # noqa: N803 - the flow's input names
+    import pandas as pd
+
+    pd.concat([pd.read_csv(datasetA), pd.read_csv(datasetB)]).to_csv(out, index=False)
+
+
+def process(out: str, merged_data: str) -> None:
+    import pandas as pd
+
+    pd.read_csv(merged_data).drop(columns=["RandomColumn"]).to_csv(out, index=False)
+
+
+def train(out: str, processed_data: str, epochs: str, batch_size: str) -> None:
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import train_test_split
+
+    df = pd.read_csv(processed_data)
+    x_train, _, y_train, _ = train_test_split(df[FEATURES], df["Species"], test_size=0.2, random_state=42)
+    model = RandomForestClassifier(random_state=42).fit(x_train, y_train)
+    with open(out, "wb") as handle:
+        pickle.dump(model, handle)
+
+
+SEED_STAGES = {"load_a": load, "load_b": load, "merge": merge, "process": process, "train": train}
+
+
+def main(argv: list[str]) -> None:
+    stage, *args = argv
+    if stage == "fit":
+        return fit(*args)
+    if stage not in SEED_STAGES:
+        raise SystemExit(f"unknown stage {stage!r}; expected fit or one of {', '.join(SEED_STAGES)}")
+    out, *inputs = args
+    SEED_STAGES[stage](out, **dict(pair.split("=", 1) for pair in inputs))
 
 
 if __name__ == "__main__":

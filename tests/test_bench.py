@@ -1,5 +1,7 @@
-"""The benchmark: its generated sources, and a smoke run on a small size (no timings asserted: not a test of speed)."""
+"""The benchmark: its generated sources, its baselines, and a smoke run on a small size (no timings asserted:
+not a test of speed)."""
 
+import inspect
 import subprocess
 import sys
 
@@ -7,10 +9,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pytest
 
-from conftest import ROOT
+from stageflow import dag as dag_module, registry
+
+from conftest import ROOT, load_stage
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
+import bench_seed  # noqa: E402
 
 
 def test_generated_sources_are_iris_shaped_with_ids_apart(tmp_path):
@@ -27,18 +32,71 @@ def test_generated_sources_are_iris_shaped_with_ids_apart(tmp_path):
     assert mean_petal["Iris-setosa"] < 2 < mean_petal["Iris-versicolor"] < 5 < mean_petal["Iris-virginica"]
 
 
+def test_shuffled_sources_hold_the_same_ids_out_of_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "CHUNK", 700)  # the order is drawn whole, the rows written in chunks
+    bench.generate(tmp_path / "a.csv", 3000, 2, seed=1, id_step=2, shuffle=True)
+    ids = pcsv.read_csv(tmp_path / "a.csv").column("Id").to_pylist()
+    assert ids != sorted(ids) and sorted(ids) == list(range(2, 6001, 2))
+
+
+def test_the_baselines_cover_every_stage_with_the_flows_input_names():
+    """The seed-style stages are called with the DAG's input names; the peer has a task per stage."""
+    dag = dag_module.load()
+    assert set(bench_seed.SEED_STAGES) == set(registry.STAGES) == {node.name for node in dag.nodes}
+    for node in dag.nodes:
+        params = list(inspect.signature(bench_seed.SEED_STAGES[node.name]).parameters)
+        assert sorted(params[1:]) == sorted(node.inputs), node.name
+    import bench_flytekit
+
+    assert {getattr(bench_flytekit, name).name.rsplit(".", 1)[-1] for name in registry.STAGES} == set(registry.STAGES)
+
+
+def test_the_fit_baseline_and_the_peer_train_the_stages_network():
+    train = load_stage("train")
+    fit, stage = bench_seed.user_network(train, 10, 32).get_params(), train.estimator(32).get_params()
+    assert (fit["max_iter"], fit["shuffle"]) == (10, True)  # the epochs, each shuffled, as the stage's are
+    assert {k: v for k, v in fit.items() if k not in ("max_iter", "shuffle")} == \
+        {k: v for k, v in stage.items() if k not in ("max_iter", "shuffle")}
+    source = (ROOT / "scripts" / "bench_flytekit.py").read_text()
+    assert f"hidden_layer_sizes={train.HIDDEN}, learning_rate_init={train.LEARNING_RATE}" in source
+    assert f"random_state={train.SEED}" in source
+
+
+def test_upto_keeps_a_stage_and_what_it_needs():
+    dag = bench.upto(dag_module.load(), "merge")
+    assert {node.name for node in dag.nodes} == {"merge"} | dag.node("merge").upstream
+    assert dag.outputs == {}
+
+
 @pytest.mark.slow
-def test_bench_runs_and_prints_the_table(tmp_path):
+def test_bench_runs_and_prints_every_comparison(tmp_path):
     work = tmp_path / "work"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "2000", "--epochs", "1",
-                           "--batch-size", "256", "--no-docker", "--work-dir", str(work)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+                           "--batch-size", "256", "--fit-batch-sizes", "64", "--repeat", "2", "--no-docker",
+                           "--work-dir", str(work)],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cells = [line.split() for line in proc.stdout.splitlines()]
     rows = {row[0]: row for row in cells if len(row) > 1 and row[1].replace(",", "").isdigit()}
-    for stage in bench.STAGES:
+    for stage in registry.STAGES:
         assert len(rows[stage]) == 2 + 2 * len(bench.UNITS), rows[stage]  # seed-style and process columns
     assert "data stages, seed-style / ours: wall" in proc.stdout
-    assert "train, ours / bare estimator fit:" in proc.stdout
+    assert "/ the same stages as plain flytekit tasks (pyflyte run):\n  run 1: " in proc.stdout
+    assert "  stageflow / flytekit: median " in proc.stdout  # --repeat 2: the flow and the peer twice
+    assert "batch 64:\n  run 1: train " in proc.stdout and "  run 2: train " in proc.stdout
+    assert "train / fit, wall: median " in proc.stdout and "train / fit, loop: median " in proc.stdout
     assert "docker backend: skipped (--no-docker)" in proc.stdout
     assert not work.exists()  # generated data is deleted unless --keep
+
+
+@pytest.mark.slow
+def test_bench_runs_part_of_the_flow_on_shuffled_ids(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "2000", "--shuffle",
+                           "--until", "merge", "--no-baseline", "--no-docker"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Ids shuffled" in proc.stdout
+    cells = [line.split() for line in proc.stdout.splitlines()]
+    table_rows = {row[0] for row in cells if len(row) == 2 + len(bench.UNITS) and row[0] in registry.STAGES}
+    assert table_rows == {"load_a", "load_b", "merge"}  # the process backend's column only
+    assert "pyflyte" not in proc.stdout and "train / fit" not in proc.stdout

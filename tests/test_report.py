@@ -119,6 +119,23 @@ def test_mpl_config_dir_left_alone_when_home_is_writable(monkeypatch, tmp_path):
     assert "MPLCONFIGDIR" not in os.environ
 
 
+def test_mpl_config_dir_starts_from_the_images_font_cache(monkeypatch, tmp_path):
+    """matplotlib refuses a read-only cache dir: a writable copy of the image's spares each container the
+    font scan, even where the home is writable (a Domino job's /mnt starts empty too)."""
+    for name in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    baked = tmp_path / "baked"
+    baked.mkdir()
+    (baked / "fontlist-v1.json").write_text('{"fonts": []}')
+    baked.chmod(0o555)
+    monkeypatch.setenv(report.MPL_CACHE_ENV, str(baked))
+    report.ensure_mpl_config_dir()
+    chosen = Path(os.environ["MPLCONFIGDIR"])
+    assert chosen != baked and os.access(chosen, os.W_OK)
+    assert (chosen / "fontlist-v1.json").read_text() == '{"fonts": []}'
+
+
 DOMINO_UID = 12574
 
 

@@ -4,12 +4,14 @@ import gzip
 import json
 import math
 import os
+import pickle
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.neural_network import MLPClassifier
 
 from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
@@ -275,6 +277,47 @@ def test_each_batch_is_one_gradient_step_of_batch_size_rows():
     assert model.named_steps["classify"]._optimizer.t == 3  # Adam's step counter: one step per epoch
     model, _ = train.fit(x_train, c_train, names, epochs=2, batch_size=100)
     assert model.named_steps["classify"]._optimizer.t == 2 * 3  # batches of 100, 100 and 40
+
+
+def test_fit_is_reproducible_to_the_model_bytes():
+    x, codes, names = iris_like(n_per_class=50)
+    models = [train.fit(x.copy(), codes, names, epochs=3, batch_size=16)[0] for _ in range(2)]
+    assert pickle.dumps(models[0], protocol=5) == pickle.dumps(models[1], protocol=5)
+
+
+def test_each_epoch_passes_over_every_row_in_a_new_order(monkeypatch):
+    seen = []
+    partial_fit = MLPClassifier.partial_fit
+
+    def recording(self, x, y, **kwargs):
+        seen.append(x[:, 0].copy())
+        return partial_fit(self, x, y, **kwargs)
+
+    monkeypatch.setattr(MLPClassifier, "partial_fit", recording)
+    monkeypatch.setattr(train, "STEP_ROWS", 40)  # calls of 40 rows (whole batches of 8), the last one shorter
+    x, codes, names = iris_like(n_per_class=50)
+    train.fit(x, codes, names, epochs=3, batch_size=8)
+    assert [len(rows) for rows in seen] == [40, 40, 40, 30] * 3
+    epochs = [np.concatenate(seen[i:i + 4]) for i in range(0, 12, 4)]
+    assert all(sorted(rows) == sorted(x[:, 0]) for rows in epochs)  # every row once (x was scaled in place)
+    assert len({tuple(rows) for rows in epochs}) == 3
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_a_model_trained_on_codes_and_named_is_the_model_trained_on_names(n_classes):
+    """The stage trains on integer codes (sklearn checks text labels again on every call), then names the
+    classes: byte for byte the model sklearn trains on the names themselves."""
+    x, codes, names = iris_like(n_per_class=30)
+    keep = codes < n_classes
+    x, codes, names = x[keep], codes[keep].astype(np.uint8), names[:n_classes]
+    on_codes, on_names = train.estimator(8), train.estimator(8)
+    for _ in range(2):
+        on_codes.partial_fit(x, codes, classes=np.arange(n_classes, dtype=np.uint8))
+        on_names.partial_fit(x, names[codes], classes=names)
+    train.name_classes(on_codes, names)
+    assert on_codes.predict(x).tolist() == on_names.predict(x).tolist()
+    assert set(on_codes.predict(x)) <= set(names)
+    assert pickle.dumps(on_codes, protocol=5) == pickle.dumps(on_names, protocol=5)
 
 
 def test_evaluate_agrees_with_sklearn_on_names():

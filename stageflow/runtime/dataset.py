@@ -37,6 +37,11 @@ def key() -> str:
     return schemas.active().key
 
 
+def label() -> str:
+    """The active schema's label column."""
+    return schemas.active().label
+
+
 def arrow_types(schema: schemas.Schema) -> dict[str, pa.DataType]:
     """Each column the schema allows, in snapshot order, with the Arrow type snapshots hold it as."""
     return {name: ARROW_TYPES[kind] for name, kind in schema.types.items()}
