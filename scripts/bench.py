@@ -1,4 +1,4 @@
-"""Benchmark: the flow against what a user would run instead, on generated iris-shaped sources.
+"""Benchmark: the flow against what a user would run instead, on sources generated like the schema's sample.
 
     make bench                                   # 2 x 1,000,000 rows, the flow's defaults (10 epochs, batch 32)
     make bench ROWS=50000 BENCH_ARGS="--repeat 3 --no-baseline --no-docker --no-peer"
@@ -6,9 +6,10 @@
 
 (docs/performance.md lists the commands behind each figure it gives.)
 
-Generates two CSV sources of ROWS rows each (Ids 1..N in A and N+1..2N in B; odd and even Ids with
---interleave; each source's Ids in random order with --shuffle), in a temporary directory it deletes
-afterwards, then measures, side by side:
+Generates two CSV sources of ROWS rows each in the active schema's columns (iris: schema.toml; SCHEMA= or
+STAGEFLOW_SCHEMA for another), drawn like the rows of its [samples] (Ids 1..N in A and N+1..2N in B; odd and
+even Ids with --interleave; each source's Ids in random order with --shuffle), in a temporary directory it
+deletes afterwards, then measures, side by side:
   1. the whole flow, stage by stage: the seed-style stages (scripts/bench_seed.py: a process per stage,
      pandas and CSV between stages, the seed's random forest), the flow through the runner (DAG from
      flow.py, no cache) with the process backend, and with the docker backend when a daemon answers and
@@ -48,14 +49,8 @@ sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.pa
 
 from stageflow import dag as dag_module, registry, runner  # noqa: E402
 from stageflow.cache import place  # noqa: E402
-from stageflow.runtime import contract  # noqa: E402
+from stageflow.runtime import contract, dataset, schema as schemas, sources  # noqa: E402
 
-COLUMNS = ["Id", "SepalLengthCm", "SepalWidthCm", "RandomColumn", "PetalLengthCm", "PetalWidthCm", "Species"]
-SPECIES = ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
-# Per-class mean and standard deviation of (sepal length, sepal width, petal length, petal width) in the
-# real iris data, so the generated classes overlap as the real ones do.
-MEAN = np.array([[5.006, 3.428, 1.462, 0.246], [5.936, 2.770, 4.260, 1.326], [6.588, 2.974, 5.552, 2.026]])
-STD = np.array([[0.352, 0.379, 0.174, 0.105], [0.516, 0.314, 0.470, 0.198], [0.636, 0.322, 0.552, 0.275]])
 CHUNK = 1_000_000
 STAGES = list(registry.STAGES)
 TRAIN = "train"  # the stage measured against scikit-learn's own fit
@@ -65,37 +60,101 @@ PYFLYTE = Path(sys.executable).with_name("pyflyte")
 # ------------------------------------------------------------------ the sources
 
 
+@dataclasses.dataclass
+class Shape:
+    """What the generated rows look like: those of the active schema's sample, so that the classes overlap
+    as the real ones do. Columns in the order of sample A's header; per class (rows) and feature (columns)
+    the sample's mean and standard deviation; each class's label as the sample spells it most often."""
+    schema: schemas.Schema
+    columns: list[str]
+    labels: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    places: list[int]  # decimal places each feature is written with: as many as the sample's values have
+    floor: list[int | None]  # the lowest value generated, in units of the last place: 1 where the sample's
+    # values are all positive, 0 where they are at least 0, none where some are negative
+
+
+def _read(path: Path) -> pa.Table:
+    """A sample source through the load stage's own reader and checks."""
+    fmt = sources.check_source(path)
+    return pa.concat_tables([dataset.conform(table, str(path)) for table in sources.source_tables(path, fmt)])
+
+
+def _places(values: np.ndarray) -> int:
+    return next((d for d in range(5) if np.allclose(values * 10 ** d, np.rint(values * 10 ** d))), 4)
+
+
+def sample_shape() -> Shape:
+    schema = schemas.active()
+    if set(schema.samples) != {"data_path_a", "data_path_b"}:
+        raise SystemExit(f"bench: schema {schema.path} names no sample sources ([samples] data_path_a and "
+                         f"data_path_b): the generated rows are drawn like the sample's")
+    first = schema.samples["data_path_a"]
+    columns = next(sources.source_tables(first, sources.check_source(first))).column_names
+    table = pa.concat_tables([_read(path) for path in schema.samples.values()], promote_options="permissive")
+    raw = np.asarray(pa.chunked_array(table.column(schema.label)).cast(pa.string()).to_pylist(), dtype=object)
+    present = np.asarray([label is not None for label in raw])
+    canonical = np.asarray([schema.canonical(label) for label in raw[present]], dtype=object)
+    x = np.column_stack([table.column(name).to_numpy(zero_copy_only=False).astype(float) for name in schema.features])
+    x = x[present]
+    classes = sorted(set(canonical))
+    rows = [canonical == name for name in classes]
+    spelt = [max(set(raw[present][r]), key=list(raw[present][r]).count) for r in rows]
+    return Shape(schema, columns, spelt, np.array([np.nanmean(x[r], axis=0) for r in rows]),
+                 np.array([np.nanstd(x[r], axis=0, ddof=1) for r in rows]),
+                 [0 if kind == "int" else _places(x[:, i][~np.isnan(x[:, i])])
+                  for i, kind in enumerate(schema.features.values())],
+                 [1 if low > 0 else 0 if low == 0 else None for low in np.nanmin(x, axis=0)])
+
+
 def _decimal_strings(low: int, high: int, places: int) -> pa.Array:
     """Every decimal with `places` digits after the point from low to high (in units of the last digit)."""
     scale = 10 ** places
-    return pa.array([f"{'-' if v < 0 else ''}{abs(v) // scale}.{abs(v) % scale:0{places}d}" for v in range(low, high + 1)])
+    if places == 0:
+        return pa.array([str(v) for v in range(low, high + 1)])
+    return pa.array([f"{'-' if v < 0 else ''}{abs(v) // scale}.{abs(v) % scale:0{places}d}"
+                     for v in range(low, high + 1)])
+
+
+def _as_text(units: np.ndarray, places: int) -> pa.DictionaryArray:
+    """Numbers given in units of their last decimal place, as their decimal strings (through a dictionary:
+    formatting floats is what makes a CSV writer slow, and a measurement has few distinct values)."""
+    low, high = int(units.min()), int(units.max())
+    return pa.DictionaryArray.from_arrays(pa.array(units - low, pa.int32()), _decimal_strings(low, high, places))
+
+
+def _rows(shape: Shape, rng: np.random.Generator, keys: np.ndarray) -> pa.Table:
+    """One chunk of generated rows: a class for each, then its features, dropped columns and label."""
+    schema, n = shape.schema, len(keys)
+    classes = rng.integers(0, len(shape.labels), n, dtype=np.int8)
+    values = rng.normal(shape.mean[classes], shape.std[classes])
+    text_keys = schema.key_type == "text"  # zero-padded, so that text order is number order
+    columns = {schema.key: pa.array(np.char.zfill(keys.astype(str), 12) if text_keys else keys)}
+    for i, name in enumerate(schema.features):
+        units = np.rint(values[:, i] * 10 ** shape.places[i]).astype(np.int64)
+        if shape.floor[i] is not None:
+            units = np.maximum(units, shape.floor[i])
+        columns[name] = _as_text(units, shape.places[i])
+    for name, kind in schema.dropped.items():  # noise, like the seed's RandomColumn
+        if kind == "float":
+            columns[name] = _as_text(np.clip(np.rint(rng.normal(0, 1, n) * 10_000), -40000, 40000).astype(np.int64), 4)
+        else:
+            columns[name] = pa.array(rng.integers(0, 100, n) if kind == "int" else np.full(n, "x"))
+    columns[schema.label] = pa.DictionaryArray.from_arrays(pa.array(classes), pa.array(shape.labels))
+    return pa.table({name: columns[name] for name in shape.columns})
 
 
 def generate(path: Path, rows: int, first_id: int, seed: int, id_step: int = 1, shuffle: bool = False) -> None:
-    """Write an iris-shaped CSV, a chunk at a time (bounded memory at any size; with `shuffle`, the Ids'
-    order is drawn whole: 8 bytes a row).
-
-    Numbers are written through dictionaries of their decimal strings: formatting floats is what makes
-    a CSV writer slow, and a one-decimal feature has only about a hundred distinct values.
-    """
+    """Write a CSV of rows like the active schema's sample, a chunk at a time (bounded memory at any size;
+    with `shuffle`, the keys' order is drawn whole: 8 bytes a row)."""
+    shape = sample_shape()
     rng = np.random.default_rng(seed)
-    features, noise, labels = _decimal_strings(0, 99, 1), _decimal_strings(-40000, 40000, 4), pa.array(SPECIES)
     ids = first_id + id_step * (rng.permutation(rows) if shuffle else np.arange(rows, dtype=np.int64))
     with open(path, "wb") as handle:
-        handle.write((",".join(COLUMNS) + "\n").encode())
+        handle.write((",".join(shape.columns) + "\n").encode())
         for start in range(0, rows, CHUNK):
-            n = min(CHUNK, rows - start)
-            species = rng.integers(0, 3, n, dtype=np.int8)
-            tenths = np.clip(np.rint(rng.normal(MEAN[species], STD[species]) * 10), 1, 99).astype(np.int8)
-            noise_index = np.clip(np.rint(rng.normal(0, 1, n) * 10_000), -40000, 40000).astype(np.int32) + 40000
-            columns = {
-                "Id": pa.array(ids[start:start + n]),
-                **{name: pa.DictionaryArray.from_arrays(pa.array(tenths[:, i]), features)
-                   for i, name in enumerate(("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"))},
-                "RandomColumn": pa.DictionaryArray.from_arrays(pa.array(noise_index), noise),
-                "Species": pa.DictionaryArray.from_arrays(pa.array(species), labels),
-            }
-            pcsv.write_csv(pa.table({name: columns[name] for name in COLUMNS}), handle,
+            pcsv.write_csv(_rows(shape, rng, ids[start:start + CHUNK]), handle,
                            pcsv.WriteOptions(include_header=False, quoting_style="none"))
 
 

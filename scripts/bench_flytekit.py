@@ -5,7 +5,8 @@ pandas DataFrames between them (flytekit stores each as Parquet) and scikit-lear
         --epochs 10 --batch_size 32
 
 What a data scientist would write without stageflow: no schema checks, no conflict check, no report. The
-network, split and labels match the train stage's, so the training work is the same.
+columns and label rules are the active schema's, and the network, split and labels match the train stage's,
+so the work is the same.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pandas as pd
 from flytekit import current_context, task, workflow
 from flytekit.types.file import FlyteFile
 
-FEATURES = ["SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"]
+from stageflow.runtime import schema as schemas
+
 
 
 @task
@@ -33,13 +35,16 @@ def load_b(data_path: str) -> pd.DataFrame:
 
 @task
 def merge(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat([a, b]).drop_duplicates(subset="Id").sort_values("Id", ignore_index=True)
+    key = schemas.active().key
+    return pd.concat([a, b]).drop_duplicates(subset=key).sort_values(key, ignore_index=True)
 
 
 @task
 def process(merged: pd.DataFrame) -> pd.DataFrame:
-    df = merged.drop(columns=["RandomColumn"]).dropna()
-    df["Species"] = df["Species"].str.strip().str.lower().str.removeprefix("iris-")
+    schema = schemas.active()
+    df = merged.drop(columns=[name for name in schema.dropped if name in merged.columns]).dropna()
+    labels = df[schema.label].astype(str)  # spelt by the schema's rules, each distinct label once
+    df[schema.label] = labels.map({label: schema.canonical(label) for label in labels.unique()})
     return df
 
 
@@ -51,9 +56,10 @@ def train(processed: pd.DataFrame, epochs: int, batch_size: int) -> tuple[FlyteF
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    schema = schemas.active()
     x_train, x_test, y_train, y_test = train_test_split(
-        processed[FEATURES].to_numpy(), processed["Species"].to_numpy(), test_size=0.2, random_state=42,
-        stratify=processed["Species"])
+        processed[list(schema.features)].to_numpy(), processed[schema.label].to_numpy(), test_size=0.2,
+        random_state=42, stratify=processed[schema.label])
     model = make_pipeline(StandardScaler(), MLPClassifier(
         hidden_layer_sizes=(16,), learning_rate_init=0.05, batch_size=batch_size, max_iter=epochs, random_state=42))
     with warnings.catch_warnings():

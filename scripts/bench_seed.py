@@ -5,7 +5,8 @@
 
 The seed-style stages are the seed's scripts: pandas `read_csv` / `to_csv` with CSV between stages, merge
 as a concat of A and B (the seed concatenated A with itself, which is a bug, not a cost), process as a drop
-of the noise column, train as the seed's random forest (it ignores epochs and batch size, as the seed did).
+of the schema's dropped columns (iris: the noise column), train as the seed's random forest on the schema's
+features and label (it ignores epochs and batch size, as the seed did).
 No checks, no metadata: the cost the project's stages are measured against, not a second implementation.
 
 `fit` is what a user would write instead of the train stage: scikit-learn's own
@@ -24,13 +25,14 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FEATURES = ["SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm"]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from stageflow.runtime import schema as schemas  # noqa: E402
 
 
 def train_stage():
     """The train stage's module, for its reader, split and network (imported, not copied)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("stage_train", ROOT / "stages" / "train" / "main.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -78,7 +80,8 @@ def merge(out: str, datasetA: str, datasetB: str) -> None:  # noqa: N803 - the f
 def process(out: str, merged_data: str) -> None:
     import pandas as pd
 
-    pd.read_csv(merged_data).drop(columns=["RandomColumn"]).to_csv(out, index=False)
+    df = pd.read_csv(merged_data)
+    df.drop(columns=[name for name in schemas.active().dropped if name in df.columns]).to_csv(out, index=False)
 
 
 def train(out: str, processed_data: str, epochs: str, batch_size: str) -> None:
@@ -86,8 +89,10 @@ def train(out: str, processed_data: str, epochs: str, batch_size: str) -> None:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import train_test_split
 
+    schema = schemas.active()
     df = pd.read_csv(processed_data)
-    x_train, _, y_train, _ = train_test_split(df[FEATURES], df["Species"], test_size=0.2, random_state=42)
+    x_train, _, y_train, _ = train_test_split(df[list(schema.features)], df[schema.label], test_size=0.2,
+                                              random_state=42)
     model = RandomForestClassifier(random_state=42).fit(x_train, y_train)
     with open(out, "wb") as handle:
         pickle.dump(model, handle)

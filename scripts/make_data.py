@@ -60,7 +60,8 @@ def wine_rows(schema: schemas.Schema) -> list[dict]:
     return rows
 
 
-SAMPLES = {ROOT / "schema.toml": (load_iris, iris_rows), ROOT / "examples" / "wine" / "schema.toml": (load_wine, wine_rows)}
+SAMPLES = {ROOT / "schema.toml": (load_iris, iris_rows),
+           ROOT / "examples" / "wine" / "schema.toml": (load_wine, wine_rows)}
 
 
 def write(path: Path, rows: list[dict]) -> None:

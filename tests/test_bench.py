@@ -5,37 +5,63 @@ import inspect
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pytest
 
 from stageflow import dag as dag_module, registry
+from stageflow.runtime import schema as schemas
 
-from conftest import ROOT, load_stage
+from conftest import ROOT, WINE_SCHEMA, load_stage
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
 import bench_seed  # noqa: E402
 
 
-def test_generated_sources_are_iris_shaped_with_ids_apart(tmp_path):
+def test_generated_sources_are_drawn_like_the_schemas_sample_with_ids_apart(tmp_path):
     bench.generate(tmp_path / "a.csv", 3000, 1, seed=1)
     bench.generate(tmp_path / "b.csv", 3000, 3001, seed=2)
+    shape, schema = bench.sample_shape(), schemas.active()
     a, b = pcsv.read_csv(tmp_path / "a.csv"), pcsv.read_csv(tmp_path / "b.csv")
-    assert a.column_names == bench.COLUMNS and a.num_rows == 3000
-    assert a.column("Id").to_pylist() == list(range(1, 3001))
-    assert b.column("Id").to_pylist() == list(range(3001, 6001))
-    assert set(a.column("Species").to_pylist()) == {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
-    # class-dependent features: setosa's petals are short, virginica's long, as in the real data
-    mean_petal = {label: pc.mean(a.filter(pc.equal(a.column("Species"), label)).column("PetalLengthCm")).as_py()
-                  for label in bench.SPECIES}
-    assert mean_petal["Iris-setosa"] < 2 < mean_petal["Iris-versicolor"] < 5 < mean_petal["Iris-virginica"]
+    sample_header = pcsv.open_csv(schema.samples["data_path_a"]).schema.names  # iris: the seed's column order
+    assert a.column_names == shape.columns == sample_header and a.num_rows == 3000
+    assert a.column(schema.key).to_pylist() == list(range(1, 3001))
+    assert b.column(schema.key).to_pylist() == list(range(3001, 6001))
+    labels = pc.cast(a.column(schema.label), pa.string())
+    assert set(labels.to_pylist()) == set(shape.labels)  # spelt as the sample spells them (iris: Iris-setosa)
+    for k, label in enumerate(shape.labels):  # each class's features centred where the sample's are
+        rows = a.filter(pc.equal(labels, label))
+        for i, name in enumerate(schema.features):
+            assert abs(pc.mean(rows.column(name)).as_py() - shape.mean[k, i]) < 0.2 * shape.std[k, i] + 0.05
+
+
+@pytest.mark.iris
+def test_the_iris_sample_gives_the_real_iris_class_means_and_spreads():
+    """Golden: the figures published for the iris data (per species: sepal length, sepal width, petal length,
+    petal width), which the bench used to hold as constants."""
+    shape = bench.sample_shape()
+    assert shape.labels == ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
+    assert shape.mean.round(3).tolist() == [[5.006, 3.428, 1.462, 0.246], [5.936, 2.77, 4.26, 1.326],
+                                            [6.588, 2.974, 5.552, 2.026]]
+    assert shape.std.round(3).tolist() == [[0.352, 0.379, 0.174, 0.105], [0.516, 0.314, 0.47, 0.198],
+                                           [0.636, 0.322, 0.552, 0.275]]
+    assert shape.places == [1, 1, 1, 1] and shape.floor == [1, 1, 1, 1]
+
+
+def test_a_schema_without_samples_is_refused_in_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "schema.toml"
+    path.write_text(WINE_SCHEMA.read_text().split("[samples]")[0])
+    monkeypatch.setenv(schemas.ENV, str(path))
+    with pytest.raises(SystemExit, match=rf"^bench: schema {path} names no sample sources"):
+        bench.sample_shape()
 
 
 def test_shuffled_sources_hold_the_same_ids_out_of_order(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CHUNK", 700)  # the order is drawn whole, the rows written in chunks
     bench.generate(tmp_path / "a.csv", 3000, 2, seed=1, id_step=2, shuffle=True)
-    ids = pcsv.read_csv(tmp_path / "a.csv").column("Id").to_pylist()
+    ids = pcsv.read_csv(tmp_path / "a.csv").column(schemas.active().key).to_pylist()
     assert ids != sorted(ids) and sorted(ids) == list(range(2, 6001, 2))
 
 

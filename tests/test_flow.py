@@ -103,7 +103,8 @@ def test_bundled_run_metrics(bundled_run):
     assert metrics["classes"] == sorted(schema.classes)  # iris: setosa, versicolor, virginica
     assert metrics["n_train"] + metrics["n_test"] == sample_rows()  # iris: 150
     counts = metrics["class_counts"]
-    assert metrics["n_test"] == sum(max(1, round(0.2 * (counts["train"][c] + counts["test"][c]))) for c in counts["test"])
+    assert metrics["n_test"] == sum(max(1, round(0.2 * (counts["train"][name] + counts["test"][name])))
+                                    for name in counts["test"])  # iris: 30
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n_test"]
     assert (metrics["epochs"], metrics["batch_size"]) == (10, 32) and len(metrics["loss_per_epoch"]) == 10
     assert metrics["feature_names"] == list(schema.features) and schema.key not in metrics["feature_names"]

@@ -114,6 +114,10 @@ def write_jsonl(path, columns):
     path.write_text("".join(json.dumps(row) + "\n" for row in table))
 
 
+def write_parquet(path, columns):
+    pq.write_table(pa.table(columns), path)
+
+
 def write_csv_gz(path, columns):
     with gzip.open(path, "wb") as handle:
         pcsv.write_csv(pa.table(columns), handle)
@@ -122,8 +126,8 @@ def write_csv_gz(path, columns):
 CASES = {
     "text key, mixed-case labels, csv + jsonl": (PENGUINS, penguin_like, write_csv, "a.csv", write_jsonl, "b.jsonl",
                                                  ["Adelie", "Chinstrap", "Gentoo"]),
-    "integer labels, classes learnt, parquet + csv.gz": (SENSORS, sensor_like, lambda p, c: pq.write_table(pa.table(c), p),
-                                                         "a.parquet", write_csv_gz, "b.csv.gz", ["0", "1", "2"]),
+    "integer labels, classes learnt, parquet + csv.gz": (SENSORS, sensor_like, write_parquet, "a.parquet",
+                                                         write_csv_gz, "b.csv.gz", ["0", "1", "2"]),
 }
 
 
@@ -133,7 +137,8 @@ def test_a_data_set_described_by_its_schema_file_alone_runs_end_to_end(tmp_path,
     (tmp_path / "schema.toml").write_text(text)
     columns = rows(np.random.default_rng(0), 240)
     # B's rows in reverse order: merge sorts them by the key (a text key, in one case) through its spill files
-    half = {key: values[:120] for key, values in columns.items()}, {key: values[:119:-1] for key, values in columns.items()}
+    half = ({key: values[:120] for key, values in columns.items()},
+            {key: values[:119:-1] for key, values in columns.items()})
     write_a(tmp_path / name_a, half[0])
     write_b(tmp_path / name_b, half[1])
     run_dir = tmp_path / "run"

@@ -55,7 +55,8 @@ def test_the_default_schema_declares_what_the_stages_used_to_hard_code():
     assert iris.required == ("Id", *IRIS_FEATURES, "Species")
     assert (iris.key_type, iris.dropped, iris.classes) == ("int", {"RandomColumn": "float"},
                                                            ("setosa", "versicolor", "virginica"))
-    assert iris.samples == {"data_path_a": ROOT / "data" / "source_a.csv", "data_path_b": ROOT / "data" / "source_b.jsonl"}
+    assert iris.samples == {"data_path_a": ROOT / "data" / "source_a.csv",
+                            "data_path_b": ROOT / "data" / "source_b.jsonl"}
 
 
 def test_the_wine_schema_describes_its_samples(monkeypatch):

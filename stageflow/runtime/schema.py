@@ -200,5 +200,6 @@ class _Checker:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__) + ("" if isinstance(value, dict) else f" {value!r}")
+    """What a TOML value is, for an error: `a string 'x'`."""
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return f"{kinds.get(type(value), type(value).__name__)} {value!r}"
