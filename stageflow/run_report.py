@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from stageflow.runtime.report import DASH, Html, cards, fmt, link, page, section, table
+from stageflow.runtime.report import DASH, Html, cards, fmt, link, page, section, svg, table, text
 
 
 def rows_cell(stage: Mapping[str, Any]) -> str:
@@ -61,10 +61,8 @@ def dag_svg(order: Sequence[str], edges: Sequence[tuple[str, str]], stages: Mapp
            for col, names in columns.items() for i, name in enumerate(names)}  # each column centred
     width = PAD * 2 + max(columns, default=0) * COL_W + BOX_W
     height = PAD * 2 + (tallest - 1) * ROW_H + BOX_H
-    parts = [Html('<svg class="dag" width="{0}" height="{1}" viewBox="0 0 {0} {1}" role="img" aria-label="flow DAG">'
-                  '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-                  'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8c959f"/></marker></defs>'
-                  ).format(width, height)]
+    parts = [Html('<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+                  'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8c959f"/></marker></defs>')]
     for src, dst in edges:
         (x1, y1), (x2, y2) = pos[src], pos[dst]
         x1, y1, y2 = x1 + BOX_W, y1 + BOX_H / 2, y2 + BOX_H / 2
@@ -80,14 +78,11 @@ def dag_svg(order: Sequence[str], edges: Sequence[tuple[str, str]], stages: Mapp
         detail += " · cached" if stage.get("cached") else ""
         tip = Html("<title>{}</title>").format(stage["error"]) if stage.get("error") else ""
         parts.append(Html('<a href="#stage-{name}">{tip}<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" '
-                          'fill="{fill}" stroke="{ink}" stroke-width="1.5"/>'
-                          '<text x="{mid}" y="{y1}" text-anchor="middle" font-size="15" font-weight="600" '
-                          'fill="#1f2328">{name}</text>'
-                          '<text x="{mid}" y="{y2}" text-anchor="middle" font-size="12" fill="{ink}">{detail}</text></a>'
-                          ).format(name=name, tip=tip, x=x, y=y, w=BOX_W, h=BOX_H, fill=fill, ink=ink,
-                                   mid=x + BOX_W / 2, y1=y + 24, y2=y + 44, detail=detail))
-    parts.append(Html("</svg>"))
-    return Html("").join(parts)
+                          'fill="{fill}" stroke="{ink}" stroke-width="1.5"/>{title}{detail}</a>').format(
+            name=name, tip=tip, x=x, y=y, w=BOX_W, h=BOX_H, fill=fill, ink=ink,
+            title=text(x + BOX_W / 2, y + 24, name, size=15, width=BOX_W - 12, bold=True),
+            detail=text(x + BOX_W / 2, y + 44, detail, fill=ink)))
+    return svg(width, height, "flow DAG", parts, "dag")
 
 
 def when(stamp: str | None) -> str:
