@@ -47,7 +47,7 @@ import pyarrow.csv as pcsv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.path]
 
-from stageflow import dag as dag_module, registry, runner  # noqa: E402
+from stageflow import backends, dag as dag_module, registry, runner  # noqa: E402
 from stageflow.cache import place  # noqa: E402
 from stageflow.runtime import contract, dataset, schema as schemas, sources  # noqa: E402
 
@@ -231,7 +231,7 @@ class RusageHandle:
     def kill(self, reason: str = "interrupted") -> None:
         self.inner.kill(reason)
 
-    def wait(self) -> runner.Outcome:
+    def wait(self) -> backends.Outcome:
         os.waitid(os.P_PID, self.inner.proc.pid, os.WEXITED | os.WNOWAIT)
         with REAP_LOCK:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -241,7 +241,7 @@ class RusageHandle:
         return outcome
 
 
-class RusageHostBackend(runner.HostBackend):
+class RusageHostBackend(backends.HostBackend):
     """The process backend, keeping each stage's CPU seconds."""
 
     def __init__(self):
@@ -429,7 +429,8 @@ def show_train_vs_fit(batch_size: int, pairs: list[tuple[Measure, Measure]]) -> 
 # ------------------------------------------------------------------ the run
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The bench's options; tests/test_docs.py parses every `make bench` command the guides show with it."""
     defaults = dag_module.load().defaults
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per source (default 1000000)")
@@ -452,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interleave", action="store_true", help="odd Ids in A, even in B (default: A 1..N, B N+1..2N)")
     parser.add_argument("--shuffle", action="store_true", help="each source's Ids in random order (merge cannot stream)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     if args.rows < 50:
         parser.error("--rows must be at least 50 (the train stage needs a stratified split)")

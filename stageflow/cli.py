@@ -82,7 +82,7 @@ def data_paths(args: argparse.Namespace) -> dict[str, str]:
 
 
 def backend_named(name: str):
-    from stageflow.runner import HostBackend
+    from stageflow.backends import HostBackend
 
     if name == "host":
         return HostBackend()

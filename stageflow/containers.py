@@ -16,7 +16,8 @@ from typing import Iterator
 
 from stageflow.dag import Dag, Node, Source
 from stageflow.images import ImageError, client
-from stageflow.runner import Outcome, ProcessHandle, Run, RunError, kill_after, runner_alive, runner_identity
+from stageflow.backends import Outcome, ProcessHandle, kill_after, runner_alive, runner_identity
+from stageflow.runner import Run, RunError
 from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
 from stageflow.runtime.contract import File, StageError, not_a_regular_file, parse_value
 

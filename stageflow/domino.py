@@ -82,7 +82,8 @@ def choose_backend():
     is an error rather than a silent fallback.
     """
     from stageflow.dag import Dag, Node
-    from stageflow.runner import HostBackend, RunError
+    from stageflow.backends import HostBackend
+    from stageflow.runner import RunError
 
     forced = os.environ.get(BACKEND_ENV, "").replace("process", "host")  # its name before 0.2
     if forced not in ("", "host", "docker"):

@@ -13,7 +13,8 @@ import pytest
 from stageflow import dag as dag_module
 from stageflow.cache import Cache, place
 from stageflow.registry import STAGES
-from stageflow.runner import HostBackend, Run
+from stageflow.backends import HostBackend
+from stageflow.runner import Run
 from stageflow.runtime import dataset, schema as schemas
 
 from conftest import ROOT, drop_last_row, samples

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from stageflow import dag as dag_module
-from stageflow.runner import HostBackend, Run
+from stageflow.backends import HostBackend
+from stageflow.runner import Run
 
 from conftest import ROOT, samples
 

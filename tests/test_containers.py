@@ -69,7 +69,7 @@ def comparable(metrics_path):
 
 @pytest.fixture(scope="module")
 def both_runs(containers, tmp_path_factory):
-    from stageflow.runner import HostBackend
+    from stageflow.backends import HostBackend
 
     process_dir, docker_dir = tmp_path_factory.mktemp("process"), tmp_path_factory.mktemp("docker")
     process_run, ok_p = run_flow(HostBackend(), process_dir)

@@ -13,7 +13,7 @@ from domino_server import CREATE_PATH as CREATE
 from stageflow import cli, domino_api, environments
 from stageflow.registry import STAGES
 
-from conftest import ROOT, samples
+from conftest import samples
 
 
 def pushed_record(tag: str = "") -> dict:

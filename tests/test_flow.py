@@ -10,7 +10,8 @@ import pytest
 from stageflow import dag as dag_module
 from stageflow.registry import STAGES
 from stageflow.rundir import RunDir
-from stageflow.runner import HostBackend, Run, RunError
+from stageflow.backends import HostBackend
+from stageflow.runner import Run, RunError
 
 from stageflow.runtime import schema as schemas
 

@@ -12,7 +12,8 @@ import pytest
 
 from stageflow import domino
 from stageflow.registry import STAGES
-from stageflow.runner import HostBackend, RunError
+from stageflow.backends import HostBackend
+from stageflow.runner import RunError
 
 from stageflow.runtime import schema as schemas
 

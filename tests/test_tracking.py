@@ -58,7 +58,6 @@ def test_the_model_is_logged_in_mlflows_format_with_signature_and_input_example(
     import pickle
 
     import mlflow
-    import pandas
 
     assert contract.run(train.train, OUTPUTS) == 0
     _, run = logged_run()
