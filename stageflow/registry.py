@@ -114,7 +114,7 @@ class Stage:
 STAGES = {stage.name: stage for stage in (
     Stage("load_a", "Small", "Snapshot source A as typed Parquet", cache=False),
     Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False),
-    Stage("merge", "Medium", "Union of A and B keyed on Id"),
+    Stage("merge", "Medium", "Union of A and B on the schema's key"),
     Stage("process", "Medium", "Drop noise, invalid rows; normalise labels"),
     Stage("train", "Large", "Mini-batch training; model and metrics"),
 )}

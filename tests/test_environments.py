@@ -217,6 +217,24 @@ def test_answers_without_their_envelope_are_read_too(records, domino, capsys):
                                               for name, stage in STAGES.items()}
 
 
+def test_an_answer_without_the_id_it_should_carry_stops_and_records_no_guess(records, domino, capsys, monkeypatch):
+    """The created environment's envelope is the stand-in's guess (no public source shows it): if Domino's
+    differs so that no id is found, the command stops in one line instead of recording an unpinnable None."""
+    route = domino.route
+
+    def without_ids(method, path, query, body):
+        status, answer = route(method, path, query, body)
+        if method == "POST":
+            for view in (answer, answer.get("environment") or {}, answer.get("environmentRevision") or {}):
+                view.pop("id", None)
+        return status, answer
+    monkeypatch.setattr(domino, "route", without_ids)
+    code, _, err = run(capsys)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    assert "carries no environment id; nothing recorded for it" in err
+    assert written()["applied"] is None  # the definitions are kept; no environment is recorded as applied
+
+
 def test_a_wrong_key_is_reported(records, domino, capsys, monkeypatch):
     monkeypatch.setenv("DOMINO_USER_API_KEY", "wrong")
     code, _, err = run(capsys)
