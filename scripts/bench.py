@@ -462,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 50:
         parser.error("--rows must be at least 50 (the train stage needs a stratified split)")
     args.fit_batch_sizes = [int(b) for b in args.fit_batch_sizes.split(",")]
+    # Every contender runs in a directory of its own: a relative schema path must not change meaning there.
+    os.environ[schemas.ENV] = str(schemas.path())
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="stageflow-bench-"))
     work.mkdir(parents=True, exist_ok=True)
