@@ -280,6 +280,17 @@ def test_a_flow_with_renamed_workflow_and_outputs_runs(tmp_path):
     assert 'href="outputs/page.html"' in (run_dir / "report.html").read_text()
 
 
+def test_a_stage_the_registry_does_not_know_is_one_line(tmp_path):
+    flow = tmp_path / "flow.py"
+    text = (ROOT / "flow.py").read_text()
+    assert text.count('**job("process")') == 1
+    flow.write_text(text.replace('**job("process")', '**job("profile")'))
+    proc = stageflow("run", "--flow", str(flow), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: stage 'profile' is used in flow.py but not defined in stageflow/registry.py")
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_workflow_is_found_or_named(tmp_path):
     flow = renamed_flow(tmp_path)
     two = tmp_path / "two.py"
