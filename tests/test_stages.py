@@ -85,6 +85,15 @@ def test_missing_and_duplicate_ids_are_refused():
         dataset.check_ids(table([(5, "a"), (2, "b"), (5, "c"), (2, "d"), (3, "e")]), "src")
 
 
+@pytest.mark.parametrize("chunks, distinct, shown", [([[3], [1, 2, 3, 3, 9], [1]], [[3], [1, 2, 9], [4]], "1, 3"),
+                                                     ([["b", "a"], ["c", "b", "a"]], [["b", "a"], ["c", "z"]], "a, b")])
+def test_duplicate_keys_out_of_order_are_found_across_chunks_whatever_their_type(chunks, distinct, shown):
+    """Unsorted keys are sorted and neighbours compared, not counted in a hash table (1.3 GB at 10M rows)."""
+    with pytest.raises(StageError, match=rf"src: duplicate Id {shown} \(2 Id\(s\) appear more than once\)"):
+        dataset.check_ids(pa.table({"Id": pa.chunked_array(chunks)}), "src")
+    dataset.check_ids(pa.table({"Id": pa.chunked_array(distinct)}), "src")
+
+
 # ------------------------------------------------------------------ sources (more in test_bad_inputs.py)
 
 
