@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from stageflow.registry import ROOT
+from stageflow.runtime.contract import sha256_file
 
 CACHE_ENV = "STAGEFLOW_CACHE"
 MANIFEST = "manifest.json"
@@ -30,16 +31,6 @@ MANIFEST = "manifest.json"
 
 def default_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, ROOT / ".cache" / "stages"))
-
-
-def sha256(path: Path, check: Callable[[], None] = lambda: None) -> str:
-    """A file's sha256; `check` is called between megabytes and may raise to stop (a timeout, Ctrl-C)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            check()
-    return digest.hexdigest()
 
 
 def file_state(path: Path) -> tuple[int, ...]:
@@ -59,7 +50,7 @@ class Sources:
 
     def __init__(self, paths: list[Path], check: Callable[[], None] = lambda: None):
         self.states = {path: (file_state(path), time.time_ns()) for path in paths}
-        self.hashes = {str(path): sha256(path, check) for path in paths}
+        self.hashes = {str(path): sha256_file(path, check) for path in paths}
 
     def unchanged(self, check: Callable[[], None] = lambda: None) -> bool:
         """True if every file still holds what was hashed, so the key describes what the stage read."""
@@ -67,7 +58,7 @@ class Sources:
             try:
                 if file_state(path) != state:
                     return False
-                if seen_at - max(state[3], state[4]) < self.RACY_NS and sha256(path, check) != self.hashes[str(path)]:
+                if seen_at - max(state[3], state[4]) < self.RACY_NS and sha256_file(path, check) != self.hashes[str(path)]:
                     return False
             except OSError:
                 return False
@@ -106,7 +97,7 @@ class Cache:
         try:
             for name, tmp in copies.items():
                 copy_file(entry / name, tmp)
-                if sha256(tmp, check) != recorded[name]:
+                if sha256_file(tmp, check) != recorded[name]:
                     return self._drop(entry)
             for name, tmp in copies.items():
                 os.chmod(tmp, 0o444)

@@ -28,6 +28,7 @@ from typing import Callable
 from stageflow.domino_api import CREDENTIALS, Api, DominoError, connect, configured, items, unwrap
 from stageflow.images import BUILD, PUSHED
 from stageflow.registry import IMAGE_CODE_DIR, ROOT, STAGES, Stage
+from stageflow.rundir import write_atomic
 
 ENVIRONMENTS = BUILD / "environments.json"
 VISIBILITY = "Private"  # python-domino: "Private" or "Global"
@@ -313,10 +314,8 @@ def wait(defined: dict[str, dict], api: Api, applied: dict, waiting: list[str], 
 
 
 def write(defined: dict[str, dict], applied: dict | None) -> None:
-    BUILD.mkdir(exist_ok=True)
-    tmp = ENVIRONMENTS.with_name(ENVIRONMENTS.name + ".tmp")  # a killed run never leaves half a record
-    tmp.write_text(json.dumps({"definitions": defined, "applied": applied}, indent=2) + "\n")
-    os.replace(tmp, ENVIRONMENTS)
+    BUILD.mkdir(exist_ok=True)  # written beside and renamed: a killed run never leaves half a record
+    write_atomic(ENVIRONMENTS, json.dumps({"definitions": defined, "applied": applied}, indent=2) + "\n")
 
 
 def seconds(env, name: str, default: float) -> float:

@@ -18,13 +18,11 @@ import pickle
 import stat
 from pathlib import Path
 
+from stageflow.runtime.contract import file_kind
+
 
 class ModelError(Exception):
     """The model cannot be trusted or found; the message says which and why."""
-
-
-KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-         (stat.S_ISBLK, "a block device"))  # a socket cannot be opened at all: "cannot be read"
 
 
 def read_regular(what: str, path: Path) -> bytes:
@@ -40,8 +38,7 @@ def read_regular(what: str, path: Path) -> bytes:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = next((name for test, name in KINDS if test(mode)), "a special file")
-        raise ModelError(f"{what} {path}: is {kind}, not a regular file; refusing to read it")
+        raise ModelError(f"{what} {path}: is {file_kind(mode)}, not a regular file; refusing to read it")
     with open(fd, "rb") as handle:
         try:
             return handle.read()

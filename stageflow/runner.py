@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from stageflow.backends import Handle, Outcome
-from stageflow.cache import Cache, Sources, key as cache_key, place, sha256
+from stageflow.cache import Cache, Sources, key as cache_key, place
 from stageflow.dag import Dag, Node, Source
 from stageflow.rundir import RunDir, RunError, os_error, write_atomic
 from stageflow.runtime import contract
@@ -238,7 +238,7 @@ class StageRun:
                 place(Path(value), target)
             else:
                 target.write_text(contract.format_value(value))
-        return {name: sha256(inputs / name, self._check) for name in self.node.inputs}
+        return {name: contract.sha256_file(inputs / name, self._check) for name in self.node.inputs}
 
     def _host_files(self) -> list[Path]:
         """Host files a stage names in a str input (a source's data_path): a container must see them."""

@@ -138,11 +138,14 @@ def format_value(value: Any) -> str:
     raise TypeError(f"unsupported output type {type(value).__name__}")
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, check: Callable[[], None] = lambda: None) -> str:
+    """A file's sha256, a megabyte at a time; `check` is called between megabytes and may raise to stop (the
+    runner's timeout or Ctrl-C while it hashes a large source)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
+            check()
     return digest.hexdigest()
 
 

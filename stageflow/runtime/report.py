@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import string
-import tempfile
 import unicodedata
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
@@ -131,15 +128,6 @@ def page(title: str, subtitle: str, *sections: Any) -> str:
                 "<title>{title}</title><style>{css}</style></head>\n"
                 "<body><main><h1>{title}</h1><p class=subtitle>{subtitle}</p>\n{body}\n</main></body></html>\n"
                 ).format(csp=CSP, css=Html(CSS), title=title, subtitle=subtitle, body=Html("\n").join(sections))
-
-
-def write(path: Path, text: str) -> None:
-    """Write beside the target and rename, so a browser refresh never shows half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- SVG drawing
