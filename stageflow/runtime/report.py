@@ -144,18 +144,28 @@ SLANT = 100  # the longest a category label may be, in pixels: longer ones are c
 COS45 = 0.7071
 
 
+def _em(char: str) -> float:
+    return 1.1 if unicodedata.east_asian_width(char) in "WF" else 0.6
+
+
 def text_width(value: str, size: float = TICK) -> float:
     """About how wide `value` is drawn: a page cannot measure text without a script, so a character is
     taken as 0.6 of the font size (an east Asian wide one as 1.1), a little more than most sans-serifs."""
-    return size * sum(1.1 if unicodedata.east_asian_width(c) in "WF" else 0.6 for c in value)
+    return size * sum(_em(c) for c in value)
 
 
 def clip(value: str, width: float, size: float) -> str:
-    """`value`, cut and ended with an ellipsis where it would be wider than `width`."""
+    """`value`, cut and ended with an ellipsis where it would be wider than `width`.
+
+    One pass over the characters (a label comes from the data and may be long); the running sum adds the
+    same floats in the same order as text_width, so the cut lands where measuring each prefix would put it."""
     if text_width(value, size) <= width:
         return value
-    while value and text_width(value + "…", size) > width:
-        value = value[:-1]
+    total, ellipsis = 0, _em("…")
+    for kept, char in enumerate(value):
+        if size * (total + _em(char) + ellipsis) > width:
+            return value[:kept] + "…"
+        total += _em(char)
     return value + "…"
 
 

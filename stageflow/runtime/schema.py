@@ -45,12 +45,12 @@ class Schema:
     dropped: dict[str, str] = field(default_factory=dict)  # allowed in sources; process drops them
     samples: dict[str, Path] = field(default_factory=dict)  # flow input -> the bundled sample source
 
-    @property
+    @cached_property
     def types(self) -> dict[str, str]:
         """Every column a source may have, in the order snapshots hold them, with its type."""
         return {self.key: self.key_type, **self.features, **self.dropped, self.label: "label"}
 
-    @property
+    @cached_property
     def required(self) -> tuple[str, ...]:
         return (self.key, *self.features, self.label)
 
