@@ -25,7 +25,7 @@ import time
 from itertools import chain
 from pathlib import Path
 
-from stageflow.cache import MANIFEST
+from stageflow.cache import MANIFEST, default_dir
 from stageflow.registry import ROOT, STAGES, registry_prefix, runtime_image
 
 DEFAULT_KEEP_DAYS = 7.0
@@ -101,11 +101,12 @@ def trim_images(client, prefix: str, dry_run: bool = False) -> tuple[list[str], 
     import docker
 
     tags, builds = old_images(client.api, prefix)
+    targets = [(tag, tag) for tag in tags] + [(f"build stage {image_id[7:19]}", image_id) for image_id in builds]
     if dry_run:
-        return tags + [f"build stage {image_id[7:19]}" for image_id in builds], [], 0
+        return [name for name, _ in targets], [], 0
     before = client.df()["LayersSize"]
     removed, kept = [], []
-    for name, ref in [(tag, tag) for tag in tags] + [(f"build stage {i[7:19]}", i) for i in builds]:
+    for name, ref in targets:
         try:
             client.api.remove_image(ref)  # no force: a tag only, or an image nothing else names or runs
             removed.append(name)
@@ -120,7 +121,6 @@ def trim_images(client, prefix: str, dry_run: bool = False) -> tuple[list[str], 
 
 def gc(keep_days: float = DEFAULT_KEEP_DAYS, dry_run: bool = False, cache_root: Path | None = None) -> list[str]:
     """Apply the policy; returns the report, one line per kind of thing."""
-    from stageflow.cache import default_dir
     from stageflow.images import ImageError, client
 
     cache_root = cache_root or default_dir()

@@ -312,15 +312,14 @@ class StageRun:
     def _offer_to_cache(self) -> None:
         """Store the outputs under the key, unless a source changed while the stage ran: the key would then
         name content the stage may not have read."""
-        changed = not self.sources.unchanged()
+        if not self.sources.unchanged():
+            self.note("warning: a source file changed while the stage ran; its outputs are not cached")
+            return
         try:
-            if not changed:
-                self.run.cache.store(self.entry, self.tree / "outputs", self.result.outputs,
-                                     rows_in=self.result.rows_in, rows_out=self.result.rows_out)
+            self.run.cache.store(self.entry, self.tree / "outputs", self.result.outputs,
+                                 rows_in=self.result.rows_in, rows_out=self.result.rows_out)
         except OSError as err:  # the run's outputs are fine; only the shortcut for next time is lost
             self.note(f"warning: could not add outputs to the cache ({contract.one_line(err)})")
-        if changed:
-            self.note("warning: a source file changed while the stage ran; its outputs are not cached")
 
     def note(self, text: str) -> None:
         """A line of the runner's own about this stage, in its log and on the console."""
