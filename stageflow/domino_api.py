@@ -119,9 +119,13 @@ def run_token() -> dict[str, str]:
 
 
 def configured(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether `connect` has what it needs: the proxy, or a host and a way to authenticate there."""
-    return bool(env.get(PROXY_ENV) or (env.get(HOST_ENV) and (env.get(TOKEN_ENV) or env.get(KEY_ENV)
-                                                              or env.get("DOMINO_RUN_ID"))))
+    """Whether `connect` has what it needs: the proxy, or a host and a way to authenticate there (asked of
+    `connect` itself, which only builds the client, so the two cannot disagree)."""
+    try:
+        connect(env)
+    except DominoError:
+        return False
+    return True
 
 
 def connect(env: Mapping[str, str] = os.environ) -> Api:

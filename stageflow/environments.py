@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from stageflow.domino_api import CREDENTIALS, Api, DominoError, connect, configured, items, unwrap
+from stageflow.domino_api import CREDENTIALS, Api, DominoError, connect, configured, items, squeeze, unwrap
 from stageflow.images import BUILD, PUSHED
 from stageflow.registry import IMAGE_CODE_DIR, ROOT, STAGES, Stage
 from stageflow.rundir import write_atomic
@@ -161,7 +161,7 @@ def revision_image(found: dict) -> str | None:
 
 def message(found: dict) -> str:
     said = "; ".join(str(found[key]) for key in MESSAGE_KEYS if found.get(key))
-    return f": {' '.join(said.split())[:300]}" if said else ""
+    return f": {squeeze(said)}" if said else ""
 
 
 def revision_problem(stage: str, entry: dict, name: str, found_env: dict | None) -> str | None:

@@ -183,9 +183,9 @@ def path_problems(data_paths: list[str], dataset: dict | None, env) -> list[str]
             if not any(path.is_relative_to(root) and path != root for root in roots):
                 found.append(f"data path {text} is not in dataset {dataset['name']}'s mount ({', '.join(map(str, roots[:2]))}"
                              f"/...): give the path under it, or name the dataset that holds it (DATASET=name:version)")
-        elif dataset_of(path, env):
-            found.append(f"data path {text} is in dataset {dataset_of(path, env)}, which a job mounts only if its snapshot "
-                         f"is named: add DATASET={dataset_of(path, env)}:<version>")
+        elif holder := dataset_of(path, env):
+            found.append(f"data path {text} is in dataset {holder}, which a job mounts only if its snapshot "
+                         f"is named: add DATASET={holder}:<version>")
     return found
 
 
