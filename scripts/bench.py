@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import resource
 import shutil
@@ -169,48 +170,6 @@ class Measure:
     loop: float | None = None  # for train and fit: seconds in the training loop alone
 
 
-class PeakRss:
-    """A child's own peak resident set: VmHWM, polled from /proc until it exits (as the runner does for a
-    stage). Not wait4's ru_maxrss, which counts the parent's memory shared before exec."""
-
-    INTERVAL = 0.01
-
-    def __init__(self, pid: int):
-        self.path, self.mb, self.done = Path(f"/proc/{pid}/status"), None, threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self) -> None:
-        while not self.done.is_set():
-            try:
-                text = self.path.read_text()
-            except OSError:
-                return
-            for line in text.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.mb = int(line.split()[1]) / 1024
-            self.done.wait(self.INTERVAL)
-
-    def stop(self) -> float | None:
-        self.done.set()
-        self.thread.join()
-        return self.mb
-
-
-def measured(cmd: list[str], log: Path, **popen) -> Measure:
-    """Run one child to completion: its wall seconds, CPU seconds (its children's too) and peak RSS."""
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **{"cwd": ROOT, **popen})
-        peak = PeakRss(proc.pid)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"bench: {' '.join(map(str, cmd))} failed ({code}); see {log}")
-    return Measure(seconds, peak.stop(), usage.ru_utime + usage.ru_stime)
-
-
 REAP_LOCK = threading.Lock()
 
 
@@ -251,6 +210,19 @@ class RusageHostBackend(backends.HostBackend):
         return RusageHandle(super().start(node, tree, *args, **kwargs), self.usage, node.name)
 
 
+def measured(cmd: list[str], log: Path, **popen) -> Measure:
+    """Run one child to completion, watched as the runner watches a stage (its peak VmHWM, its CPU seconds
+    and its children's), so that every contender's figures are taken the same way."""
+    started, usage = time.perf_counter(), {}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **{"cwd": ROOT, **popen})
+        outcome = RusageHandle(backends.ProcessHandle(proc, math.inf), usage, "child").wait()
+    seconds = time.perf_counter() - started
+    if outcome.exit_code != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, cmd))} failed ({outcome.exit_code}); see {log}")
+    return Measure(seconds, outcome.peak_rss_mb, usage["child"])
+
+
 # ------------------------------------------------------------------ the contenders
 
 
@@ -288,10 +260,8 @@ def run_flow(work: Path, dag, backend, params: dict, timeout: float, label: str 
     if not ok:
         failed = next(n for n, r in run.results.items() if r.status == "failed")
         raise RuntimeError(f"stage {failed} failed: {run.results[failed].error} (log {run.results[failed].log})")
-    record = json.loads((run_dir / "run.json").read_text())["stages"]
     own = getattr(backend, "usage", {})
-    results = {name: Measure(r.seconds, record[name].get("peak_rss_mb"), own.get(name))
-               for name, r in run.results.items()}
+    results = {name: Measure(r.seconds, r.peak_rss_mb, own.get(name)) for name, r in run.results.items()}
     return results, wall, run
 
 
