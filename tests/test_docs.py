@@ -18,7 +18,7 @@ import pytest
 
 from stageflow import cli, dag as dag_module
 
-from conftest import ROOT
+from conftest import ROOT, fenced
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
@@ -27,15 +27,13 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CHECKED = {"make", "stageflow", "pyflyte"}
 # Commands of other tools the guides show; each is that tool's own business, not something we could check.
 OTHERS = {"git", ".venv/bin/python"}
-SHELL_BLOCK = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`((?:make|stageflow|pyflyte) [^`]+)`")
 
 
 def commands(page: Path) -> list[str]:
     """Each simple command of the page's shell blocks (continuations joined, comments and `&&` split off)."""
-    text = page.read_text()
     found = []
-    for block in SHELL_BLOCK.findall(text):
+    for block in fenced(page, "sh"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             found += [part.strip() for part in re.split(r"&&|;", line) if part.strip()]

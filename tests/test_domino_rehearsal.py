@@ -15,13 +15,14 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import domino_server
 from stageflow.registry import STAGES
 
-from conftest import ROOT, STANDIN
+from conftest import ROOT, STANDIN, fenced
 
 DOCS = ROOT / "docs" / "domino.md"
 REGISTRY, HOST, TOKEN = "registry.example.com/team/stageflow", "https://domino.example.com", "DOMINO_ACCESS_TOKEN=..."
@@ -34,14 +35,14 @@ STEPS = [  # (where, the command exactly as docs/domino.md shows it)
 ]
 
 
-def shell_lines(markdown: str) -> list[str]:
+def shell_lines(page: Path) -> list[str]:
     """The commands of the guide's ```sh blocks, comments dropped, in order."""
-    blocks = re.findall(r"```sh\n(.*?)```", markdown, re.S)
+    blocks = fenced(page, "sh")
     return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
 
 
 def test_the_guide_shows_the_rehearsed_steps_in_order():
-    lines = shell_lines(DOCS.read_text())
+    lines = shell_lines(DOCS)
     found = [lines.index(command) for _, command in STEPS]  # ValueError names a step the guide lacks
     assert found == sorted(found)
 
