@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Make a Docker daemon available on this machine (developer machines and CI).
 #
-# Idempotent: exits 0 at once if `docker info` already reaches a daemon.
-# Otherwise installs Debian's docker.io (dockerd), docker-compose (v1),
-# docker-registry and debootstrap if any is missing, then starts dockerd in the
-# background and waits (bounded) until it answers.
+# Idempotent. Installs Debian's docker.io (dockerd), docker-compose (v1),
+# docker-registry and debootstrap if any is missing (as root), then, unless
+# `docker info` already reaches a daemon, starts dockerd in the background and
+# waits (bounded) until it answers.
 #
 # Environment:
 #   DOCKERD_LOG          where dockerd logs (default /var/log/dockerd.log)
@@ -14,7 +14,28 @@ set -euo pipefail
 
 log() { printf 'docker-up: %s\n' "$*" >&2; }
 
-if docker info >/dev/null 2>&1; then
+# The tools the images and tests need besides the daemon: installed even when a daemon already answers (a
+# machine that came with Docker running may still lack the registry the push tests start).
+missing=()
+for bin in docker-compose docker-registry debootstrap; do
+    command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+done
+daemon_up=0
+docker info >/dev/null 2>&1 && daemon_up=1
+# /usr/local/bin/docker (the client) may already be on the machine; the daemon comes from Debian's docker.io.
+[ "$daemon_up" -eq 1 ] || command -v dockerd >/dev/null 2>&1 || missing+=(dockerd)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        log "missing: ${missing[*]}; installing docker.io docker-compose docker-registry debootstrap"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            docker.io docker-compose docker-registry debootstrap >/dev/null
+    elif [ "$daemon_up" -eq 1 ]; then
+        log "warning: missing ${missing[*]} (the push tests and the Debian base image need them); install as root"
+    fi
+fi
+
+if [ "$daemon_up" -eq 1 ]; then
     log "docker daemon already running"
     exit 0
 fi
@@ -22,22 +43,6 @@ fi
 if [ "$(id -u)" -ne 0 ]; then
     log "not root and no daemon reachable; run as root (installs packages, starts dockerd)"
     exit 1
-fi
-
-# /usr/local/bin/docker (the client) may already be on the machine; the daemon
-# comes from Debian's docker.io, so test for each binary we need separately.
-need_install=0
-for bin in dockerd docker-compose docker-registry debootstrap; do
-    if ! command -v "$bin" >/dev/null 2>&1; then
-        log "missing: $bin"
-        need_install=1
-    fi
-done
-if [ "$need_install" -eq 1 ]; then
-    log "installing docker.io docker-compose docker-registry debootstrap"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        docker.io docker-compose docker-registry debootstrap >/dev/null
 fi
 
 # Another dockerd may still be starting (e.g. two callers at once): don't start
