@@ -16,7 +16,6 @@ trains on (read and split by the stage's own functions) with their text labels, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import sys
@@ -28,15 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from stageflow import registry  # noqa: E402
 from stageflow.runtime import schema as schemas  # noqa: E402
-
-
-def train_stage():
-    """The train stage's module, for its reader, split and network (imported, not copied)."""
-    spec = importlib.util.spec_from_file_location("stage_train", ROOT / "stages" / "train" / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def user_network(train, epochs: int, batch_size: int):
@@ -50,7 +42,7 @@ def fit(processed: str, epochs: str, batch_size: str) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    train = train_stage()
+    train = registry.stage("train").module()
     from stageflow.runtime import dataset
 
     x, codes, names = train.to_arrays(dataset.Snapshot(Path(processed), "processed_data"))

@@ -9,7 +9,6 @@ trained, and the files are only read. (Whether two sources disagree on a key is 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from stageflow.registry import ROOT
+from stageflow import registry
 from stageflow.runtime import contract, dataset, schema as schemas, sources
 
 
@@ -35,14 +34,6 @@ def describe(schema: schemas.Schema) -> str:
     if schema.dropped:
         lines.append(f"  dropped   {', '.join(schema.dropped)}")
     return "\n".join(lines)
-
-
-def _process_stage():
-    """The process stage's module (stages/process/main.py: a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location("stageflow_check_process", ROOT / "stages" / "process" / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def check_file(path: Path, work: Path, process) -> str:
@@ -80,7 +71,7 @@ def check(paths: list[Path]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(describe(schema))
-    process = _process_stage()
+    process = registry.stage("process").module()
     failed = 0
     for path in paths:
         with tempfile.TemporaryDirectory(prefix="stageflow-check-") as work:

@@ -14,7 +14,9 @@ version: nothing rebuilds, nothing is pushed again, and neither the local cache 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -92,6 +94,15 @@ class Stage:
     @property
     def script(self) -> str:
         return f"stages/{self.name}/main.py"
+
+    def module(self):
+        """The stage's main.py imported as a module (a stage runs nothing at import), for what uses its logic
+        outside its own process: check-schema, the bench's fit, the tests."""
+        spec = importlib.util.spec_from_file_location(f"stage_{self.name}", ROOT / self.script)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # before it runs: a dataclass in it looks its module up
+        spec.loader.exec_module(module)
+        return module
 
     @property
     def command(self) -> str:

@@ -1,5 +1,4 @@
 import importlib
-import importlib.util
 import os
 import re
 import socket
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pyarrow.csv as pcsv
 import pytest
 
+from stageflow import registry as stage_registry
 from stageflow.runtime import contract, dataset, schema as schemas
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +35,7 @@ def downstream(dag, names) -> set[str]:
 
 def load_stage(name: str):
     """Import stages/<name>/main.py as a module; nothing runs at import time, so tests get the logic."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / name / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return stage_registry.stage(name).module()
 
 
 def run_main(module, root: Path) -> tuple[int, str | None]:
