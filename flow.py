@@ -16,14 +16,14 @@ try:  # Domino's plugin, present in Domino environments only
     from flytekitplugins.domino.helpers import Input, Output, run_domino_job_task
     from flytekitplugins.domino.task import DatasetSnapshot
 except ImportError:
-    from stageflow.domino import DatasetSnapshot, Input, Output, run_domino_job_task
+    from stageflow.domino.plugin import DatasetSnapshot, Input, Output, run_domino_job_task
 try:  # Flow Artifacts, in the plugin versions that have them; without, model and report are plain FlyteFiles
     from flytekitplugins.domino.artifact import MODEL, REPORT, Artifact
 except ImportError:
-    from stageflow.domino import MODEL, REPORT, Artifact
-from stageflow.environments import built_revisions
+    from stageflow.domino.plugin import MODEL, REPORT, Artifact
+from stageflow.domino.environments import built_revisions
 from stageflow.registry import stage as registered
-from stageflow.submit import pinned_dataset
+from stageflow.domino.submit import pinned_dataset
 
 Parquet = FlyteFile[TypeVar("parquet")]
 Pickle = FlyteFile[TypeVar("pkl")]

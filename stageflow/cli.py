@@ -236,7 +236,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_environments(args: argparse.Namespace) -> int:
-    from stageflow import environments
+    from stageflow.domino import environments
 
     try:
         environments.run(say=lambda line: print(line, flush=True))
@@ -247,7 +247,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from stageflow import submit
+    from stageflow.domino import submit
 
     return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size, args.dataset)
 

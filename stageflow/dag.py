@@ -112,7 +112,7 @@ def load(flow_file: Path = FLOW_FILE, workflow_name: str | None = None) -> Dag:
         digest.update(Path(flow_file).read_bytes() + b"\0")
     except OSError as err:
         raise FlowError(f"flow file {flow_file}: {err.strerror}") from None
-    for path in sorted((ROOT / "stageflow").glob("*.py")):
+    for path in sorted((ROOT / "stageflow").rglob("*.py")):
         digest.update(path.read_bytes() + b"\0")
     cached = DAG_CACHE / f"{digest.hexdigest()}.json"
     try:

@@ -17,7 +17,7 @@ from flytekit.models.types import SimpleType
 from flytekit.tools.translator import get_serializable
 from flytekit.types.file import FlyteFile
 
-from stageflow import domino, environments
+from stageflow.domino import environments, plugin as domino
 from stageflow.registry import STAGES
 
 from conftest import ROOT, STANDIN

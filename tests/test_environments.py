@@ -10,7 +10,8 @@ import pytest
 
 import domino_server
 from domino_server import CREATE_PATH as CREATE
-from stageflow import cli, domino_api, environments
+from stageflow import cli
+from stageflow.domino import api as domino_api, environments
 from stageflow.registry import STAGES
 
 from conftest import samples

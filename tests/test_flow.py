@@ -70,7 +70,7 @@ def test_report_is_a_domino_report_artifact_where_the_plugin_has_artifacts(tmp_p
 
 
 def test_without_the_plugin_the_report_is_a_plain_html_file():
-    from stageflow.domino import REPORT, Artifact
+    from stageflow.domino.plugin import REPORT, Artifact
 
     assert Artifact("Training report", REPORT).File(name="report.html").extension() == "html"
     assert Artifact("Training report", REPORT).File(name="page", type="htm").extension() == "htm"

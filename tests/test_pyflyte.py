@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stageflow import domino
+from stageflow.domino import plugin as domino
 from stageflow.registry import STAGES
 from stageflow.backends import HostBackend
 from stageflow.runner import RunError

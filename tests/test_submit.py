@@ -9,7 +9,8 @@ import sys
 import pytest
 
 import domino_server
-from stageflow import cli, environments, submit
+from stageflow import cli
+from stageflow.domino import environments, submit
 
 from test_environments import DOMINO_VARS, pushed_record
 

@@ -21,7 +21,7 @@ class Artifact:
     type: str
 
     def File(self, name: str, type: str | None = None) -> Any:  # noqa: N802 - the plugin's spelling
-        from stageflow import domino
+        from stageflow.domino import plugin as domino
 
         FILES.append({"artifact": self.name, "kind": self.type, "name": name, "type": type})
         return domino.Artifact(self.name, self.type).File(name=name, type=type)

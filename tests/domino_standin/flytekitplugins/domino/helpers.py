@@ -46,7 +46,7 @@ def run_domino_job_task(flyte_task_name: str, command: str, inputs: list[Input] 
                         external_data_volumes: list | None = None, volume_size_gib: int | None = None,
                         dfs_repo_commit_id: str | None = None, cache: bool = False, cache_version: str | None = None,
                         use_project_defaults_for_omitted: bool = False) -> dict:
-    from stageflow import domino
+    from stageflow.domino import plugin as domino
 
     call = dict(locals())
     del call["domino"]

@@ -24,8 +24,8 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from stageflow import domino_api, environments
-from stageflow.domino_api import Api, DominoError, items, unwrap
+from stageflow.domino import api as domino_api, environments
+from stageflow.domino.api import Api, DominoError, items, unwrap
 from stageflow.registry import ROOT, STAGES
 
 WORKSPACE_VARS = ("DOMINO_PROJECT_ID", "DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID")  # every run

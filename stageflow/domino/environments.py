@@ -3,7 +3,7 @@
 A Domino environment revision is a base image plus Dockerfile instructions (without FROM). Each stage's
 environment takes its image by digest from the last `make push` (build/pushed.json), so a revision names the
 very image that was built and tested. `make environments` writes the definitions to build/environments.json
-and, where it can reach Domino's API (see stageflow/domino_api.py), creates each missing environment or adds a
+and, where it can reach Domino's API (see stageflow/domino/api.py), creates each missing environment or adds a
 revision to an existing one, then waits for Domino to build each revision: Domino builds them asynchronously,
 and a job runs whatever revision is active unless its task pins one. The record keeps, per stage, the
 environment's id and the id of the revision built from this push, so flow.py can pin exactly that revision and
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from stageflow.domino_api import CREDENTIALS, Api, DominoError, connect, configured, items, squeeze, unwrap
+from stageflow.domino.api import CREDENTIALS, Api, DominoError, connect, configured, items, squeeze, unwrap
 from stageflow.images import BUILD, PUSHED
 from stageflow.registry import IMAGE_CODE_DIR, ROOT, STAGES, Stage
 from stageflow.rundir import write_atomic
