@@ -48,7 +48,7 @@ import pyarrow.csv as pcsv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.path]
 
-from stageflow import backends, dag as dag_module, registry, runner  # noqa: E402
+from stageflow import backends, dag as dag_module, jobs, registry, runner  # noqa: E402
 from stageflow.files import place  # noqa: E402
 from stageflow.runtime import contract, dataset, schema as schemas, sources  # noqa: E402
 
@@ -206,8 +206,8 @@ class RusageHostBackend(backends.HostBackend):
     def __init__(self):
         self.usage: dict[str, float] = {}
 
-    def start(self, node, tree, *args, **kwargs):
-        return RusageHandle(super().start(node, tree, *args, **kwargs), self.usage, node.name)
+    def start(self, job, tree, *args, **kwargs):
+        return RusageHandle(super().start(job, tree, *args, **kwargs), self.usage, job.node.name)
 
 
 def measured(cmd: list[str], log: Path, **popen) -> Measure:
@@ -259,7 +259,7 @@ def run_flow(work: Path, dag, backend, params: dict, timeout: float, label: str 
     wall = time.perf_counter() - started
     if not ok:
         failed = next(n for n, r in run.results.items() if r.status == "failed")
-        raise RuntimeError(f"stage {failed} failed: {run.results[failed].error} (log {run.results[failed].log})")
+        raise RuntimeError(f"task {failed} failed: {run.results[failed].error} (log {run.results[failed].log})")
     own = getattr(backend, "usage", {})
     results = {name: Measure(r.seconds, r.peak_rss_mb, own.get(name)) for name, r in run.results.items()}
     return results, wall, run
@@ -290,8 +290,9 @@ def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, l
     (tree / "inputs" / "epochs").write_text(str(epochs))
     (tree / "inputs" / "batch_size").write_text(str(batch_size))
     backend = RusageHostBackend()
+    job = jobs.plan(dag_module.Dag([node], {}, {}, {}), jobs.Setup(code=ROOT), "bench", None)[node.name]
     started = time.perf_counter()
-    handle = backend.start(node, tree, timeout, [])
+    handle = backend.start(job, tree, timeout, [])
     with open(tree / "stage.log", "w") as log:
         log.writelines(handle.lines())
     outcome = handle.wait()
@@ -423,6 +424,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--interleave", action="store_true", help="odd Ids in A, even in B (default: A 1..N, B N+1..2N)")
     parser.add_argument("--shuffle", action="store_true", help="each source's Ids in random order (merge cannot stream)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
+    parser.add_argument("--task-overhead", type=int, metavar="N", help="only measure what the runner adds to one task "
+                        "of a foreign flow against `docker run` of the same command on the same image, N times each")
     return parser
 
 
@@ -438,10 +441,60 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="stageflow-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.task_overhead:
+            return task_overhead(work.resolve(), args.task_overhead)
         return bench(args, work.resolve())
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+TASK_COMMAND = "python3 -c \"import json; json.dump({'ok': 1}, open('/workflow/outputs/result', 'w'))\""
+TASK_FLOW = f"""
+from typing import TypeVar
+from flytekit import workflow
+from flytekit.types.file import FlyteFile
+from flytekitplugins.domino.helpers import Output, run_domino_job_task
+
+@workflow
+def one() -> FlyteFile[TypeVar("json")]:
+    return run_domino_job_task(flyte_task_name="One", command={TASK_COMMAND!r}, environment_name="Bench",
+                               output_specs=[Output(name="result", type=FlyteFile[TypeVar("json")])])["result"]
+"""
+
+
+def task_overhead(work: Path, repeat: int) -> int:
+    """One task of a foreign flow through the runner (its code copied to /mnt/code, its outputs checked and
+    recorded) against `docker run` of the same command on the same image, alternated, N times each; what
+    the runner adds is the difference of the medians."""
+    from stageflow import images
+    from stageflow.backends import backend_named
+
+    image = images.standard_environment()
+    code = work / "code"
+    code.mkdir()
+    (code / "flow.py").write_text(TASK_FLOW)
+    dag = dag_module.load(code / "flow.py", "one")
+    plain, ours = [], []
+    for n in range(repeat):
+        outputs = work / f"plain-{n}"
+        outputs.mkdir()
+        os.chmod(outputs, 0o777)
+        started = time.perf_counter()
+        subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "12574:12574", "-v",
+                        f"{outputs}:/workflow/outputs", "--entrypoint", "/bin/sh", image, "-c", TASK_COMMAND],
+                       check=True, capture_output=True)
+        plain.append(time.perf_counter() - started)
+        setup = jobs.Setup(code=code, images={"Bench": image})
+        run = runner.Run(dag, work / f"run-{n}", backend_named("docker"), {}, echo=False, setup=setup.with_flow(code / "flow.py"))
+        started = time.perf_counter()
+        if not run.execute():
+            raise SystemExit(f"bench: the task failed: {run.failures()}")
+        ours.append(time.perf_counter() - started)
+    first, second = statistics.median(plain), statistics.median(ours)
+    print(f"one task on {image}, median of {repeat}:\n  docker run            {first:6.2f} s\n"
+          f"  stageflow (docker)    {second:6.2f} s\n  what the runner adds  {second - first:+6.2f} s")
+    return 0
 
 
 @dataclasses.dataclass
@@ -500,7 +553,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         if with_peer:
             print(f"the same stages as plain flytekit tasks, pyflyte run, run {i + 1}", flush=True)
             rounds[-1].peer = run_peer(work, sources, params, label)
-        if i == 0:
+        if i == 0 and with_train:
             processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
     fits: dict[int, list[tuple[Measure, Measure]]] = {}
     if with_train and not args.no_fit:

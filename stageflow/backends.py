@@ -1,15 +1,18 @@
-"""What the runner asks of a backend, and the host backend: each stage as a process on this machine.
+"""What the runner asks of a backend, the backends by name, and the host backend: each of this project's
+stages as a process on this machine.
 
-A backend starts one stage in its /workflow tree and hands back a Handle: its output lines, its Outcome,
-a way to kill it. The container backends (stageflow/containers.py) reuse the clock, the runner's identity
-and, for compose, the process handle from here, so a stage is timed out, killed and watched the same way
-whatever runs it.
+A backend starts one task's job in its /workflow tree and hands back a Handle: its output lines, its Outcome,
+a way to kill it. The backends differ in that one hook (and in what they check first), as kedro's runners
+differ in their executor: the runner schedules, a backend starts. The container backends
+(stageflow/containers.py) reuse the clock, the runner's identity and, for compose, the process handle from
+here, so a task is timed out, killed and watched the same way whatever runs it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 import os
 import re
 import signal
@@ -21,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-from stageflow.dag import Dag, Node
+from stageflow.jobs import Job
 from stageflow.registry import ROOT
 from stageflow.runtime import schema as schemas
+from stageflow.runtime.contract import StageError
 
 PEAK_SAMPLE_SECONDS = 0.02
 
@@ -39,6 +43,41 @@ class Handle(Protocol):
     def lines(self) -> Iterator[str]: ...
     def wait(self) -> Outcome: ...
     def kill(self, reason: str = "interrupted") -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def check(self, jobs: list[Job]) -> None:
+        """Before anything runs: refuse, in one line, a job this backend cannot start."""
+
+    def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        """Before the first task of a run in `run_dir`."""
+
+    def finish_run(self) -> None:
+        """After the last task of the run, whatever became of it."""
+
+    def start(self, job: Job, tree: Path, timeout: float, files: list[Path]) -> Handle:
+        """Start `job` in its tree, with the host `files` its inputs name, killed after `timeout` seconds."""
+
+    def owner(self) -> int | None:
+        """The uid the job's files must belong to for it to write them (None: the runner's own)."""
+
+    def image_id(self, image: str) -> str:
+        """What an image is, for the cache key: its content's id where the backend can tell."""
+
+
+BACKENDS = {"host": "stageflow.backends:HostBackend", "docker": "stageflow.containers:DockerBackend",
+            "compose": "stageflow.containers:ComposeBackend"}
+
+
+def backend_named(name: str) -> Backend:
+    """The backend called `name`, built; imported only when asked for (the Docker SDK only for containers)."""
+    name = "host" if name == "process" else name  # its name before 0.2
+    if name not in BACKENDS:
+        raise StageError(f"backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    module, _, attribute = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)()
 
 
 def kill_after(timeout: float, kill: Callable[[str], None]) -> threading.Timer:
@@ -87,24 +126,39 @@ def runner_alive(identity: str | None) -> bool:
 
 
 class HostBackend:
-    """Each stage as a Python process on this host: no Docker needed, the fastest way to iterate."""
+    """Each of this project's stages as a Python process on this host: no Docker needed, the fastest way to
+    iterate. Any other task needs its environment's image, so containers."""
 
     name = "host"
     lock_fd: int | None = None
 
-    def check(self, dag: Dag) -> None:
-        """Nothing to prepare: the stages run from this checkout with this Python."""
+    def check(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.stage is None:
+                raise StageError(f"task {job.node.name} runs `{job.node.task.command}` in environment "
+                                 f"{job.node.task.environment!r}, not one of this project's stages, so it needs "
+                                 f"containers: use --backend docker")
 
     def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
         """Before the first stage: every stage process will inherit the run directory's lock, so the lock
         is held for as long as any of them lives, even one that outlived the runner for a moment."""
         self.lock_fd = lock_fd
 
-    def start(self, node: Node, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
+    def finish_run(self) -> None:
+        self.lock_fd = None
+
+    def owner(self) -> int | None:
+        return None
+
+    def image_id(self, image: str) -> str:
+        return image
+
+    def start(self, job: Job, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
         # The active schema by its absolute path: the stage runs from ROOT, wherever this process runs from.
-        env = {**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONUNBUFFERED": "1", schemas.ENV: str(schemas.path()),
+        env = {**os.environ, **job.environment, "HOME": os.environ.get("HOME", "/"), "WORKFLOW_ROOT": str(tree),
+               "PYTHONUNBUFFERED": "1", schemas.ENV: str(schemas.path()),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.Popen([sys.executable, str(ROOT / node.stage.script)], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, str(ROOT / job.stage.script)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True,
                                 preexec_fn=functools.partial(die_with, os.getpid()),

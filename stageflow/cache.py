@@ -71,10 +71,9 @@ class Sources:
         return True
 
 
-def key(stage: str, version: str, inputs: dict[str, str], host_files: dict[str, str]) -> str:
-    material = json.dumps({"stage": stage, "version": version, "inputs": inputs, "files": host_files},
-                          sort_keys=True)
-    return hashlib.sha256(material.encode()).hexdigest()
+def key(material: dict) -> str:
+    """The entry for what a task's outputs depend on (stageflow.runner.StageRun._key_material)."""
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 class Cache:

@@ -1,47 +1,43 @@
-"""`stageflow`: run the flow locally and inspect its results (`stageflow run`, `stageflow report`)."""
+"""`stageflow`: run a Domino flow locally and inspect its results (`stageflow run`, `stageflow report`), build
+and push the stage images, and check and submit the flow to Domino.
+
+Built on click, which flytekit already brings and which pyflyte builds a workflow's options with: `stageflow run
+FLOW.py WORKFLOW --INPUT VALUE ...` takes the words of `pyflyte run --remote` and its options come from the
+workflow's signature. Every error of the project's own (stageflow.runtime.contract.StageError) is caught in
+one place, `main`, and printed as one line; so is anything unexpected: no command prints a traceback.
+"""
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
+import click
+
 from stageflow import run_report
-from stageflow.run_report import rows_cell, seconds
-from stageflow.runtime.report import DASH, fmt
-from stageflow.registry import ROOT, STAGES
 from stageflow.rundir import RunError, os_error, write_atomic
-from stageflow.runtime import schema as schemas
+from stageflow.registry import ROOT, STAGES
+from stageflow.run_report import rows_cell, seconds
+from stageflow.runtime import contract, schema as schemas
+from stageflow.runtime.contract import StageError
+from stageflow.runtime.report import DASH, fmt
 
-RUNS = ROOT / "runs"
+FLOW = ROOT / "flow.py"
 
 
-def new_run_dir(prefix: str = "") -> Path:
-    """runs/<prefix><UTC time>, plus runs/latest pointing at it; never reuses a directory by accident."""
-    RUNS.mkdir(exist_ok=True)
-    stamp = prefix + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        path = RUNS / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            path.mkdir()
-            break
-        except FileExistsError:
-            continue
-    latest = RUNS / "latest"
-    tmp = RUNS / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(path.name)
-    os.replace(tmp, latest)
-    return path
+def version() -> str:
+    try:
+        return metadata.version("stageflow")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def summary(record: dict) -> str:
-    """The per-stage table printed at the end of every run, from its run.json."""
-    rows = [("stage", "status", "seconds", "rows", "cached")]
+    """The per-task table printed at the end of every run, from its run.json."""
+    rows = [("task", "status", "seconds", "rows", "cached")]
     rows += [(name, stage.get("status", DASH), fmt(seconds(stage), ".2f"), rows_cell(stage),
               fmt(stage.get("cached"))) for name, stage in record.get("stages", {}).items()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -59,337 +55,35 @@ def headline_text(name: str, headline: dict) -> str:
     return "\n".join([f"{name} headline:", *lines])
 
 
-def write_run_report(run_dir: Path, record: dict, dag) -> Path:
-    edges = [(up, node.name) for node in dag.nodes for up in sorted(node.upstream)]
+def write_run_report(run_dir: Path, record: dict, order: list[str], edges: list[tuple[str, str]]) -> Path:
     path = run_dir / "report.html"
-    write_atomic(path, run_report.run_report(record, [node.name for node in dag.nodes], edges,
-                                             run_report.headlines(run_dir, record)))
+    write_atomic(path, run_report.run_report(record, order, edges, run_report.headlines(run_dir, record)))
     return path
 
 
-def data_paths(args: argparse.Namespace) -> dict[str, str]:
-    """The sources: those given, else the samples the active schema names (the bundled iris data for the
-    default schema), so switching schema needs no other option."""
-    schema = schemas.active()
-    paths = {}
-    for name in ("data_path_a", "data_path_b"):
-        given = getattr(args, name) or schema.samples.get(name)
-        if given is None:
-            raise RunError(f"flow input {name}: not given, and schema {schema.path} names no sample for it "
-                           f"([samples] {name}); give --{name.replace('_', '-')}")
-        paths[name] = str(Path(given).resolve())
-    return paths
-
-
-def backend_named(name: str):
-    from stageflow.backends import HostBackend
-
-    if name == "host":
-        return HostBackend()
-    from stageflow import containers  # needs the Docker SDK only when asked for
-    return containers.DockerBackend() if name == "docker" else containers.ComposeBackend()
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from stageflow import dag as dag_module
-    from stageflow.cache import Cache
-    from stageflow.runner import Run, check_params, check_timeout
-
-    signal.signal(signal.SIGTERM, _interrupt)  # a stopped job cleans up as a Ctrl-C does
-    try:
-        params = {**data_paths(args), "epochs": args.epochs, "batch_size": args.batch_size}
-        dag = dag_module.load(Path(args.flow), args.workflow)
-        backend = backend_named(args.backend)
-        check_params(dag, params)  # as Run does, but before a runs/<time> is made for a run that cannot start
-        check_timeout(args.timeout)
-        run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
-        run = Run(dag, run_dir, backend, params, timeout=args.timeout, cache=None if args.no_cache else Cache())
-        print(f"running flow {dag.name} ({args.backend} backend) in {run_dir}", flush=True)
-        run.execute()
-    except (RunError, dag_module.FlowError, schemas.SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    record = run.record.as_json()
-    try:
-        report_path = write_run_report(run_dir, record, dag)
-    except OSError as err:
-        report_path = f"not written: {os_error(err)}"
-    return print_outcome(run, record, report_path)
-
-
 def print_outcome(run, record: dict, report_path: Path | str) -> int:
-    """The end of `stageflow run`: the stage table, then what failed, or the outputs and their headlines."""
-    print("\n" + summary(record))
+    """The end of `stageflow run`: the task table, then what failed, or the outputs and their headlines."""
+    print(contract.printable("\n" + summary(record)))
     print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run.run_dir / 'run.json'}")
     if run.interrupted:
-        print("\ninterrupted; stopped every running stage.", file=sys.stderr)
+        print("\ninterrupted; stopped every running task.", file=sys.stderr)
         return 130
     if record["status"] != "succeeded":
-        print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
+        print(contract.printable("\n" + "\n\n".join(run.failures())), file=sys.stderr)
         print("\nflow failed.", file=sys.stderr)
         return 1
-    print("\n".join(f"{name + ':':16} {output['path']}" for name, output in record["outputs"].items()))
+    for name, output in record["outputs"].items():
+        print(contract.printable(f"{name + ':':16} {output['path'] if 'path' in output else contract_text(output['value'])}"))
     for name, headline in run_report.headlines(run.run_dir, record).items():
-        print("\n" + headline_text(name, headline))
+        print(contract.printable("\n" + headline_text(name, headline)))
     return 0
 
 
-def ran_dag(flow: Path, workflow: str | None, record: dict):
-    """The DAG a run ran: the workflow named, else the flow file's only one, else the one run.json names."""
-    from stageflow import dag as dag_module
-
-    try:
-        return dag_module.load(flow, workflow)
-    except dag_module.FlowError:
-        if workflow or not isinstance(record.get("flow"), str):
-            raise
-        return dag_module.load(flow, record["flow"])
+def contract_text(value) -> str:
+    return value if isinstance(value, str) else contract.format_value(value)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from stageflow import dag as dag_module
-
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "run.json").is_file():
-        print(f"error: {run_dir} is not a run directory (no run.json)", file=sys.stderr)
-        return 2
-    record = json.loads((run_dir / "run.json").read_text())
-    try:
-        dag = ran_dag(Path(args.flow), args.workflow, record)
-    except dag_module.FlowError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        print(write_run_report(run_dir, record, dag))
-    except OSError as err:
-        print(f"error: run report: {os_error(err)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_images(args: argparse.Namespace) -> int:
-    from stageflow import images
-
-    try:
-        if args.action == "wheels":
-            images.download_wheels()
-            print(f"wheelhouse: {images.WHEELS} ({len(list(images.WHEELS.glob('*.whl')))} wheels)")
-        elif args.action == "build":
-            images.build_all(force=args.force)
-        else:
-            images.push_all(args.registry)
-    except images.ImageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_compose(args: argparse.Namespace) -> int:
-    from stageflow import containers
-
-    if args.action == "file":
-        text = containers.compose_file()
-        if args.check:
-            current = (ROOT / "docker-compose.yml").read_text()
-            if current != text:
-                print("error: docker-compose.yml is stale; run `stageflow compose-file`", file=sys.stderr)
-                return 1
-            return 0
-        (ROOT / "docker-compose.yml").write_text(text)
-    else:
-        print(containers.shell_env())
-    return 0
-
-
-def cmd_compose_stage(args: argparse.Namespace) -> int:
-    """One stage through docker-compose.yml, with its inputs from a run directory or given paths."""
-    from stageflow import containers, dag as dag_module
-
-    latest = RUNS / "latest"
-    run_dir = Path(args.from_dir) if args.from_dir else (latest if latest.is_dir() else None)
-    given = dict(item.split("=", 1) for item in args.input)
-    try:
-        defaults = {name: str(path) for name, path in schemas.active().samples.items()}  # the schema's sample
-        one = containers.one_stage(dag_module.load(Path(args.flow)), args.stage, run_dir, given, defaults)
-        print(f"running stage {args.stage} through docker-compose.yml in {containers.COMPOSE_DIR}"
-              + (f", inputs from {run_dir}" if run_dir else ""), flush=True)
-        run = containers.compose_stage(one, args.timeout)
-    except (RunError, schemas.SchemaError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if run.interrupted:
-        return 130
-    if run.failures():
-        print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
-        return 1
-    outputs = containers.COMPOSE_DIR / args.stage / "outputs"
-    print(f"\nstage {args.stage} succeeded in {run.results[args.stage].seconds:.1f} s; outputs in {outputs}: "
-          f"{', '.join(one.nodes[0].outputs)}\nto run it again by hand: {containers.by_hand(one)}")
-    return 0
-
-
-def cmd_gc(args: argparse.Namespace) -> int:
-    from stageflow import disk
-
-    print("\n".join(disk.gc(args.keep_days, args.dry_run)))
-    return 0
-
-
-def cmd_environments(args: argparse.Namespace) -> int:
-    from stageflow.domino import environments
-
-    try:
-        environments.run(say=lambda line: print(line, flush=True))
-    except environments.DominoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from stageflow.domino import submit
-
-    return submit.submit(args.data_path_a, args.data_path_b, args.epochs, args.batch_size, args.dataset)
-
-
-def cmd_verify_model(args: argparse.Namespace) -> int:
-    from stageflow import model
-
-    try:
-        digest = model.verify(Path(args.model), Path(args.metrics))
-    except model.ModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"ok: {args.model} matches sha256 {digest} recorded in {args.metrics}")
-    return 0
-
-
-def cmd_check_schema(args: argparse.Namespace) -> int:
-    from stageflow import check
-
-    return check.check([Path(p) for p in args.files])
-
-
-def schema_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--schema", metavar="PATH", help=f"the data's schema file (default: ${schemas.ENV}, "
-                         f"else schema.toml at the repository root); sets {schemas.ENV} for the stages")
-
-
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, found {text!r}")
-    return value
-
-
-def name_value(text: str) -> str:
-    if "=" not in text or text.startswith("="):
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, found {text!r}")
-    return text
-
-
-def add_run_command(sub) -> None:
-    run = sub.add_parser("run", help="run the whole flow locally")
-    run.add_argument("--backend", choices=["host", "docker", "compose"], default="host",
-                     type=lambda name: "host" if name == "process" else name,  # its name before 0.2
-                     help="host: each stage a process on this machine (default); docker: each stage in its image "
-                          "(Docker SDK); compose: through docker-compose.yml, run directory .workflow")
-    schema_option(run)
-    run.add_argument("--run-dir", help="directory for this run (default: a new runs/<time>, linked as runs/latest)")
-    run.add_argument("--data-path-a", help="source A (default: the schema's sample, data/source_a.csv for iris)")
-    run.add_argument("--data-path-b", help="source B (default: the schema's sample, data/source_b.jsonl for iris)")
-    run.add_argument("--epochs", help="training epochs (default: flow.py's, 10)")
-    run.add_argument("--batch-size", help="mini-batch size (default: flow.py's, 32)")
-    run.add_argument("--timeout", default="3600", help="seconds a stage may take, hashing its sources and restoring "
-                                                       "it from the cache included (default 3600)")
-    run.add_argument("--no-cache", action="store_true",
-                     help="run every stage even when the cache holds its outputs for the same inputs")
-    run.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file (default: this checkout's flow.py)")
-    run.add_argument("--workflow", help="the @workflow to run, when the flow file defines several")
-    run.set_defaults(func=cmd_run)
-
-
-def add_report_command(sub) -> None:
-    rep = sub.add_parser("report", help="write RUN_DIR/report.html: the DAG, each stage's status, time, "
-                                        "memory, rows, logs and outputs")
-    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds run.json), such as runs/latest")
-    rep.add_argument("--flow", default=str(ROOT / "flow.py"), help="the flow file the run ran")
-    rep.add_argument("--workflow", help="the @workflow it ran, when the flow file defines several (default: the "
-                                        "one run.json names)")
-    rep.set_defaults(func=cmd_report)
-
-
-def add_compose_stage_command(sub) -> None:
-    stage_cmd = sub.add_parser("compose-stage", help="run one stage through docker-compose.yml: prepare its tree "
-                               "in .workflow/<stage>/ (inputs, outputs writable by the container's user), then "
-                               "`docker compose run` it")
-    stage_cmd.add_argument("stage", choices=list(STAGES), metavar="STAGE", help=", ".join(STAGES))
-    stage_cmd.add_argument("--from", dest="from_dir", metavar="RUN_DIR",
-                           help="run directory whose outputs and flow inputs feed the stage (default: runs/latest)")
-    stage_cmd.add_argument("--input", action="append", default=[], metavar="NAME=VALUE", type=name_value,
-                           help="an input of the stage: a file's path or a value (repeatable; wins over --from)")
-    stage_cmd.add_argument("--timeout", type=float, default=3600.0, help="seconds before the stage is killed")
-    stage_cmd.add_argument("--flow", default=str(ROOT / "flow.py"), help=argparse.SUPPRESS)
-    stage_cmd.set_defaults(func=cmd_compose_stage)
-
-
-def add_gc_command(sub) -> None:
-    gc = sub.add_parser("gc", help="remove stage-cache entries and images that neither the current code nor a "
-                        "recent run uses (docs/disk.md)")
-    gc.add_argument("--keep-days", type=non_negative, default=7.0, metavar="DAYS",
-                    help="keep cache entries used in the last DAYS days (default 7); the newest run's are always kept")
-    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    gc.set_defaults(func=cmd_gc)
-
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="stageflow", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
-    add_run_command(sub)
-    for action, text in (("wheels", "download the stages' pinned wheels into wheels/ (host side)"),
-                         ("build", "build every stage image that is not up to date"),
-                         ("push", "push every stage image to a registry; prints digests")):
-        cmd = sub.add_parser(f"images-{action}" if action != "wheels" else "wheels", help=text)
-        cmd.set_defaults(func=cmd_images, action=action)
-        if action == "build":
-            cmd.add_argument("--force", action="store_true", help="rebuild even when the version tag exists")
-        if action == "push":
-            cmd.add_argument("--registry", required=True, help="host:port/prefix to push to")
-    verify = sub.add_parser("verify-model", help="check a model file against the sha256 in its metrics")
-    verify.add_argument("model")
-    verify.add_argument("metrics")
-    verify.set_defaults(func=cmd_verify_model)
-    compose = sub.add_parser("compose-file", help="regenerate docker-compose.yml from the stage registry")
-    compose.add_argument("--check", action="store_true", help="only check that docker-compose.yml is current")
-    compose.set_defaults(func=cmd_compose, action="file")
-    env = sub.add_parser("compose-env", help="print export lines for using docker-compose.yml by hand")
-    env.set_defaults(func=cmd_compose, action="env")
-    add_compose_stage_command(sub)
-    add_gc_command(sub)
-    environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
-                                  "build/environments.json; where Domino's API is reachable (docs/domino.md), create "
-                                  "or revise them and wait for each revision's build")
-    environments.set_defaults(func=cmd_environments)
-    submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
-                            "`pyflyte run --remote flow.py <workflow> ...`")
-    submit.add_argument("--data-path-a", required=True, help="source A, an absolute path as a Domino job sees it")
-    submit.add_argument("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
-    submit.add_argument("--epochs", help="training epochs (default: flow.py's)")
-    submit.add_argument("--batch-size", help="mini-batch size (default: flow.py's)")
-    submit.add_argument("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is "
-                                          "mounted for the loads; name alone: its latest snapshot)")
-    submit.set_defaults(func=cmd_submit)
-    check = sub.add_parser("check-schema", help="check your data files against the schema (schema.toml, or "
-                           "--schema / STAGEFLOW_SCHEMA) with the stages' own checks, before running the flow")
-    schema_option(check)
-    check.add_argument("files", nargs="+", metavar="FILE", help="a source file (CSV, CSV.gz, Parquet, JSON Lines)")
-    check.set_defaults(func=cmd_check_schema)
-    add_report_command(sub)
-    return top
-
+# ---------------------------------------------------------------- stageflow run
 
 def select_schema(path: str | None) -> None:
     """Make `path` (else a relative STAGEFLOW_SCHEMA) the active schema as an absolute path: the stages, which
@@ -399,10 +93,439 @@ def select_schema(path: str | None) -> None:
         os.environ[schemas.ENV] = str(Path(chosen).absolute())
 
 
+def schema_option(function):
+    return click.option("--schema", metavar="PATH", help=f"the data's schema file (default: ${schemas.ENV}, else "
+                        f"schema.toml at the repository root); sets {schemas.ENV} for the stages")(function)
+
+
+RUN_OPTIONS = [
+    click.Option(["--backend"], type=click.Choice(["host", "docker", "compose", "process"]), default="host",
+                 show_default=True, help="host: each of this project's stages a process on this machine; docker: "
+                 "each task in its environment's image (Docker SDK); compose: this project's stages through "
+                 "docker-compose.yml, run directory .workflow"),
+    click.Option(["--run-dir"], metavar="DIR", help="directory for this run (default: a new runs/<time>, linked "
+                 "as runs/latest)"),
+    click.Option(["--timeout"], default="3600", show_default=True, metavar="SECONDS",
+                 help="seconds a task may take, hashing its sources and restoring it from the cache included"),
+    click.Option(["--no-cache"], is_flag=True, help="run every task even when the cache holds its outputs for the "
+                 "same inputs"),
+    click.Option(["--code"], metavar="DIR", help="what the tasks see at /mnt/code (default: the git top level "
+                 "holding FLOW.py, else its folder); each task gets a copy of its own"),
+    click.Option(["--environment-image", "environment_images"], multiple=True, metavar='"ENVIRONMENT NAME=IMAGE"',
+                 help="the local image that runs the tasks of a Domino environment (repeatable; also read from "
+                 f"environment-images.txt in the code directory)"),
+    click.Option(["--dataset", "datasets"], multiple=True, metavar="NAME=DIR",
+                 help="a local folder mounted read-only where Domino mounts dataset NAME for a job (/mnt/data/NAME; "
+                 "repeatable)"),
+    click.Option(["--schema"], metavar="PATH", help=f"the data's schema file (default: ${schemas.ENV}, else "
+                 f"schema.toml at the repository root); sets {schemas.ENV} for the stages"),
+]
+PROJECT_OPTIONS = [  # this project's flow only, when `stageflow run` is given no FLOW.py: as before
+    click.Option(["--flow"], default=str(FLOW), show_default="this checkout's flow.py", help="the flow file"),
+    click.Option(["--workflow"], help="the @workflow to run, when the flow file defines several"),
+]
+
+
+def input_options(dag, dashed: bool) -> list[click.Option]:
+    """One option per workflow input, as pyflyte names them (`--data_path_a`, a bool as `--x/--no_x`), and
+    dashed too (`--data-path-a`). Values are taken as text and checked by the runner's one check
+    (stageflow.dag.normalise), so every path gives the same one-line error."""
+    found = []
+    for name, kind in dag.inputs.items():
+        names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        default = dag.defaults.get(name)
+        shown = ", required" if name not in dag.defaults else f", default {contract_text(default)}"
+        what = contract.TYPE_NAMES[kind]
+        if kind is bool:
+            decls = [f"--{name}/--no_{name}"] + ([f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}"]
+                                                 if dashed and "_" in name else [])
+            found.append(click.Option([*decls, name], default=None, help=f"flow input ({what}{shown})"))
+        else:
+            found.append(click.Option([*(names if dashed else names[:1]), name], default=None,
+                                      metavar=what.upper(), help=f"flow input ({what}{shown})"))
+    return found
+
+
+def parse_inputs(dag, words: list[str], prog: str, extra: list[click.Option] = ()) -> dict:
+    """The workflow's inputs (and `extra` options) from `words`; --help lists them."""
+    command = click.Command(prog, params=[*extra, *input_options(dag, dashed=True)],
+                            help=f"Run workflow {dag.name}; its inputs:" if dag.name else None,
+                            context_settings={"max_content_width": 110})
+    with command.make_context(prog, list(words)) as ctx:
+        return dict(ctx.params)
+
+
+def sample_defaults(dag, params: dict) -> dict:
+    """This project's flow: each data path not given is the active schema's sample for it ([samples]), so
+    switching the schema needs no other option; one given empty is refused, never taken for not given."""
+    schema = schemas.active()
+    found = dict(params)
+    for name, sample in schema.samples.items():
+        if name not in dag.inputs:
+            continue
+        value = params.get(name)
+        if value is None:
+            found[name] = str(Path(sample).resolve())
+        elif not str(value).strip():
+            raise RunError(f"flow input {name}: empty; give a source file (leave the option out for the schema's "
+                           f"sample, {sample})")
+        else:
+            found[name] = os.path.abspath(value)
+    missing = [name for name in dag.inputs if name not in dag.defaults and found.get(name) is None]
+    if missing:
+        raise RunError(f"flow input {missing[0]}: not given, and schema {schema.path} names no sample for it "
+                       f"([samples] {missing[0]}); give --{missing[0].replace('_', '-')}")
+    return found
+
+
+def setup_from(options: dict, flow_file: Path):
+    from stageflow import jobs
+
+    setup = jobs.Setup(code=Path(options["code"]).resolve() if options.get("code") else None)
+    if setup.code is not None and not setup.code.is_dir():
+        raise RunError(f"--code {options['code']}: not a directory")
+    for text in options.get("environment_images") or ():
+        name, image = jobs.parse_mapping(text, "--environment-image")
+        setup.images[name] = image
+    for text in options.get("datasets") or ():
+        name, folder = jobs.parse_mapping(text, "--dataset")
+        path = Path(folder).resolve()
+        if not path.is_dir():
+            raise RunError(f"--dataset {text}: {folder} is not a directory")
+        setup.datasets[name] = path
+    return setup.with_flow(flow_file)
+
+
+def split_words(words: list[str]) -> tuple[list[str], list[str]] | None:
+    """(run options, [FLOW.py, WORKFLOW, inputs...]) when the words name a flow file after the run options;
+    None when they do not (this project's flow, its inputs and the run options mixed, as before)."""
+    takes_value = {name for option in RUN_OPTIONS if not option.is_flag for name in option.opts}
+    flags = {name for option in RUN_OPTIONS if option.is_flag for name in option.opts}
+    position = 0
+    while position < len(words):
+        word = words[position]
+        if not word.startswith("-"):
+            return (words[:position], words[position:]) if word.endswith(".py") else None
+        name = word.split("=", 1)[0]
+        if name in takes_value:
+            position += 1 if "=" in word else 2
+        elif name in flags:
+            position += 1
+        else:
+            return None
+    return None
+
+
+def parse_options(params: list[click.Option], words: list[str], **settings) -> dict:
+    command = click.Command("stageflow run", params=params, context_settings=settings)
+    with command.make_context("stageflow run", list(words)) as ctx:
+        return dict(ctx.params)
+
+
+@click.command("run", add_help_option=False,
+               context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("words", nargs=-1, type=click.UNPROCESSED)
+def run_command(words):
+    """Run a flow locally: `stageflow run [RUN OPTIONS] FLOW.py WORKFLOW [--INPUT VALUE ...]`, the words of
+    `pyflyte run --remote` without --remote; without FLOW.py, this project's flow.py (`stageflow run --help`)."""
+    return execute(*parse_run(list(words)))
+
+
+def parse_run(words: list[str]):
+    """The DAG, the run options, the flow inputs and the flow file that `stageflow run WORDS` means; --help
+    prints what they may be (and exits)."""
+    from stageflow import dag as dag_module
+
+    split = split_words(words)
+    if split:
+        run_words, (flow, *rest) = split
+        options = parse_options(RUN_OPTIONS, run_words)
+        select_schema(options.get("schema"))
+        flow_file = Path(flow)
+        if not rest or rest[0].startswith("-"):
+            dag_module.checked(flow_file)
+            raise RunError(f"give the workflow to run after {flow_file}: stageflow run {flow_file} WORKFLOW "
+                           f"[--INPUT VALUE ...]")
+        dag = dag_module.load(flow_file, rest[0])
+        return dag, options, parse_inputs(dag, rest[1:], f"stageflow run {flow_file} {rest[0]}"), flow_file
+    every = [*RUN_OPTIONS, *PROJECT_OPTIONS]
+    first = parse_options(every, [w for w in words if w not in ("--help", "-h")], ignore_unknown_options=True,
+                          allow_extra_args=True)
+    select_schema(first.get("schema"))
+    dag = dag_module.load(Path(first["flow"]), first.get("workflow"))
+    params = parse_inputs(dag, words, "stageflow run", every)
+    options = {option.name: params.pop(option.name) for option in every}
+    return dag, options, sample_defaults(dag, params), Path(options["flow"])
+
+
+def parse(argv: list[str]) -> None:
+    """Check that `stageflow ARGV` would be taken as written, without running it (the guides' commands are
+    checked so: tests/test_docs.py); a refusal raises as the command would."""
+    name, rest = argv[0], list(argv[1:])
+    if name not in cli.commands:
+        raise click.UsageError(f"no such command {name!r}")
+    if cli.commands[name] is run_command:
+        parse_run(rest)
+    else:
+        cli.commands[name].make_context(name, rest)
+
+
+def options_of(name: str) -> set[str]:
+    """Every option `stageflow NAME` takes (for `run`: also this project's flow inputs)."""
+    command = cli.commands[name]
+    if command is run_command:
+        from stageflow import dag as dag_module
+
+        params = [*RUN_OPTIONS, *PROJECT_OPTIONS, *input_options(dag_module.load(FLOW), dashed=True)]
+    else:
+        params = command.params
+    return {"--help", "-h"} | {opt for param in params for opt in [*param.opts, *param.secondary_opts]}
+
+
+def execute(dag, options: dict, params: dict, flow_file: Path) -> int:
+    """Check everything before a run directory exists, run, then print the table and the outputs."""
+    from stageflow.backends import backend_named
+    from stageflow.cache import Cache
+    from stageflow.containers import COMPOSE_DIR
+    from stageflow.runner import Run
+
+    select_schema(options.get("schema"))
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped job cleans up as a Ctrl-C does
+    run_dir = options.get("run_dir")
+    if options["backend"] == "compose":  # docker-compose.yml mounts the trees from .workflow/: the run goes there
+        if run_dir and Path(run_dir).resolve() != COMPOSE_DIR.resolve():
+            raise RunError(f"--backend compose runs in {os.path.relpath(COMPOSE_DIR)}, where docker-compose.yml "
+                           f"mounts the trees, not in --run-dir {run_dir}; leave --run-dir out")
+        run_dir = str(COMPOSE_DIR)
+    backend = backend_named(options["backend"])
+    run = Run(dag, Path(run_dir).resolve() if run_dir else None, backend, params, timeout=options["timeout"],
+              cache=None if options.get("no_cache") else Cache(), setup=setup_from(options, flow_file))
+    run.execute()
+    record = run.record.as_json()
+    try:
+        report_path = write_run_report(run.run_dir, record, [n.name for n in dag.nodes],
+                                       [(up, n.name) for n in dag.nodes for up in sorted(n.upstream)])
+    except OSError as err:
+        report_path = f"not written: {os_error(err)}"
+    return print_outcome(run, record, report_path)
+
+
+# ---------------------------------------------------------------- the other commands
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(version(), "--version", prog_name="stageflow", message="%(prog)s %(version)s")
+def cli():
+    """stageflow: run a Domino flow locally, build its images, submit it to Domino."""
+
+
+cli.add_command(run_command)
+
+
+@cli.command("report")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=Path))
+@click.option("--flow", default=str(FLOW), help="the flow file the run ran (only for a run.json that does not "
+              "record its DAG)")
+@click.option("--workflow", help="the @workflow it ran, when the flow file defines several")
+def report_command(run_dir: Path, flow: str, workflow: str | None):
+    """Write RUN_DIR/report.html: the DAG, each task's status, time, memory, rows, logs and outputs."""
+    from stageflow import records
+
+    record = records.read(run_dir)
+    order = list(record.get("stages", {}))
+    if all("upstream" in stage for stage in record["stages"].values()):
+        edges = [(up, name) for name, stage in record["stages"].items() for up in stage["upstream"]]
+    else:  # an older run.json: the DAG from the flow file
+        from stageflow import dag as dag_module
+
+        dag = dag_module.load(Path(flow), workflow or record.get("flow"))
+        edges = [(up, n.name) for n in dag.nodes for up in sorted(n.upstream)]
+    try:
+        print(write_run_report(run_dir, record, order, edges))
+    except OSError as err:
+        raise RunError(f"run report: {os_error(err)}") from None
+
+
+@cli.command("wheels")
+def wheels_command():
+    """Download the stages' pinned wheels into wheels/ (host side)."""
+    from stageflow import images
+
+    images.download_wheels()
+    print(f"wheelhouse: {images.WHEELS} ({len(list(images.WHEELS.glob('*.whl')))} wheels)")
+
+
+@cli.command("images-build")
+@click.option("--force", is_flag=True, help="rebuild even when the version tag exists")
+def images_build_command(force: bool):
+    """Build every stage image that is not up to date."""
+    from stageflow import images
+
+    images.build_all(force=force)
+
+
+@cli.command("images-push")
+@click.option("--registry", required=True, help="host:port/prefix to push to")
+def images_push_command(registry: str):
+    """Push every stage image to a registry; prints digests."""
+    from stageflow import images
+
+    images.push_all(registry)
+
+
+@cli.command("verify-model")
+@click.argument("model")
+@click.argument("metrics")
+def verify_model_command(model: str, metrics: str):
+    """Check a model file against the sha256 in its metrics."""
+    from stageflow import model as models
+
+    digest = models.verify(Path(model), Path(metrics))
+    print(f"ok: {model} matches sha256 {digest} recorded in {metrics}")
+
+
+@cli.command("compose-file")
+@click.option("--check", is_flag=True, help="only check that docker-compose.yml is current")
+def compose_file_command(check: bool):
+    """Regenerate docker-compose.yml from the stage registry."""
+    from stageflow import containers
+
+    text = containers.compose_file()
+    if check:
+        if (ROOT / "docker-compose.yml").read_text() != text:
+            raise ActionFailed("docker-compose.yml is stale; run `stageflow compose-file`")
+        return
+    (ROOT / "docker-compose.yml").write_text(text)
+
+
+@cli.command("compose-env")
+def compose_env_command():
+    """Print export lines for using docker-compose.yml by hand."""
+    from stageflow import containers
+
+    print(containers.shell_env())
+
+
+@cli.command("compose-stage")
+@click.argument("stage", metavar="STAGE", type=click.Choice(list(STAGES)))
+@click.option("--from", "from_dir", metavar="RUN_DIR", help="run directory whose outputs and flow inputs feed the "
+              "stage (default: runs/latest)")
+@click.option("--input", "given", multiple=True, metavar="NAME=VALUE", help="an input of the stage: a file's path "
+              "or a value (repeatable; wins over --from)")
+@click.option("--timeout", type=float, default=3600.0, help="seconds before the stage is killed")
+@click.option("--flow", default=str(FLOW), hidden=True)
+def compose_stage_command(stage: str, from_dir: str | None, given: tuple[str, ...], timeout: float, flow: str):
+    """Run one stage through docker-compose.yml: prepare its tree in .workflow/<stage>/ (inputs, outputs writable
+    by the container's user), then `docker compose run` it."""
+    from stageflow import containers, dag as dag_module, jobs
+
+    latest = ROOT / "runs" / "latest"
+    run_dir = Path(from_dir) if from_dir else (latest if latest.is_dir() else None)
+    inputs = dict(jobs.parse_mapping(item, "--input") for item in given)
+    defaults = {name: str(path) for name, path in schemas.active().samples.items()}  # the schema's sample
+    one = containers.one_stage(dag_module.load(Path(flow)), stage, run_dir, inputs, defaults)
+    print(f"running stage {stage} through docker-compose.yml in {containers.COMPOSE_DIR}"
+          + (f", inputs from {run_dir}" if run_dir else ""), flush=True)
+    run = containers.compose_stage(one, timeout)
+    if run.interrupted:
+        sys.exit(130)
+    if run.failures():
+        print("\n" + "\n\n".join(run.failures()), file=sys.stderr)
+        sys.exit(1)
+    outputs = containers.COMPOSE_DIR / stage / "outputs"
+    print(f"\nstage {stage} succeeded in {run.results[stage].seconds:.1f} s; outputs in {outputs}: "
+          f"{', '.join(one.nodes[0].outputs)}\nto run it again by hand: {containers.by_hand(one)}")
+
+
+def non_negative(ctx, param, text) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise click.BadParameter(f"expected a number of days >= 0, found {text!r}")
+    return value
+
+
+@cli.command("gc")
+@click.option("--keep-days", default="7", callback=non_negative, metavar="DAYS",
+              help="keep cache entries used in the last DAYS days (default 7); the newest run's are always kept")
+@click.option("--dry-run", is_flag=True, help="only say what would be removed")
+def gc_command(keep_days: float, dry_run: bool):
+    """Remove stage-cache entries and images that neither the current code nor a recent run uses (docs/disk.md)."""
+    from stageflow import disk
+
+    print("\n".join(disk.gc(keep_days, dry_run)))
+
+
+@cli.command("environments")
+def environments_command():
+    """Write each stage's Domino environment definition to build/environments.json; where Domino's API is
+    reachable (docs/domino.md), create or revise them and wait for each revision's build."""
+    from stageflow.domino import environments
+
+    environments.run(say=lambda line: print(line, flush=True))
+
+
+@cli.command("submit")
+@click.option("--data-path-a", required=True, help="source A, an absolute path as a Domino job sees it")
+@click.option("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
+@click.option("--epochs", help="training epochs (default: flow.py's)")
+@click.option("--batch-size", help="mini-batch size (default: flow.py's)")
+@click.option("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is mounted "
+              "for the loads; name alone: its latest snapshot)")
+def submit_command(data_path_a, data_path_b, epochs, batch_size, dataset):
+    """From a Domino workspace: check what a remote run needs, then `pyflyte run --remote flow.py <workflow> ...`."""
+    from stageflow.domino import submit
+
+    sys.exit(submit.submit(data_path_a, data_path_b, epochs, batch_size, dataset))
+
+
+@cli.command("check-schema")
+@schema_option
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+def check_schema_command(schema: str | None, files: tuple[str, ...]):
+    """Check your data files against the schema (schema.toml, or --schema / STAGEFLOW_SCHEMA) with the stages'
+    own checks, before running the flow."""
+    from stageflow import check
+
+    select_schema(schema)
+    sys.exit(check.check([Path(p) for p in files]))
+
+
+class ActionFailed(StageError):
+    exit_status = 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    select_schema(getattr(args, "schema", None))
-    return args.func(args)
+    """Every command, every error in one place: one line, no traceback, an exit status that says which."""
+    try:
+        with cli.make_context("stageflow", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            result = cli.invoke(ctx)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as done:  # --help, --version
+        return done.exit_code
+    except click.ClickException as err:  # a bad option or argument: that command's usage, then the problem
+        if err.ctx is not None:
+            click.echo(err.ctx.get_usage(), err=True)
+        click.echo(f"error: {err.format_message()}", err=True)
+        return err.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except StageError as err:
+        print(f"error: {contract.one_line(err)}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"error: {os_error(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - a bug of ours: still one line, and where to report it
+        print(f"error: unexpected {contract.one_line(err)} (a bug in stageflow {version()}: please report it with "
+              f"the command you ran)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Runner backends that run each stage in its real image: through the Docker SDK, or through compose.
+"""Runner backends that run each task in its real image: through the Docker SDK, or through compose.
 
-A stage's container gets only what a Domino job would: its /workflow tree (inputs read-only), the source
-files its inputs name (read-only), no network, the limits of its hardware tier, and no privileges.
+A task's container gets only what a Domino job would: its command run by a shell as Domino's job user, its
+/workflow tree (inputs read-only), /mnt as the job's home with the project's code at /mnt/code (a copy of its
+own) and its datasets under /mnt/data (read-only), the source files its inputs name (read-only), Domino's job
+variables, no network, the limits of its hardware tier, and no privileges.
 """
 
 from __future__ import annotations
@@ -14,26 +16,32 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from stageflow.dag import Dag, Node, Source
-from stageflow.images import ImageError, client
+from stageflow.dag import Dag, normalise
 from stageflow.backends import Outcome, ProcessHandle, kill_after, runner_alive, runner_identity
-from stageflow.runner import Run, RunError
-from stageflow.registry import ROOT, STAGES, TIERS, runtime_image
-from stageflow.runtime.contract import File, StageError, not_a_regular_file, parse_value
+from stageflow.images import ImageError, client
+from stageflow.jobs import CODE, HOME, TIERS, Job
+from stageflow.registry import ROOT, STAGES, runtime_image
+from stageflow.rundir import RunError
+from stageflow.runtime.contract import StageError, not_a_regular_file
 
 COMPOSE_DIR = ROOT / ".workflow"  # where docker-compose.yml mounts each stage's tree from
 
 STAGE_UID = 12574  # Domino's ubuntu user, which the images are built for
 RUN_LABEL, RUNNER_LABEL = "io.stageflow.run", "io.stageflow.runner"  # the run directory; host:pid:start
 TMPFS = "rw,nosuid,nodev,size=1g"
+HOME_BYTES = 1 << 30  # the job's home, /mnt: what a task writes beside its code and outputs
 HARDENING = {"read_only": True, "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
              "network_mode": "none", "tmpfs": {"/tmp": TMPFS}}
 
 
-def stage_user() -> str:
+def stage_uid() -> int:
     """The developer's own uid when not root (outputs stay theirs); Domino's uid when root."""
-    uid = os.getuid()
-    return f"{STAGE_UID}:{STAGE_UID}" if uid == 0 else f"{uid}:{os.getgid()}"
+    return STAGE_UID if os.getuid() == 0 else os.getuid()
+
+
+def stage_user() -> str:
+    uid = stage_uid()
+    return f"{uid}:{STAGE_UID if uid == STAGE_UID else os.getgid()}"
 
 
 def prepare_tree(tree: Path) -> None:
@@ -67,14 +75,20 @@ def data_file(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def mounts(tree: Path, files: list[Path]) -> list:
-    """The stage's tree at /workflow (inputs read-only) and each data file read-only at its own path.
+def mounts(job: Job, tree: Path, files: list[Path]) -> list:
+    """The task's tree at /workflow (inputs read-only), its home /mnt (a tmpfs, as a job's is its own) with its
+    copy of the code at /mnt/code and its datasets read-only under /mnt/data, and each data file read-only at
+    its own path. Docker mounts them parents first.
 
     Mount objects, not `src:dst:mode` strings: a path holding `:` is then just a path."""
     from docker.types import Mount
 
     found = [Mount("/workflow/inputs", str(tree / "inputs"), type="bind", read_only=True),
-             Mount("/workflow/outputs", str(tree / "outputs"), type="bind")]
+             Mount("/workflow/outputs", str(tree / "outputs"), type="bind"),
+             Mount(str(HOME), None, type="tmpfs", tmpfs_size=HOME_BYTES, tmpfs_mode=0o1777)]
+    if job.sees_code:
+        found.append(Mount(str(CODE), str(tree / "code"), type="bind"))
+    found += [Mount(str(inside), str(folder), type="bind", read_only=True) for folder, inside in job.datasets]
     return found + [Mount(str(path), str(data_file(path)), type="bind", read_only=True) for path in files]
 
 
@@ -89,6 +103,12 @@ def _peak_memory_mb(container_id: str) -> float | None:
     return None
 
 
+# The reaper: a shell of its own session (Ctrl-C to the runner's terminal does not reach it) that waits for its
+# stdin to close, which happens when the runner closes it or dies in any way, then removes every container the
+# runner's label names. The docker CLI in a shell: it needs no Python (nor the runner's), and starts at once.
+REAPER = 'cat >/dev/null; ids=$(docker ps -aq --filter "label=$1"); [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1'
+
+
 class DockerBackend:
     """Each stage in its image, started through the Docker SDK."""
 
@@ -100,20 +120,45 @@ class DockerBackend:
         except ImageError as err:
             raise RunError(str(err)) from None
 
-    def check(self, dag: Dag) -> None:
-        """Every image must be there before the first stage starts, not discovered missing halfway."""
+    def check(self, jobs: list[Job]) -> None:
+        """Every image must be there before the first task starts, not discovered missing halfway."""
+        self.ids = {}
+        for job in jobs:
+            if job.image not in self.ids:
+                self.ids[job.image] = self.image_id(job.image, f"task {job.node.name}")
+
+    def image_id(self, image: str, user: str = "a task") -> str:
         import docker
 
-        for node in dag.nodes:
-            try:
-                self.client.images.get(node.stage.image())
-            except docker.errors.ImageNotFound:
-                raise RunError(f"image {node.stage.image()} for stage {node.name} is missing; "
-                               f"build it with `make images`") from None
+        if image in getattr(self, "ids", {}):
+            return self.ids[image]
+        try:
+            return self.client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            how = ("`make images`" if image.split(":")[0] in {stage.image().split(":")[0] for stage in STAGES.values()}
+                   else "`make standard-environment`" if "standard-environment" in image
+                   else f"`docker build -t {image} ...` (or `docker load`)")
+            raise RunError(f"image {image} for {user} is missing; build it with {how}") from None
+        except docker.errors.APIError as err:
+            raise RunError(f"image {image} for {user}: {' '.join(str(err.explanation or err).split())[:200]}") from None
+
+    def owner(self) -> int | None:
+        return STAGE_UID if os.getuid() == 0 else None
+
+    def finish_run(self) -> None:
+        """The run is over: the reaper finds nothing of it left and ends."""
+        reaper, self.reaper = getattr(self, "reaper", None), None
+        if reaper is not None:
+            reaper.stdin.close()
+            reaper.wait()
 
     def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
-        """Before the first stage: remove the containers a dead runner (kill -9) left on this directory,
-        which would otherwise write into it."""
+        """Before the first stage: start the reaper that removes this runner's containers the moment it ends
+        however it ends (kill -9 included: containers are the daemon's children, not ours, so no signal reaches
+        them when we die); then remove the containers a dead runner left on this directory."""
+        self.reaper = subprocess.Popen(["sh", "-c", REAPER, "reaper", f"{RUNNER_LABEL}={runner_identity()}"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True)
         for container in self.client.containers.list(all=True, sparse=True,
                                                      filters={"label": f"{RUN_LABEL}={run_dir}"}):
             if not runner_alive((container.attrs.get("Labels") or {}).get(RUNNER_LABEL)):
@@ -122,24 +167,25 @@ class DockerBackend:
                 except Exception:  # noqa: BLE001 - already gone is fine
                     pass
 
-    def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ContainerHandle":
+    def start(self, job: Job, tree: Path, timeout: float, files: list[Path]) -> "ContainerHandle":
         import docker
 
-        given = mounts(tree, files)  # refuses a bad data path before any container exists
+        given = mounts(job, tree, files)  # refuses a bad data path before any container exists
         prepare_tree(tree)
-        tier = TIERS[node.stage.tier]
+        tier = job.tier
+        hardening = {**HARDENING, "tmpfs": {"/tmp": TMPFS}}
         container = self.client.containers.create(
-            node.stage.image(), user=stage_user(), mounts=given,
-            environment={"WORKFLOW_ROOT": "/workflow"}, mem_limit=tier.memory, memswap_limit=tier.memory,
-            nano_cpus=int(tier.cpus * 1e9), labels={RUN_LABEL: str(tree.parent), RUNNER_LABEL: runner_identity()},
-            **HARDENING)
+            job.image, entrypoint=job.command, command=[], user=stage_user(), mounts=given,
+            working_dir=str(CODE) if job.sees_code else None, environment=job.environment,
+            mem_limit=tier.memory, memswap_limit=tier.memory, nano_cpus=int(tier.cpus * 1e9),
+            labels={RUN_LABEL: str(tree.parent), RUNNER_LABEL: runner_identity()}, **hardening)
         try:
             container.start()
         except BaseException as err:
             container.remove(force=True)  # a container that never ran must not stay behind as `Created`
             if isinstance(err, docker.errors.APIError):
                 reason = " ".join(str(err.explanation or err).split())
-                raise StageError(f"container of stage {node.name} did not start: {reason}") from None
+                raise StageError(f"container of task {job.node.name} did not start: {reason}") from None
             raise
         return ContainerHandle(container, timeout)
 
@@ -195,7 +241,8 @@ class ContainerHandle:
 
 
 class ComposeBackend:
-    """Each stage as `docker-compose run` of its service in docker-compose.yml (v1 or v2)."""
+    """Each of this project's stages as `docker-compose run` of its service in docker-compose.yml (v1 or v2),
+    which is generated from the stage registry: a task of another flow has no service there."""
 
     name = "compose"
 
@@ -203,20 +250,35 @@ class ComposeBackend:
         self.command = compose_command()
         self.docker = DockerBackend()
 
-    def check(self, dag: Dag) -> None:
-        self.docker.check(dag)
+    def check(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.stage is None:
+                raise RunError(f"task {job.node.name} is not one of this project's stages, so docker-compose.yml "
+                               f"has no service for it: use --backend docker")
+        self.docker.check(jobs)
+
+    def finish_run(self) -> None:
+        self.docker.finish_run()
 
     def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
+        if run_dir.resolve() != COMPOSE_DIR.resolve():
+            raise RunError(f"the compose backend runs in {COMPOSE_DIR}, where docker-compose.yml mounts the trees; "
+                           f"leave out --run-dir (or give --run-dir {os.path.relpath(COMPOSE_DIR)})")
         self.docker.prepare_run(run_dir, lock_fd)
 
-    def start(self, node: Node, tree: Path, timeout: float, files: list[Path]) -> "ComposeHandle":
-        if tree.parent.resolve() != COMPOSE_DIR.resolve():
-            raise RunError("the compose backend runs in .workflow/, where docker-compose.yml mounts the trees")
-        name = f"stageflow-{node.name}-{os.getpid()}"
+    def owner(self) -> int | None:
+        return self.docker.owner()
+
+    def image_id(self, image: str) -> str:
+        return self.docker.image_id(image)
+
+    def start(self, job: Job, tree: Path, timeout: float, files: list[Path]) -> "ComposeHandle":
+        name = f"stageflow-{job.stage.name}-{os.getpid()}"
+        variables = [arg for key, value in job.environment.items() for arg in ("-e", f"{key}={value}")]
         args = [*self.command, "run", "--rm", "-T", "--name", name, "-l", f"{RUN_LABEL}={tree.parent}",
-                "-l", f"{RUNNER_LABEL}={runner_identity()}", *data_volumes(files)]
+                "-l", f"{RUNNER_LABEL}={runner_identity()}", *variables, *data_volumes(files)]
         prepare_tree(tree)
-        proc = subprocess.Popen([*args, node.name], cwd=ROOT, env={**os.environ, **compose_env()},
+        proc = subprocess.Popen([*args, job.stage.name], cwd=ROOT, env={**os.environ, **compose_env()},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True)
         return ComposeHandle(proc, name, timeout)
@@ -254,6 +316,8 @@ class ComposeHandle(ProcessHandle):
 def one_stage(dag: Dag, name: str, run_dir: Path | None, given: dict[str, str], params: dict[str, str]) -> Dag:
     """Stage `name` of the flow alone, each input taken from `given` (NAME=VALUE), else from `run_dir`:
     an upstream stage's output there, or a flow input as that run had it (run.json), else from `params`."""
+    from stageflow import records
+
     node = dag.node(name)
     unknown = sorted(set(given) - set(node.inputs))
     if unknown:
@@ -261,8 +325,8 @@ def one_stage(dag: Dag, name: str, run_dir: Path | None, given: dict[str, str], 
     if run_dir is not None and not run_dir.is_dir():
         raise RunError(f"run directory {run_dir}: not found")
     if run_dir is not None and (run_dir / "run.json").is_file():
-        params = {**params, **json.loads((run_dir / "run.json").read_text()).get("params", {})}
-    inputs = {}
+        params = {**params, **records.read(run_dir).get("params", {})}
+    values, folders = {}, dag.folders()
     for key, (kind, src) in node.inputs.items():
         if key in given:
             value = given[key]
@@ -270,32 +334,20 @@ def one_stage(dag: Dag, name: str, run_dir: Path | None, given: dict[str, str], 
             if run_dir is None:
                 raise RunError(f"input {key}: give a run directory holding {src.stage}'s outputs (--from) or "
                                f"--input {key}=PATH")
-            value = run_dir / src.stage / "outputs" / src.output
+            value = run_dir / folders[src.stage] / "outputs" / src.output
+            if not value.is_file():
+                raise RunError(f"input {key}: {value} is not a file; run the flow first (`make run`) or give "
+                               f"--input {key}=PATH")
         elif src.flow_input:
             value = params.get(src.flow_input, dag.defaults.get(src.flow_input))
         else:
             value = src.value
-        inputs[key] = (kind, Source(value=_input_value(key, kind, value)))
-    return Dag([Node(node.stage, inputs, node.outputs)], {}, {},
-               {output: Source(stage=name, output=output) for output in node.outputs})
-
-
-def _input_value(name: str, kind: type, value) -> object:
-    """An input's value as the runner materialises it: a file as its absolute path, a primitive typed."""
-    if value is None:
-        raise RunError(f"input {name}: no value; give --input {name}=VALUE")
-    if kind is File:
-        path = Path(value).absolute()
-        if not path.is_file():
-            raise RunError(f"input {name}: {path} is not a file; run the flow first (`make run`) or give "
-                           f"--input {name}=PATH")
-        return path
-    if kind is str:  # a data path: absolute, since the stage runs from another directory
-        return os.path.abspath(value) if value and os.path.isfile(value) else value
-    try:
-        return parse_value(str(value), kind) if isinstance(value, str) else value
-    except ValueError as err:
-        raise RunError(f"input {name}: {err}, found {value!r}") from None
+        if value is None:
+            raise RunError(f"input {key}: no value; give --input {key}=VALUE")
+        if kind is str and isinstance(value, str) and value and os.path.isfile(value):
+            value = os.path.abspath(value)  # a data path: absolute, since the stage runs from another directory
+        values[key] = normalise(f"input {key}", kind, value)
+    return dag.only(name, values)
 
 
 def by_hand(dag: Dag) -> str:
@@ -307,9 +359,11 @@ def by_hand(dag: Dag) -> str:
             + shlex.join([*compose_command(), "run", "--rm", *data_volumes(files), node.name]))
 
 
-def compose_stage(dag: Dag, timeout: float) -> Run:
+def compose_stage(dag: Dag, timeout: float):
     """Run a one-stage DAG through docker-compose.yml in .workflow/, as the runner runs any stage: its tree
     prepared (inputs in place, outputs writable by the container's user), its outcome checked."""
+    from stageflow.runner import Run
+
     run = Run(dag, COMPOSE_DIR, ComposeBackend(), {}, timeout=timeout)
     run.execute()
     return run

@@ -146,3 +146,70 @@ def empty(directory: Path, keep: str | None = None) -> None:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
+
+
+MAX_TREE_ENTRIES = 100_000  # files and folders in a directory output
+
+
+def walk(root: Path, what: str = "") -> list[tuple[str, bool]]:
+    """A directory output's entries (relative path, is a folder), parents first, sorted; following no link.
+    Anything but folders and regular files, or more than MAX_TREE_ENTRIES of them, is refused in one line."""
+    label = f"{what}: " if what else ""
+    mode = os.lstat(root).st_mode
+    if not stat.S_ISDIR(mode):
+        raise UnsafeFile(f"{label}{root} is {file_kind(mode) if not stat.S_ISLNK(mode) else 'a symlink'}, "
+                         f"not a directory; refused")
+    found: list[tuple[str, bool]] = []
+    pending = [""]
+    while pending:
+        folder = pending.pop()
+        with os.scandir(root / folder) as entries:
+            for entry in entries:
+                relative = f"{folder}/{entry.name}" if folder else entry.name
+                kind = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(kind):
+                    pending.append(relative)
+                elif not stat.S_ISREG(kind):
+                    shown = "a symlink" if stat.S_ISLNK(kind) else file_kind(kind)
+                    raise UnsafeFile(f"{label}{root / relative} is {shown}, not a regular file; refused")
+                found.append((relative, stat.S_ISDIR(kind)))
+                if len(found) > MAX_TREE_ENTRIES:
+                    raise UnsafeFile(f"{label}{root} holds more than {MAX_TREE_ENTRIES:,} entries; refused")
+    return sorted(found)
+
+
+def tree_sha256(root: Path, what: str = "", check: Callable[[], None] = lambda: None) -> str:
+    """A directory's sha256: of each entry's relative path, kind and content, in order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for relative, is_dir in walk(root, what):
+        digest.update(f"{relative}\0{'d' if is_dir else 'f'}\0".encode())
+        if not is_dir:
+            with opened(root / relative, what) as stream:
+                digest.update(sha256_of(stream, check).encode())
+    return digest.hexdigest()
+
+
+def freeze_tree(root: Path, what: str = "") -> None:
+    for relative, is_dir in walk(root, what):
+        if not is_dir:
+            freeze(root / relative, what)
+
+
+def place_tree(src: Path, dst: Path, what: str = "") -> None:
+    """A read-only copy of the directory `src` at `dst`, made under a temporary name and renamed whole."""
+    entries = walk(src, what)
+    tmp = temporary(dst)
+    try:
+        tmp.mkdir()
+        for relative, is_dir in entries:
+            if is_dir:
+                (tmp / relative).mkdir()
+            else:
+                copy(src / relative, tmp / relative, what)
+                os.chmod(tmp / relative, 0o444)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from stageflow.runtime.contract import StageError
 from stageflow.registry import ROOT, STAGES, runtime_image, runtime_version, schema_file
 
 WHEELS = ROOT / "wheels"
@@ -26,8 +27,10 @@ LOCAL_BASE = "stageflow-base:bookworm-py311"
 BASE_ENV = "BASE_IMAGE"
 
 
-class ImageError(Exception):
+class ImageError(StageError):
     """A build or push problem, reported as one line."""
+
+    exit_status = 1
 
 
 def client():

@@ -18,11 +18,13 @@ import pickle
 import stat
 from pathlib import Path
 
-from stageflow.runtime.contract import file_kind
+from stageflow.runtime.contract import StageError, file_kind
 
 
-class ModelError(Exception):
+class ModelError(StageError):
     """The model cannot be trusted or found; the message says which and why."""
+
+    exit_status = 1
 
 
 def read_regular(what: str, path: Path) -> bytes:

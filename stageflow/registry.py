@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from stageflow.runtime import schema as schemas
+from stageflow.runtime.contract import StageError
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
@@ -29,17 +30,6 @@ REGISTRY_ENV = "STAGEFLOW_REGISTRY"
 DEFAULT_REGISTRY = "stageflow"
 # What the runtime image is built from: its Dockerfile and libraries, and the package the stages import.
 RUNTIME_PARTS = ("stages/Dockerfile", "stages/requirements.txt", "stageflow/__init__.py", "stageflow/runtime")
-
-
-@dataclass(frozen=True)
-class Tier:
-    """A local stand-in for a Domino hardware tier, used to limit a stage's container."""
-    cpus: float
-    memory: str
-
-
-# Domino's tiers are defined per deployment; these are the local limits the docker backend applies.
-TIERS = {"Small": Tier(cpus=1, memory="2g"), "Medium": Tier(cpus=2, memory="4g"), "Large": Tier(cpus=2, memory="8g")}
 
 
 def content_hash(paths: list[Path], *salt: str) -> str:
@@ -131,7 +121,13 @@ STAGES = {stage.name: stage for stage in (
 )}
 
 
-class UnknownStage(LookupError):
+def by_task(name: str, command: str, environment: str | None) -> Stage | None:
+    """The stage a task runs, when it is one of this project's: its command and environment are the stage's."""
+    return next((stage for stage in STAGES.values() if stage.command == command and stage.environment == environment),
+                None)
+
+
+class UnknownStage(StageError):
     """flow.py names a stage this registry does not define."""
 
 

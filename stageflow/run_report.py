@@ -147,12 +147,13 @@ def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[
     for name in order:
         stage = stages.get(name, {})
         status = stage.get("status", "pending")
+        folder = stage.get("folder") or name
         outputs = Html("<br>").join(Html('<span class=nowrap>{} <span class=mono>{}</span></span>').format(
-            link(f"{name}/outputs/{out}", out), digest[:12]) for out, digest in stage.get("outputs", {}).items()) or DASH
+            link(f"{folder}/outputs/{out}", out), digest[:12]) for out, digest in stage.get("outputs", {}).items()) or DASH
         row = [Html('<span id="stage-{0}">{0}</span>').format(name),
                Html('<span class="status {0}">{0}</span>').format(status),
                fmt(seconds(stage), ".2f"), fmt(stage.get("peak_rss_mb"), ",.0f"), rows_cell(stage),
-               fmt(stage.get("cached")), link(f"logs/{name}.log", f"{name}.log") if stage.get("log") else DASH,
+               fmt(stage.get("cached")), link(f"logs/{folder}.log", f"{folder}.log") if stage.get("log") else DASH,
                outputs]
         rows.append(row + [Html('<span class="error">{}</span>').format(stage.get("error") or "")] * errors)
     header = ["stage", "status", "seconds", "peak MB", "rows in → out", "cached", "log", "outputs"]

@@ -17,13 +17,15 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from stageflow.runtime.contract import StageError
+
 MARKER = ".stageflow-run"
 FOLDERS = ("logs", "outputs")  # besides one folder per stage
 FILES = ("run.json", "report.html")
 ROOM = 128  # bytes of path a run adds below its directory (stage/outputs/.name.XXXXXXXX.tmp)
 
 
-class RunError(Exception):
+class RunError(StageError):
     """A problem with the run itself (its inputs or run directory), reported in one line before any stage starts."""
 
 
@@ -128,3 +130,42 @@ class RunDir:
             shutil.rmtree(self.path / name, ignore_errors=True)
         (self.path / "report.html").unlink(missing_ok=True)
         (self.path / "logs").mkdir()
+
+
+def new_run_dir(prefix: str = "", runs: Path | None = None) -> Path:
+    """runs/<prefix><UTC time>, plus runs/latest pointing at it; never reuses a directory by accident.
+
+    What is in the way is said in one line before anything is made: `runs` that is not a directory, or a
+    `runs/latest` that is not the runner's link (a user's folder or file there is never replaced)."""
+    import datetime as dt
+
+    from stageflow.registry import ROOT
+
+    runs = runs or ROOT / "runs"
+    latest = runs / "latest"
+    if (runs.exists() or runs.is_symlink()) and not runs.is_dir():
+        raise RunError(f"{shown(runs)}: not a directory, where runs keep their run directories; move it away "
+                       f"or give --run-dir")
+    if (latest.exists() or latest.is_symlink()) and not latest.is_symlink():
+        raise RunError(f"{shown(latest)}: a {'directory' if latest.is_dir() else 'file'} where the runner keeps a "
+                       f"link to the newest run; move it away or give --run-dir")
+    try:
+        runs.mkdir(exist_ok=True)
+        stamp = prefix + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 1000):
+            path = runs / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        tmp = runs / f".latest.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            tmp.symlink_to(path.name)
+            os.replace(tmp, latest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as err:
+        raise RunError(f"run directory under {shown(runs)}: {os_error(err)}") from None
+    return path

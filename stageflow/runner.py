@@ -1,48 +1,53 @@
-"""The local runner: the whole flow on this machine, each stage in its own fake /workflow tree.
+"""The local runner: a whole flow on this machine, each task as the Domino job it declares, in its own fake
+/workflow tree.
 
 It does what Domino (copilot plus the Flyte engine) does for a run and what flytekit's local execution of
 raw containers gets wrong: every input materialised as the contract says (primitives as text, files as
-files), every exit status and declared output checked, downstream stages stopped after a failure, and a
-record of the run (run.json) with the hash of every input and output.
+files, directories as directories), every exit status and declared output checked against its type,
+downstream tasks stopped after a failure, and a record of the run (run.json) with the hash of every input and
+output. Which process or container runs a task is the backend's business (stageflow/backends.py); what the
+job is given (image, tier, code, datasets, variables) is stageflow/jobs.py's.
 
 Layout of a run directory (what may be one: stageflow/rundir.py):
     .stageflow-run           the mark of a directory a run made, and its lock
-    run.json                 what ran, how it ended (or "running"), hashes, where the flow's outputs are
-    logs/<stage>.log         each stage's stdout and stderr
-    <stage>/inputs/<name>    the stage's /workflow tree (mounted at /workflow in a container)
-    <stage>/outputs/<name>
-    outputs/<name>.<format>  a read-only copy of each flow output, named by its declared format (model.pkl)
+    run.json                 what ran, how it ended (or "running"), hashes, the flow's outputs (records.py)
+    logs/<folder>.log        each task's stdout and stderr
+    <folder>/inputs/<name>   the task's /workflow tree (mounted at /workflow in a container)
+    <folder>/outputs/<name>
+    <folder>/code/           what the task sees at /mnt/code (a copy: nothing it writes reaches the checkout)
+    outputs/<name>.<format>  a read-only copy of each file the flow returns, named by its declared format
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import math
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
+import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stageflow import files
+from stageflow import files, jobs
 from stageflow.backends import Handle, Outcome
 from stageflow.cache import Cache, Sources, key as cache_key
-from stageflow.dag import Dag, Node, Source
-from stageflow.rundir import RunDir, RunError, os_error, write_atomic
+from stageflow.dag import Dag, Node, Source, check_params
+from stageflow.records import RunRecord, StageResult, json_value, now
+from stageflow.registry import ROOT
+from stageflow.rundir import RunDir, RunError, new_run_dir, os_error
 from stageflow.runtime import contract
 
 LOG_TAIL = 20
 
 
 def check_timeout(value: float | str) -> float:
-    """A stage's time limit: a positive, finite number of seconds (nan or a negative one would kill every
-    stage at once, inf none)."""
+    """A task's time limit: a positive, finite number of seconds (nan or a negative one would kill every
+    task at once, inf none)."""
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -53,26 +58,11 @@ def check_timeout(value: float | str) -> float:
 
 
 class Stopped(Exception):
-    """The runner's own work for a stage (hashing, copying) ran out of the stage's time, or Ctrl-C came."""
+    """The runner's own work for a task (hashing, copying) ran out of the task's time, or Ctrl-C came."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass
-class StageResult:
-    status: str = "pending"  # pending, running, succeeded, failed, skipped
-    seconds: float = 0.0
-    inputs: dict[str, str] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    exit_code: int | None = None
-    error: str | None = None
-    log: str | None = None
-    peak_rss_mb: float | None = None
-    rows_in: int | None = None
-    rows_out: int | None = None
-    cached: bool = False
 
 
 def parquet_rows(paths: list[Path]) -> int | None:
@@ -83,12 +73,14 @@ def parquet_rows(paths: list[Path]) -> int | None:
 
 def footer_rows(path: Path) -> int | None:
     """A Parquet file's row count from its footer; None for any other file, or a footer that does not parse."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    if not path.is_file() or path.is_symlink():
+        return None
     with files.opened(path) as handle:
         if handle.read(4) != b"PAR1":
             return None
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         handle.seek(0)
         try:
             return pq.read_metadata(handle).num_rows
@@ -101,100 +93,31 @@ def tail(path: Path, lines: int = LOG_TAIL) -> str:
     return "".join(deque(files.read_tail(path, "log").splitlines(keepends=True), maxlen=lines))
 
 
-def check_params(dag: Dag, params: dict[str, Any]) -> dict[str, Any]:
-    """Flow inputs are checked against flow.py's types before anything runs, as Flyte would."""
-    merged = {**dag.defaults, **{k: v for k, v in params.items() if v is not None}}
-    unknown = sorted(set(merged) - set(dag.inputs))
-    if unknown:
-        raise RunError(f"flow input {', '.join(unknown)}: not an input of the flow")
-    missing = sorted(set(dag.inputs) - set(merged))
-    if missing:
-        raise RunError(f"flow input {', '.join(missing)}: required but not given")
-    return {name: checked_value(name, value, dag.inputs[name]) for name, value in merged.items()}
-
-
-def checked_value(name: str, value: Any, kind: type) -> Any:
-    if isinstance(value, str) and kind is not str:
-        try:
-            value = contract.parse_value(value, kind)
-        except ValueError as err:
-            raise RunError(f"flow input {name}: {err}, found {value!r}") from None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RunError(f"flow input {name}: expected {kind.__name__}, found {value!r}")
-    return value
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class RunRecord:
-    """What a run did, as run.json tells it: each stage's result, then the flow's outputs."""
-
-    def __init__(self, flow: str, backend: str, params: dict[str, Any], stages: list[str]):
-        self.flow, self.backend, self.params = flow, backend, params
-        self.stages = {name: StageResult() for name in stages}
-        self.outputs: dict[str, dict[str, str]] = {}
-        self.started_at = now()
-        self.finished_at: str | None = None
-        self.interrupted = False
-        self.error: str | None = None  # what failed the run itself, outside any stage
-
-    @property
-    def succeeded(self) -> bool:
-        return self.error is None and all(result.status == "succeeded" for result in self.stages.values())
-
-    @property
-    def status(self) -> str:
-        if self.finished_at is None:
-            return "running"
-        return "interrupted" if self.interrupted else ("succeeded" if self.succeeded else "failed")
-
-    def as_json(self) -> dict:
-        return {
-            "flow": self.flow,
-            "backend": self.backend,
-            "status": self.status,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "params": {k: contract.format_value(v) for k, v in self.params.items()},
-            "stages": {name: vars(result) for name, result in self.stages.items()},
-            "outputs": self.outputs if self.succeeded else {},
-            **({"error": self.error} if self.error else {}),
-        }
-
-    def write(self, path: Path) -> None:
-        """Replace run.json whole. Where that fails (a full disk) the old one goes too: run.json may say
-        nothing, but never describe an earlier run as this one."""
-        try:
-            write_atomic(path, json.dumps(self.as_json(), indent=2) + "\n")
-        except OSError as err:
-            path.unlink(missing_ok=True)
-            raise RunError(f"run record {path}: {os_error(err)}") from None
-
-    def failures(self) -> list[str]:
-        """One report per failed stage: its one-line error, then the tail of its log."""
-        reports = []
-        for name, result in self.stages.items():
-            if result.status == "failed":
-                text = f"stage {name} failed: {result.error}"
-                try:
-                    text += f"\n--- last {LOG_TAIL} lines of {result.log} ---\n{tail(Path(result.log)).rstrip()}"
-                except (OSError, TypeError, files.UnsafeFile):
-                    pass  # no log (the stage never started), or not one the runner wrote
-                reports.append(text)
-        return reports
+def failures(record: RunRecord, run_dir: Path) -> list[str]:
+    """One report per failed task: its one-line error, then the tail of its log; then what failed the run
+    itself (publishing its outputs on a full disk)."""
+    reports = [f"the run failed: {record.error}"] if record.error else []
+    for name, result in record.stages.items():
+        if result.status == "failed":
+            text = f"task {name} failed: {result.error}"
+            log = run_dir / "logs" / f"{result.folder}.log"
+            try:
+                text += f"\n--- last {LOG_TAIL} lines of {log} ---\n{contract.printable(tail(log).rstrip())}"
+            except (OSError, files.UnsafeFile):
+                pass  # no log (the task never started), or not one the runner wrote
+            reports.append(text)
+    return reports
 
 
 class StageRun:
-    """One stage of a run: its inputs materialised, its outputs taken from the cache or made by starting it
-    on the backend, its log streamed, its outcome judged, its outputs checked and offered to the cache."""
+    """One node of a run: its inputs materialised, its outputs taken from the cache or made by starting its
+    job on the backend, its log streamed, its outcome judged, its outputs checked and offered to the cache."""
 
     def __init__(self, run: "Run", node: Node):
-        self.run, self.node = run, node
+        self.run, self.node, self.job = run, node, run.jobs[node.name]
         self.result = run.results[node.name]
         self.tree = run.tree(node.name)
-        self.log_path = run.run_dir / "logs" / f"{node.name}.log"
+        self.log_path = run.run_dir / "logs" / f"{self.result.folder}.log"
 
     def __call__(self) -> None:
         self.result.log = str(self.log_path)
@@ -208,82 +131,120 @@ class StageRun:
             self.result.error = self._failure(Outcome(None, stop.reason))
         except OSError as err:  # a full disk, an unreadable file: which, where
             self.result.error = os_error(err)
-        except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
+        except Exception as err:  # noqa: BLE001 - a backend failure fails this task, not the runner
             self.result.error = contract.one_line(err)
         if self.result.error:
             self._discard_outputs()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.tree / "code")  # the task's own copy of the code: nothing to keep
         self.result.seconds = round(time.perf_counter() - started, 3)
         self.result.status = "failed" if self.result.error else "succeeded"
 
     def _discard_outputs(self) -> None:
-        """A failed stage (a signal, a timeout, a bad output) leaves nothing that looks like a result, as on
+        """A failed task (a signal, a timeout, a bad output) leaves nothing that looks like a result, as on
         Domino, where a failed task uploads nothing: only its _ERROR stays to read."""
-        self.result.outputs = {}
+        self.result.outputs, self.result.values = {}, {}
         with contextlib.suppress(OSError):
             files.empty(self.tree / "outputs", keep=contract.ERROR_FILE)
 
+    @property
+    def cached_locally(self) -> bool:
+        """This project's stages whenever the cache is on (their sources are hashed into the key); any other
+        task as Domino caches it: only when it asks to (cache=True)."""
+        return self.run.cache is not None and (self.job.stage is not None or self.node.task.cache)
+
     def _produce_outputs(self) -> str | None:
-        """Fill the stage's outputs, from the cache or by running it; why it failed, or None."""
+        """Fill the task's outputs, from the cache or by running it; why it failed, or None."""
         (self.tree / "inputs").mkdir(parents=True)
         (self.tree / "outputs").mkdir()
         self.result.inputs = self._materialise()
         self.host_files = self._host_files()
-        if self.run.cache:
+        if self.cached_locally:
             self.sources = Sources([path for path in self.host_files if path.is_file()], self._check)
-            self.entry = cache_key(self.node.name, self.node.stage.version, self.result.inputs, self.sources.hashes)
+            self.entry = cache_key(self._key_material())
             if self._reuse():
                 return None
         self._check()
+        if self.job.sees_code:
+            jobs.copy_code(self.run.setup.code, self.tree / "code", self.run.backend.owner(), self.run.setup.exclude)
         return self._failure(self._execute())
 
+    def _key_material(self) -> dict:
+        """What the outputs depend on: the task, its image (its code, for this project's stages), its
+        command, its inputs and the source files they name, and what it sees at /mnt/code and /mnt/data."""
+        material = {"task": self.node.task.name, "command": self.node.task.command,
+                    "image": self.job.stage.version if self.job.stage else self.run.backend.image_id(self.job.image),
+                    "cache_version": self.node.task.cache_version, "inputs": self.result.inputs,
+                    "files": self.sources.hashes}
+        if self.job.sees_code:
+            material["code"] = self.run.setup.code_digest
+        if self.job.datasets:
+            material["datasets"] = self.run.setup.dataset_digest(list(self.run.setup.datasets))
+        return material
+
     def _check(self) -> None:
-        """Between steps of the runner's own work for the stage: the stage's clock runs during it too."""
+        """Between steps of the runner's own work for the task: the task's clock runs during it too."""
         if self.run.interrupted:
             raise Stopped("interrupted")
         if time.monotonic() > self.deadline:
             raise Stopped("timeout")
 
     def _materialise(self) -> dict[str, str]:
-        """Write each input where the contract says (files as files, primitives as text); their sha256.
+        """Write each input where the contract says (files as files, directories as directories, primitives
+        as text); their sha256.
 
-        A file input is a copy (a reflink where the file system has them), not a link: a stage that writes
+        A file input is a copy (a reflink where the file system has them), not a link: a task that writes
         into its input must not change the upstream output, the cache, or the user's file it came from."""
-        inputs = self.tree / "inputs"
+        inputs, hashes = self.tree / "inputs", {}
         for name, (kind, src) in self.node.inputs.items():
             target = inputs / name
             if src.stage:
-                files.place(self.run.tree(src.stage) / "outputs" / src.output, target,
-                            f"output {src.output} of stage {src.stage}")
-                continue
-            value = self.run.value_of(src)
-            if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
-                files.place(Path(value).resolve(), target, f"input {name}")
+                upstream = self.run.results[src.stage]
+                source = self.run.tree(src.stage) / "outputs" / src.output
+                what = f"output {src.output} of task {src.stage}"
+                if src.output in upstream.values:  # a primitive: as copilot passes it on, in its own format
+                    target.write_text(contract.format_value(self.run.typed_value(src)))
+                elif self.run.dag.node(src.stage).outputs[src.output] is contract.Directory:
+                    files.place_tree(source, target, what)
+                else:
+                    files.place(source, target, what)
             else:
-                target.write_text(contract.format_value(value))
-        return {name: contract.sha256_file(inputs / name, self._check) for name in self.node.inputs}
+                value = self.run.value_of(src)
+                if kind is contract.Directory:
+                    files.place_tree(Path(value).resolve(), target, f"input {name}")
+                elif kind is contract.File:  # a file given as a value (pyflyte, compose-stage): the file itself
+                    files.place(Path(value).resolve(), target, f"input {name}")
+                else:
+                    target.write_text(contract.format_value(value))
+            hashes[name] = (files.tree_sha256(target, check=self._check) if target.is_dir()
+                            else contract.sha256_file(target, self._check))
+        return hashes
 
     def _host_files(self) -> list[Path]:
-        """Host files a stage names in a str input (a source's data_path): a container must see them."""
+        """Host files a task names in a str input (a source's data_path): a container must see them."""
         values = [self.run.value_of(src) for kind, src in self.node.inputs.values() if kind is str and not src.stage]
         return [Path(v) for v in values if isinstance(v, str) and os.path.isabs(v) and Path(v).exists()]
 
     def _reuse(self) -> bool:
-        """Take the stage's outputs from the cache when an entry for exactly these inputs is intact."""
+        """Take the task's outputs from the cache when an entry for exactly these inputs is intact."""
+        if any(kind is contract.Directory for kind in self.node.outputs.values()):
+            return False  # the cache holds files: a directory output is made again
         manifest = self.run.cache.restore(self.entry, list(self.node.outputs), self.tree / "outputs", self._check)
         if manifest is None:
             return False
         self.result.outputs, self.result.cached = manifest["outputs"], True
         self.result.rows_in, self.result.rows_out = manifest.get("rows_in"), manifest.get("rows_out")
+        self._read_values()
         self.log_path.write_text(f"cached: outputs reused from cache entry {self.entry}\n")
         self.run.echo_line(self.node.name, f"cached (entry {self.entry[:12]})")
         return True
 
     def _execute(self) -> Outcome:
-        """Start the stage on the backend and stream its log until it ends."""
-        handle = self.run.backend.start(self.node, self.tree, self.deadline - time.monotonic(), self.host_files)
+        """Start the task's job on the backend and stream its log until it ends."""
+        handle = self.run.backend.start(self.job, self.tree, self.deadline - time.monotonic(), self.host_files)
         self.run.handles[self.node.name] = handle
         try:
-            if self.run.interrupted:  # Ctrl-C came while this stage was starting
+            if self.run.interrupted:  # Ctrl-C came while this task was starting
                 handle.kill()
             with open(self.log_path, "w") as log:
                 for line in handle.lines():
@@ -291,7 +252,7 @@ class StageRun:
                     log.flush()
                     self.run.echo_line(self.node.name, line)
             outcome = handle.wait()
-        except BaseException:  # the log could not be written (a full disk): never leave the stage unwatched
+        except BaseException:  # the log could not be written (a full disk): never leave the task unwatched
             handle.kill()
             handle.wait()
             raise
@@ -301,11 +262,11 @@ class StageRun:
         return outcome
 
     def _failure(self, outcome: Outcome) -> str | None:
-        """Why the stage failed, in one line, or None when it did what it declared."""
+        """Why the task failed, in one line, or None when it did what it declared."""
         if outcome.reason == "timeout":
             return f"timed out after {self.run.timeout:g} s"
         if outcome.reason == "oom":
-            return "killed: out of memory (the hardware tier's memory limit)"
+            return f"killed: out of memory (the hardware tier's memory limit, {self.job.tier.memory})"
         if outcome.reason == "interrupted":
             return "interrupted"
         outputs = self.tree / "outputs"
@@ -314,13 +275,24 @@ class StageRun:
             return f"exit status {outcome.exit_code}" + (f": {message}" if message else "")
         missing = [name for name in self.node.outputs if not os.path.lexists(outputs / name)]
         if missing:
-            return f"exited 0 but did not write declared output {', '.join(missing)}"
+            return f"exited 0 but did not write declared output {', '.join(missing)}" + self._near_misses(missing)
         if message is not None:
             return f"exited 0 but wrote {contract.ERROR_FILE}: {message}"
         return None
 
+    def _near_misses(self, missing: list[str]) -> str:
+        """What the task wrote instead, when it looks like a missing output under another name (datasetA.csv
+        for datasetA): copilot takes an output by its exact name."""
+        try:
+            written = sorted(os.listdir(self.tree / "outputs"))
+        except OSError:
+            return ""
+        near = [found for found in written if any(found.split(".")[0] == name for name in missing)]
+        return (f" (it wrote {', '.join(near)}: an output is the file /workflow/outputs/<name>, named exactly as "
+                f"declared)") if near else ""
+
     def _error_text(self, path: Path) -> str | None:
-        """What the stage wrote in _ERROR, as copilot reads it (its first MiB), in one line; None if none.
+        """What the task wrote in _ERROR, as copilot reads it (its first MiB), in one line; None if none.
         A link or a FIFO there is said, never followed."""
         try:
             text = files.read_text(path, limit=contract.MAX_ERROR_BYTES, cut=True)
@@ -331,23 +303,45 @@ class StageRun:
         return contract.one_line(contract.StageError(text.strip())) if text.strip() else ""
 
     def _keep_outputs(self) -> None:
-        """Record the outputs' hashes and rows, freeze them, and offer them to the cache. Each output is
-        checked on its open descriptor first (files.opened): what a stage writes is untrusted."""
+        """Check each output against its declared type, record its hash (and a primitive's value), freeze it,
+        and offer the outputs to the cache. What a task writes is untrusted: each is checked on its open
+        descriptor first (files.opened)."""
         outputs, result = self.tree / "outputs", self.result
-        for name in self.node.outputs:
-            with files.opened(outputs / name, f"output {name}") as handle:
+        for name, kind in self.node.outputs.items():
+            what = f"output {name}"
+            if kind is contract.Directory:
+                result.outputs[name] = files.tree_sha256(outputs / name, what, self._check)
+                files.freeze_tree(outputs / name, what)
+                continue
+            with files.opened(outputs / name, what) as handle:
                 result.outputs[name] = contract.sha256_of(handle, self._check)
                 os.fchmod(handle.fileno(), 0o444)  # recorded: an edit would make run.json wrong
+        self._read_values()
         result.rows_in = parquet_rows([self.tree / "inputs" / name for name in self.node.inputs])
         result.rows_out = parquet_rows([outputs / name for name in self.node.outputs])
-        if self.run.cache:
+        if self.cached_locally:
             self._offer_to_cache()
 
+    def _read_values(self) -> None:
+        """Each primitive output parsed as copilot parses it (at most 1024 bytes, whitespace stripped), so an
+        int output holding `abc` fails the task here, as it fails the job on Domino."""
+        for name, kind in self.node.outputs.items():
+            if kind in contract.SIMPLE_TYPES:
+                data = files.read_bytes(self.tree / "outputs" / name, f"output {name}", contract.MAX_SIMPLE_OUTPUT)
+                try:
+                    self.result.values[name] = contract.parse_output(data.decode("utf-8"), kind)
+                except UnicodeDecodeError:
+                    raise contract.StageError(f"output {name}: expected {contract.TYPE_NAMES[kind]} as UTF-8 text, "
+                                              f"found binary data") from None
+                except ValueError as err:
+                    raise contract.StageError(f"output {name}: declared {contract.TYPE_NAMES[kind]}: {err}, found "
+                                              f"{data[:60].decode('utf-8', 'replace')!r}") from None
+
     def _offer_to_cache(self) -> None:
-        """Store the outputs under the key, unless a source changed while the stage ran: the key would then
-        name content the stage may not have read."""
+        """Store the outputs under the key, unless a source changed while the task ran: the key would then
+        name content the task may not have read."""
         if not self.sources.unchanged():
-            self.note("warning: a source file changed while the stage ran; its outputs are not cached")
+            self.note("warning: a source file changed while the task ran; its outputs are not cached")
             return
         try:
             self.run.cache.store(self.entry, self.tree / "outputs", self.result.outputs,
@@ -356,45 +350,59 @@ class StageRun:
             self.note(f"warning: could not add outputs to the cache ({contract.one_line(err)})")
 
     def note(self, text: str) -> None:
-        """A line of the runner's own about this stage, in its log and on the console."""
+        """A line of the runner's own about this task, in its log and on the console."""
         with open(self.log_path, "a") as log:
             log.write(text + "\n")
         self.run.echo_line(self.node.name, text)
 
 
 class Run:
-    """One execution of the DAG in one run directory: which stage runs when (in parallel where the DAG
+    """One execution of the DAG in one run directory: which task runs when (in parallel where the DAG
     allows, none after an upstream failure, all stopped on Ctrl-C), then the flow's outputs published."""
 
     def __init__(self, dag: Dag, run_dir: Path, backend, params: dict[str, Any], timeout: float = 3600.0,
-                 echo: bool = True, cache: Cache | None = None):
+                 echo: bool = True, cache: Cache | None = None, setup: jobs.Setup | None = None):
         self.dag, self.backend, self.echo, self.cache = dag, backend, echo, cache
         self.timeout = check_timeout(timeout)
         self.params = check_params(dag, params)
-        self.dir = RunDir(Path(run_dir), [node.name for node in dag.nodes])
-        self.run_dir = self.dir.path
-        self.dir.check()
-        self._refuse_inputs_inside()
+        self.folders = dag.folders()
+        self.run_dir = Path(run_dir).absolute() if run_dir else None  # None: a new runs/<time>, made at execute
+        if self.run_dir:
+            RunDir(self.run_dir, list(self.folders.values())).check()
+            self._refuse_inputs_inside()
+        self.setup = setup or jobs.Setup().with_flow(ROOT / "flow.py")
+        self.jobs = jobs.plan(dag, self.setup, uuid.uuid4().hex, standard_environment)
+        backend.check(list(self.jobs.values()))
         if cache:
             cache.check()
         self.record = RunRecord(dag.name, backend.name, self.params, [node.name for node in dag.nodes])
         self.results = self.record.stages
+        for name, result in self.results.items():
+            job = self.jobs[name]
+            result.task, result.folder = job.node.task.name, self.folders[name]
+            result.environment, result.image = job.node.task.environment, job.image
+            result.upstream = sorted(job.node.upstream)
         self.handles: dict[str, Handle] = {}
+        self.wake: queue.Queue[str | None] = queue.Queue()  # a task's name once it has ended; None: interrupted
         self.print_lock = threading.Lock()
 
     def value_of(self, src: Source) -> Any:
-        """The value of an input that is not a stage's output: a flow input's, or a constant."""
+        """The value of an input that is not a task's output: a flow input's, or a constant."""
         return self.params[src.flow_input] if src.flow_input else src.value
+
+    def typed_value(self, src: Source) -> Any:
+        """The value of a primitive output of an upstream task, or of a flow input or constant."""
+        return self.results[src.stage].values[src.output] if src.stage else self.value_of(src)
 
     def _refuse_inputs_inside(self) -> None:
         """A source inside the run directory would be cleared or rewritten by the run that reads it."""
-        inside = self.run_dir.resolve()
+        inside = Path(os.path.realpath(self.run_dir))
         for node in self.dag.nodes:
             for name, (_, src) in node.inputs.items():
                 value = None if src.stage else self.value_of(src)
                 if isinstance(value, (str, Path)) and os.path.isabs(value) and \
-                        Path(value).resolve().is_relative_to(inside):
-                    what = f"flow input {src.flow_input}" if src.flow_input else f"input {name} of stage {node.name}"
+                        Path(os.path.realpath(value)).is_relative_to(inside):  # realpath: a link loop is no error
+                    what = f"flow input {src.flow_input}" if src.flow_input else f"input {name} of task {node.name}"
                     raise RunError(f"{what}: {value} is inside the run directory {self.run_dir}, which a run "
                                    f"clears; move it out")
 
@@ -403,7 +411,7 @@ class Run:
         return self.record.interrupted
 
     def tree(self, name: str) -> Path:
-        return self.run_dir / name
+        return self.run_dir / self.folders[name]
 
     def output_path(self, name: str) -> Path:
         """Where flow output `name` is published: outputs/<name>.<its declared format>."""
@@ -411,43 +419,77 @@ class Run:
         return self.run_dir / "outputs" / (f"{name}.{extension}" if extension else name)
 
     def echo_line(self, name: str, line: str) -> None:
+        """A task's line on the console (its log keeps it as written), with nothing a terminal would act on."""
         if self.echo:
             with self.print_lock:
-                print(f"[{name}] {line.rstrip()}", flush=True)
+                print(contract.printable(f"[{name}] {line.rstrip()}"), flush=True)
 
     def execute(self) -> bool:
-        """Run every stage whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
-        self.backend.check(self.dag)
-        with self.dir:
-            self.backend.prepare_run(self.run_dir, self.dir.lock_fd)
-            self.record.write(self.run_dir / "run.json")  # at once: an earlier run's record must not stand
-            try:
-                self.dir.clear()
-                self._schedule()
-                if self.record.succeeded:
-                    self._publish_outputs()
-            except OSError as err:  # clearing the directory or publishing the outputs (a full disk)
-                self.record.error = os_error(err)
-            finally:
-                self.record.finished_at = now()
-                self.record.write(self.run_dir / "run.json")
-        if self.record.error:
-            raise RunError(self.record.error)
-        return self.record.succeeded
+        """Run every task whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
+        with self._signals():
+            self.run_dir = self.run_dir or new_run_dir()
+            self.dir = RunDir(self.run_dir, list(self.folders.values()))
+            self.setup.exclude = [self.run_dir, *([self.cache.root] if self.cache else [])]
+            if self.echo:
+                print(f"running flow {self.dag.name} ({self.backend.name} backend) in {self.run_dir}", flush=True)
+                for notice in self.setup.notices:
+                    print(f"notice: {notice}", flush=True)
+            with self.dir:
+                self.backend.prepare_run(self.run_dir, self.dir.lock_fd)
+                self.record.write(self.run_dir / "run.json")  # at once: an earlier run's record must not stand
+                try:
+                    self.dir.clear()
+                    self._schedule()
+                    if self.record.succeeded and not self.interrupted:
+                        self._publish_outputs()
+                except OSError as err:  # clearing the directory or publishing the outputs (a full disk)
+                    self.record.error = os_error(err)
+                finally:
+                    self.backend.finish_run()
+                    self.record.finished_at = now()
+                    self.record.write(self.run_dir / "run.json")
+        return self.record.succeeded and self.record.error is None
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """While the run lasts, Ctrl-C and SIGTERM (any number of them, at any moment) stop it in order rather
+        than raise wherever the main thread happens to be: every task is killed, each records how it ended,
+        what had not started is skipped, and run.json and the report are written."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        for number in previous:
+            signal.signal(number, self._interrupt)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _interrupt(self, signum=None, frame=None) -> None:
+        self.record.interrupted = True
+        for handle in list(self.handles.values()):
+            handle.kill()
+        self.wake.put(None)
 
     def _schedule(self) -> None:
-        """Start each stage once its upstream has succeeded; skip it once one has not."""
-        done: queue.Queue[str] = queue.Queue()
+        """Start each task once its upstream has succeeded; skip it once one has not, or once the run was
+        interrupted (the tasks running then are killed, and each is waited for)."""
         pending = {node.name: node for node in self.dag.nodes}
         running: dict[str, threading.Thread] = {}
-        try:
-            while pending or running:
-                self._start_ready(pending, running, done)
-                if not running:
-                    break
-                running.pop(done.get()).join()
-        except KeyboardInterrupt:
-            self._stop(running, pending)
+        while pending or running:
+            if self.interrupted:
+                for name in pending:
+                    self.results[name].status = "skipped"
+                pending.clear()
+            else:
+                self._start_ready(pending, running, self.wake)
+            if not running:
+                break
+            finished = self.wake.get()
+            if finished is not None:
+                running.pop(finished).join()
 
     def _start_ready(self, pending: dict[str, Node], running: dict[str, threading.Thread], done: queue.Queue) -> None:
         for name, node in list(pending.items()):
@@ -464,7 +506,7 @@ class Run:
 
     def _worker(self, node: Node, done: queue.Queue) -> None:
         # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would not
-        # wake the main thread's wait, and the stages would run on until one of them finished. Threads
+        # wake the main thread's wait, and the tasks would run on until one of them finished. Threads
         # this one starts (timers, watchers) inherit the mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
@@ -472,28 +514,31 @@ class Run:
         finally:
             done.put(node.name)
 
-    def _stop(self, running: dict[str, threading.Thread], pending: dict[str, Node]) -> None:
-        """Ctrl-C: kill every running stage, wait for their threads to record it, skip the rest."""
-        self.record.interrupted = True
-        for handle in list(self.handles.values()):
-            handle.kill()
-        for thread in running.values():
-            thread.join()
-        for name in pending:
-            self.results[name].status = "skipped"
-
     def _publish_outputs(self) -> None:
-        """Copy each flow output to outputs/<name>.<format>, read-only: a name a browser or a user can open,
-        and a copy, so nothing done to it reaches the stage's output or the cache."""
+        """Copy each file the flow returns to outputs/<name>.<format>, read-only: a name a browser or a user
+        can open, and a copy, so nothing done to it reaches the task's output or the cache. A primitive is
+        recorded by value."""
         (self.run_dir / "outputs").mkdir()
         for name, src in self.dag.outputs.items():
+            kind = self.dag.output_types.get(name, contract.File)
+            if kind in contract.SIMPLE_TYPES:
+                self.record.outputs[name] = {"value": json_value(self.typed_value(src))}
+                continue
             target = self.output_path(name)
-            if src.stage:
-                files.place(self.tree(src.stage) / "outputs" / src.output, target, f"flow output {name}")
-            else:  # the workflow returns one of its inputs or a constant
-                target.write_text(contract.format_value(self.value_of(src)))
-                os.chmod(target, 0o444)
-            self.record.outputs[name] = {"path": str(target), "sha256": contract.sha256_file(target)}
+            source = self.tree(src.stage) / "outputs" / src.output if src.stage else Path(self.value_of(src))
+            if kind is contract.Directory:
+                files.place_tree(source, target, f"flow output {name}")
+                digest = files.tree_sha256(target)
+            else:
+                files.place(source, target, f"flow output {name}")
+                digest = contract.sha256_file(target)
+            self.record.outputs[name] = {"path": str(target), "sha256": digest}
 
     def failures(self) -> list[str]:
-        return self.record.failures()
+        return failures(self.record, self.run_dir)
+
+
+def standard_environment() -> str:
+    from stageflow import images
+
+    return images.standard_environment()

@@ -18,7 +18,7 @@ from stageflow import registry as stage_registry
 from stageflow.runtime import contract, dataset, schema as schemas
 
 ROOT = Path(__file__).resolve().parent.parent
-STANDIN = ROOT / "tests" / "domino_standin"  # the recording stand-in of Domino's plugin
+STANDIN = ROOT / "stageflow" / "domino" / "standin"  # the recording stand-in of Domino's plugin
 IRIS_SCHEMA = ROOT / "schema.toml"  # the bundled data's schema, which tests marked `iris` run under
 WINE_SCHEMA = ROOT / "examples" / "wine" / "schema.toml"
 IRIS_FEATURES = ("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm")

@@ -1,7 +1,7 @@
 """A `pyflyte` for the Domino rehearsal (tests/test_domino_rehearsal.py): records how it was called, then loads
 flow.py the way `pyflyte run` does (the file's folder first on sys.path, the module imported by its name, the
 workflow compiled) and records the calls flow.py made to Domino's plugin, which is the recording stand-in
-(tests/domino_standin) on PYTHONPATH. Nothing is sent anywhere. The record goes to $FAKE_PYFLYTE_RECORD.
+(stageflow/domino/standin) on PYTHONPATH. Nothing is sent anywhere. The record goes to $FAKE_PYFLYTE_RECORD.
 """
 
 import dataclasses

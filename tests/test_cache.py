@@ -128,10 +128,10 @@ def test_a_source_changed_while_its_load_runs_is_not_cached_under_its_old_conten
             source.write_bytes(data)
 
     class ChangingSource(HostBackend):
-        def start(self, node, tree, timeout, mounts):
-            if node.name == "load_a":  # after the runner hashed the source, before the stage reads it
+        def start(self, job, tree, timeout, mounts):
+            if job.node.name == "load_a":  # after the runner hashed the source, before the stage reads it
                 write(changed)
-            return super().start(node, tree, timeout, mounts)
+            return super().start(job, tree, timeout, mounts)
 
     dag, cache = dag_module.load(), Cache(tmp_path / "cache")
     params = {"data_path_a": str(source), "data_path_b": str(samples()[1])}
@@ -142,7 +142,7 @@ def test_a_source_changed_while_its_load_runs_is_not_cached_under_its_old_conten
     assert second.execute(), second.failures()
     snapshot = dataset.Snapshot(second.tree("load_a") / "outputs" / "datasetA", "datasetA")
     assert snapshot.meta["source"]["sha256"] == hashlib.sha256(original).hexdigest()
-    assert "changed while the stage ran" in (tmp_path / "r1" / "logs" / "load_a.log").read_text()
+    assert "changed while the task ran" in (tmp_path / "r1" / "logs" / "load_a.log").read_text()
 
 
 def test_runs_do_not_share_files_with_the_cache_or_each_other(env, tmp_path, sources):
@@ -166,13 +166,13 @@ def test_a_stage_writing_into_its_input_changes_no_upstream_output_and_no_cache_
     first = dag.nodes[-1]  # a stage fed by another's output: the last
 
     class WritingIntoInput(HostBackend):
-        def start(self, node, tree, timeout, mounts):
-            if node.name == first.name:  # as the stage itself might, before it runs
-                for name, (_, src) in node.inputs.items():
+        def start(self, job, tree, timeout, mounts):
+            if job.node.name == first.name:  # as the stage itself might, before it runs
+                for name, (_, src) in job.node.inputs.items():
                     if src.stage:
                         with open(tree / "inputs" / name, "ab") as handle:
                             handle.write(b"scribble")
-            return super().start(node, tree, timeout, mounts)
+            return super().start(job, tree, timeout, mounts)
 
     params = {"data_path_a": str(samples()[0]), "data_path_b": str(samples()[1])}
     scribbled = Run(dag, tmp_path / "r1", WritingIntoInput(), params, cache=cache, echo=False)

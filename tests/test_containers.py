@@ -16,7 +16,9 @@ from stageflow import dag as dag_module
 from stageflow import images
 from stageflow.dag import Dag
 from stageflow.runner import Run, RunError
-from stageflow.registry import STAGES, TIERS, Tier
+from stageflow import jobs
+from stageflow.jobs import TIERS, Tier
+from stageflow.registry import STAGES
 
 from conftest import ROOT, samples, source_rows
 
@@ -188,17 +190,17 @@ def test_a_data_path_holding_a_colon_is_mounted(containers, tmp_path):
 
 def test_a_container_that_does_not_start_is_removed(containers, docker_client, tmp_path, monkeypatch,
                                                     removes_leftovers):
-    """A stage image whose entrypoint is missing: the create succeeds, the start fails."""
+    """A stage image with no shell to run its command in: the create succeeds, the start fails."""
     prefix = f"stageflow-test-nostart-{os.getpid()}"
     monkeypatch.setenv("STAGEFLOW_REGISTRY", prefix)
     tag = STAGES["load_a"].image()
-    docker_client.images.build(fileobj=__import__("io").BytesIO(
-        f"FROM {images.LOCAL_BASE}\nENTRYPOINT [\"/nowhere\"]\n".encode()), tag=tag, rm=True)
+    docker_client.images.build(fileobj=__import__("io").BytesIO(b"FROM scratch\nENTRYPOINT [\"/nowhere\"]\n"),
+                               tag=tag, rm=True)
     try:
         run, ok = run_load_a(containers.DockerBackend(), tmp_path, samples()[0])
         assert not ok
         error = run.results["load_a"].error
-        assert error.startswith("container of stage load_a did not start: ") and "/nowhere" in error, error
+        assert error.startswith("container of task load_a did not start: ") and "/bin/sh" in error, error
         assert "\n" not in error
         assert leftover_containers(docker_client, tmp_path) == []
     finally:
@@ -207,12 +209,11 @@ def test_a_container_that_does_not_start_is_removed(containers, docker_client, t
 
 def test_a_stage_container_nobody_reads_any_more_is_removed(containers, docker_client, tmp_path, removes_leftovers):
     """If the runner stops reading a stage's log (its own failure), the container must not outlive it."""
-    node = dag_module.load().node("load_a")
     for part in ("inputs", "outputs"):
         (tmp_path / "load_a" / part).mkdir(parents=True)
     source = samples()[0]
     (tmp_path / "load_a" / "inputs" / "data_path").write_text(str(source))
-    handle = containers.DockerBackend().start(node, tmp_path / "load_a", 60, [source])
+    handle = containers.DockerBackend().start(job_of("load_a"), tmp_path / "load_a", 60, [source])
     lines = handle.lines()
     next(lines)
     lines.close()
@@ -239,7 +240,12 @@ def test_memory_limit_is_enforced_and_reported_as_oom(containers, tmp_path, monk
     monkeypatch.setitem(TIERS, "Small", Tier(cpus=1, memory="10m"))  # less than importing pyarrow needs
     run, ok = run_flow(containers.DockerBackend(), tmp_path)
     assert not ok
-    assert run.results["load_a"].error == "killed: out of memory (the hardware tier's memory limit)"
+    assert run.results["load_a"].error == "killed: out of memory (the hardware tier's memory limit, 10m)"
+
+
+def job_of(name):
+    """A stage's job, as the runner plans it from flow.py."""
+    return jobs.plan(dag_module.load(), jobs.Setup(code=ROOT), "test", None)[name]
 
 
 def test_container_is_hardened(containers, docker_client, tmp_path):
@@ -259,7 +265,7 @@ def test_container_is_hardened(containers, docker_client, tmp_path):
               "print('ifaces', sorted(os.listdir('/sys/class/net')))\n")
     out = docker_client.containers.run(
         STAGES["merge"].image(), entrypoint=["python", "-c", script], remove=True, user=containers.stage_user(),
-        mounts=containers.mounts(tmp_path, []), **containers.HARDENING).decode()
+        mounts=containers.mounts(job_of("merge"), tmp_path, []), **containers.HARDENING).decode()
     assert "uid 12574" in out or f"uid {os.getuid()}" in out
     assert "caps 0000000000000000" in out
     assert "ro /opt/x 30" in out and "ro /workflow/inputs/x 30" in out  # EROFS
@@ -277,15 +283,16 @@ def test_ctrl_c_stops_containers_and_leaves_none(docker_client, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted; stopped every running stage" in err
+    assert "interrupted; stopped every running task" in err
     assert leftover_containers(docker_client, tmp_path) == []
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "interrupted"
 
 
-def test_containers_of_a_killed_runner_are_removed_before_the_next_run_there(docker_client, tmp_path, big_source):
-    """kill -9 leaves the runner no chance to stop its containers: the next run on the same directory
-    removes them before its first stage, so none can write into it (or stay behind)."""
+def test_containers_die_with_a_killed_runner(docker_client, tmp_path, big_source):
+    """kill -9 leaves the runner no chance to stop its containers: its reaper (a process of its own, which
+    notices the runner's end) removes them at once, before they can write into the run directory; and the next
+    run on the same directory finds nothing of the old one running."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--no-cache",
                              "--run-dir", str(run_dir), "--data-path-a", str(big_source), "--data-path-b",
@@ -296,7 +303,11 @@ def test_containers_of_a_killed_runner_are_removed_before_the_next_run_there(doc
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    assert leftover_containers(docker_client, run_dir)  # nobody stopped them
+    deadline = time.monotonic() + 15
+    while leftover_containers(docker_client, run_dir):
+        assert time.monotonic() < deadline, "the killed runner's containers are still there"
+        time.sleep(0.1)
+    assert not (run_dir / "load_a" / "outputs" / "datasetA").exists()  # nothing written after the runner died
     again = subprocess.run([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--run-dir",
                             str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
@@ -305,6 +316,30 @@ def test_containers_of_a_killed_runner_are_removed_before_the_next_run_there(doc
     for name, stage in record["stages"].items():
         for output, digest in stage["outputs"].items():
             assert hashlib.sha256((run_dir / name / "outputs" / output).read_bytes()).hexdigest() == digest
+
+
+def test_ctrl_c_twice_in_quick_succession_ends_the_run_in_order(docker_client, tmp_path, big_source):
+    """Any number of signals at any moment: one line, every container gone, run.json consistent (no task
+    left `running`), the report written."""
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--backend", "docker", "--no-cache",
+                             "--run-dir", str(tmp_path), "--data-path-a", str(big_source), "--data-path-b",
+                             str(big_source)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(c.attrs["State"] == "running" for c in leftover_containers(docker_client, tmp_path)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no stage container started"
+        time.sleep(0.05)
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("interrupted") == 1, err
+    assert leftover_containers(docker_client, tmp_path) == []
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert {stage["status"] for stage in record["stages"].values()} <= {"failed", "skipped", "succeeded"}
+    assert (tmp_path / "report.html").is_file()
 
 
 def test_missing_daemon_is_a_clear_error(tmp_path):
@@ -318,7 +353,7 @@ def test_missing_daemon_is_a_clear_error(tmp_path):
 
 def test_missing_image_names_the_make_target(containers, tmp_path, monkeypatch):
     monkeypatch.setenv("STAGEFLOW_REGISTRY", "stageflow-nowhere")
-    with pytest.raises(RunError, match=r"image stageflow-nowhere/load-a:\w+ for stage load_a is missing; "
+    with pytest.raises(RunError, match=r"image stageflow-nowhere/load-a:\w+ for task load_a is missing; "
                                        r"build it with `make images`"):
         run_flow(containers.DockerBackend(), tmp_path)
 

@@ -8,7 +8,7 @@ the bench takes; a `pyflyte run` of flow.py's workflow with its inputs. So renam
 a flow input turns this red until the documentation follows, and the links between the pages must land.
 """
 
-import argparse
+import click
 import re
 import shlex
 import sys
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from stageflow import cli, dag as dag_module
+from stageflow.runtime.contract import StageError
 
 from conftest import ROOT, fenced
 
@@ -80,12 +81,14 @@ def check_make(argv: list[str], whole: bool) -> None:
 def check_stageflow(argv: list[str], whole: bool) -> None:
     """A whole command must parse; a mention must name a subcommand and only options it has."""
     if whole:
-        cli.parser().parse_args(argv)
+        try:
+            cli.parse(argv)
+        except (click.ClickException, StageError) as err:
+            pytest.fail(f"`stageflow {' '.join(argv)}` is refused: {err}")
         return
-    subcommands = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert argv[0] in subcommands, f"stageflow {argv[0]}: no such command"
+    assert argv[0] in cli.cli.commands, f"stageflow {argv[0]}: no such command"
     for option in (a.split("=")[0] for a in argv[1:] if a.startswith("-")):
-        assert option in subcommands[argv[0]]._option_string_actions, f"stageflow {argv[0]}: no option {option}"
+        assert option in cli.options_of(argv[0]), f"stageflow {argv[0]}: no option {option}"
 
 
 def check_pyflyte(argv: list[str], whole: bool) -> None:

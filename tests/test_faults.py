@@ -112,7 +112,7 @@ def test_full_disk_while_restoring_from_the_cache_leaves_no_partial_output(tmp_p
     proc = stageflow_run(run_dir, env)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert f"stage {last} failed: no space left on the device holding {run_dir / last / 'outputs'}" in proc.stderr
+    assert f"task {last} failed: no space left on the device holding {run_dir / last / 'outputs'}" in proc.stderr
     assert os.listdir(run_dir / last / "outputs") == []
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "failed" and record["stages"][last]["status"] == "failed"
@@ -159,7 +159,7 @@ def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted; stopped every running stage" in err
+    assert "interrupted; stopped every running task" in err
     assert processes_with_root(run_dir) == []
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted"
@@ -369,7 +369,7 @@ def test_hashing_a_source_counts_against_the_timeout(tmp_path, endless_source):
                           text=True, timeout=240)
     assert proc.returncode == 1, proc.stderr
     first = dag_module.load().nodes[0].name
-    assert f"stage {first} failed: timed out after 2 s" in proc.stderr
+    assert f"task {first} failed: timed out after 2 s" in proc.stderr
 
 
 def test_without_the_cache_sources_are_not_hashed(tmp_path, endless_source):

@@ -10,7 +10,8 @@ import pytest
 from stageflow import dag as dag_module
 from stageflow.registry import STAGES
 from stageflow.rundir import RunDir
-from stageflow.backends import HostBackend
+from stageflow.backends import HostBackend, ProcessHandle
+from stageflow.runtime.contract import StageError
 from stageflow.runner import Run, RunError
 
 from stageflow.runtime import schema as schemas
@@ -137,7 +138,7 @@ def test_bundled_run_record(bundled_run):
 def test_bundled_run_prints_the_summary_table(bundled_run):
     _, proc = bundled_run
     lines = proc.stdout.splitlines()
-    header = lines.index(next(line for line in lines if line.split() == ["stage", "status", "seconds", "rows",
+    header = lines.index(next(line for line in lines if line.split() == ["task", "status", "seconds", "rows",
                                                                           "cached"]))
     assert [line.split()[:2] for line in lines[header + 1:header + 1 + len(STAGES)]] == [
         [name, "succeeded"] for name in STAGES]
@@ -195,7 +196,7 @@ def test_failed_stage_stops_downstream_and_is_reported(tmp_path, flow_dag):
     message = bad_source(bad)
     proc = stageflow("run", "--run-dir", str(tmp_path / "run"), "--data-path-b", str(bad))
     assert proc.returncode == 1
-    assert f"stage load_b failed: exit status 1: {message}" in proc.stderr
+    assert f"task load_b failed: exit status 1: {message}" in proc.stderr
     assert "--- last 20 lines of" in proc.stderr
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     states = {name: s["status"] for name, s in record["stages"].items()}
@@ -225,11 +226,12 @@ def test_second_run_on_a_busy_run_dir_stops_at_once(tmp_path):
 
 def test_stage_that_exits_zero_without_its_output_fails(tmp_path, flow_dag, monkeypatch):
     class Liar(HostBackend):
-        def start(self, node, tree, timeout, mounts):
-            if node.name == "merge":  # a stage script that "succeeds" without writing merged_data
-                node = type(node)(node.stage.__class__("merge", "Medium", "x"), node.inputs, node.outputs)
-                monkeypatch.setattr(type(node.stage), "script", property(lambda s: "tests/fixtures/noop.py"))
-            return super().start(node, tree, timeout, mounts)
+        def start(self, job, tree, timeout, mounts):
+            if job.node.name == "merge":  # a stage script that "succeeds" without writing merged_data
+                proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fixtures" / "noop.py")],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                return ProcessHandle(proc, timeout)
+            return super().start(job, tree, timeout, mounts)
     (ROOT / "tests" / "fixtures").mkdir(exist_ok=True)
     run = Run(flow_dag, tmp_path, Liar(), {"data_path_a": str(DATA_A), "data_path_b": str(DATA_B)}, echo=False)
     assert not run.execute()
@@ -238,9 +240,9 @@ def test_stage_that_exits_zero_without_its_output_fails(tmp_path, flow_dag, monk
 
 
 def test_unknown_and_missing_flow_inputs(flow_dag, tmp_path):
-    with pytest.raises(RunError, match="flow input data_path_b: required but not given"):
+    with pytest.raises(StageError, match="flow input data_path_b: required but not given"):
         Run(flow_dag, tmp_path, HostBackend(), {"data_path_a": "x"})
-    with pytest.raises(RunError, match="flow input colour: not an input of the flow"):
+    with pytest.raises(StageError, match="flow input colour: not an input of model_training"):
         Run(flow_dag, tmp_path, HostBackend(), {"data_path_a": "x", "data_path_b": "y", "colour": "red"})
 
 
@@ -299,7 +301,7 @@ def test_workflow_is_found_or_named(tmp_path):
     proc = stageflow("run", "--flow", str(two), "--run-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr == (f"error: flow file {two}: defines several workflows (iris_classifier, other); "
-                           f"choose one with --workflow NAME\n")
+                           f"name the one to run (stageflow run FLOW.py WORKFLOW, or --workflow NAME)\n")
     proc = stageflow("run", "--flow", str(two), "--workflow", "nope", "--run-dir", str(tmp_path / "run"))
     assert proc.returncode == 2
     assert proc.stderr == f"error: flow file {two}: no @workflow named nope (defined: iris_classifier, other)\n"

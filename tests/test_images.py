@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from stageflow import registry
+from stageflow import jobs, registry
 from stageflow.registry import STAGES
 from stageflow.runtime import schema as schemas
 
@@ -126,7 +126,7 @@ def test_compose_file_hardens_every_service():
         assert service["network_mode"] == "none" and service["read_only"] is True
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
         assert f"./.workflow/{name}/inputs:/workflow/inputs:ro" in service["volumes"]
-        assert service["mem_limit"] == registry.TIERS[STAGES[name].tier].memory
+        assert service["mem_limit"] == jobs.TIERS[STAGES[name].tier].memory
 
 
 def test_make_help_lists_every_target():

@@ -49,7 +49,7 @@ def bundled(tmp_path_factory):
 def test_pyflyte_runs_every_stage_through_the_runner(bundled):
     run_dir, proc = bundled
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    said = "stageflow: running each stage with the host backend (STAGEFLOW_BACKEND=host)"
+    said = "stageflow: running each task with the host backend (STAGEFLOW_BACKEND=host)"
     assert proc.stdout.count(said) == 1  # said once, not per stage
     for name in STAGES:
         assert f"[{name}] " in proc.stdout  # streamed, prefixed by stage
@@ -85,7 +85,7 @@ def test_pyflyte_fails_loudly_on_a_failing_stage(tmp_path):
     proc = pyflyte(tmp_path / "run", "--data_path_a", SAMPLE_A, "--data_path_b", str(bad))
     assert proc.returncode != 0
     out = flat(proc.stdout + proc.stderr)
-    assert f"stage load_b failed: exit status 1: {message}" in out
+    assert f"task load_b failed: exit status 1: {message}" in out
     assert f"--- last 20 lines of {tmp_path / 'run' / 'load_b' / 'logs' / 'load_b.log'} ---" in out
     assert not (tmp_path / "run" / "merge").exists()  # nothing downstream ran
     assert "TrainingOutputs(" not in proc.stdout
@@ -111,7 +111,7 @@ def test_without_a_daemon_the_process_backend_is_chosen_and_said_why(monkeypatch
 def test_pyflyte_uses_the_docker_backend_when_images_are_built(tmp_path):
     proc = pyflyte(tmp_path, "--data_path_a", SAMPLE_A, "--data_path_b", SAMPLE_B, backend=None)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ("stageflow: running each stage with the docker backend (Docker daemon reachable and every stage image "
+    assert ("stageflow: running each task with the docker backend (Docker daemon reachable and every stage image "
             "built)") in proc.stdout
     for name in STAGES:
         assert json.loads((tmp_path / name / "run.json").read_text())["backend"] == "docker"

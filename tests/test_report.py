@@ -395,7 +395,7 @@ def test_headlines_come_from_json_outputs_that_have_one(tmp_path):
 
 def test_summary_table_has_rows_and_cached_with_dashes_when_missing():
     lines = summary(RECORD).splitlines()
-    assert lines[0].split() == ["stage", "status", "seconds", "rows", "cached"]
+    assert lines[0].split() == ["task", "status", "seconds", "rows", "cached"]
     assert lines[1].split() == ["load_a", "succeeded", "1.25", "1,000", "→", "1,000", "no"]
     assert lines[2].split() == ["load_b", "failed", "0.50", report.DASH, report.DASH]
     assert lines[4].split() == ["train", "succeeded", "3.00", report.DASH, "yes"]

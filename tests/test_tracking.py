@@ -126,14 +126,15 @@ def test_the_train_image_logs_the_model_in_mlflows_format(train_root, store):
     import mlflow
     from docker.types import Mount
 
-    from stageflow import containers, images
-    from stageflow.registry import STAGES
+    from stageflow import containers, dag as dag_module, images, jobs
+    from stageflow.registry import ROOT, STAGES
 
     mlruns = store
     mlruns.mkdir()
     mlruns.chmod(0o777)  # the container runs as Domino's uid
     containers.prepare_tree(train_root)
-    mounts = [*containers.mounts(train_root, []), Mount(str(mlruns), str(mlruns), type="bind")]
+    job = jobs.plan(dag_module.load(), jobs.Setup(code=ROOT), "test", None)["train"]
+    mounts = [*containers.mounts(job, train_root, []), Mount(str(mlruns), str(mlruns), type="bind")]
     images.client().containers.run(
         STAGES["train"].image(), user=containers.stage_user(), remove=True, network_mode="none", mounts=mounts,
         environment={"MLFLOW_TRACKING_URI": mlruns.as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",

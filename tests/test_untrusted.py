@@ -31,10 +31,10 @@ class HostileBackend(HostBackend):
     def __init__(self, scripts: dict[str, str]):
         self.scripts = scripts
 
-    def start(self, node, tree, timeout, mounts):
-        if node.name not in self.scripts:
-            return super().start(node, tree, timeout, mounts)
-        proc = subprocess.Popen(["sh", "-c", self.scripts[node.name]], env={**os.environ, "OUT": str(tree / "outputs")},
+    def start(self, job, tree, timeout, mounts):
+        if job.node.name not in self.scripts:
+            return super().start(job, tree, timeout, mounts)
+        proc = subprocess.Popen(["sh", "-c", self.scripts[job.node.name]], env={**os.environ, "OUT": str(tree / "outputs")},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         return ProcessHandle(proc, timeout)

@@ -24,14 +24,18 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, Mapping
 
+from stageflow.runtime.contract import StageError
+
 HOST_ENV, PROXY_ENV = "DOMINO_API_HOST", "DOMINO_API_PROXY"
 KEY_ENV, TOKEN_ENV = "DOMINO_USER_API_KEY", "DOMINO_ACCESS_TOKEN"
 TOKEN_URL = "http://localhost:8899/access-token"  # a run's token endpoint when it has no DOMINO_API_PROXY
 CREDENTIALS = f"{HOST_ENV} with {TOKEN_ENV} (a personal access token) or {KEY_ENV}"
 
 
-class DominoError(Exception):
+class DominoError(StageError):
     """A missing precondition or a refused request, as one line that says what to do."""
+
+    exit_status = 1
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)

@@ -1,21 +1,24 @@
-"""`run_domino_job_task`, `Input`, `Output`, `DatasetSnapshot` and `Artifact` for machines without Domino's
-flytekit plugin.
+"""`run_domino_job_task`, `Input`, `Output`, `DatasetSnapshot`, `Artifact` and friends for machines without
+Domino's flytekit plugin.
 
-Domino ships `flytekitplugins.domino.helpers` inside its environments only (it is not on PyPI). flow.py
-imports the real one when it is there and this one otherwise. Here each call becomes a Flyte raw-container
-task on the stage's image, following the same /workflow contract, so flow.py compiles, serialises (and can
-be registered on an open-source Flyte cluster) with plain flytekit; the Domino-only arguments are kept for
-inspection. A local `pyflyte run flow.py model_training ...` (no --remote) runs each task through the local
-runner instead of flytekit's own raw-container execution, which drops primitive inputs and calls a failed
-container a success (see DESIGN.md).
+Domino ships `flytekitplugins.domino` inside its environments only (it is not on PyPI). flow.py imports the
+real one when it is there and this one otherwise; a flow that imports the plugin by name gets this one through
+the stand-in package beside this file (stageflow/domino/standin), put on the path only when the real plugin
+is absent. Each call becomes a Flyte raw-container task following the same /workflow contract, so a flow
+compiles, serialises (and can be registered on an open-source Flyte cluster) with plain flytekit, and carries
+the Domino job it declares (`JobTask.job`) for the local runner. A local `pyflyte run FLOW.py WORKFLOW ...`
+(no --remote) runs each task through the local runner instead of flytekit's own raw-container execution,
+which drops primitive inputs and calls a failed container a success (see DESIGN.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import shlex
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,10 +30,13 @@ from flytekit.core.context_manager import FlyteContextManager
 from flytekit.core.node_creation import create_node
 from flytekit.types.file import FlyteFile
 
-from stageflow.runtime import contract
 from stageflow import registry
+from stageflow.dag import Task
 from stageflow.registry import STAGES
+from stageflow.runtime import contract
+from stageflow.runtime.contract import StageError
 
+CALLS: dict[str, int] = {}  # how often each task ran in this pyflyte process
 BACKEND_ENV = "STAGEFLOW_BACKEND"  # host or docker: force the backend of a local pyflyte run
 RUN_DIR_ENV = "STAGEFLOW_RUN_DIR"  # where a local pyflyte run keeps its stages (default runs/pyflyte-<time>)
 
@@ -50,10 +56,45 @@ class Output:
 
 @dataclass(frozen=True)
 class DatasetSnapshot:  # noqa: N815 - the plugin's field names (flytekitplugins.domino.task)
-    """A dataset snapshot a Domino job mounts; kept on the task for inspection, meaningless locally."""
+    """A dataset snapshot a Domino job mounts: locally, the folder `--dataset NAME=DIR` gives for it."""
     Name: str | None = None
     Version: int | None = None
     Id: str | None = None
+
+    def __post_init__(self):
+        if self.Version is not None and self.Version < 1:  # the plugin refuses version 0 (pocheung1/flows)
+            raise ValueError("Dataset snapshot version must be greater than 0")
+        if not (self.Name or self.Id):
+            raise ValueError("Dataset missing id and name")
+
+
+# Field names as public flows spell them: GitRef(Type=..., Value=...) in dominodatalab/SCE_Flows_Training_Template
+# flow_1_prod.py, ExternalDataVolume(Name=...) in pocheung1/flows error_workflow.py; the last two are imported
+# (and not used) by Domino's AI training template (dominopetter/Domino-Flows-Simple-Demo mlops_flow.py).
+@dataclass(frozen=True)
+class GitRef:  # noqa: N815
+    Type: str
+    Value: str | None = None
+
+
+@dataclass(frozen=True)
+class ExternalDataVolume:  # noqa: N815
+    Name: str
+
+
+@dataclass(frozen=True)
+class EnvironmentRevisionSpecification:  # noqa: N815
+    EnvironmentRevisionType: str | None = None
+    EnvironmentRevisionId: str | None = None
+
+
+class EnvironmentRevisionType:  # noqa: N801
+    ActiveRevision, LatestRevision, SomeRevision = "ActiveRevision", "LatestRevision", "SomeRevision"
+
+
+@dataclass(frozen=True)
+class DominoJobConfig:  # noqa: N815 - imported by Domino's templates; tasks built from it are not run locally
+    Command: str | None = None
 
 
 DATA, MODEL, REPORT = "data", "model", "report"  # Domino's three kinds of Flow Artifact
@@ -71,67 +112,74 @@ class Artifact:
         return FlyteFile[TypeVar(extension)] if extension else FlyteFile
 
 
-class StageFailed(Exception):
-    """A stage of a local pyflyte run failed: the message names it, its one-line error and its log tail."""
+class DominoJobTask:
+    """Imported by Domino's templates beside run_domino_job_task; a task built from it directly (its own
+    DominoJobConfig) is not one the local runner can run: it says so where it is declared."""
+
+    def __init__(self, name: str = "", *args: Any, **kwargs: Any):
+        raise StageError(f"task {name or '?'}: declared with DominoJobTask(...), which the local runner does not "
+                         f"run; declare it with run_domino_job_task(...) (docs/any-flow.md)")
 
 
-def choose_backend():
-    """The docker backend when a daemon answers and every stage image is built, else the host backend.
-
-    Returns (backend, why). STAGEFLOW_BACKEND=host|docker forces one; a forced docker that cannot run
-    is an error rather than a silent fallback.
-    """
-    from stageflow.dag import Dag, Node
-    from stageflow.backends import HostBackend
-    from stageflow.runner import RunError
+def choose_backend(needs_containers: bool = False):
+    """The docker backend when a daemon answers (and, for this project's stages, every stage image is built),
+    else the host backend. Returns (backend, why). STAGEFLOW_BACKEND=host|docker forces one; a forced docker
+    that cannot run is an error rather than a silent fallback, and so is a task that needs containers."""
+    from stageflow.backends import backend_named
+    from stageflow.rundir import RunError
 
     forced = os.environ.get(BACKEND_ENV, "").replace("process", "host")  # its name before 0.2
     if forced not in ("", "host", "docker"):
         raise RunError(f"{BACKEND_ENV}={forced}: expected host or docker")
     if forced == "host":
-        return HostBackend(), f"{BACKEND_ENV}=host"
+        return backend_named("host"), f"{BACKEND_ENV}=host"
     try:
-        from stageflow import containers
-
-        backend = containers.DockerBackend()
-        backend.check(Dag([Node(stage, {}, {}) for stage in STAGES.values()], {}, {}, {}))
-        return backend, "Docker daemon reachable and every stage image built"
-    except (ImportError, RunError) as err:
-        if forced == "docker":
-            raise RunError(f"{BACKEND_ENV}=docker: {err}") from None
-        return HostBackend(), f"no docker backend: {err}"
+        backend = backend_named("docker")
+        if not needs_containers:
+            for stage in STAGES.values():
+                backend.image_id(stage.image(), f"stage {stage.name}")
+        return backend, "Docker daemon reachable" + ("" if needs_containers else " and every stage image built")
+    except StageError as err:
+        if forced == "docker" or needs_containers:
+            raise RunError(f"{BACKEND_ENV}=docker: {err}" if forced else str(err)) from None
+        return backend_named("host"), f"no docker backend: {err}"
 
 
 @functools.cache
-def local_session() -> tuple[Any, Path]:
-    """One backend and one run directory for every stage of a pyflyte process, chosen and said once."""
-    from stageflow.cli import new_run_dir
+def local_session(needs_containers: bool) -> tuple[Any, Path]:
+    """One backend and one run directory for every task of a pyflyte process, chosen and said once."""
+    from stageflow.rundir import new_run_dir
 
-    backend, why = choose_backend()
+    backend, why = choose_backend(needs_containers)
     run_dir = Path(os.environ[RUN_DIR_ENV]).resolve() if os.environ.get(RUN_DIR_ENV) else new_run_dir("pyflyte-")
-    print(f"stageflow: running each stage with the {backend.name} backend ({why}); stages in {run_dir}", flush=True)
+    print(f"stageflow: running each task with the {backend.name} backend ({why}); tasks in {run_dir}", flush=True)
     return backend, run_dir
 
 
 def local_value(value: Any) -> Any:
-    """A task input as the runner takes it: a FlyteFile becomes its local file; a str naming a file relative
-    to the current directory becomes absolute, since the stage runs elsewhere (another cwd, a container)."""
+    """A task input as flytekit hands it: a FlyteFile or FlyteDirectory becomes its local path; a str naming
+    a file relative to the current directory becomes absolute, since the task runs elsewhere."""
+    from flytekit.types.directory import FlyteDirectory
+
     if isinstance(value, FlyteFile):
+        return Path(value.download())
+    if isinstance(value, FlyteDirectory):
         return Path(value.download())
     if isinstance(value, str) and value and not os.path.isabs(value) and os.path.isfile(value):
         return os.path.abspath(value)
     return value
 
 
-class StageTask(ContainerTask):
-    """A stage as a raw-container task; remembers the Domino job settings it was declared with."""
+class JobTask(ContainerTask):
+    """A Domino job task as a raw-container task: `job` is the Domino job it declares (stageflow.dag.Task),
+    `domino` every keyword it was declared with."""
 
-    def __init__(self, domino: dict, **kwargs):
+    def __init__(self, job: Task, domino: dict, **kwargs):
         super().__init__(**kwargs)
-        self.domino = domino
+        self.job, self.domino = job, domino
 
     def local_execute(self, ctx, **kwargs):
-        """Run the stage every time, as `stageflow run` does: flytekit's local cache, keyed on the input
+        """Run the task every time, as `stageflow run` does: flytekit's local cache, keyed on the input
         values, would hand back an old snapshot of a source that changed at the same path."""
         declared = self._metadata
         self._metadata = dataclasses.replace(declared, cache=False)
@@ -141,51 +189,81 @@ class StageTask(ContainerTask):
             self._metadata = declared
 
     def execute(self, **kwargs) -> Any:
-        """Run this one stage through the local runner (flytekit calls this with native values)."""
-        from stageflow.dag import Dag, Node, Source, contract_type, file_formats
+        """Run this one task through the local runner (flytekit calls this with native values)."""
+        from flytekit.types.directory import FlyteDirectory
+
+        from stageflow import jobs
+        from stageflow.dag import Dag, Node, contract_type, file_formats, normalise
         from stageflow.runner import Run
 
-        backend, run_dir = local_session()
         iface = self.python_interface
-        inputs = {name: (contract_type(kind), Source(value=local_value(kwargs[name])))
+        inputs = {name: (contract_type(kind, f"input {name} of task {self.name}"), None)
                   for name, kind in iface.inputs.items()}
-        outputs = {name: contract_type(kind) for name, kind in iface.outputs.items()}
-        dag = Dag([Node(registry.stage(self.name), inputs, outputs)], {}, {},
-                  {name: Source(stage=self.name, output=name) for name in outputs}, self.name,
-                  file_formats(iface.outputs))
-        run = Run(dag, run_dir / self.name, backend, {})
+        outputs = {name: contract_type(kind, f"output {name} of task {self.name}") for name, kind in iface.outputs.items()}
+        node = Node(self.name, self.job, inputs, outputs, file_formats(iface.outputs))
+        values = {name: normalise(f"input {name} of task {self.name}", kind, local_value(kwargs[name]))
+                  for name, (kind, _) in inputs.items()}
+        dag = Dag([node], {}, {}, {}, self.name).only(self.name, values)
+        backend, run_dir = local_session(registry.by_task(self.name, self.job.command, self.job.environment) is None)
+        setup = jobs.Setup().with_flow(Path.cwd() / "flow.py")
+        CALLS[self.name] = CALLS.get(self.name, 0) + 1  # a task called twice runs twice, in folders of its own
+        folder = dag.folders()[self.name] + (f"-{CALLS[self.name]}" if CALLS[self.name] > 1 else "")
+        run = Run(dag, run_dir / folder, backend, {}, setup=setup)
         if not run.execute():
-            raise StageFailed("\n\n".join(run.failures()) or f"stage {self.name} was interrupted")
-        values = [FlyteFile(str(run.output_path(name))) if kind is contract.File
-                  else contract.parse_value(run.output_path(name).read_text(), kind)
-                  for name, kind in outputs.items()]
-        return values[0] if len(values) == 1 else tuple(values)
+            # Said here, once, and pyflyte stopped without its traceback: flytekit would print ~40 lines of
+            # its own frames around any exception raised from a task.
+            print(contract.printable("\n\n".join(run.failures()) or f"task {self.name} was interrupted"),
+                  file=sys.stderr, flush=True)
+            raise SystemExit(130 if run.interrupted else 1)
+        found = []
+        for name, kind in outputs.items():
+            output = run.record.outputs[name]
+            found.append(FlyteFile(output["path"]) if kind is contract.File else
+                         FlyteDirectory(output["path"]) if kind is contract.Directory else run.record.values[name])
+        return found[0] if len(found) == 1 else tuple(found)
+
+
+def unsupported_features(external_data_volumes: list | None) -> tuple[str, ...]:
+    """What a task asks of Domino that no local run has (said before anything runs)."""
+    found = []
+    if external_data_volumes:
+        names = ", ".join(str(getattr(v, "Name", v)) for v in external_data_volumes)
+        found.append(f"mounts external data volumes ({names}), which exist only on Domino")
+    return tuple(found)
 
 
 def run_domino_job_task(flyte_task_name: str, command: str, inputs: list[Input] | None = None,
                         output_specs: list[Output] | None = None, environment_name: str | None = None,
                         environment_revision_id: str | None = None, hardware_tier_name: str | None = None,
-                        dataset_snapshots: list | None = None, volume_size_gib: int | None = None,
-                        cache: bool = False, cache_version: str = "",
-                        use_project_defaults_for_omitted: bool = False, **kwargs: Any) -> dict:
-    """Declare one stage as a task node and return its outputs by name, as Domino's helper does."""
+                        hardware_tier_id: str | None = None, dataset_snapshots: list | None = None,
+                        main_git_repo_ref: Any = None, use_latest_git_ref: bool | None = None,
+                        external_data_volumes: list | None = None, volume_size_gib: int | None = None,
+                        dfs_repo_commit_id: str | None = None, cache: bool = False, cache_version: str | None = None,
+                        use_project_defaults_for_omitted: bool = False) -> dict:
+    """Declare one Domino job task as a node and return its outputs by name, as Domino's helper does.
+
+    The keywords are those public flows pass (tests' golden file lists where each was seen), and no more: a
+    misspelt keyword fails here as it would on Domino."""
+    domino = {key: value for key, value in locals().items() if key not in ("inputs", "output_specs")}
     inputs, output_specs = inputs or [], output_specs or []
-    stage = registry.stage(flyte_task_name)
-    task = StageTask(
-        domino={"command": command, "environment_name": environment_name,
-                "environment_revision_id": environment_revision_id, "hardware_tier_name": hardware_tier_name,
-                "dataset_snapshots": dataset_snapshots, "volume_size_gib": volume_size_gib, "cache": cache,
-                "cache_version": cache_version, "use_project_defaults_for_omitted": use_project_defaults_for_omitted,
-                **kwargs},
+    job = Task(name=flyte_task_name, command=command, environment=environment_name,
+               tier=hardware_tier_name or hardware_tier_id, cache=bool(cache), cache_version=cache_version or "",
+               datasets=tuple((getattr(s, "Name", None) or getattr(s, "Id", None), getattr(s, "Version", None))
+                              for s in dataset_snapshots or []),
+               unsupported=unsupported_features(external_data_volumes))
+    stage = registry.by_task(flyte_task_name, command, environment_name)
+    task = JobTask(
+        job=job,
+        domino=domino,
         name=flyte_task_name,
-        image=stage.image(),
+        image=stage.image() if stage else f"domino-environment:{hashlib.sha256(str(environment_name).encode()).hexdigest()[:12]}",
         command=shlex.split(command),
         inputs=OrderedDict((i.name, i.type) for i in inputs),
         outputs=OrderedDict((o.name, o.type) for o in output_specs),
         input_data_dir="/workflow/inputs",
         output_data_dir="/workflow/outputs",
         metadata_format=ContainerTask.MetadataFormat.JSON,
-        metadata=TaskMetadata(cache=cache, cache_version=cache_version),  # Flyte caches as Domino does
+        metadata=TaskMetadata(cache=bool(cache), cache_version=cache_version or ""),  # Flyte caches as Domino does
     )
     result = create_node(task, **{i.name: i.value for i in inputs})
     if FlyteContextManager.current_context().compilation_state is not None:

@@ -33,13 +33,24 @@ MAX_ERROR_BYTES = 1024 * 1024  # copilot reads at most this much of _ERROR
 MAX_ERROR_LINE = 4096  # bytes of an error line kept: a person reads it (in _ERROR and the log), not a parser
 
 File = Path  # the declared type of a file input or output
+
+
+class Directory:
+    """The declared type of a directory input or output (a FlyteDirectory): read as its path."""
+
+
 SIMPLE_TYPES = (str, int, float, bool, dt.datetime, dt.timedelta)
-TYPE_NAMES = {File: "file", str: "str", int: "int", float: "float", bool: "bool",
+TYPE_NAMES = {File: "file", Directory: "directory", str: "str", int: "int", float: "float", bool: "bool",
               dt.datetime: "datetime", dt.timedelta: "timedelta"}
 
 
 class StageError(Exception):
-    """A failure the user can act on; its message is the one line they see (and copilot shows)."""
+    """A failure the user can act on; its message is the one line they see (and copilot shows).
+
+    The base of every error of this project's own: the CLI catches it once and prints its one line, exiting
+    with `exit_status` (2: refused before anything ran; an action that failed says 1)."""
+
+    exit_status = 2
 
 
 def workflow_root() -> Path:
@@ -115,6 +126,21 @@ def parse_value(text: str, kind: type) -> Any:
         except ValueError:
             raise ValueError("expected a Go duration such as 72h10m0s") from None
     raise TypeError(f"unsupported input type {kind!r}")
+
+
+# Go's strconv.ParseBool, which copilot reads a bool output with.
+_GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+             **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}
+
+
+def parse_output(text: str, kind: type) -> Any:
+    """A primitive output as copilot reads it: surrounding whitespace stripped, a bool as Go reads one."""
+    stripped = text.strip()
+    if kind is bool:
+        if stripped not in _GO_BOOLS:
+            raise ValueError("expected true or false (or 1, 0, t, f)")
+        return _GO_BOOLS[stripped]
+    return parse_value(stripped, kind)
 
 
 def format_value(value: Any) -> str:
@@ -204,6 +230,10 @@ class StageTree:
         real = path.resolve()
         if path.is_symlink() and not real.is_relative_to(self.root.resolve()):
             raise StageError(f"input {name}: is a symlink to {real}, outside the workflow tree {self.root}")
+        if kind is Directory:
+            if not path.is_dir():
+                raise StageError(f"input {name}: expected a directory at {path}")
+            return path
         what = not_a_regular_file(path)
         if what:
             raise StageError(f"input {name}: expected a regular file, found {what} at {path}")
@@ -280,12 +310,18 @@ class StageTree:
         os.replace(tmp, self.outputs / ERROR_FILE)
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (escape sequences, carriage returns, bells) shown as
+    `?`: a label or a log line from the data must not move the cursor, recolour or retitle a terminal."""
+    return "".join(c if c.isprintable() or c in "\t\n" else "?" for c in text)
+
+
 def one_line(err: BaseException) -> str:
     """The error as one printable line: a parser quoting binary junk must not garble the log or _ERROR.
 
     A line longer than MAX_ERROR_LINE (a message listing a million columns, a parser quoting a huge row)
     keeps its start, which names the input and the problem, and says it was cut."""
-    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(err).split())) or type(err).__name__
+    text = printable(" ".join(str(err).split())) or type(err).__name__
     line = text if isinstance(err, StageError) else f"{type(err).__name__}: {text}"
     data = line.encode("utf-8")
     if len(data) <= MAX_ERROR_LINE:
