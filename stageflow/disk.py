@@ -26,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 
 from stageflow.cache import MANIFEST, default_dir
-from stageflow.registry import ROOT, STAGES, registry_prefix, runtime_image
+from stageflow.registry import ROOT, registry_prefix, runtime_image
 
 DEFAULT_KEEP_DAYS = 7.0
 RUN_RECORDS = ("runs/*/run.json", "runs/*/*/run.json", ".workflow/run.json")  # stageflow run, pyflyte, compose
@@ -83,7 +83,9 @@ def trim_cache(cache_root: Path, keep_after: float, dry_run: bool = False) -> tu
 
 def old_images(api, prefix: str) -> tuple[list[str], list[str]]:
     """What the current code does not use under `prefix`: tags (children first), then build-stage image ids."""
-    current = {runtime_image(prefix)} | {stage.image(prefix) for stage in STAGES.values()}
+    from stageflow.images import current_images
+
+    current = set(current_images(prefix))
     repos = {image.rsplit(":", 1)[0] for image in current}
 
     def old(tag: str) -> bool:

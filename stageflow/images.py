@@ -1,4 +1,5 @@
-"""Stage images: the wheelhouse, the builds (through the Docker SDK) and the push to a registry.
+"""Images: the wheelhouse, the builds (through the Docker SDK) and the push to a registry, of the stage images
+and of the local standard environment.
 
 Builds never reach PyPI or a container registry: wheels are downloaded on the host first (`make wheels`)
 and installed from there with --no-index, and the base image may be one built locally from Debian's
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from stageflow.registry import ROOT, STAGES, runtime_image, runtime_version, schema_file
+from stageflow.registry import ROOT, STAGES, content_hash, registry_prefix, runtime_image, runtime_version, schema_file
 
 WHEELS = ROOT / "wheels"
 BUILD = ROOT / "build"
@@ -24,6 +25,7 @@ PUSHED = BUILD / "pushed.json"
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 LOCAL_BASE = "stageflow-base:bookworm-py311"
 BASE_ENV = "BASE_IMAGE"
+STANDARD = ROOT / "environments" / "standard"  # the local standard environment: its Dockerfile and lock
 
 
 class ImageError(Exception):
@@ -45,8 +47,7 @@ def client():
 
 def requirement_files() -> list[Path]:
     """The runtime's requirements and those of each stage that installs libraries of its own."""
-    found = [ROOT / "stages" / "requirements.txt"] + [stage.folder / "requirements.txt" for stage in STAGES.values()]
-    return [path for path in found if path.is_file()]
+    return [ROOT / "stages" / "requirements.txt"] + [stage.requirements for stage in STAGES.values() if stage.requirements]
 
 
 def download_wheels(dest: Path = WHEELS) -> None:
@@ -54,13 +55,13 @@ def download_wheels(dest: Path = WHEELS) -> None:
 
     Skipped when the wheelhouse already holds every pin: asking the index again costs ~15 s and would
     fail on an air-gapped machine where the wheelhouse was copied in."""
-    if dest == WHEELS and WHEELS.is_dir() and not missing_wheels():
+    if dest == WHEELS and WHEELS.is_dir() and not missing_wheels(requirement_files() + [STANDARD / "requirements.txt"]):
         return
     machine = platform.machine()
     platforms = [f"--platform=manylinux{tag}_{machine}" for tag in ("2014", "_2_17", "_2_28")]
     args = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(dest),
             "--only-binary=:all:", "--python-version=3.11", "--implementation=cp", "--abi=cp311", *platforms]
-    for req in requirement_files():
+    for req in requirement_files() + [STANDARD / "requirements.txt"]:
         args += ["-r", str(req)]
     dest.mkdir(exist_ok=True)
     subprocess.run(args, check=True)
@@ -85,11 +86,11 @@ def revision() -> str:
         return "unknown"
 
 
-def missing_wheels() -> list[str]:
-    """Pinned requirements with no wheel in the wheelhouse: the build would fail later, less clearly."""
+def missing_wheels(locks: list[Path]) -> list[str]:
+    """Pinned requirements of `locks` with no wheel in the wheelhouse: the build would fail later, less clearly."""
     have = {pin(*p.name.split("-")[:2]) for p in WHEELS.glob("*.whl")}
     wanted = set()
-    for req in requirement_files():
+    for req in locks:
         for line in req.read_text().splitlines():
             line = line.split("#")[0].strip()
             if line:
@@ -128,13 +129,19 @@ def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], fo
 
 
 def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
-    """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of the runtime image,
-    then of each stage's image on top of it."""
-    runtime = runtime_image()  # IMAGE: the tag a Dockerfile's build stage is labelled with, for `stageflow gc`
-    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(),
-              {"BASE_IMAGE": base_image(), "IMAGE": runtime, "SCHEMA": schema_in_context()})]
+    """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of each runtime image
+    (the shared one first, then one per stage with libraries of its own), then of each stage's image on top of
+    its runtime image. IMAGE: the tag a Dockerfile's build stages are labelled with, for `stageflow gc`."""
+    schema, base = schema_in_context(), base_image()
+    runtimes = {runtime_image(): ("runtime", runtime_version(), {})}
+    for stage in STAGES.values():
+        if stage.requirements and stage.runtime_image() not in runtimes:
+            own = {"REQUIREMENTS": stage.requirements.relative_to(ROOT).as_posix()}
+            runtimes[stage.runtime_image()] = (f"runtime+{stage.name}", runtime_version(stage.requirements), own)
+    found = [(name, tag, "stages/Dockerfile", version, {"BASE_IMAGE": base, "IMAGE": tag, "SCHEMA": schema, **own})
+             for tag, (name, version, own) in runtimes.items()]
     return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
-                     {"RUNTIME_IMAGE": runtime, "IMAGE": stage.image()}) for stage in STAGES.values()]
+                     {"RUNTIME_IMAGE": stage.runtime_image(), "IMAGE": stage.image()}) for stage in STAGES.values()]
 
 
 def schema_in_context() -> str:
@@ -151,18 +158,47 @@ def schema_in_context() -> str:
     return relative
 
 
-def build_all(force: bool = False) -> list[str]:
-    missing = missing_wheels()
+def check_wheels(locks: list[Path]) -> None:
+    missing = missing_wheels(locks)
     if missing:
         raise ImageError(f"wheelhouse {WHEELS} lacks {', '.join(missing[:5])}; run `make wheels` first")
-    tags = []
-    for name, tag, dockerfile, version, buildargs in targets():
-        started = time.perf_counter()
-        what = build(tag, dockerfile, version, buildargs, force)
-        size = client().images.get(tag).attrs["Size"] / 1e6
-        print(f"{name:8} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
-        tags.append(tag)
-    return tags
+
+
+def build_shown(name: str, tag: str, dockerfile: str, version: str, buildargs: dict[str, str], force: bool) -> str:
+    """build(), with one line saying what happened, how long it took and the image's size."""
+    started = time.perf_counter()
+    what = build(tag, dockerfile, version, buildargs, force)
+    size = client().images.get(tag).attrs["Size"] / 1e6
+    print(f"{name:14} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
+    return tag
+
+
+def build_all(force: bool = False) -> list[str]:
+    check_wheels(requirement_files())
+    return [build_shown(*target, force) for target in targets()]
+
+
+def standard_environment(registry: str | None = None) -> str:
+    """The tag of the local standard environment: the image a task of a Domino flow runs on when its
+    environment has no local image. Its version is a hash of what it holds (environments/standard/)."""
+    return f"{registry_prefix(registry)}/standard-environment:{content_hash([STANDARD])}"
+
+
+def build_standard_environment(force: bool = False) -> str:
+    """Build the local standard environment unless its version tag exists (`make standard-environment`);
+    returns its tag."""
+    check_wheels([STANDARD / "requirements.txt"])
+    tag = standard_environment()
+    dockerfile = (STANDARD / "Dockerfile").relative_to(ROOT).as_posix()
+    return build_shown("standard", tag, dockerfile, tag.rsplit(":", 1)[1],
+                       {"BASE_IMAGE": base_image(), "IMAGE": tag}, force)
+
+
+def current_images(registry: str | None = None) -> list[str]:
+    """Every image of the code checked out, under `registry`'s prefix: runtime images, stage images, the
+    standard environment. What `stageflow gc` keeps."""
+    runtimes = dict.fromkeys([runtime_image(registry)] + [stage.runtime_image(registry) for stage in STAGES.values()])
+    return [*runtimes, *(stage.image(registry) for stage in STAGES.values()), standard_environment(registry)]
 
 
 def push_all(registry: str) -> dict[str, str]:
@@ -195,3 +231,23 @@ def push_all(registry: str) -> dict[str, str]:
               "versions": {name: stage.version for name, stage in STAGES.items()}}
     PUSHED.write_text(json.dumps(record, indent=2) + "\n")
     return pushed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stageflow.images standard-environment`: what `make standard-environment` runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m stageflow.images")
+    parser.add_argument("image", choices=["standard-environment"], help="the image to build")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the version tag exists")
+    args = parser.parse_args(argv)
+    try:
+        build_standard_environment(force=args.force)
+    except ImageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,11 +4,13 @@ flow.py, the runner, the image build, docker-compose.yml, the tests and the benc
 added, renamed or moved to another tier changes everywhere at once. Adding a stage takes its folder
 (stages/<name>/), its entry here and its call in flow.py.
 
-Images: every stage image starts FROM the runtime image (stages/Dockerfile: the runtime's libraries, the
-`stageflow.runtime` package, the active schema, Domino's job user) and adds its own folder. An image's version is
-a hash of exactly what it holds, so an edit to host-side code (the runner, the CLI, tests, docs) changes no
-version: nothing rebuilds, nothing is pushed again, and neither the local cache nor Domino's (keyed on
-`cache_version`) misses. Another schema is other content: other versions, images, cache keys and environments.
+Images: every stage image starts FROM a runtime image (stages/Dockerfile: the runtime's libraries, the stage's
+own libraries if it has a requirements.txt, then the `stageflow.runtime` package and the active schema, as
+Domino's job user) and adds its script. Stages without libraries of their own share one runtime image; the
+libraries' layers are the same in all of them, so they are stored once. An image's version is a hash of exactly
+what it holds, so an edit to host-side code (the runner, the CLI, tests, docs) changes no version: nothing
+rebuilds, nothing is pushed again, and neither the local cache nor Domino's (keyed on `cache_version`) misses.
+Another schema is other content: other versions, images, cache keys and environments.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
 REGISTRY_ENV = "STAGEFLOW_REGISTRY"
 DEFAULT_REGISTRY = "stageflow"
-# What the runtime image is built from: its Dockerfile and libraries, and the package the stages import.
+# What every runtime image is built from: its Dockerfile, the shared libraries and the package the stages import.
 RUNTIME_PARTS = ("stages/Dockerfile", "stages/requirements.txt", "stageflow/__init__.py", "stageflow/runtime")
 
 
@@ -63,19 +65,22 @@ def schema_file() -> Path:
     return schemas.active().path
 
 
-def runtime_version() -> str:
-    """Hash of the runtime image's files and of the schema it holds (by content: where the file lies on this
-    machine is not in the image)."""
-    return _runtime_version(schema_file().read_bytes())
+def runtime_version(requirements: Path | None = None) -> str:
+    """Hash of a runtime image's files, of the schema it holds and of the lock of the stage's own libraries it
+    installs, if any (both by content: where a file lies on this machine is not in the image, and stages whose
+    locks are the same share one runtime image)."""
+    return _runtime_version(schema_file().read_bytes(), requirements.read_bytes() if requirements else b"")
 
 
 @cache
-def _runtime_version(schema_text: bytes) -> str:
-    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"))
+def _runtime_version(schema_text: bytes, own_lock: bytes) -> str:
+    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"),
+                        own_lock.decode("utf-8", "replace"))
 
 
-def runtime_image(registry: str | None = None) -> str:
-    return f"{registry_prefix(registry)}/runtime:{runtime_version()}"
+def runtime_image(registry: str | None = None, requirements: Path | None = None) -> str:
+    """The runtime image holding the shared libraries and those of the lock `requirements` (none: shared only)."""
+    return f"{registry_prefix(registry)}/runtime:{runtime_version(requirements)}"
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,17 @@ class Stage:
         return module
 
     @property
+    def requirements(self) -> Path | None:
+        """The lock of the stage's own libraries (train's scikit-learn, MLflow...), if it has any: its runtime
+        image installs them below the runtime code."""
+        path = self.folder / "requirements.txt"
+        return path if path.is_file() else None
+
+    def runtime_image(self, registry: str | None = None) -> str:
+        """The image this stage's image starts FROM (its Dockerfile's RUNTIME_IMAGE)."""
+        return runtime_image(registry, self.requirements)
+
+    @property
     def command(self) -> str:
         """What the Domino job runs: the script baked into the stage's own image."""
         return f"python {IMAGE_CODE_DIR}/{self.script}"
@@ -115,8 +131,8 @@ class Stage:
 
     @property
     def version(self) -> str:
-        """Hash of what the image holds: the runtime image's version plus the stage's own folder."""
-        return content_hash([self.folder], runtime_version())
+        """Hash of what the image holds: its runtime image's version plus the stage's own folder."""
+        return content_hash([self.folder], runtime_version(self.requirements))
 
     def image(self, registry: str | None = None) -> str:
         return f"{registry_prefix(registry)}/{self.name.replace('_', '-')}:{self.version}"
