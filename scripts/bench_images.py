@@ -44,7 +44,15 @@ def copy_checkout(checkout: Path, dest: Path) -> None:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     wheels = checkout / "wheels" if (checkout / "wheels").is_dir() else images.WHEELS
-    shutil.copytree(wheels, dest / "wheels", copy_function=os.link)
+    shutil.copytree(wheels, dest / "wheels", copy_function=link)
+
+
+def link(source: str, dest: str) -> None:
+    """A hard link (no space, no time), or a copy where the two sit on different file systems."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
 
 
 def build(copy: Path, prefix: str) -> tuple[float, list[str], str]:

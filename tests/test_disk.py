@@ -18,7 +18,7 @@ import pytest
 
 from stageflow import disk, images
 from stageflow.cache import MANIFEST
-from stageflow.registry import STAGES, runtime_image
+from stageflow.registry import STAGES
 
 from conftest import ROOT
 
@@ -149,14 +149,19 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
         image, _ = client.images.build(fileobj=io.BytesIO(text.encode()), tag=tag, rm=True)
         return image.id
 
-    tiny(runtime_image())
-    current = [runtime_image()] + [stage.image() for stage in STAGES.values()]
-    for tag in current[1:]:
-        tiny(tag, parent=runtime_image())
-    current_build = tiny(parent=runtime_image(), **{disk.BUILD_STAGE_OF: STAGES["train"].image()})
+    current = images.current_images()  # the runtime images (train has one of its own), stages, standard environment
+    runtimes = {stage.runtime_image() for stage in STAGES.values()}
+    assert len(runtimes) == 2 and runtimes < set(current) and images.standard_environment() in current
+    for tag in runtimes:
+        tiny(tag)
+    for stage in STAGES.values():
+        tiny(stage.image(), parent=stage.runtime_image())
+    tiny(images.standard_environment())
+    current_build = tiny(parent=STAGES["train"].runtime_image(), **{disk.BUILD_STAGE_OF: STAGES["train"].runtime_image()})
     old_runtime = tiny(f"{prefix}/runtime:{old}")
     old_merge = tiny(f"{prefix}/merge:{old}", parent=f"{prefix}/runtime:{old}")
     old_build = tiny(parent=f"{prefix}/runtime:{old}", **{disk.BUILD_STAGE_OF: f"{prefix}/train:{old}"})
+    tiny(f"{prefix}/standard-environment:{old}")
     tiny(f"{other}/merge:{old}")  # another prefix: not ours
     shared = tiny(f"{prefix}/process:{old}")
     client.images.get(shared).tag(f"{other}/keep", "1")  # also named by someone else
@@ -165,7 +170,7 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
 
     env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
     dry = stageflow("gc", "--dry-run", env=env)
-    assert f"images under {prefix}/: would remove 5 not of the current code" in dry, dry
+    assert f"images under {prefix}/: would remove 6 not of the current code" in dry, dry
     assert client.images.get(old_merge) and client.images.get(old_build)
     out = stageflow("gc", env=env)
 
@@ -180,4 +185,5 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
     assert f"{prefix}/process:{old}" not in client.images.get(shared).tags
     assert client.images.get(f"{prefix}/load-a:{old}")  # a container uses it
     assert f"  kept {prefix}/load-a:{old} (" in out
-    assert f"images under {prefix}/: removed 4 not of the current code" in out, out
+    assert f"{prefix}/standard-environment:{old}" not in [t for i in client.images.list() for t in i.tags]
+    assert f"images under {prefix}/: removed 5 not of the current code" in out, out
