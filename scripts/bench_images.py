@@ -9,9 +9,11 @@ of the bench's own (`stageflow-bench-N`, so nothing of yours is replaced or remo
 `python -m stageflow images-build` in the copy, the last step of `make images`:
   1. after an edit of the shared runtime code (a comment appended to stageflow/runtime/progress.py);
   2. after an edit of one stage's main.py (--stage, default train: the stage with the most libraries).
-Each edit is new text, so no earlier build can serve it from the layer cache. It prints the seconds and
-which images were rebuilt, then removes every image under its prefixes, and the copies. Your checkout is
-only read. A benchmark, not a test: it asserts nothing.
+Each edit is new text, so no earlier build can serve it from the layer cache. It prints the seconds, which
+images were rebuilt and the disk the rebuild added (the layers that no image under the prefix had before:
+what one more version costs), then removes every image under its prefixes, and the copies. Your checkout is
+only read. Figures are wall seconds: on a busy machine, compare checkouts side by side in one run.
+A benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ def build(copy: Path, prefix: str) -> tuple[float, list[str], str]:
     return seconds, built, proc.stdout
 
 
+def layers(prefix: str) -> dict[str, int]:
+    """Every layer of the images tagged under `prefix`: the build step that made it, and its size in bytes."""
+    api = images.client().api  # not images.list(), which fails when another user removes an image meanwhile
+    tags = [tag for image in api.images() for tag in image.get("RepoTags") or [] if tag.startswith(prefix + "/")]
+    return {step["Id"]: step["Size"] for tag in tags for step in api.history(tag)}
+
+
 def edit(path: Path) -> None:
     with open(path, "a") as handle:
         handle.write(f"\n# bench edit {time.time_ns()}\n")
@@ -106,17 +115,19 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.repeat):
                 for checkout, copy, prefix in zip(checkouts, copies, prefixes):
                     for what, path in (("runtime code", RUNTIME_FILE), ("one main.py", f"stages/{args.stage}/main.py")):
+                        before = layers(prefix)
                         edit(copy / path)
                         seconds, built, _ = build(copy, prefix)
-                        rows.append((checkout, what, seconds, built))
+                        added = sum(size for step, size in layers(prefix).items() if step not in before) / 1e6
+                        rows.append((checkout, what, seconds, added, built))
                         print(f"round {round_ + 1} {checkout}: {what} ({path}) edited: {seconds:.1f} s, "
-                              f"rebuilt {', '.join(built) or 'nothing'}", flush=True)
+                              f"{added:.2f} MB added, rebuilt {', '.join(built) or 'nothing'}", flush=True)
         finally:
             for prefix in prefixes:
                 remove_images(prefix)
-    print(f"\n{'checkout':40} {'edit':14} {'seconds':>8}  rebuilt")
-    for checkout, what, seconds, built in rows:
-        print(f"{str(checkout):40} {what:14} {seconds:8.1f}  {', '.join(built)}")
+    print(f"\n{'checkout':40} {'edit':14} {'seconds':>8} {'MB added':>9}  rebuilt")
+    for checkout, what, seconds, added, built in rows:
+        print(f"{str(checkout):40} {what:14} {seconds:8.1f} {added:9.2f}  {', '.join(built)}")
     return 0
 
 
