@@ -26,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 
 from stageflow.cache import MANIFEST, default_dir
-from stageflow.registry import ROOT, registry_prefix, runtime_image
+from stageflow.registry import ROOT, libraries_image, registry_prefix, runtime_image
 
 DEFAULT_KEEP_DAYS = 7.0
 RUN_RECORDS = ("runs/*/run.json", "runs/*/*/run.json", ".workflow/run.json")  # stageflow run, pyflyte, compose
@@ -92,7 +92,8 @@ def old_images(api, prefix: str) -> tuple[list[str], list[str]]:
         return tag.rsplit(":", 1)[0] in repos and tag not in current
 
     tags = [tag for image in api.images() for tag in image.get("RepoTags") or [] if old(tag)]
-    tags.sort(key=lambda tag: tag.startswith(runtime_image(prefix).rsplit(":", 1)[0] + ":"))  # parent last
+    parents = {runtime_image(prefix).rsplit(":", 1)[0]: 1, libraries_image(prefix).rsplit(":", 1)[0]: 2}
+    tags.sort(key=lambda tag: parents.get(tag.rsplit(":", 1)[0], 0))  # children before the images they start from
     builds = [image["Id"] for image in api.images(filters={"dangling": True, "label": BUILD_STAGE_OF})
               if old(image["Labels"][BUILD_STAGE_OF])]
     return tags, builds

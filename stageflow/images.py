@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from stageflow.registry import ROOT, STAGES, content_hash, registry_prefix, runtime_image, runtime_version, schema_file
+from stageflow.registry import (ROOT, STAGES, content_hash, libraries_image, libraries_version, registry_prefix,
+                                runtime_image, runtime_version, schema_file)
 
 WHEELS = ROOT / "wheels"
 BUILD = ROOT / "build"
@@ -51,10 +52,10 @@ def requirement_files() -> list[Path]:
 
 
 def locks_of(dockerfile: str) -> list[Path]:
-    """The locks whose wheels a Dockerfile installs. Every runtime image is given those of all the stages, so
-    that the build stage of the shared libraries is the same one for all of them; a stage's own Dockerfile
-    installs none."""
-    if dockerfile == "stages/Dockerfile":
+    """The locks whose wheels a Dockerfile installs. Every libraries image is given those of all the stages, so
+    that the build stage of the shared libraries is the same one for all of them; runtime and stage images
+    install none."""
+    if dockerfile == "stages/libraries.Dockerfile":
         return requirement_files()
     if dockerfile == (STANDARD / "Dockerfile").relative_to(ROOT).as_posix():
         return [STANDARD / "requirements.txt"]
@@ -146,6 +147,8 @@ def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], fo
     except docker.errors.BuildError as err:
         log = "".join(chunk.get("stream", "") for chunk in err.build_log)[-2000:]
         raise ImageError(f"build of {tag} failed: {err.msg}\n{log}") from None
+    except docker.errors.APIError as err:  # refused before building: a Dockerfile missing from the context...
+        raise ImageError(f"build of {tag} refused by Docker: {' '.join(str(err.explanation or err).split())}") from None
     return "built"
 
 
@@ -164,19 +167,24 @@ def context(dockerfile: str):
 
 
 def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
-    """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of each runtime image
-    (the shared one first, then one per stage with libraries of its own), then of each stage's image on top of
-    its runtime image. IMAGE: the tag a Dockerfile's build stages are labelled with, for `stageflow gc`."""
+    """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of each libraries
+    image, then each runtime image on it (the shared ones first, then one per stage with libraries of its own),
+    then each stage's image on its runtime image. IMAGE: the tag a Dockerfile's build stages are labelled with,
+    for `stageflow gc`."""
     schema, base = schema_in_context(), base_image()
-    runtimes = {runtime_image(): ("runtime", runtime_version(), {})}
-    for stage in STAGES.values():
-        if stage.requirements and stage.runtime_image() not in runtimes:
-            own = {"REQUIREMENTS": stage.requirements.relative_to(ROOT).as_posix()}
-            runtimes[stage.runtime_image()] = (f"runtime+{stage.name}", runtime_version(stage.requirements), own)
-    found = [(name, tag, "stages/Dockerfile", version, {"BASE_IMAGE": base, "IMAGE": tag, "SCHEMA": schema, **own})
-             for tag, (name, version, own) in runtimes.items()]
-    return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
-                     {"RUNTIME_IMAGE": stage.runtime_image(), "IMAGE": stage.image()}) for stage in STAGES.values()]
+    sets = {None: "", **{stage.requirements: f"+{stage.name}" for stage in STAGES.values() if stage.requirements}}
+    libraries, runtimes = {}, {}
+    for lock, suffix in sets.items():
+        own = {"REQUIREMENTS": lock.relative_to(ROOT).as_posix()} if lock else {}
+        tag = libraries_image(requirements=lock)
+        libraries.setdefault(tag, (f"libraries{suffix}", tag, "stages/libraries.Dockerfile", libraries_version(lock),
+                                   {"BASE_IMAGE": base, "IMAGE": tag, **own}))
+        runtimes.setdefault(runtime_image(requirements=lock), (
+            f"runtime{suffix}", runtime_image(requirements=lock), "stages/Dockerfile", runtime_version(lock),
+            {"LIBRARIES_IMAGE": tag, "SCHEMA": schema}))
+    return [*libraries.values(), *runtimes.values()] + [
+        (stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
+         {"RUNTIME_IMAGE": stage.runtime_image(), "IMAGE": stage.image()}) for stage in STAGES.values()]
 
 
 def schema_in_context() -> str:
@@ -198,7 +206,7 @@ def build_shown(name: str, tag: str, dockerfile: str, version: str, buildargs: d
     started = time.perf_counter()
     what = build(tag, dockerfile, version, buildargs, force)
     size = client().images.get(tag).attrs["Size"] / 1e6
-    print(f"{name:14} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
+    print(f"{name:16} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
     return tag
 
 
@@ -222,10 +230,12 @@ def build_standard_environment(force: bool = False) -> str:
 
 
 def current_images(registry: str | None = None) -> list[str]:
-    """Every image of the code checked out, under `registry`'s prefix: runtime images, stage images, the
+    """Every image of the code checked out, under `registry`'s prefix: libraries, runtime and stage images, the
     standard environment. What `stageflow gc` keeps."""
-    runtimes = dict.fromkeys([runtime_image(registry)] + [stage.runtime_image(registry) for stage in STAGES.values()])
-    return [*runtimes, *(stage.image(registry) for stage in STAGES.values()), standard_environment(registry)]
+    bases = [(libraries_image(registry), runtime_image(registry))]
+    bases += [(stage.libraries_image(registry), stage.runtime_image(registry)) for stage in STAGES.values()]
+    return [*dict.fromkeys(tag for pair in bases for tag in pair), *(stage.image(registry) for stage in STAGES.values()),
+            standard_environment(registry)]
 
 
 def push_all(registry: str) -> dict[str, str]:

@@ -4,12 +4,13 @@ flow.py, the runner, the image build, docker-compose.yml, the tests and the benc
 added, renamed or moved to another tier changes everywhere at once. Adding a stage takes its folder
 (stages/<name>/), its entry here and its call in flow.py.
 
-Images: every stage image starts FROM a runtime image (stages/Dockerfile: the runtime's libraries, the stage's
-own libraries if it has a requirements.txt, then the `stageflow.runtime` package and the active schema, as
-Domino's job user) and adds its script. Stages without libraries of their own share one runtime image; the
-libraries' layers are the same in all of them, so they are stored once. An image's version is a hash of exactly
-what it holds, so an edit to host-side code (the runner, the CLI, tests, docs) changes no version: nothing
-rebuilds, nothing is pushed again, and neither the local cache nor Domino's (keyed on `cache_version`) misses.
+Images, from what changes least to what changes most: a libraries image (stages/libraries.Dockerfile: Domino's
+job user, the runtime's libraries and the stage's own if it has a requirements.txt), a runtime image on it
+(stages/Dockerfile: the `stageflow.runtime` package and the active schema), the stage image on that (its
+script). Stages without libraries of their own share the first two; the shared libraries' layer is the same in
+every libraries image, so it is stored once. An image's version is a hash of exactly what it holds, so an edit to
+host-side code (the runner, the CLI, tests, docs) changes no version: nothing rebuilds, nothing is pushed again,
+and neither the local cache nor Domino's (keyed on `cache_version`) misses.
 Another schema is other content: other versions, images, cache keys and environments.
 """
 
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
 REGISTRY_ENV = "STAGEFLOW_REGISTRY"
 DEFAULT_REGISTRY = "stageflow"
-# What every runtime image is built from: its Dockerfile, the shared libraries and the package the stages import.
-RUNTIME_PARTS = ("stages/Dockerfile", "stages/requirements.txt", "stageflow/__init__.py", "stageflow/runtime")
+# What every libraries image is built from (its Dockerfile, the shared lock) and what a runtime image adds on it.
+LIBRARIES_PARTS = ("stages/libraries.Dockerfile", "stages/requirements.txt")
+RUNTIME_PARTS = ("stages/Dockerfile", "stageflow/__init__.py", "stageflow/runtime")
 
 
 @dataclass(frozen=True)
@@ -65,21 +67,30 @@ def schema_file() -> Path:
     return schemas.active().path
 
 
+def libraries_version(requirements: Path | None = None) -> str:
+    """Hash of a libraries image's files and of the lock of the stage's own libraries it installs, if any (by
+    content, so stages whose locks are the same share the image)."""
+    own_lock = requirements.read_text("utf-8", "replace") if requirements else ""
+    return content_hash([ROOT / part for part in LIBRARIES_PARTS], own_lock)
+
+
+def libraries_image(registry: str | None = None, requirements: Path | None = None) -> str:
+    return f"{registry_prefix(registry)}/libraries:{libraries_version(requirements)}"
+
+
 def runtime_version(requirements: Path | None = None) -> str:
-    """Hash of a runtime image's files, of the schema it holds and of the lock of the stage's own libraries it
-    installs, if any (both by content: where a file lies on this machine is not in the image, and stages whose
-    locks are the same share one runtime image)."""
-    return _runtime_version(schema_file().read_bytes(), requirements.read_bytes() if requirements else b"")
+    """Hash of a runtime image's files, of the schema it holds (by content: where the file lies on this machine
+    is not in the image) and of the libraries image it starts from."""
+    return _runtime_version(schema_file().read_bytes(), libraries_version(requirements))
 
 
 @cache
-def _runtime_version(schema_text: bytes, own_lock: bytes) -> str:
-    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"),
-                        own_lock.decode("utf-8", "replace"))
+def _runtime_version(schema_text: bytes, libraries: str) -> str:
+    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"), libraries)
 
 
 def runtime_image(registry: str | None = None, requirements: Path | None = None) -> str:
-    """The runtime image holding the shared libraries and those of the lock `requirements` (none: shared only)."""
+    """The runtime image on the shared libraries and those of the lock `requirements` (none: shared only)."""
     return f"{registry_prefix(registry)}/runtime:{runtime_version(requirements)}"
 
 
@@ -111,10 +122,13 @@ class Stage:
 
     @property
     def requirements(self) -> Path | None:
-        """The lock of the stage's own libraries (train's scikit-learn, MLflow...), if it has any: its runtime
-        image installs them below the runtime code."""
+        """The lock of the stage's own libraries (train's scikit-learn, MLflow...), if it has any: its libraries
+        image installs them, below the runtime code."""
         path = self.folder / "requirements.txt"
         return path if path.is_file() else None
+
+    def libraries_image(self, registry: str | None = None) -> str:
+        return libraries_image(registry, self.requirements)
 
     def runtime_image(self, registry: str | None = None) -> str:
         """The image this stage's image starts FROM (its Dockerfile's RUNTIME_IMAGE)."""

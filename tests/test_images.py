@@ -40,27 +40,36 @@ def test_a_stage_dockerfile_adds_only_its_script_to_its_runtime_image(name):
     assert not re.search(r"^(RUN|USER|ENV)\b", text, re.M)
 
 
-def test_each_stage_with_libraries_of_its_own_has_a_runtime_image_of_its_own():
-    """train's libraries are installed below the runtime code, in its runtime image; stages without libraries
-    of their own share one runtime image, and the build makes each runtime image once."""
+def test_each_stage_with_libraries_of_its_own_has_libraries_and_runtime_images_of_its_own():
+    """train's libraries are installed in its libraries image, below the runtime code; stages without
+    libraries of their own share one of each, and the build makes each image once, parents first."""
     built = images.targets()
-    runtimes = [tag for name, tag, dockerfile, *_ in built if dockerfile == "stages/Dockerfile"]
-    assert len(runtimes) == len(set(runtimes)) == 1 + sum(1 for s in STAGES.values() if s.requirements)
+    tags = [tag for _, tag, *_ in built]
+    assert len(tags) == len(set(tags)) == 2 * (1 + sum(1 for s in STAGES.values() if s.requirements)) + len(STAGES)
     args = {tag: buildargs for _, tag, _, _, buildargs in built}
     for stage in STAGES.values():
-        runtime = stage.runtime_image()
-        assert args[stage.image()]["RUNTIME_IMAGE"] == runtime
-        assert args[runtime].get("REQUIREMENTS") == (f"stages/{stage.name}/requirements.txt" if stage.requirements
-                                                     else None)
+        runtime, libraries = stage.runtime_image(), stage.libraries_image()
+        assert args[stage.image()]["RUNTIME_IMAGE"] == runtime and args[runtime]["LIBRARIES_IMAGE"] == libraries
+        assert tags.index(libraries) < tags.index(runtime) < tags.index(stage.image())
+        lock = f"stages/{stage.name}/requirements.txt" if stage.requirements else None
+        assert args[libraries].get("REQUIREMENTS") == lock
     assert STAGES["train"].runtime_image() != STAGES["merge"].runtime_image() == registry.runtime_image()
 
 
-@pytest.mark.parametrize("needle", [
-    "ARG BASE_IMAGE=python:3.11-slim-bookworm", "ARG UID=12574", "USER ${UID}:${UID}", "PYTHONUNBUFFERED=1",
-    "--no-index --find-links=/tmp/wheels", "COPY --chown=root:root stageflow/runtime/ /opt/stageflow/stageflow/runtime/",
+@pytest.mark.parametrize("dockerfile, needle", [
+    ("libraries.Dockerfile", "ARG BASE_IMAGE=python:3.11-slim-bookworm"), ("libraries.Dockerfile", "ARG UID=12574"),
+    ("libraries.Dockerfile", "PYTHONUNBUFFERED=1"), ("libraries.Dockerfile", "--no-index --find-links=/tmp/wheels"),
+    ("Dockerfile", "ARG UID=12574"), ("Dockerfile", "USER ${UID}:${UID}"),
+    ("Dockerfile", "COPY --chown=root:root stageflow/runtime/ /opt/stageflow/stageflow/runtime/"),
 ])
-def test_runtime_dockerfile_follows_the_rules(needle):
-    assert needle in (ROOT / "stages" / "Dockerfile").read_text()
+def test_runtime_dockerfiles_follow_the_rules(dockerfile, needle):
+    assert needle in (ROOT / "stages" / dockerfile).read_text()
+
+
+def test_no_code_is_copied_into_a_libraries_image():
+    """An edit of the code must never rebuild the libraries: their image holds none of it."""
+    copied = re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+)", (ROOT / "stages" / "libraries.Dockerfile").read_text(), re.M)
+    assert copied == ["wheels/", "stages/requirements.txt", "${REQUIREMENTS}"]
 
 
 def test_dockerignore_keeps_data_tests_runs_git_and_venv_out():
@@ -92,6 +101,7 @@ def versions():
     ("stages/train/Dockerfile", {"train"}),
     ("stageflow/runtime/contract.py", set(STAGES)),
     ("stages/Dockerfile", set(STAGES)),
+    ("stages/libraries.Dockerfile", set(STAGES)),
     ("stages/requirements.txt", set(STAGES)),
     ("stages/train/requirements.in", set()),  # the lock's source: the image installs the lock
     ("schema.toml", set(STAGES)),  # the active schema: the runtime image holds it
@@ -158,7 +168,8 @@ def test_a_build_context_holds_only_the_wheels_its_dockerfile_installs(tree_copy
     def wheels(dockerfile):
         return {images.wheel_pin(Path(name)) for name in members(dockerfile) if name.startswith("wheels/")}
 
-    assert wheels("stages/Dockerfile") == images.pins(runtime_locks)
+    assert wheels("stages/libraries.Dockerfile") == images.pins(runtime_locks)
+    assert not wheels("stages/Dockerfile")
     assert wheels("environments/standard/Dockerfile") == images.pins(standard_lock)
     script = members("stages/train/Dockerfile")
     assert "stages/train/main.py" in script and "stages/Dockerfile" in script and not wheels("stages/train/Dockerfile")
@@ -217,9 +228,10 @@ def image_build(copy, prefix: str) -> list[str]:
 
 @pytest.mark.docker
 def test_a_runtime_edit_rebuilds_only_code_layers_and_a_script_edit_only_its_stage(tmp_path):
-    """Libraries sit below the code: after an edit of stageflow/runtime every image is rebuilt (its version
-    changed) but no library is installed again, so what the rebuild adds is a few hundred KB of code, not
-    train's libraries (which an image FROM the runtime image reinstalled: minutes, and 1.3 GB a version)."""
+    """Libraries sit below the code: after an edit of stageflow/runtime every runtime and stage image is
+    rebuilt (its version changed) but no library is installed again, so what the rebuild adds is a few hundred
+    KB of code, not train's libraries (which an image FROM the runtime image reinstalled: minutes, and about
+    0.9 GB a version)."""
     prefix = f"stageflow-test-{os.getpid()}"
     copy_checkout(ROOT, tmp_path)
     try:
@@ -227,7 +239,8 @@ def test_a_runtime_edit_rebuilds_only_code_layers_and_a_script_edit_only_its_sta
         before = layers(prefix)
         with open(tmp_path / "stageflow" / "runtime" / "progress.py", "a") as handle:
             handle.write(f"\n# edited {os.getpid()}\n")
-        assert set(image_build(tmp_path, prefix)) == {name for name, *_ in images.targets()}
+        assert image_build(tmp_path, prefix) == [name for name, _, dockerfile, *_ in images.targets()
+                                                 if dockerfile != "stages/libraries.Dockerfile"]
         added = {step: size for step, size in layers(prefix).items() if step not in before}
         assert added and sum(added.values()) < 2_000_000, sorted(added.values())
         with open(tmp_path / "stages" / "train" / "main.py", "a") as handle:
