@@ -251,6 +251,12 @@ def test_a_runtime_edit_rebuilds_only_code_layers_and_a_script_edit_only_its_sta
 
 
 @pytest.mark.docker
+def test_a_build_docker_refuses_is_one_line():
+    with pytest.raises(images.ImageError, match=r"^build of stageflow-test/none:1 refused by Docker: .*Dockerfile[^\n]*$"):
+        images.build("stageflow-test/none:1", "stages/nowhere/Dockerfile", "1", {})
+
+
+@pytest.mark.docker
 def test_train_keeps_its_libraries_under_dominos_environment_layers():
     """Domino builds an environment FROM the stage image plus the instructions we give it, which restate PATH
     and PYTHONPATH: every library of train's lock must still be found there, at its pinned version."""
