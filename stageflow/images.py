@@ -67,13 +67,14 @@ def download_wheels(dest: Path = WHEELS) -> None:
 
     Skipped when the wheelhouse already holds every pin: asking the index again costs ~15 s and would
     fail on an air-gapped machine where the wheelhouse was copied in."""
-    if dest == WHEELS and WHEELS.is_dir() and not missing_wheels(requirement_files() + [STANDARD / "requirements.txt"]):
+    locks = requirement_files() + [STANDARD / "requirements.txt"]
+    if dest == WHEELS and WHEELS.is_dir() and not missing_wheels(locks):
         return
     machine = platform.machine()
     platforms = [f"--platform=manylinux{tag}_{machine}" for tag in ("2014", "_2_17", "_2_28")]
     args = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(dest),
             "--only-binary=:all:", "--python-version=3.11", "--implementation=cp", "--abi=cp311", *platforms]
-    for req in requirement_files() + [STANDARD / "requirements.txt"]:
+    for req in locks:
         args += ["-r", str(req)]
     dest.mkdir(exist_ok=True)
     subprocess.run(args, check=True)
