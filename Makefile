@@ -26,8 +26,8 @@ ifneq ($(SCHEMA),)
 export STAGEFLOW_SCHEMA := $(abspath $(SCHEMA))
 endif
 
-.PHONY: help venv lock run test test-fast data docker-up base-image wheels images push environments submit compose \
-        compose-stage compose-file bench gc clean
+.PHONY: help venv lock run test test-fast data docker-up base-image wheels images standard-environment push environments \
+        submit compose compose-stage compose-file bench bench-images gc clean
 
 ## help: list the targets
 help:
@@ -47,7 +47,7 @@ venv: $(VENV)/.installed
 
 # Each lock is compiled from the *.in beside it. The images' locks resolve for the images' platform (wheels
 # only, so `make wheels` can fetch them all); a stage's lock keeps the runtime's versions, since its image installs
-# over the runtime's; the host's lock takes every stage's libraries at the images' versions (the host backend runs
+# over the runtime's; the standard environment's keeps the stages' versions (one wheel of each); the host's lock takes every stage's libraries at the images' versions (the host backend runs
 # the stages here), for any platform. Existing pins are kept unless LOCK_ARGS says otherwise. uv reads its index
 # from UV_DEFAULT_INDEX, not pip.conf.
 UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --python-version 3.11 --custom-compile-command "make lock" $(LOCK_ARGS)
@@ -59,6 +59,8 @@ lock: venv
 	$(UV_COMPILE) $(IMAGE_PLATFORM) stages/requirements.in -o stages/requirements.txt
 	for lock in $(STAGE_LOCKS); do \
 	    $(UV_COMPILE) $(IMAGE_PLATFORM) $${lock%.txt}.in -c stages/requirements.txt -o $$lock || exit 1; done
+	$(UV_COMPILE) $(IMAGE_PLATFORM) environments/standard/requirements.in \
+	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o environments/standard/requirements.txt
 	$(UV_COMPILE) --universal requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o requirements-dev.txt
 
@@ -67,7 +69,7 @@ run: venv
 	$(PY) -m stageflow run $(RUN_ARGS)
 
 ## test: run the whole test suite (container tests included: sets up Docker, base image, wheels, images)
-test: venv images
+test: venv images standard-environment
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-fast: run the tests that need no Docker
@@ -84,13 +86,17 @@ base-image: docker-up
 	elif docker image inspect python:3.11-slim-bookworm >/dev/null 2>&1; then echo "using local python:3.11-slim-bookworm"; \
 	else scripts/base-image.sh stageflow-base:bookworm-py311; fi
 
-## wheels: download every stage's pinned wheels into wheels/ (the images install only from there)
+## wheels: download every image's pinned wheels into wheels/ (the images install only from there)
 wheels: venv
 	$(PY) -m stageflow wheels
 
 ## images: build the five stage images (only those whose version changed)
 images: venv base-image wheels
 	$(PY) -m stageflow images-build
+
+## standard-environment: build the local standard environment, the image of a Domino flow's tasks that have no image of their own (docs/stages.md)
+standard-environment: venv base-image wheels
+	$(PY) -m stageflow standard-environment
 
 ## push: push the stage images to REGISTRY=host:port/prefix and print their digests
 push: images
@@ -126,6 +132,10 @@ data: venv
 ## bench: the flow against seed-style stages, sklearn's fit, plain flytekit tasks on 2 x ROWS rows (docs/performance.md)
 bench: venv
 	$(PY) scripts/bench.py --rows $(ROWS) $(BENCH_ARGS)
+
+## bench-images: time `make images` after an edit of the runtime code and of one stage's main.py (docs/performance.md)
+bench-images: venv base-image wheels
+	$(PY) scripts/bench_images.py $(BENCH_ARGS)
 
 ## gc: remove stage-cache entries not used in KEEP_DAYS days (7) nor by the newest run, and images of old versions
 gc: venv

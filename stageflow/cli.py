@@ -363,6 +363,16 @@ def images_build_command(force: bool):
     images.build_all(force=force)
 
 
+@cli.command("standard-environment")
+@click.option("--force", is_flag=True, help="rebuild even when the version tag exists")
+def standard_environment_command(force: bool):
+    """Build the local standard environment: the image a Domino flow's task runs on when its environment has no
+    local image (docs/any-flow.md)."""
+    from stageflow import images
+
+    images.build_standard_environment(force=force)
+
+
 @cli.command("images-push")
 @click.option("--registry", required=True, help="host:port/prefix to push to")
 def images_push_command(registry: str):

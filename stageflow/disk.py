@@ -26,7 +26,7 @@ from itertools import chain
 from pathlib import Path
 
 from stageflow.cache import MANIFEST, MARK, default_dir, is_cache_name
-from stageflow.registry import ROOT, STAGES, registry_prefix, runtime_image
+from stageflow.registry import ROOT, libraries_image, registry_prefix, runtime_image
 
 DEFAULT_KEEP_DAYS = 7.0
 RUN_RECORDS = ("runs/*/run.json", "runs/*/*/run.json", ".workflow/run.json")  # stageflow run, pyflyte, compose
@@ -83,14 +83,17 @@ def trim_cache(cache_root: Path, keep_after: float, dry_run: bool = False) -> tu
 
 def old_images(api, prefix: str) -> tuple[list[str], list[str]]:
     """What the current code does not use under `prefix`: tags (children first), then build-stage image ids."""
-    current = {runtime_image(prefix)} | {stage.image(prefix) for stage in STAGES.values()}
+    from stageflow.images import current_images
+
+    current = set(current_images(prefix))
     repos = {image.rsplit(":", 1)[0] for image in current}
 
     def old(tag: str) -> bool:
         return tag.rsplit(":", 1)[0] in repos and tag not in current
 
     tags = [tag for image in api.images() for tag in image.get("RepoTags") or [] if old(tag)]
-    tags.sort(key=lambda tag: tag.startswith(runtime_image(prefix).rsplit(":", 1)[0] + ":"))  # parent last
+    parents = {runtime_image(prefix).rsplit(":", 1)[0]: 1, libraries_image(prefix).rsplit(":", 1)[0]: 2}
+    tags.sort(key=lambda tag: parents.get(tag.rsplit(":", 1)[0], 0))  # children before the images they start from
     builds = [image["Id"] for image in api.images(filters={"dangling": True, "label": BUILD_STAGE_OF})
               if old(image["Labels"][BUILD_STAGE_OF])]
     return tags, builds

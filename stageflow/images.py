@@ -1,4 +1,5 @@
-"""Stage images: the wheelhouse, the builds (through the Docker SDK) and the push to a registry.
+"""Images: the wheelhouse, the builds (through the Docker SDK) and the push to a registry, of the stage images
+and of the local standard environment.
 
 Builds never reach PyPI or a container registry: wheels are downloaded on the host first (`make wheels`)
 and installed from there with --no-index, and the base image may be one built locally from Debian's
@@ -16,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from stageflow.registry import (ROOT, STAGES, content_hash, libraries_image, libraries_version, registry_prefix,
+                                runtime_image, runtime_version, schema_file)
 from stageflow.runtime.contract import StageError
-from stageflow.registry import ROOT, STAGES, runtime_image, runtime_version, schema_file
 
 WHEELS = ROOT / "wheels"
 BUILD = ROOT / "build"
@@ -25,6 +27,7 @@ PUSHED = BUILD / "pushed.json"
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 LOCAL_BASE = "stageflow-base:bookworm-py311"
 BASE_ENV = "BASE_IMAGE"
+STANDARD = ROOT / "environments" / "standard"  # the local standard environment: its Dockerfile and lock
 
 
 class ImageError(StageError):
@@ -48,22 +51,33 @@ def client():
 
 def requirement_files() -> list[Path]:
     """The runtime's requirements and those of each stage that installs libraries of its own."""
-    found = [ROOT / "stages" / "requirements.txt"] + [stage.folder / "requirements.txt" for stage in STAGES.values()]
-    return [path for path in found if path.is_file()]
+    return [ROOT / "stages" / "requirements.txt"] + [stage.requirements for stage in STAGES.values() if stage.requirements]
+
+
+def locks_of(dockerfile: str) -> list[Path]:
+    """The locks whose wheels a Dockerfile installs. Every libraries image is given those of all the stages, so
+    that the build stage of the shared libraries is the same one for all of them; runtime and stage images
+    install none."""
+    if dockerfile == "stages/libraries.Dockerfile":
+        return requirement_files()
+    if dockerfile == (STANDARD / "Dockerfile").relative_to(ROOT).as_posix():
+        return [STANDARD / "requirements.txt"]
+    return []
 
 
 def download_wheels(dest: Path = WHEELS) -> None:
-    """Fetch every stage's pinned wheels for the images' platform (CPython 3.11 on manylinux).
+    """Fetch every image's pinned wheels for the images' platform (CPython 3.11 on manylinux).
 
     Skipped when the wheelhouse already holds every pin: asking the index again costs ~15 s and would
     fail on an air-gapped machine where the wheelhouse was copied in."""
-    if dest == WHEELS and WHEELS.is_dir() and not missing_wheels():
+    locks = requirement_files() + [STANDARD / "requirements.txt"]
+    if dest == WHEELS and WHEELS.is_dir() and not missing_wheels(locks):
         return
     machine = platform.machine()
     platforms = [f"--platform=manylinux{tag}_{machine}" for tag in ("2014", "_2_17", "_2_28")]
     args = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(dest),
             "--only-binary=:all:", "--python-version=3.11", "--implementation=cp", "--abi=cp311", *platforms]
-    for req in requirement_files():
+    for req in locks:
         args += ["-r", str(req)]
     dest.mkdir(exist_ok=True)
     subprocess.run(args, check=True)
@@ -88,16 +102,23 @@ def revision() -> str:
         return "unknown"
 
 
-def missing_wheels() -> list[str]:
-    """Pinned requirements with no wheel in the wheelhouse: the build would fail later, less clearly."""
-    have = {pin(*p.name.split("-")[:2]) for p in WHEELS.glob("*.whl")}
-    wanted = set()
-    for req in requirement_files():
+def missing_wheels(locks: list[Path]) -> list[str]:
+    """Pinned requirements of `locks` with no wheel in the wheelhouse: the build would fail later, less clearly."""
+    return sorted(pins(locks) - {wheel_pin(path) for path in WHEELS.glob("*.whl")})
+
+
+def pins(locks: list[Path]) -> set[str]:
+    found = set()
+    for req in locks:
         for line in req.read_text().splitlines():
             line = line.split("#")[0].strip()
             if line:
-                wanted.add(pin(*line.split("==")))
-    return sorted(wanted - have)
+                found.add(pin(*line.split("==")))
+    return found
+
+
+def wheel_pin(path: Path) -> str:
+    return pin(*path.name.split("-")[:2])
 
 
 def pin(name: str, version: str) -> str:
@@ -117,27 +138,57 @@ def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], fo
             return "up to date"
         except docker.errors.ImageNotFound:
             pass
+    missing = missing_wheels(locks_of(dockerfile))
+    if missing:
+        raise ImageError(f"wheelhouse {WHEELS} lacks {', '.join(missing[:5])}; run `make wheels` first")
     # OCI labels come from here, not the Dockerfiles: one place, and a new revision never busts a layer.
     labels = {"org.opencontainers.image.title": tag.rsplit("/", 1)[-1].split(":")[0],
               "org.opencontainers.image.source": dockerfile, "org.opencontainers.image.version": version,
               "org.opencontainers.image.revision": revision()}
     try:
-        docker_client.images.build(path=str(ROOT), dockerfile=dockerfile, tag=tag, rm=True, forcerm=True,
-                                   buildargs=buildargs, labels=labels)
+        docker_client.images.build(fileobj=context(dockerfile), custom_context=True, dockerfile=dockerfile, tag=tag,
+                                   rm=True, forcerm=True, buildargs=buildargs, labels=labels)
     except docker.errors.BuildError as err:
         log = "".join(chunk.get("stream", "") for chunk in err.build_log)[-2000:]
         raise ImageError(f"build of {tag} failed: {err.msg}\n{log}") from None
+    except docker.errors.APIError as err:  # refused before building: a Dockerfile missing from the context...
+        raise ImageError(f"build of {tag} refused by Docker: {' '.join(str(err.explanation or err).split())}") from None
     return "built"
 
 
+def context(dockerfile: str):
+    """The build context: the repository as .dockerignore leaves it, with only the wheels of the Dockerfile's
+    locks. Any other wheel (another image's, an older pin's) would change what `COPY wheels/` copies, and so
+    install the libraries again for nothing; and sending 150 MB of wheels to build a stage's script would cost
+    a second or two every time."""
+    from docker.utils import tar
+
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    wanted = pins(locks_of(dockerfile))
+    ignored += [f"wheels/{path.name}" for path in WHEELS.glob("*.whl") if wheel_pin(path) not in wanted]
+    return tar(str(ROOT), exclude=[line for line in ignored if line and not line.startswith("#")],
+               dockerfile=(dockerfile, None))
+
+
 def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
-    """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of the runtime image,
-    then of each stage's image on top of it."""
-    runtime = runtime_image()  # IMAGE: the tag a Dockerfile's build stage is labelled with, for `stageflow gc`
-    found = [("runtime", runtime, "stages/Dockerfile", runtime_version(),
-              {"BASE_IMAGE": base_image(), "IMAGE": runtime, "SCHEMA": schema_in_context()})]
-    return found + [(stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
-                     {"RUNTIME_IMAGE": runtime, "IMAGE": stage.image()}) for stage in STAGES.values()]
+    """What `make images` builds, in order: (name, tag, Dockerfile, version, build args) of each libraries
+    image, then each runtime image on it (the shared ones first, then one per stage with libraries of its own),
+    then each stage's image on its runtime image. IMAGE: the tag a Dockerfile's build stages are labelled with,
+    for `stageflow gc`."""
+    schema, base = schema_in_context(), base_image()
+    sets = {None: "", **{stage.requirements: f"+{stage.name}" for stage in STAGES.values() if stage.requirements}}
+    libraries, runtimes = {}, {}
+    for lock, suffix in sets.items():
+        own = {"REQUIREMENTS": lock.relative_to(ROOT).as_posix()} if lock else {}
+        tag = libraries_image(requirements=lock)
+        libraries.setdefault(tag, (f"libraries{suffix}", tag, "stages/libraries.Dockerfile", libraries_version(lock),
+                                   {"BASE_IMAGE": base, "IMAGE": tag, **own}))
+        runtimes.setdefault(runtime_image(requirements=lock), (
+            f"runtime{suffix}", runtime_image(requirements=lock), "stages/Dockerfile", runtime_version(lock),
+            {"LIBRARIES_IMAGE": tag, "SCHEMA": schema}))
+    return [*libraries.values(), *runtimes.values()] + [
+        (stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
+         {"RUNTIME_IMAGE": stage.runtime_image(), "IMAGE": stage.image()}) for stage in STAGES.values()]
 
 
 def schema_in_context() -> str:
@@ -154,18 +205,41 @@ def schema_in_context() -> str:
     return relative
 
 
+def build_shown(name: str, tag: str, dockerfile: str, version: str, buildargs: dict[str, str], force: bool) -> str:
+    """build(), with one line saying what happened, how long it took and the image's size."""
+    started = time.perf_counter()
+    what = build(tag, dockerfile, version, buildargs, force)
+    size = client().images.get(tag).attrs["Size"] / 1e6
+    print(f"{name:16} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
+    return tag
+
+
 def build_all(force: bool = False) -> list[str]:
-    missing = missing_wheels()
-    if missing:
-        raise ImageError(f"wheelhouse {WHEELS} lacks {', '.join(missing[:5])}; run `make wheels` first")
-    tags = []
-    for name, tag, dockerfile, version, buildargs in targets():
-        started = time.perf_counter()
-        what = build(tag, dockerfile, version, buildargs, force)
-        size = client().images.get(tag).attrs["Size"] / 1e6
-        print(f"{name:8} {tag}  {what} ({time.perf_counter() - started:.1f} s, {size:.0f} MB)", flush=True)
-        tags.append(tag)
-    return tags
+    return [build_shown(*target, force) for target in targets()]
+
+
+def standard_environment(registry: str | None = None) -> str:
+    """The tag of the local standard environment: the image a task of a Domino flow runs on when its
+    environment has no local image. Its version is a hash of what it holds (environments/standard/)."""
+    return f"{registry_prefix(registry)}/standard-environment:{content_hash([STANDARD])}"
+
+
+def build_standard_environment(force: bool = False) -> str:
+    """Build the local standard environment unless its version tag exists (`make standard-environment`);
+    returns its tag."""
+    tag = standard_environment()
+    dockerfile = (STANDARD / "Dockerfile").relative_to(ROOT).as_posix()
+    return build_shown("standard", tag, dockerfile, tag.rsplit(":", 1)[1],
+                       {"BASE_IMAGE": base_image(), "IMAGE": tag}, force)
+
+
+def current_images(registry: str | None = None) -> list[str]:
+    """Every image of the code checked out, under `registry`'s prefix: libraries, runtime and stage images, the
+    standard environment. What `stageflow gc` keeps."""
+    bases = [(libraries_image(registry), runtime_image(registry))]
+    bases += [(stage.libraries_image(registry), stage.runtime_image(registry)) for stage in STAGES.values()]
+    return [*dict.fromkeys(tag for pair in bases for tag in pair), *(stage.image(registry) for stage in STAGES.values()),
+            standard_environment(registry)]
 
 
 def push_all(registry: str) -> dict[str, str]:

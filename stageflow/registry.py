@@ -4,11 +4,14 @@ flow.py, the runner, the image build, docker-compose.yml, the tests and the benc
 added, renamed or moved to another tier changes everywhere at once. Adding a stage takes its folder
 (stages/<name>/), its entry here and its call in flow.py.
 
-Images: every stage image starts FROM the runtime image (stages/Dockerfile: the runtime's libraries, the
-`stageflow.runtime` package, the active schema, Domino's job user) and adds its own folder. An image's version is
-a hash of exactly what it holds, so an edit to host-side code (the runner, the CLI, tests, docs) changes no
-version: nothing rebuilds, nothing is pushed again, and neither the local cache nor Domino's (keyed on
-`cache_version`) misses. Another schema is other content: other versions, images, cache keys and environments.
+Images, from what changes least to what changes most: a libraries image (stages/libraries.Dockerfile: Domino's
+job user, the runtime's libraries and the stage's own if it has a requirements.txt), a runtime image on it
+(stages/Dockerfile: the `stageflow.runtime` package and the active schema), the stage image on that (its
+script). Stages without libraries of their own share the first two; the shared libraries' layer is the same in
+every libraries image, so it is stored once. An image's version is a hash of exactly what it holds, so an edit to
+host-side code (the runner, the CLI, tests, docs) changes no version: nothing rebuilds, nothing is pushed again,
+and neither the local cache nor Domino's (keyed on `cache_version`) misses.
+Another schema is other content: other versions, images, cache keys and environments.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
 REGISTRY_ENV = "STAGEFLOW_REGISTRY"
 DEFAULT_REGISTRY = "stageflow"
-# What the runtime image is built from: its Dockerfile and libraries, and the package the stages import.
-RUNTIME_PARTS = ("stages/Dockerfile", "stages/requirements.txt", "stageflow/__init__.py", "stageflow/runtime")
+# What every libraries image is built from (its Dockerfile, the shared lock) and what a runtime image adds on it.
+LIBRARIES_PARTS = ("stages/libraries.Dockerfile", "stages/requirements.txt")
+RUNTIME_PARTS = ("stages/Dockerfile", "stageflow/__init__.py", "stageflow/runtime")
 
 
 def content_hash(paths: list[Path], *salt: str) -> str:
@@ -53,19 +57,31 @@ def schema_file() -> Path:
     return schemas.active().path
 
 
-def runtime_version() -> str:
-    """Hash of the runtime image's files and of the schema it holds (by content: where the file lies on this
-    machine is not in the image)."""
-    return _runtime_version(schema_file().read_bytes())
+def libraries_version(requirements: Path | None = None) -> str:
+    """Hash of a libraries image's files and of the lock of the stage's own libraries it installs, if any (by
+    content, so stages whose locks are the same share the image)."""
+    own_lock = requirements.read_text("utf-8", "replace") if requirements else ""
+    return content_hash([ROOT / part for part in LIBRARIES_PARTS], own_lock)
+
+
+def libraries_image(registry: str | None = None, requirements: Path | None = None) -> str:
+    return f"{registry_prefix(registry)}/libraries:{libraries_version(requirements)}"
+
+
+def runtime_version(requirements: Path | None = None) -> str:
+    """Hash of a runtime image's files, of the schema it holds (by content: where the file lies on this machine
+    is not in the image) and of the libraries image it starts from."""
+    return _runtime_version(schema_file().read_bytes(), libraries_version(requirements))
 
 
 @cache
-def _runtime_version(schema_text: bytes) -> str:
-    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"))
+def _runtime_version(schema_text: bytes, libraries: str) -> str:
+    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"), libraries)
 
 
-def runtime_image(registry: str | None = None) -> str:
-    return f"{registry_prefix(registry)}/runtime:{runtime_version()}"
+def runtime_image(registry: str | None = None, requirements: Path | None = None) -> str:
+    """The runtime image on the shared libraries and those of the lock `requirements` (none: shared only)."""
+    return f"{registry_prefix(registry)}/runtime:{runtime_version(requirements)}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,20 @@ class Stage:
         return module
 
     @property
+    def requirements(self) -> Path | None:
+        """The lock of the stage's own libraries (train's scikit-learn, MLflow...), if it has any: its libraries
+        image installs them, below the runtime code."""
+        path = self.folder / "requirements.txt"
+        return path if path.is_file() else None
+
+    def libraries_image(self, registry: str | None = None) -> str:
+        return libraries_image(registry, self.requirements)
+
+    def runtime_image(self, registry: str | None = None) -> str:
+        """The image this stage's image starts FROM (its Dockerfile's RUNTIME_IMAGE)."""
+        return runtime_image(registry, self.requirements)
+
+    @property
     def command(self) -> str:
         """What the Domino job runs: the script baked into the stage's own image."""
         return f"python {IMAGE_CODE_DIR}/{self.script}"
@@ -105,8 +135,8 @@ class Stage:
 
     @property
     def version(self) -> str:
-        """Hash of what the image holds: the runtime image's version plus the stage's own folder."""
-        return content_hash([self.folder], runtime_version())
+        """Hash of what the image holds: its runtime image's version plus the stage's own folder."""
+        return content_hash([self.folder], runtime_version(self.requirements))
 
     def image(self, registry: str | None = None) -> str:
         return f"{registry_prefix(registry)}/{self.name.replace('_', '-')}:{self.version}"

@@ -113,7 +113,7 @@ def test_image_holds_only_its_stage_requirements(docker_client):
 def test_unchanged_images_are_not_rebuilt(docker_client):
     started = time.perf_counter()
     results = [images.build(tag, dockerfile, version, args) for _, tag, dockerfile, version, args in images.targets()]
-    assert results == ["up to date"] * (len(STAGES) + 1)
+    assert results == ["up to date"] * len(images.targets())
     assert time.perf_counter() - started < 30
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from stageflow import disk, images
 from stageflow.cache import MANIFEST, MARK
-from stageflow.registry import STAGES, runtime_image
+from stageflow.registry import STAGES
 
 from conftest import ROOT
 
@@ -169,14 +169,21 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
         image, _ = client.images.build(fileobj=io.BytesIO(text.encode()), tag=tag, rm=True)
         return image.id
 
-    tiny(runtime_image())
-    current = [runtime_image()] + [stage.image() for stage in STAGES.values()]
-    for tag in current[1:]:
-        tiny(tag, parent=runtime_image())
-    current_build = tiny(parent=runtime_image(), **{disk.BUILD_STAGE_OF: STAGES["train"].image()})
-    old_runtime = tiny(f"{prefix}/runtime:{old}")
+    current = images.current_images()  # libraries and runtime images (train has its own), stages, standard environment
+    runtimes = {stage.runtime_image(): stage.libraries_image() for stage in STAGES.values()}
+    assert len(runtimes) == 2 and {*runtimes, *runtimes.values(), images.standard_environment()} < set(current)
+    for runtime, libraries in runtimes.items():
+        tiny(libraries)
+        tiny(runtime, parent=libraries)
+    for stage in STAGES.values():
+        tiny(stage.image(), parent=stage.runtime_image())
+    tiny(images.standard_environment())
+    current_build = tiny(parent=STAGES["train"].libraries_image(), **{disk.BUILD_STAGE_OF: STAGES["train"].libraries_image()})
+    old_libraries = tiny(f"{prefix}/libraries:{old}")
+    old_runtime = tiny(f"{prefix}/runtime:{old}", parent=f"{prefix}/libraries:{old}")
     old_merge = tiny(f"{prefix}/merge:{old}", parent=f"{prefix}/runtime:{old}")
-    old_build = tiny(parent=f"{prefix}/runtime:{old}", **{disk.BUILD_STAGE_OF: f"{prefix}/train:{old}"})
+    old_build = tiny(parent=f"{prefix}/libraries:{old}", **{disk.BUILD_STAGE_OF: f"{prefix}/libraries:{old}"})
+    tiny(f"{prefix}/standard-environment:{old}")
     tiny(f"{other}/merge:{old}")  # another prefix: not ours
     shared = tiny(f"{prefix}/process:{old}")
     client.images.get(shared).tag(f"{other}/keep", "1")  # also named by someone else
@@ -185,14 +192,14 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
 
     env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
     dry = stageflow("gc", "--dry-run", env=env)
-    assert f"images under {prefix}/: would remove 5 not of the current code" in dry, dry
+    assert f"images under {prefix}/: would remove 7 not of the current code" in dry, dry
     assert client.images.get(old_merge) and client.images.get(old_build)
     out = stageflow("gc", env=env)
 
     for tag in current:
         client.images.get(tag)  # raises if gone
     client.images.get(current_build)
-    for image_id in (old_runtime, old_merge, old_build):  # gone entirely, not just untagged
+    for image_id in (old_libraries, old_runtime, old_merge, old_build):  # gone entirely, not just untagged
         with pytest.raises(docker.errors.ImageNotFound):
             client.images.get(image_id)
     assert client.images.get(f"{other}/merge:{old}")
@@ -200,4 +207,5 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
     assert f"{prefix}/process:{old}" not in client.images.get(shared).tags
     assert client.images.get(f"{prefix}/load-a:{old}")  # a container uses it
     assert f"  kept {prefix}/load-a:{old} (" in out
-    assert f"images under {prefix}/: removed 4 not of the current code" in out, out
+    assert f"{prefix}/standard-environment:{old}" not in [t for i in client.images.list() for t in i.tags]
+    assert f"images under {prefix}/: removed 6 not of the current code" in out, out

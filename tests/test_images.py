@@ -1,17 +1,26 @@
-"""Image scaffolding that needs no Docker: Dockerfiles, versions, docker-compose.yml, the Makefile."""
+"""The images: Dockerfiles, versions, docker-compose.yml, the Makefile; and, with Docker, what a rebuild after an
+edit redoes, what Domino's environment layers keep of a stage image, and the local standard environment."""
 
+import io
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 import pytest
 
-from stageflow import jobs, registry
+from stageflow import images, jobs, registry
+from stageflow.domino import environments
 from stageflow.registry import STAGES
 from stageflow.runtime import schema as schemas
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_images import copy_checkout, layers, remove_images  # noqa: E402
 
 
 def test_each_stage_folder_holds_its_dockerfile_and_script():
@@ -21,22 +30,46 @@ def test_each_stage_folder_holds_its_dockerfile_and_script():
 
 
 @pytest.mark.parametrize("name", list(STAGES))
-def test_a_stage_dockerfile_adds_only_its_own_folder_to_the_runtime(name):
-    """Everything stages share is in stages/Dockerfile; a stage's own Dockerfile names only its own files."""
+def test_a_stage_dockerfile_adds_only_its_script_to_its_runtime_image(name):
+    """Everything stages share, their libraries included, is in stages/Dockerfile: a stage's own Dockerfile
+    copies its script, nothing else, so no block of it is repeated in another stage's."""
     text = (ROOT / "stages" / name / "Dockerfile").read_text()
-    assert re.search(r"^FROM \$\{RUNTIME_IMAGE\}$", text, re.M)
-    copied = re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+)", text, re.M)
-    assert copied and all(src.startswith(f"stages/{name}/") or src == "wheels/" for src in copied), copied
+    assert re.findall(r"^FROM .*", text, re.M) == ["FROM ${RUNTIME_IMAGE}"]
+    assert re.findall(r"^COPY .*", text, re.M) == [f"COPY stages/{name}/main.py /opt/stageflow/stages/{name}/main.py"]
     assert f'ENTRYPOINT ["python", "/opt/stageflow/stages/{name}/main.py"]' in text
-    assert "useradd" not in text and "groupadd" not in text
+    assert not re.search(r"^(RUN|USER|ENV)\b", text, re.M)
 
 
-@pytest.mark.parametrize("needle", [
-    "ARG BASE_IMAGE=python:3.11-slim-bookworm", "ARG UID=12574", "USER ${UID}:${UID}", "PYTHONUNBUFFERED=1",
-    "--no-index --find-links=/tmp/wheels", "COPY --chown=root:root stageflow/runtime/ /opt/stageflow/stageflow/runtime/",
+def test_each_stage_with_libraries_of_its_own_has_libraries_and_runtime_images_of_its_own():
+    """train's libraries are installed in its libraries image, below the runtime code; stages without
+    libraries of their own share one of each, and the build makes each image once, parents first."""
+    built = images.targets()
+    tags = [tag for _, tag, *_ in built]
+    assert len(tags) == len(set(tags)) == 2 * (1 + sum(1 for s in STAGES.values() if s.requirements)) + len(STAGES)
+    args = {tag: buildargs for _, tag, _, _, buildargs in built}
+    for stage in STAGES.values():
+        runtime, libraries = stage.runtime_image(), stage.libraries_image()
+        assert args[stage.image()]["RUNTIME_IMAGE"] == runtime and args[runtime]["LIBRARIES_IMAGE"] == libraries
+        assert tags.index(libraries) < tags.index(runtime) < tags.index(stage.image())
+        lock = f"stages/{stage.name}/requirements.txt" if stage.requirements else None
+        assert args[libraries].get("REQUIREMENTS") == lock
+    assert STAGES["train"].runtime_image() != STAGES["merge"].runtime_image() == registry.runtime_image()
+
+
+@pytest.mark.parametrize("dockerfile, needle", [
+    ("libraries.Dockerfile", "ARG BASE_IMAGE=python:3.11-slim-bookworm"), ("libraries.Dockerfile", "ARG UID=12574"),
+    ("libraries.Dockerfile", "PYTHONUNBUFFERED=1"), ("libraries.Dockerfile", "--no-index --find-links=/tmp/wheels"),
+    ("Dockerfile", "ARG UID=12574"), ("Dockerfile", "USER ${UID}:${UID}"),
+    ("Dockerfile", "COPY --chown=root:root stageflow/runtime/ /opt/stageflow/stageflow/runtime/"),
 ])
-def test_runtime_dockerfile_follows_the_rules(needle):
-    assert needle in (ROOT / "stages" / "Dockerfile").read_text()
+def test_runtime_dockerfiles_follow_the_rules(dockerfile, needle):
+    assert needle in (ROOT / "stages" / dockerfile).read_text()
+
+
+def test_no_code_is_copied_into_a_libraries_image():
+    """An edit of the code must never rebuild the libraries: their image holds none of it."""
+    copied = re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+)", (ROOT / "stages" / "libraries.Dockerfile").read_text(), re.M)
+    assert copied == ["wheels/", "stages/requirements.txt", "${REQUIREMENTS}"]
 
 
 def test_dockerignore_keeps_data_tests_runs_git_and_venv_out():
@@ -65,8 +98,10 @@ def versions():
 @pytest.mark.parametrize("edit, changed", [
     ("stages/load_a/main.py", {"load_a"}),
     ("stages/train/requirements.txt", {"train"}),
+    ("stages/train/Dockerfile", {"train"}),
     ("stageflow/runtime/contract.py", set(STAGES)),
     ("stages/Dockerfile", set(STAGES)),
+    ("stages/libraries.Dockerfile", set(STAGES)),
     ("stages/requirements.txt", set(STAGES)),
     ("stages/train/requirements.in", set()),  # the lock's source: the image installs the lock
     ("schema.toml", set(STAGES)),  # the active schema: the runtime image holds it
@@ -96,6 +131,49 @@ def test_host_side_edits_change_no_image_version(tree_copy):
     (tree_copy / "stages" / "load_a" / "__pycache__").mkdir()
     (tree_copy / "stages" / "load_a" / "__pycache__" / "main.pyc").write_bytes(b"x")
     assert versions() == before
+
+
+@pytest.mark.parametrize("edit, changes", [
+    ("environments/standard/requirements.txt", True),
+    ("environments/standard/Dockerfile", True),
+    ("environments/standard/requirements.in", False),  # the lock's source
+    ("stageflow/runtime/contract.py", False),  # the stages' code: not in that image
+    ("stages/train/requirements.txt", False),
+])
+def test_the_standard_environment_version_changes_exactly_when_its_content_does(tree_copy, monkeypatch, edit, changes):
+    monkeypatch.setattr(images, "STANDARD", tree_copy / "environments" / "standard")
+    before = images.standard_environment()
+    assert re.fullmatch(r"stageflow/standard-environment:[0-9a-f]{12}", before)
+    with open(tree_copy / edit, "a") as handle:
+        handle.write("\n# changed\n")
+    assert (images.standard_environment() != before) is changes
+
+
+def test_a_build_context_holds_only_the_wheels_its_dockerfile_installs(tree_copy, monkeypatch):
+    """A wheel the image does not install would change what its `COPY wheels/` copies (so its libraries would
+    be installed again after `make wheels` fetched another image's), and a stage's script needs none at all."""
+    standard = tree_copy / "environments" / "standard"
+    for name, value in (("ROOT", tree_copy), ("WHEELS", tree_copy / "wheels"), ("STANDARD", standard)):
+        monkeypatch.setattr(images, name, value)
+    runtime_locks, standard_lock = images.requirement_files(), [standard / "requirements.txt"]
+    (tree_copy / "wheels").mkdir()
+    for wanted in images.pins(runtime_locks + standard_lock) | {"unpinned==1.0"}:
+        name, version = wanted.split("==")
+        (tree_copy / "wheels" / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").touch()
+
+    def members(dockerfile):
+        with tarfile.open(fileobj=images.context(dockerfile)) as tar:
+            return tar.getnames()
+
+    def wheels(dockerfile):
+        return {images.wheel_pin(Path(name)) for name in members(dockerfile) if name.startswith("wheels/")}
+
+    assert wheels("stages/libraries.Dockerfile") == images.pins(runtime_locks)
+    assert not wheels("stages/Dockerfile")
+    assert wheels("environments/standard/Dockerfile") == images.pins(standard_lock)
+    script = members("stages/train/Dockerfile")
+    assert "stages/train/main.py" in script and "stages/Dockerfile" in script and not wheels("stages/train/Dockerfile")
+    assert not {name.split("/")[0] for name in script} & {"tests", "data", "scripts", ".git", ".venv"}
 
 
 def test_the_schema_counts_by_content_not_by_where_it_lies(tree_copy, monkeypatch):
@@ -135,3 +213,93 @@ def test_make_help_lists_every_target():
     assert {"run", "test", "images", "push", "compose", "wheels", "base-image"} <= set(targets)
     for target in targets:
         assert re.search(rf"^  {target} +\S", out, re.M), target
+
+
+# ------------------------------------------------------------------ with Docker
+
+
+def image_build(copy, prefix: str) -> list[str]:
+    """`python -m stageflow images-build` in a copy of the checkout, as `make images` runs it: what it built."""
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "images-build"], cwd=copy, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(copy), "STAGEFLOW_REGISTRY": prefix})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line.split()[0] for line in proc.stdout.splitlines() if "  built (" in line]
+
+
+@pytest.mark.docker
+def test_a_runtime_edit_rebuilds_only_code_layers_and_a_script_edit_only_its_stage(tmp_path):
+    """Libraries sit below the code: after an edit of stageflow/runtime every runtime and stage image is
+    rebuilt (its version changed) but no library is installed again, so what the rebuild adds is a few hundred
+    KB of code, not train's libraries (which an image FROM the runtime image reinstalled: minutes, and about
+    0.9 GB a version)."""
+    prefix = f"stageflow-test-{os.getpid()}"
+    copy_checkout(ROOT, tmp_path)
+    try:
+        image_build(tmp_path, prefix)
+        before = layers(prefix)
+        with open(tmp_path / "stageflow" / "runtime" / "progress.py", "a") as handle:
+            handle.write(f"\n# edited {os.getpid()}\n")
+        assert image_build(tmp_path, prefix) == [name for name, _, dockerfile, *_ in images.targets()
+                                                 if dockerfile != "stages/libraries.Dockerfile"]
+        added = {step: size for step, size in layers(prefix).items() if step not in before}
+        assert added and sum(added.values()) < 2_000_000, sorted(added.values())
+        with open(tmp_path / "stages" / "train" / "main.py", "a") as handle:
+            handle.write(f"\n# edited {os.getpid()}\n")
+        assert image_build(tmp_path, prefix) == ["train"]
+    finally:
+        remove_images(prefix)
+
+
+@pytest.mark.docker
+def test_a_build_docker_refuses_is_one_line():
+    with pytest.raises(images.ImageError, match=r"^build of stageflow-test/none:1 refused by Docker: .*Dockerfile[^\n]*$"):
+        images.build("stageflow-test/none:1", "stages/nowhere/Dockerfile", "1", {})
+
+
+@pytest.mark.docker
+def test_train_keeps_its_libraries_under_dominos_environment_layers():
+    """Domino builds an environment FROM the stage image plus the instructions we give it, which restate PATH
+    and PYTHONPATH: every library of train's lock must still be found there, at its pinned version."""
+    client = images.client()
+    stage = STAGES["train"]
+    dockerfile = f"FROM {stage.image()}\n{environments.dockerfile_instructions(stage)}"
+    tag = f"stageflow-environment-test:{stage.version}"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    pins = [line.split()[0] for line in stage.requirements.read_text().splitlines() if "==" in line]
+    script = ("import importlib.metadata as m, sklearn, skops, mlflow\n"
+              f"for pin in {pins!r}:\n"
+              "    name, version = pin.split('==')\n"
+              "    assert m.version(name) == version, pin\n")
+    try:
+        client.containers.run(tag, entrypoint=["python", "-c", script], remove=True, network_mode="none",
+                              read_only=True)
+    finally:
+        client.images.remove(tag, force=True)
+
+
+# What a task of a Domino flow runs in: read-only root, a tmpfs /tmp, no network (as the runner runs it).
+READ_ONLY = {"read_only": True, "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"}, "network_mode": "none",
+             "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "remove": True, "stderr": True}
+PLOT = ("import matplotlib, matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2, 3], [3, 1, 2]); plt.savefig('/tmp/plot.png')\n"
+        "print(matplotlib.get_backend().lower(), open('/tmp/plot.png', 'rb').read(4) == b'\\x89PNG')\n")
+
+
+@pytest.mark.docker
+def test_the_standard_environment_runs_a_domino_job_as_ubuntu_read_only():
+    """`python` and `python3` with the Standard Environment's usual libraries, as uid 12574 with home /mnt in
+    /mnt/code, and matplotlib drawing headless (Agg) with no writable HOME and no warning."""
+    client = images.client()
+    tag = images.build_standard_environment()
+    assert tag == images.standard_environment()
+    command = ("id -u; echo $HOME; pwd; python3 --version; "
+               "python -c 'import numpy, pandas, pyarrow, scipy, sklearn, matplotlib' && echo imported; "
+               f'python -c "{PLOT}"')
+    out = client.containers.run(tag, ["/bin/sh", "-c", command], user="12574:12574", **READ_ONLY).decode()
+    uid, home, cwd, version, imported, plot = out.splitlines()
+    assert (uid, home, cwd, imported, plot) == ("12574", "/mnt", "/mnt/code", "imported", "agg True"), out
+    assert re.fullmatch(r"Python 3\.\d+\.\d+", version)
+    # The runner runs as the developer's uid when it is not root: HOME stays Domino's, plots still work.
+    out = client.containers.run(tag, ["/bin/sh", "-c", f'id -u; echo $HOME; python -c "{PLOT}"'], user="4321:4321",
+                                **READ_ONLY).decode()
+    assert out.splitlines() == ["4321", "/mnt", "agg True"], out

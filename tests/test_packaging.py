@@ -110,5 +110,4 @@ def test_wheelhouse_check_compares_names_as_pip_does(tmp_path, monkeypatch):
     lock = tmp_path / "requirements.txt"
     lock.write_text(HEADER + "backports-tarfile==1.2.0\n    # via x\njaraco-classes==3.4.0\nmissing-one==1.0\n")
     monkeypatch.setattr(images, "WHEELS", tmp_path)
-    monkeypatch.setattr(images, "requirement_files", lambda: [lock])
-    assert images.missing_wheels() == ["missing-one==1.0"]
+    assert images.missing_wheels([lock]) == ["missing-one==1.0"]
