@@ -74,7 +74,7 @@ def test_non_numeric_feature_names_column_value_and_row():
 
 def test_non_integer_id_is_refused():
     raw = pa.table({"Id": [1.0, 2.5], **{f: [1.0, 2.0] for f in IRIS_FEATURES}, "Species": ["a", "b"]})
-    with pytest.raises(StageError, match="src: column Id must be an integer in every row, found '2.5' in row 2"):
+    with pytest.raises(StageError, match="src: column Id must be an integer in every row, found 2.5 in row 2"):
         dataset.conform(raw, "src")
 
 
@@ -229,8 +229,10 @@ def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsy
     assert "RandomColumn" not in out.column_names
     assert out.read().column("Id").to_pylist() == [1, 2, 4]
     assert out.read().column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
-    assert out.meta == {"sources": [], "rows": 3, "dropped": 2}  # the NaN feature and the missing label
-    assert "dropped 2 of 5 rows with a missing or non-finite feature or label" in capsys.readouterr().err
+    assert out.meta == {"sources": [], "rows": 3, "dropped": 2,
+                        "dropped_by": {"PetalWidthCm NaN": 1, "Species missing": 1}}
+    assert ("dropped 2 of 5 rows that cannot be trained on: Species missing in 1, PetalWidthCm NaN in 1"
+            in capsys.readouterr().err)
 
 
 def json_records(label):
@@ -262,7 +264,8 @@ def test_a_missing_label_is_a_dropped_row_whatever_the_format(wf_root, tmp_path,
     assert run_main(process, ptree) == (0, None)
     out = dataset.Snapshot(ptree / "outputs" / "processed_data", "processed_data")
     assert out.read().column("Id").to_pylist() == [1, 2] and out.meta["dropped"] == 1
-    assert "dropped 1 of 3 rows with a missing or non-finite feature or label" in capsys.readouterr().err
+    assert out.meta["dropped_by"] == {"Species missing": 1}
+    assert "dropped 1 of 3 rows that cannot be trained on: Species missing in 1" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ train
