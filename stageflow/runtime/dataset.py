@@ -153,13 +153,15 @@ def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _number_text(values: pa.ChunkedArray, integer: bool) -> pa.ChunkedArray:
-    """Text holding numbers, as a cast takes it: padding trimmed, a blank field a missing value. Integers are
-    decimal digits only: Arrow would also read `0x10` as 16."""
+    """Text holding numbers, as a cast takes it: padding trimmed, a blank field a missing value. An integer is
+    decimal digits after an optional minus: Arrow's cast would also read `0x10` as 16."""
     if pa.types.is_dictionary(values.type):
         values = pc.cast(values, values.type.value_type)
+    if integer and pc.all(pc.ascii_is_decimal(values)).as_py():  # the common case: bare digits, none empty
+        return values
     text = pc.utf8_trim_whitespace(values)
     text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
-    if integer and pc.any(pc.invert(pc.match_substring_regex(text, r"^-?[0-9]+$"))).as_py():
+    if integer and pc.any(pc.invert(pc.ascii_is_decimal(pc.utf8_ltrim(text, "-")))).as_py():
         raise pa.ArrowInvalid("not decimal digits")
     return text
 
@@ -198,9 +200,9 @@ def _in_range(values: pa.ChunkedArray, col: str, name: str, first_row: int) -> N
     """Refuse a feature too large for training to standardise, naming the first row (NaN is left to process)."""
     if not pa.types.is_floating(values.type):
         return
-    beyond = pc.greater(pc.abs(values), FEATURE_LIMIT)
-    if pc.any(beyond).as_py():
-        row = pc.index(beyond, True).as_py()
+    bounds = pc.min_max(values)  # NaN left out
+    if (bounds["min"].as_py() or 0) < -FEATURE_LIMIT or (bounds["max"].as_py() or 0) > FEATURE_LIMIT:
+        row = pc.index(pc.greater(pc.abs(values), FEATURE_LIMIT), True).as_py()
         raise StageError(f"{name}: column {col} must be a number within ±{FEATURE_LIMIT:g} in every row, found "
                          f"{values[row].as_py()!r} in row {first_row + row + 1}; training cannot scale a "
                          f"feature that large")
@@ -276,8 +278,10 @@ def _column(values: pa.ChunkedArray, kind: str, col: str, name: str, first_row: 
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             row = _first(values, lambda part: not _converts(part, target))
             bad = values[row].as_py()
-            hint = ("; leave a missing value empty" if feature and isinstance(bad, str)
-                    and bad.strip().lower() in MISSING_WORDS else "")
+            if not isinstance(bad, str):  # a number that the column's type cannot hold as it is
+                hint = f" (not exactly {'a 64-bit integer' if kind == 'int' else 'a 64-bit float'})"
+            else:
+                hint = "; leave a missing value empty" if feature and bad.strip().lower() in MISSING_WORDS else ""
             raise _refuse(values, row, EXPECTED[kind], col, name, first_row, hint) from None
     if feature:
         _in_range(values, col, name, first_row)

@@ -55,9 +55,10 @@ def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
 
     # Typed read first: it is the fast path. A value that does not convert (padding, a stray word) makes
     # us re-read everything as text so that `dataset.conform` can trim it or name the row that is wrong.
-    types = dataset.arrow_types(schemas.active())
-    if not typed:
-        types = {name: pa.string() for name in types}
+    # Integers are read as text even then, for conform to convert: Arrow's integer parser takes `0x10` for 16,
+    # and conform's check that they are decimal digits costs about what the parse saves (measured).
+    types = {name: kind if typed and kind != pa.int64() else pa.string()
+             for name, kind in dataset.arrow_types(schemas.active()).items()}
     try:
         # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
         # Only an empty field is missing (not NA, NULL, N/A...: pyarrow's default list), and text is checked
@@ -195,10 +196,14 @@ def _once(pairs: list[tuple[str, object]]) -> dict:
     return record
 
 
+class _TooLarge(ValueError):
+    """A JSON number beyond a float's range (Python's json would take it as infinity; pyarrow refuses it)."""
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text} is too large for a float")
+        raise _TooLarge(text)
     return value
 
 
@@ -225,6 +230,8 @@ def json_problem(path: Path) -> str | None:
                 return f"{where} is not UTF-8 text ({line[:60].decode('utf-8', 'backslashreplace')!r})"
             except _Repeated as err:
                 return f"{where} names column {err} twice"
+            except _TooLarge as err:
+                return f"{where}: {str(err)[:40]} is too large for a float"
             except ValueError as err:
                 return f"{where} is not valid JSON ({err})"
             if not isinstance(record, dict):
@@ -234,14 +241,21 @@ def json_problem(path: Path) -> str | None:
                 if kind:
                     had, since = first.setdefault(key, (kind, row))
                     if had != kind:
-                        return f"{where}: column {key} holds {kind} where row {since} holds {had}"
+                        return (f"{where}: column {key} holds {kind} ({json.dumps(value)[:40]}) where row {since} "
+                                f"holds {had}")
     return None
 
 
 def _unreadable(path: Path, fmt: str, err: Exception, rows: int) -> StageError:
-    """The reader's error in the user's terms. pyarrow's words for a line longer than a CSV block advise a
-    larger block size, which a user cannot set; a row (or header) that long means the file is not a table."""
+    """The reader's error in the user's terms, naming the row where a look at the text can find it (a quote
+    left open sends pyarrow's CSV reader wrong in several ways). pyarrow's words for a line longer than a CSV
+    block advise a larger block size, which a user cannot set; a row (or header) that long means the file is
+    not a table."""
     reason = " ".join(str(err).split())
+    locate = {"csv": csv_problem, "csv.gz": csv_problem, "jsonl": json_problem}.get(fmt)
+    problem = locate(path) if locate else None
+    if problem:
+        return StageError(f"input data_path: {path}: {problem}")
     hint = "is this a CSV file with one row per line?"
     if "straddles two block boundaries" in reason:
         where = f"a line after row {rows}" if rows else "a line"
@@ -253,12 +267,6 @@ def _unreadable(path: Path, fmt: str, err: Exception, rows: int) -> StageError:
                               f"columns, then data rows")
         return StageError(f"input data_path: {path}: its first line is longer than {_size(CSV_BLOCK)}, too long "
                           f"for a header naming the schema's columns: {hint}")
-    if fmt in ("csv", "csv.gz") and ("out of sync" in reason or "Expected" in reason):
-        problem = csv_problem(path)
-    else:
-        problem = json_problem(path) if fmt == "jsonl" else None
-    if problem:
-        return StageError(f"input data_path: {path}: {problem}")
     return StageError(f"input data_path: {path} is not a valid {fmt} file ({reason[:200]})")
 
 
@@ -298,10 +306,11 @@ def check_header(names: list[str], path: Path) -> None:
                      f"{dataset.listed(list(schema.required), 30)}{optional}, in any order")
 
 
-def check_lines(raw: pa.Table, path: Path, first_row: int) -> None:
-    """Refuse a CSV batch with a line break inside a value: the reader reads values on one line only, so a
-    value holding one is a quote left open, which has swallowed the lines after it."""
-    for col, values in zip(raw.column_names, raw.columns):
+def check_lines(raw: pa.Table, path: Path, first_row: int, columns: list[str]) -> None:
+    """Refuse a CSV batch with a line break inside a value of `columns`: the reader reads values on one line
+    only, so a value holding one is a quote left open, which has swallowed the lines after it."""
+    for col in columns:
+        values = raw.column(col)
         if pa.types.is_dictionary(values.type):  # a typed read's labels: a handful of entries to look at
             values = pa.chunked_array([chunk.dictionary for chunk in values.chunks], values.type.value_type)
         if not pa.types.is_string(values.type):
@@ -315,6 +324,25 @@ def check_lines(raw: pa.Table, path: Path, first_row: int) -> None:
             raise StageError(f"input data_path: {path}: {problem}")
 
 
+def _conformed(raw: pa.Table, path: Path, fmt: str, first_row: int) -> pa.Table:
+    """`dataset.conform` on one batch; for a CSV, first the check that no quote was left open. It looks at the
+    text columns (a label, a text key) only, unless conform refuses the batch: a value that swallowed lines
+    fails as a number too, and then the open quote is what to report."""
+    name = f"input data_path: {path}"
+    if fmt not in ("csv", "csv.gz"):
+        return dataset.conform(raw, name, first_row)
+    names = dataset.column_names(raw, name)
+    if not first_row:
+        check_header(names, path)
+    types = schemas.active().types
+    check_lines(raw, path, first_row, [col for col in names if types.get(col) in ("text", "label")])
+    try:
+        return dataset.conform(raw, name, first_row)
+    except StageError:
+        check_lines(raw, path, first_row, names)
+        raise
+
+
 def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
     """Check and write the source batch by batch into `tmp`; return the lineage in its footer."""
     name = f"input data_path: {path}"
@@ -323,11 +351,7 @@ def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
     with dataset.Writer(tmp) as writer:
         ids, first_row = [], 0
         for raw in source_tables(path, fmt, typed):
-            if fmt in ("csv", "csv.gz"):
-                if not first_row:
-                    check_header(dataset.column_names(raw, name), path)
-                check_lines(raw, path, first_row)
-            table = dataset.conform(raw, name, first_row)
+            table = _conformed(raw, path, fmt, first_row)
             first_row += table.num_rows
             writer.write(table)
             ids.extend(table.column(key).chunks)
