@@ -16,11 +16,10 @@ from sklearn.neural_network import MLPClassifier
 from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import IRIS_FEATURES, iris_like, load_stage, run_main, write_snapshot
+from conftest import IRIS_FEATURES, iris_like, load_source, load_stage, run_main, write_snapshot
 
 pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
-load_a = load_stage("load_a")
 merge = load_stage("merge")
 process = load_stage("process")
 train = load_stage("train")
@@ -114,14 +113,6 @@ def write_jsonl(path, csv_rows):
 
 
 GOOD_ROWS = "1,5.1,3.5,0.1,1.4,0.2,Iris-setosa\n2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor\n"
-
-
-def load_source(root, path):
-    """Run load_a on the source at `path`: its exit status, its _ERROR and the snapshot (None on failure)."""
-    (root / "inputs" / "data_path").write_text(str(path))
-    status, error = run_main(load_a, root)
-    out = root / "outputs" / "datasetA"
-    return status, error, dataset.Snapshot(out, "datasetA") if out.exists() else None
 
 
 @pytest.mark.parametrize("name, writer", [

@@ -155,8 +155,6 @@ def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
 def _number_text(values: pa.ChunkedArray, integer: bool) -> pa.ChunkedArray:
     """Text holding numbers, as a cast takes it: padding trimmed, a blank field a missing value. An integer is
     decimal digits after an optional minus: Arrow's cast would also read `0x10` as 16."""
-    if pa.types.is_dictionary(values.type):
-        values = pc.cast(values, values.type.value_type)
     if integer and pc.all(pc.ascii_is_decimal(values)).as_py():  # the common case: bare digits, none empty
         return values
     text = pc.utf8_trim_whitespace(values)
@@ -192,7 +190,9 @@ def _accepted(values: pa.ChunkedArray, kind: str, col: str, name: str, first_row
     family = _family(values.type)
     if family != "null" and family not in ACCEPTS[kind]:
         row = pc.index(pc.is_valid(values), True).as_py()
-        raise _refuse(values, max(row, 0), EXPECTED[kind], col, name, first_row, kind_too=True)
+        if row < 0:  # no value at all (or no rows: a schema read before the data), so nothing to change
+            return pa.chunked_array([pa.nulls(len(values))], pa.null())
+        raise _refuse(values, row, EXPECTED[kind], col, name, first_row, kind_too=True)
     return _valid_text(values, col, name, first_row) if family == "text" else values
 
 
@@ -269,6 +269,8 @@ def _column(values: pa.ChunkedArray, kind: str, col: str, name: str, first_row: 
     """A column as its schema type, each value exactly as the source has it (padding around numbers aside);
     else the first value that does not convert, with its row."""
     values = _accepted(values, kind, col, name, first_row)
+    if pa.types.is_dictionary(values.type):  # (a pandas categorical in Parquet)
+        values = pc.cast(values, values.type.value_type)
     target = ARROW_TYPES[kind]
     if kind == "text":  # a text key or dropped column: a blank value is a missing one
         return _blank_to_null(pc.cast(values, target))
