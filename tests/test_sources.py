@@ -59,6 +59,21 @@ def jsonl(*records):
     return text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def groups_of_three(path):
+    """Ten rows in row groups of three, `NA` in the eighth: read a row group at a time."""
+    values = ["1.5"] * 10
+    values[7] = "NA"
+    table = {"Id": list(range(1, 11)), **{f: [1.0] * 10 for f in IRIS_FEATURES}, "Species": ["setosa"] * 10}
+    pq.write_table(pa.table({**table, "SepalLengthCm": values}), path, row_group_size=3)
+
+
+def latin1_name(path):
+    """A Parquet file whose label column's name holds a Latin-1 byte (pyarrow writes only UTF-8 names)."""
+    parquet(SpXcies=["setosa", "virginica"])(path)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"SpXcies", b"Sp\xe9cies"))
+
+
 def invalid_utf8(values):
     """A string array holding bytes that are not UTF-8, as a writer other than pyarrow could leave them."""
     return pa.array(values, pa.binary()).view(pa.string())
@@ -159,6 +174,8 @@ REFUSED = {
     "jsonl latin-1 column name": ("s.jsonl", raw(json.dumps(record(1)).replace("Species", "Spécies").encode("latin-1")
                                                  + b"\n"),
                                   r"the name of column 6 (b'Sp\xe9cies') is not UTF-8 text; save the file as UTF-8"),
+    "parquet column name not utf-8": ("s.parquet", latin1_name,
+                                      r"a column name (b'Sp\xe9cies') is not UTF-8 text; save the file as UTF-8"),
     "parquet label not utf-8, dictionary-encoded": ("s.parquet", parquet(Species=invalid_utf8([b"setosa", b"set\xffosa"])
                                                                          .dictionary_encode()),
                                                     not_utf8("Species", r"b'set\xffosa'", 2)),
@@ -169,6 +186,9 @@ REFUSED = {
     "csv just past the limit": ("s.csv", text(csv_rows(5, {2: "2,1.1e100,3.5,0.1,1.4,0.2,setosa"})),
                                 too_large("1.1e+100", 2)),
     "parquet minus infinity": ("s.parquet", parquet(SepalLengthCm=[1.0, float("-inf")]), too_large("-inf", 2)),
+    "jsonl Infinity": ("s.jsonl", jsonl(record(1), record(2, SepalLengthCm=float("inf"))), too_large("inf", 2)),
+    "parquet NA in a later row group": ("s.parquet", groups_of_three,
+                                        must("SepalLengthCm", "a number", "'NA'", 8, "; leave a missing value empty")),
     # JSON Lines the reader cannot take, located in the file (pyarrow counts rows within its block)
     "jsonl text among numbers, past a block": ("s.jsonl", jsonl(*(record(i, SepalLengthCm="a" if i == 15_000 else 1.5)
                                                                   for i in range(1, 20_001))),
@@ -337,15 +357,29 @@ def test_a_path_through_a_loop_of_links_is_named(wf_root, tmp_path):
 # ------------------------------------------------------------------ the snapshots between stages
 
 
-@pytest.mark.parametrize("species, features, message", [
-    (invalid_utf8([b"setosa", b"set\xffosa"]), {}, not_utf8("Species", r"b'set\xffosa'", 2)),
-    (["setosa", "virginica"], {"SepalLengthCm": [1.0, 1e308]}, too_large("1e+308", 2)),
-    (["setosa", "virginica"], {"PetalWidthCm": [dt.date(2024, 1, 1)] * 2},
-     must("PetalWidthCm", "a number", "a date (2024-01-01)", 1)),
-])
-def test_process_refuses_a_snapshot_with_a_value_load_would_refuse(wf_root, species, features, message):
-    table = {"Id": [1, 2], **{f: [1.0, 2.0] for f in IRIS_FEATURES}, "Species": species, **features}
-    pq.write_table(pa.table(table), wf_root / "inputs" / "merged_data")
+def iris_parquet(species=("setosa", "virginica"), **features):
+    return parquet(Species=list(species), **features)
+
+
+def meta_not_json(path):
+    table = pa.table({"Id": [1, 2], **{f: [1.0, 2.0] for f in IRIS_FEATURES}, "Species": ["setosa", "virginica"]})
+    pq.write_table(table.replace_schema_metadata({b"stageflow": b"[1"}), path)
+
+
+SNAPSHOTS = {  # a snapshot no stage wrote: whatever reaches a stage as its input is read by the same rules
+    "label not utf-8": (iris_parquet(invalid_utf8([b"setosa", b"set\xffosa"])), not_utf8("Species", r"b'set\xffosa'", 2)),
+    "feature 1e308": (iris_parquet(SepalLengthCm=[1.0, 1e308]), too_large("1e+308", 2)),
+    "date feature": (iris_parquet(PetalWidthCm=[dt.date(2024, 1, 1)] * 2),
+                     must("PetalWidthCm", "a number", "a date (2024-01-01)", 1)),
+    "column name not utf-8": (latin1_name, r"a column name (b'Sp\xe9cies') is not UTF-8 text; save the file as UTF-8"),
+    "metadata not json": (meta_not_json, "not a snapshot a stage wrote (its stageflow metadata is not a JSON object)"),
+}
+
+
+@pytest.mark.parametrize("case", SNAPSHOTS)
+def test_process_refuses_a_snapshot_with_a_value_load_would_refuse(wf_root, case):
+    writer, message = SNAPSHOTS[case]
+    writer(wf_root / "inputs" / "merged_data")
     assert run_main(process, wf_root) == (1, f"input merged_data: {message}\n")
 
 

@@ -360,16 +360,32 @@ def _unreadable(name: str, err: Exception) -> StageError:
     return StageError(f"input {name}: not a readable Parquet snapshot ({' '.join(str(err).split())})")
 
 
+def parquet_file(path: Path, name: str) -> pq.ParquetFile:
+    """A Parquet file opened for reading. pyarrow decodes its column names as it opens it, so a name that is
+    not UTF-8 fails here, before `column_names` could name its column."""
+    try:
+        return pq.ParquetFile(path)
+    except UnicodeDecodeError as err:
+        raise StageError(f"{name}: a column name ({err.object[:60]!r}) is not UTF-8 text; save the file as "
+                         f"UTF-8") from None
+
+
 class Snapshot:
     """A snapshot opened for reading: its metadata and size at once, its rows a row group at a time."""
 
     def __init__(self, path: Path, name: str):
         self.name = name  # the input it came in as, for error messages
         try:
-            self.file = pq.ParquetFile(path)
+            self.file = parquet_file(path, f"input {name}")
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(name, err) from None
-        self.meta = json.loads((self.file.metadata.metadata or {}).get(META_KEY, b"{}"))
+        try:
+            self.meta = json.loads((self.file.metadata.metadata or {}).get(META_KEY, b"{}"))
+        except ValueError:  # (not UTF-8, or not JSON)
+            self.meta = None
+        if not isinstance(self.meta, dict):
+            raise StageError(f"input {name}: not a snapshot a stage wrote (its {META_KEY.decode()} metadata is "
+                             f"not a JSON object)")
         self.num_rows = self.file.metadata.num_rows
         self.column_names = column_names(self.file.schema_arrow, f"input {name}")
 

@@ -74,9 +74,7 @@ def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
 
 
 def _parquet_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
-    import pyarrow.parquet as pq
-
-    yield from pq.ParquetFile(path).iter_batches(batch_size=dataset.ROW_GROUP)
+    yield from dataset.parquet_file(path, f"input data_path: {path}").iter_batches(batch_size=dataset.ROW_GROUP)
 
 
 def _jsonl_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
