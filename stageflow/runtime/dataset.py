@@ -171,7 +171,7 @@ def _converted(values: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
         values = _number_text(values, pa.types.is_integer(kind))
     converted = pc.cast(values, kind)  # a safe cast: it refuses to truncate, overflow or round an integer
     if family == "float" and pa.types.is_integer(kind):
-        beyond = pc.greater(pc.abs(values), float(EXACT_INTEGERS))
+        beyond = pc.or_(pc.greater(converted, EXACT_INTEGERS), pc.less(converted, -EXACT_INTEGERS))
         if pc.any(beyond).as_py():
             raise pa.ArrowInvalid("a float beyond 2**53")
     return converted
