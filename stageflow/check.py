@@ -51,7 +51,9 @@ def check_file(path: Path, work: Path, process) -> str:
         for entry in pc.value_counts(table.column(schemas.active().label)).to_pylist():
             counts[entry["values"]] = counts.get(entry["values"], 0) + entry["counts"]
     labels = ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
-    return f"{snapshot.meta['dropped'] + snapshot.num_rows} rows, {snapshot.num_rows} usable; labels: {labels}"
+    dropped = snapshot.meta["dropped_by"]
+    why = f" (dropped: {process.dropped_words(dropped)})" if dropped else ""
+    return f"{snapshot.meta['dropped'] + snapshot.num_rows} rows, {snapshot.num_rows} usable{why}; labels: {labels}"
 
 
 def _without_input(line: str, path: Path) -> str:

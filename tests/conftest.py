@@ -55,6 +55,15 @@ def run_main(module, root: Path) -> tuple[int, str | None]:
     return exit.value.code, error.read_text() if error.exists() else None
 
 
+def load_source(root: Path, path: Path) -> tuple[int, str | None, dataset.Snapshot | None]:
+    """Run load_a's entrypoint on the source at `path`: its exit status, its _ERROR and the snapshot (None on
+    failure)."""
+    (root / "inputs" / "data_path").write_text(str(path))
+    status, error = run_main(load_stage("load_a"), root)
+    out = root / "outputs" / "datasetA"
+    return status, error, dataset.Snapshot(out, "datasetA") if out.exists() else None
+
+
 def write_snapshot(path: Path, table: pa.Table, meta: dict | None = None) -> Path:
     """A snapshot as the stages write one: checked by the schema, through their own Writer."""
     with dataset.Writer(path) as writer:

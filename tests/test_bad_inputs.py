@@ -226,8 +226,8 @@ def test_merge_refuses_conflicting_ids(tmp_path):
 def test_process_refuses_when_every_row_is_invalid(tmp_path):
     tree = make_tree(tmp_path)
     snapshot(tree / "inputs" / "merged_data", [(1, "setosa"), (2, "virginica")], PetalWidthCm=[None, float("nan")])
-    assert_refused(tree, "process", "input merged_data: all 2 rows have a missing or non-finite feature or label; "
-                   "nothing is left to train on", [tree / "inputs"])
+    assert_refused(tree, "process", "input merged_data: all 2 rows were dropped (PetalWidthCm missing in 1, "
+                   "PetalWidthCm NaN in 1); nothing is left to train on", [tree / "inputs"])
 
 
 def test_process_refuses_an_unknown_label(tmp_path):

@@ -216,8 +216,8 @@ def test_fractional_labels_are_refused_not_guessed(wf_root, tmp_path, monkeypatc
     source = tmp_path / "s.parquet"
     pq.write_table(wine_table([1.0, 2.0]), source)
     (wf_root / "inputs" / "data_path").write_text(str(source))
-    assert run_main(load_a, wf_root) == (1, f"input data_path: {source}: column cultivar must hold text or integer "
-                                             f"labels, found double\n")
+    assert run_main(load_a, wf_root) == (1, f"input data_path: {source}: column cultivar must be text or an integer "
+                                             f"(a label) in every row, found a float (1.0) in row 1\n")
 
 
 # ------------------------------------------------------------------ errors that say what to do

@@ -16,11 +16,10 @@ from sklearn.neural_network import MLPClassifier
 from stageflow.runtime import dataset, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import IRIS_FEATURES, iris_like, load_stage, run_main, write_snapshot
+from conftest import IRIS_FEATURES, iris_like, load_source, load_stage, run_main, write_snapshot
 
 pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
-load_a = load_stage("load_a")
 merge = load_stage("merge")
 process = load_stage("process")
 train = load_stage("train")
@@ -74,7 +73,7 @@ def test_non_numeric_feature_names_column_value_and_row():
 
 def test_non_integer_id_is_refused():
     raw = pa.table({"Id": [1.0, 2.5], **{f: [1.0, 2.0] for f in IRIS_FEATURES}, "Species": ["a", "b"]})
-    with pytest.raises(StageError, match="src: column Id must be an integer in every row, found '2.5' in row 2"):
+    with pytest.raises(StageError, match="src: column Id must be an integer in every row, found 2.5 in row 2"):
         dataset.conform(raw, "src")
 
 
@@ -114,14 +113,6 @@ def write_jsonl(path, csv_rows):
 
 
 GOOD_ROWS = "1,5.1,3.5,0.1,1.4,0.2,Iris-setosa\n2,7.0,3.2,0.2,4.7,1.4,Iris-versicolor\n"
-
-
-def load_source(root, path):
-    """Run load_a on the source at `path`: its exit status, its _ERROR and the snapshot (None on failure)."""
-    (root / "inputs" / "data_path").write_text(str(path))
-    status, error = run_main(load_a, root)
-    out = root / "outputs" / "datasetA"
-    return status, error, dataset.Snapshot(out, "datasetA") if out.exists() else None
 
 
 @pytest.mark.parametrize("name, writer", [
@@ -229,8 +220,10 @@ def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsy
     assert "RandomColumn" not in out.column_names
     assert out.read().column("Id").to_pylist() == [1, 2, 4]
     assert out.read().column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
-    assert out.meta == {"sources": [], "rows": 3, "dropped": 2}  # the NaN feature and the missing label
-    assert "dropped 2 of 5 rows with a missing or non-finite feature or label" in capsys.readouterr().err
+    assert out.meta == {"sources": [], "rows": 3, "dropped": 2,
+                        "dropped_by": {"PetalWidthCm NaN": 1, "Species missing": 1}}
+    assert ("dropped 2 of 5 rows that cannot be trained on: Species missing in 1, PetalWidthCm NaN in 1"
+            in capsys.readouterr().err)
 
 
 def json_records(label):
@@ -262,7 +255,8 @@ def test_a_missing_label_is_a_dropped_row_whatever_the_format(wf_root, tmp_path,
     assert run_main(process, ptree) == (0, None)
     out = dataset.Snapshot(ptree / "outputs" / "processed_data", "processed_data")
     assert out.read().column("Id").to_pylist() == [1, 2] and out.meta["dropped"] == 1
-    assert "dropped 1 of 3 rows with a missing or non-finite feature or label" in capsys.readouterr().err
+    assert out.meta["dropped_by"] == {"Species missing": 1}
+    assert "dropped 1 of 3 rows that cannot be trained on: Species missing in 1" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ train

@@ -47,35 +47,177 @@ def arrow_types(schema: schemas.Schema) -> dict[str, pa.DataType]:
     return {name: ARROW_TYPES[kind] for name, kind in schema.types.items()}
 
 
-def _first_bad(column: pa.ChunkedArray, kind: pa.DataType) -> tuple[int, str]:
-    """Find the first value that does not convert, so the error can point at a row (slow path only)."""
-    as_text = pc.cast(column, pa.string()).combine_chunks()
-    for row, value in enumerate(as_text.to_pylist()):
-        if value is None:
-            continue
-        try:
-            pc.cast(pa.array([value.strip()]), kind)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return row, value
-    return -1, ""
+# What a column of each schema type takes, by the family of the type it arrives as (`_family`): a value of
+# any other type (a timestamp, bytes, a list, a struct, a map...) is refused, since converting it would change
+# what it means (a timestamp key would become a count of microseconds). A null column (JSON with no value
+# there) fits every type.
+ACCEPTS = {"int": ("integer", "float", "decimal", "text"), "float": ("integer", "float", "decimal", "text"),
+           "text": ("text", "integer"), "label": ("text", "integer", "boolean")}
+EXPECTED = {"int": "an integer", "float": "a number", "text": "text", "label": "text or an integer (a label)"}
+# A float holds every integer up to 2**53 exactly and no longer all of them beyond: a float converted to an
+# integer column must lie within it, or the integer may not be the one the source meant.
+EXACT_INTEGERS = 2 ** 53
+# The largest magnitude a feature may have. Training standardises each feature, which adds up the squares of
+# its values: from about 1e154 they overflow a float64 and sklearn reports the data as containing NaN. 1e100
+# leaves room for 1e100 rows; infinity is out of range too.
+FEATURE_LIMIT = 1e100
+# Spellings other tools read as a missing value. Here only an empty field is missing: these are refused like
+# any other word in a number column, and the error then says how to write a missing value.
+MISSING_WORDS = {"na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "null", "none", "nil", "missing", "-", "?",
+                 "-1.#ind", "1.#ind", "-1.#qnan", "1.#qnan"}
+_FAMILIES = (("null", pa.types.is_null), ("boolean", pa.types.is_boolean), ("integer", pa.types.is_integer),
+             ("float", pa.types.is_floating), ("decimal", pa.types.is_decimal),
+             ("text", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)))
+_WORDS = ((pa.types.is_timestamp, "a timestamp"), (pa.types.is_date, "a date"), (pa.types.is_time, "a time of day"),
+          (pa.types.is_duration, "a duration"), (pa.types.is_interval, "an interval"), (pa.types.is_map, "a map"),
+          (lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+           or pa.types.is_list_view(t) or pa.types.is_large_list_view(t), "a list"),
+          (pa.types.is_struct, "a struct"), (pa.types.is_union, "a union"), (pa.types.is_boolean, "a boolean"),
+          (pa.types.is_floating, "a float"), (pa.types.is_integer, "an integer"), (pa.types.is_decimal, "a decimal"),
+          (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+           or pa.types.is_binary_view(t), "bytes"))
+
+
+def _value_type(kind: pa.DataType) -> pa.DataType:
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
+
+
+def _family(kind: pa.DataType) -> str:
+    kind = _value_type(kind)
+    return next((family for family, test in _FAMILIES if test(kind)), "other")
+
+
+def _first(values: pa.ChunkedArray, bad) -> int:
+    """The index of the first value for which `bad(slice)` holds, given that it holds for the whole column:
+    halving, so it costs about two passes over the column (only on the way to an error)."""
+    lo, hi = 0, len(values)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if bad(values.slice(lo, mid - lo)):
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def _shown(values: pa.ChunkedArray, row: int, kind_too: bool) -> str:
+    """One value for a message: text quoted, a number as it prints; with `kind_too` anything else also says
+    what kind of value it is (`a timestamp (2024-01-01 00:00:00)`)."""
+    kind = _value_type(values.type)
+    try:
+        value = values[row].as_py()
+    except (ValueError, OverflowError, pa.ArrowException):  # a timestamp past year 9999, say
+        value = None
+    text = str(value)
+    text = text if len(text) <= 60 else text[:60] + "…"
+    if isinstance(value, str):
+        return repr(text)
+    if not kind_too:
+        return text
+    word = next((word for test, word in _WORDS if test(kind)), f"a {kind}")
+    return f"{word} ({text})" if value is not None else word
+
+
+def _refuse(values: pa.ChunkedArray, row: int, what: str, col: str, name: str, first_row: int,
+            hint: str = "", kind_too: bool = False) -> StageError:
+    return StageError(f"{name}: column {col} must be {what} in every row, found {_shown(values, row, kind_too)} in "
+                      f"row {first_row + row + 1}{hint}")
+
+
+def _utf8_valid(values: pa.ChunkedArray) -> bool:
+    try:
+        values.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _valid_text(values: pa.ChunkedArray, col: str, name: str, first_row: int) -> pa.ChunkedArray:
+    """Text columns as they are when they are UTF-8, which no reader guarantees (JSON and Parquet readers pass
+    any bytes on); else the row and the bytes that are not, before anything tries to decode them."""
+    if _utf8_valid(values):
+        return values
+    if pa.types.is_dictionary(values.type):  # the bad entry may be one no row uses: then the rows are fine
+        values = pc.cast(values, values.type.value_type)
+        if _utf8_valid(values):
+            return values
+    row = _first(values, lambda part: not _utf8_valid(part))
+    raw = pc.cast(values.slice(row, 1), pa.large_binary())[0].as_py()
+    raise StageError(f"{name}: column {col} is not UTF-8 text in row {first_row + row + 1} ({raw[:60]!r}); "
+                     f"save the file as UTF-8")
 
 
 def _blank_to_null(text: pa.ChunkedArray) -> pa.ChunkedArray:
     blank = pc.equal(pc.utf8_trim_whitespace(text), "")
-    return pc.if_else(blank, pa.scalar(None, pa.string()), text)
+    return pc.if_else(blank, pa.scalar(None, text.type), text)
 
 
-def _label_column(values: pa.ChunkedArray, name: str, label: str) -> pa.ChunkedArray:
+def _number_text(values: pa.ChunkedArray, integer: bool) -> pa.ChunkedArray:
+    """Text holding numbers, as a cast takes it: padding trimmed, a blank field a missing value. An integer is
+    decimal digits after an optional minus: Arrow's cast would also read `0x10` as 16."""
+    if integer and pc.all(pc.ascii_is_decimal(values)).as_py():  # the common case: bare digits, none empty
+        return values
+    text = pc.utf8_trim_whitespace(values)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, text.type), text)
+    if integer and pc.any(pc.invert(pc.ascii_is_decimal(pc.utf8_ltrim(text, "-")))).as_py():
+        raise pa.ArrowInvalid("not decimal digits")
+    return text
+
+
+def _converted(values: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    """`values` as `kind` when every value converts exactly; else ArrowInvalid (ArrowNotImplementedError)."""
+    family = _family(values.type)
+    if family == "text":
+        values = _number_text(values, pa.types.is_integer(kind))
+    converted = pc.cast(values, kind)  # a safe cast: it refuses to truncate, overflow or round an integer
+    if family == "float" and pa.types.is_integer(kind):
+        beyond = pc.or_(pc.greater(converted, EXACT_INTEGERS), pc.less(converted, -EXACT_INTEGERS))
+        if pc.any(beyond).as_py():
+            raise pa.ArrowInvalid("a float beyond 2**53")
+    return converted
+
+
+def _converts(values: pa.ChunkedArray, kind: pa.DataType) -> bool:
+    try:
+        _converted(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _accepted(values: pa.ChunkedArray, kind: str, col: str, name: str, first_row: int) -> pa.ChunkedArray:
+    """The column, once its type is one a `kind` column takes and its text is UTF-8."""
+    family = _family(values.type)
+    if family != "null" and family not in ACCEPTS[kind]:
+        row = pc.index(pc.is_valid(values), True).as_py()
+        if row < 0:  # no value at all (or no rows: a schema read before the data), so nothing to change
+            return pa.chunked_array([pa.nulls(len(values))], pa.null())
+        raise _refuse(values, row, EXPECTED[kind], col, name, first_row, kind_too=True)
+    return _valid_text(values, col, name, first_row) if family == "text" else values
+
+
+def _in_range(values: pa.ChunkedArray, col: str, name: str, first_row: int) -> None:
+    """Refuse a feature too large for training to standardise, naming the first row (NaN is left to process)."""
+    if not pa.types.is_floating(values.type):
+        return
+    bounds = pc.min_max(values)  # NaN left out
+    if (bounds["min"].as_py() or 0) < -FEATURE_LIMIT or (bounds["max"].as_py() or 0) > FEATURE_LIMIT:
+        row = pc.index(pc.greater(pc.abs(values), FEATURE_LIMIT), True).as_py()
+        raise StageError(f"{name}: column {col} must be a number within ±{FEATURE_LIMIT:g} in every row, found "
+                         f"{values[row].as_py()!r} in row {first_row + row + 1}; training cannot scale a "
+                         f"feature that large")
+
+
+def _label_column(values: pa.ChunkedArray, name: str, label: str, first_row: int) -> pa.ChunkedArray:
     """Labels as LABEL_TYPE, whatever they arrived as: text, dictionary-encoded text, integers (a Parquet or
     JSON source) or booleans become text, so `1` from a CSV and `1` from Parquet are one label.
 
     A blank label (a CSV's empty field, what pandas writes for a missing value) is a missing label, as a JSON
     null or a Parquet null is: one meaning whatever the format, and process drops such rows and counts them."""
-    kind = values.type.value_type if pa.types.is_dictionary(values.type) else values.type
+    values = _accepted(values, "label", label, name, first_row)
+    kind = _value_type(values.type)
     if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
         values = pc.cast(pc.cast(values, kind), pa.string())
-    elif not pa.types.is_string(kind) and not pa.types.is_large_string(kind) and not pa.types.is_null(kind):
-        raise StageError(f"{name}: column {label} must hold text or integer labels, found {values.type}")
     labels = pc.cast(values, LABEL_TYPE)
     # Checked on each chunk's dictionary (a handful of entries), so labels that are all present cost nothing.
     if any(chunk.dictionary.null_count or pc.any(pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "")).as_py()
@@ -83,6 +225,20 @@ def _label_column(values: pa.ChunkedArray, name: str, label: str) -> pa.ChunkedA
         # a missing label must be a missing row, not a dictionary entry
         labels = pc.cast(_blank_to_null(pc.cast(labels, pa.string())), LABEL_TYPE)
     return labels
+
+
+def column_names(table: pa.Table | pa.Schema, name: str) -> list[str]:
+    """The column names, which must be UTF-8 like every text (a CSV header in Latin-1 is not): pyarrow decodes
+    a name only when it is asked for it, so ask here, once, where the error can name the column."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    names = []
+    for i in range(len(schema)):
+        try:
+            names.append(schema.field(i).name)
+        except UnicodeDecodeError as err:
+            raise StageError(f"{name}: the name of column {i + 1} ({err.object[:60]!r}) is not UTF-8 text; save "
+                             f"the file as UTF-8") from None
+    return names
 
 
 def listed(names: list[str], limit: int = 10) -> str:
@@ -108,20 +264,30 @@ def did_you_mean(missing: list[str], present: list[str]) -> str:
     return f"; did you mean {', '.join(pairs[:10])}?" if pairs else ""
 
 
-def _cast(values: pa.ChunkedArray, kind: pa.DataType, col: str, name: str, first_row: int) -> pa.ChunkedArray:
-    """A column as `kind`, padding around numbers tolerated; else the first value that does not convert."""
-    text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-    if kind == pa.string():  # a text key or dropped column: a blank value is a missing one
-        return _blank_to_null(pc.cast(values, kind))
-    if values.type == kind:
-        return values
-    try:
-        return pc.cast(pc.utf8_trim_whitespace(values) if text else values, kind)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        row, bad = _first_bad(values, kind)
-        what = "an integer" if kind == pa.int64() else "a number"
-        raise StageError(f"{name}: column {col} must be {what} in every row, "
-                         f"found {bad!r} in row {first_row + row + 1}") from None
+def _column(values: pa.ChunkedArray, kind: str, col: str, name: str, first_row: int,
+            feature: bool) -> pa.ChunkedArray:
+    """A column as its schema type, each value exactly as the source has it (padding around numbers aside);
+    else the first value that does not convert, with its row."""
+    values = _accepted(values, kind, col, name, first_row)
+    if pa.types.is_dictionary(values.type):  # (a pandas categorical in Parquet)
+        values = pc.cast(values, values.type.value_type)
+    target = ARROW_TYPES[kind]
+    if kind == "text":  # a text key or dropped column: a blank value is a missing one
+        return _blank_to_null(pc.cast(values, target))
+    if values.type != target:
+        try:
+            values = _converted(values, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            row = _first(values, lambda part: not _converts(part, target))
+            bad = values[row].as_py()
+            if not isinstance(bad, str):  # a number that the column's type cannot hold as it is
+                hint = f" (not exactly {'a 64-bit integer' if kind == 'int' else 'a 64-bit float'})"
+            else:
+                hint = "; leave a missing value empty" if feature and bad.strip().lower() in MISSING_WORDS else ""
+            raise _refuse(values, row, EXPECTED[kind], col, name, first_row, hint) from None
+    if feature:
+        _in_range(values, col, name, first_row)
+    return values
 
 
 def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
@@ -133,7 +299,7 @@ def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
     """
     schema = schemas.active()
     types = arrow_types(schema)
-    present = table.column_names
+    present = column_names(table, name)
     missing = [col for col in schema.required if col not in present]
     if missing:
         hint = did_you_mean(missing, present)
@@ -149,9 +315,9 @@ def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:
     for col in (c for c in types if c in present):
         values = table.column(col)
         if col == schema.label:
-            values = _label_column(values, name, col)
+            values = _label_column(values, name, col, first_row)
         else:
-            values = _cast(values, types[col], col, name, first_row)
+            values = _column(values, schema.types[col], col, name, first_row, col in schema.features)
         columns.append(values)
         names.append(col)
     return pa.Table.from_arrays(columns, names=names)
@@ -194,18 +360,34 @@ def _unreadable(name: str, err: Exception) -> StageError:
     return StageError(f"input {name}: not a readable Parquet snapshot ({' '.join(str(err).split())})")
 
 
+def parquet_file(path: Path, name: str) -> pq.ParquetFile:
+    """A Parquet file opened for reading. pyarrow decodes its column names as it opens it, so a name that is
+    not UTF-8 fails here, before `column_names` could name its column."""
+    try:
+        return pq.ParquetFile(path)
+    except UnicodeDecodeError as err:
+        raise StageError(f"{name}: a column name ({err.object[:60]!r}) is not UTF-8 text; save the file as "
+                         f"UTF-8") from None
+
+
 class Snapshot:
     """A snapshot opened for reading: its metadata and size at once, its rows a row group at a time."""
 
     def __init__(self, path: Path, name: str):
         self.name = name  # the input it came in as, for error messages
         try:
-            self.file = pq.ParquetFile(path)
+            self.file = parquet_file(path, f"input {name}")
         except (pa.ArrowInvalid, OSError) as err:
             raise _unreadable(name, err) from None
-        self.meta = json.loads((self.file.metadata.metadata or {}).get(META_KEY, b"{}"))
+        try:
+            self.meta = json.loads((self.file.metadata.metadata or {}).get(META_KEY, b"{}"))
+        except ValueError:  # (not UTF-8, or not JSON)
+            self.meta = None
+        if not isinstance(self.meta, dict):
+            raise StageError(f"input {name}: not a snapshot a stage wrote (its {META_KEY.decode()} metadata is "
+                             f"not a JSON object)")
         self.num_rows = self.file.metadata.num_rows
-        self.column_names = self.file.schema_arrow.names
+        self.column_names = column_names(self.file.schema_arrow, f"input {name}")
 
     def _read(self, read, *args, **kwargs) -> pa.Table:
         try:

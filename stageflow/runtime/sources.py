@@ -7,17 +7,26 @@ row group plus the key column (8 bytes a row when it is an integer, for the uniq
 source's size.
 JSON Lines sources are read whole (pyarrow's JSON reader infers types per block, which a stream cannot
 reconcile); they are meant for small data.
+
+Every batch of every format then goes through `dataset.conform`, the one place that decides what a value
+may be (docs/failures.md, "Values"). What is here is what only a reader can know: where a CSV's quote runs
+past its line, and which line of a JSON Lines file the parser stumbled on.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import errno
+import gzip
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stageflow.runtime import dataset, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree, not_a_regular_file, sha256_file
@@ -46,13 +55,17 @@ def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
 
     # Typed read first: it is the fast path. A value that does not convert (padding, a stray word) makes
     # us re-read everything as text so that `dataset.conform` can trim it or name the row that is wrong.
-    types = dataset.arrow_types(schemas.active())
-    if not typed:
-        types = {name: pa.string() for name in types}
+    # Integers are read as text even then, for conform to convert: Arrow's integer parser takes `0x10` for 16.
+    # Conform's check that they are decimal digits, and its cast, cost a few percent of a load (measured).
+    types = {name: kind if typed and kind != pa.int64() else pa.string()
+             for name, kind in dataset.arrow_types(schemas.active()).items()}
     try:
         # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
+        # Only an empty field is missing (not NA, NULL, N/A...: pyarrow's default list), and text is checked
+        # for UTF-8 by `dataset.conform`, which names the row, rather than by the reader, which does not.
         reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
-                               convert_options=pcsv.ConvertOptions(column_types=types))
+                               convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""],
+                                                                   check_utf8=False))
         yield from reader
     except pa.ArrowInvalid as err:
         if typed and "conversion error" in str(err):
@@ -61,15 +74,22 @@ def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
 
 
 def _parquet_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
-    import pyarrow.parquet as pq
-
-    yield from pq.ParquetFile(path).iter_batches(batch_size=dataset.ROW_GROUP)
+    yield from dataset.parquet_file(path, f"input data_path: {path}").iter_batches(batch_size=dataset.ROW_GROUP)
 
 
 def _jsonl_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
     import pyarrow.json as pjson
 
-    yield from pjson.read_json(path).to_batches()
+    table = pjson.read_json(path)
+    # JSON has no timestamps, but pyarrow reads a string that looks like one as one ("2024-01-01" would
+    # reach a text key as "2024-01-01 00:00:00"): read those columns again as the strings they are.
+    names = dataset.column_names(table, f"input data_path: {path}")
+    stamped = [name for name, kind in zip(names, table.schema.types) if pa.types.is_timestamp(kind)]
+    if stamped:
+        strings = pa.schema([(name, pa.string()) for name in stamped])
+        table = pjson.read_json(path, parse_options=pjson.ParseOptions(explicit_schema=strings,
+                                                                       unexpected_field_behavior="infer"))
+    yield from table.to_batches()
 
 
 READERS = {"csv": _csv_batches, "csv.gz": _csv_batches, "parquet": _parquet_batches, "jsonl": _jsonl_batches}
@@ -78,8 +98,14 @@ READERS = {"csv": _csv_batches, "csv.gz": _csv_batches, "parquet": _parquet_batc
 def check_source(path: Path) -> str:
     """The source's format, after turning every way a path can be unusable into one named error."""
     fmt = source_format(path)
-    if not path.exists():
-        raise StageError(f"input data_path: {path} does not exist")
+    try:
+        path.stat()
+    except OSError as err:
+        if path.is_symlink():  # dangling, or a loop of links
+            raise StageError(f"input data_path: {path} is a link that cannot be followed ({err.strerror})") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise StageError(f"input data_path: {path} does not exist") from None
+        raise StageError(f"input data_path: {path} cannot be opened ({err.strerror})") from None
     what = not_a_regular_file(path)
     if what:
         raise StageError(f"input data_path: {path} is {what}, not a regular file")
@@ -98,10 +124,139 @@ def _has_text(path: Path) -> bool:
         return bool(stream.read(CSV_BLOCK).strip())
 
 
+def _open_quote(line: str) -> tuple[int, int] | None:
+    """Where one CSV line leaves a quote open at its end, reading it as pyarrow's parser does (a quote opens a
+    value only at the value's start; a doubled quote inside it is a quote): that value's field index and its
+    first character; None when every quote closes."""
+    field, opened, start, i = 0, None, True, 0
+    while i < len(line):
+        ch = line[i]
+        if opened is not None:
+            if ch == '"':
+                if line[i + 1:i + 2] == '"':
+                    i += 1
+                else:
+                    opened = None
+        elif ch == ",":
+            field, start, i = field + 1, True, i + 1
+            continue
+        elif ch == '"' and start:
+            opened = i
+        start = False
+        i += 1
+    return None if opened is None else (field, opened)
+
+
+def csv_problem(path: Path) -> str | None:
+    """The first quote that a CSV leaves open at the end of its line, as `row R (line L), column C: ...`;
+    None when every quote closes on its line.
+
+    The reader is told that values never span lines, which keeps it streaming. A quote left open then
+    swallows the lines after it into one value (1,000 rows read as 11) or, past a block, puts the parser
+    "out of sync with the chunker". Neither says where, so on either sign this reads the text again, a line
+    at a time, to point at it (only on the way to an error: Python looks at each character of a line that
+    holds a quote)."""
+    opener = gzip.open if source_format(path) == "csv.gz" else open
+    header: list[str] | None = None
+    row = 0
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline=None) as lines:
+            for number, line in enumerate(lines, 1):
+                line = line.rstrip("\n")
+                if not line:  # pyarrow skips empty lines: they are not rows
+                    continue
+                found = _open_quote(line) if '"' in line else None
+                if header is None:
+                    header, where = next(csv.reader([line])), f"the header (line {number})"
+                else:
+                    row += 1
+                    where = f"row {row} (line {number})"
+                if found:
+                    field, start = found
+                    column = header[field] if row and field < len(header) else str(field + 1)
+                    return (f"{where}, column {column}: the quote that opens {line[start:start + 40]!r} is not "
+                            f"closed on its line; a value may not span lines, so the rows after it would be read "
+                            f"into it. Close the quote (a quote inside a quoted value is written \"\")")
+    except (OSError, EOFError):  # a truncated gzip, say: the reader's own words are all there is
+        return None
+    return None
+
+
+class _Repeated(ValueError):
+    """A JSON object that names a key twice (Python's json keeps the last without a word)."""
+
+
+def _once(pairs: list[tuple[str, object]]) -> dict:
+    record: dict = {}
+    for key, value in pairs:
+        if key in record:
+            raise _Repeated(key)
+        record[key] = value
+    return record
+
+
+class _TooLarge(ValueError):
+    """A JSON number beyond a float's range (Python's json would take it as infinity; pyarrow refuses it)."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _TooLarge(text)
+    return value
+
+
+def _json_kind(value: object) -> str | None:
+    kinds = ((bool, "a boolean"), ((int, float), "a number"), (str, "text"), (list, "a list"), (dict, "an object"))
+    return next((word for types, word in kinds if isinstance(value, types)), None)  # None: null, any column
+
+
+def json_problem(path: Path) -> str | None:
+    """The first line of a JSON Lines file that pyarrow's reader cannot take, as `row R (line L): ...`; None
+    when there is none to find. pyarrow says `in row N` counting from the start of its block of the file,
+    not of the file, so on its error this reads the file again, a line at a time (the error path only)."""
+    first: dict[str, tuple[str, int]] = {}  # column -> the kind of its first value, and that row
+    row = 0
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():  # pyarrow skips blank lines: they are not rows
+                continue
+            row += 1
+            where = f"row {row} (line {number})"
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a BOM, which pyarrow's reader skips
+            try:
+                record = json.loads(line.decode("utf-8"), object_pairs_hook=_once, parse_float=_finite)
+            except UnicodeDecodeError:
+                return f"{where} is not UTF-8 text ({line[:60].decode('utf-8', 'backslashreplace')!r})"
+            except _Repeated as err:
+                return f"{where} names column {err} twice"
+            except _TooLarge as err:
+                return f"{where}: {str(err)[:40]} is too large for a float"
+            except ValueError as err:
+                return f"{where} is not valid JSON ({err})"
+            if not isinstance(record, dict):
+                return f"{where} is not a JSON object ({_json_kind(record) or 'null'}); each line must be one"
+            for key, value in record.items():
+                kind = _json_kind(value)
+                if kind:
+                    had, since = first.setdefault(key, (kind, row))
+                    if had != kind:
+                        return (f"{where}: column {key} holds {kind} ({json.dumps(value)[:40]}) where row {since} "
+                                f"holds {had}")
+    return None
+
+
 def _unreadable(path: Path, fmt: str, err: Exception, rows: int) -> StageError:
-    """The reader's error in the user's terms. pyarrow's words for a line longer than a CSV block advise a
-    larger block size, which a user cannot set; a row (or header) that long means the file is not a table."""
+    """The reader's error in the user's terms, naming the row where a look at the text can find it (a quote
+    left open sends pyarrow's CSV reader wrong in several ways). pyarrow's words for a line longer than a CSV
+    block advise a larger block size, which a user cannot set; a row (or header) that long means the file is
+    not a table."""
     reason = " ".join(str(err).split())
+    locate = {"csv": csv_problem, "csv.gz": csv_problem, "jsonl": json_problem}.get(fmt)
+    problem = locate(path) if locate else None
+    if problem:
+        return StageError(f"input data_path: {path}: {problem}")
     hint = "is this a CSV file with one row per line?"
     if "straddles two block boundaries" in reason:
         where = f"a line after row {rows}" if rows else "a line"
@@ -152,6 +307,43 @@ def check_header(names: list[str], path: Path) -> None:
                      f"{dataset.listed(list(schema.required), 30)}{optional}, in any order")
 
 
+def check_lines(raw: pa.Table, path: Path, first_row: int, columns: list[str]) -> None:
+    """Refuse a CSV batch with a line break inside a value of `columns`: the reader reads values on one line
+    only, so a value holding one is a quote left open, which has swallowed the lines after it."""
+    for col in columns:
+        values = raw.column(col)
+        if pa.types.is_dictionary(values.type):  # a typed read's labels: a handful of entries to look at
+            values = pa.chunked_array([chunk.dictionary for chunk in values.chunks], values.type.value_type)
+        if not pa.types.is_string(values.type):
+            continue
+        broken = pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r"))
+        if pc.any(broken).as_py():
+            problem = csv_problem(path)
+            if not problem:  # (not seen: a value that holds a line break had an open quote before it)
+                row = pc.index(broken, True).as_py()
+                problem = f"row {first_row + row + 1}, column {col}: a value holds a line break"
+            raise StageError(f"input data_path: {path}: {problem}")
+
+
+def _conformed(raw: pa.Table, path: Path, fmt: str, first_row: int) -> pa.Table:
+    """`dataset.conform` on one batch; for a CSV, first the check that no quote was left open. It looks at the
+    text columns (a label, a text key) only, unless conform refuses the batch: a value that swallowed lines
+    fails as a number too, and then the open quote is what to report."""
+    name = f"input data_path: {path}"
+    if fmt not in ("csv", "csv.gz"):
+        return dataset.conform(raw, name, first_row)
+    names = dataset.column_names(raw, name)
+    if not first_row:
+        check_header(names, path)
+    types = schemas.active().types
+    check_lines(raw, path, first_row, [col for col in names if types.get(col) in ("text", "label")])
+    try:
+        return dataset.conform(raw, name, first_row)
+    except StageError:
+        check_lines(raw, path, first_row, names)
+        raise
+
+
 def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
     """Check and write the source batch by batch into `tmp`; return the lineage in its footer."""
     name = f"input data_path: {path}"
@@ -160,9 +352,7 @@ def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
     with dataset.Writer(tmp) as writer:
         ids, first_row = [], 0
         for raw in source_tables(path, fmt, typed):
-            if not first_row and fmt in ("csv", "csv.gz"):
-                check_header(raw.column_names, path)
-            table = dataset.conform(raw, name, first_row)
+            table = _conformed(raw, path, fmt, first_row)
             first_row += table.num_rows
             writer.write(table)
             ids.extend(table.column(key).chunks)

@@ -1,7 +1,7 @@
 """Stage process: merged_data -> processed_data, ready to train on.
 
 Drops the schema's dropped columns (iris: the seed's noise column), removes rows a model cannot use (and says
-how many, since a silent drop hides a broken source), and brings each label to one spelling by the schema's
+how many and why, in the log and in the snapshot's metadata, since a silent drop hides a broken source), and brings each label to one spelling by the schema's
 label rules, so that under iris's rules `Iris-setosa ` and `setosa` are one class. It streams: one row group in
 memory at a time.
 """
@@ -53,27 +53,56 @@ def check_labels(unknown: dict[str, int], schema: schemas.Schema) -> None:
                          f"in {sum(unknown.values())} row(s); expected one of {', '.join(schema.classes)}")
 
 
-def check_not_empty(kept: int, total: int) -> None:
+def check_not_empty(kept: int, total: int, dropped: dict[str, int]) -> None:
     if kept == 0:
-        raise StageError(f"input merged_data: all {total} rows have a missing or non-finite "
-                         f"feature or label; nothing is left to train on")
+        raise StageError(f"input merged_data: all {total} rows were dropped ({dropped_words(dropped)}); nothing "
+                         f"is left to train on")
 
 
-def usable_rows(table: pa.Table, schema: schemas.Schema) -> pa.ChunkedArray:
-    """True where every feature is a finite number and the label is present."""
-    keep = pc.is_valid(table.column(schema.label))
+def drop_reasons(table: pa.Table, schema: schemas.Schema) -> list[tuple[str, pa.ChunkedArray]]:
+    """Why a row cannot be trained on, each reason with the rows it holds for, in the order a row is counted
+    under: its label missing, then each feature missing or NaN. (An infinite or huge feature never gets
+    here: reading the data refuses it, as training could not scale it.)"""
+    reasons = [(f"{schema.label} missing", pc.is_null(table.column(schema.label)))]
     for name in schema.features:
         values = table.column(name)
-        keep = pc.and_(keep, pc.and_kleene(pc.is_valid(values), pc.is_finite(values)))  # never null
-    return keep
+        reasons.append((f"{name} missing", pc.is_null(values)))
+        if pa.types.is_floating(values.type):
+            reasons.append((f"{name} NaN", pc.fill_null(pc.is_nan(values), False)))
+    return reasons
 
 
-def clean_table(table: pa.Table, schema: schemas.Schema) -> pa.Table:
-    """Drop the dropped columns, normalise labels and keep the usable rows (the checks need every row group)."""
+def usable_rows(table: pa.Table, schema: schemas.Schema) -> tuple[pa.ChunkedArray, dict[str, int]]:
+    """True where a row can be trained on; and the others counted by reason, each under the first that holds
+    for it, so the counts add up to the rows dropped."""
+    keep, dropped = None, {}
+    for reason, drop in drop_reasons(table, schema):
+        hit = drop if keep is None else pc.and_(keep, drop)
+        count = pc.sum(hit).as_py() or 0
+        if count:
+            dropped[reason] = count
+        keep = pc.invert(drop) if keep is None else pc.and_not(keep, drop)
+    return keep, dropped
+
+
+def dropped_words(dropped: dict[str, int]) -> str:
+    """`SepalLengthCm missing in 2, PetalWidthCm NaN in 1`: the reasons rows were dropped, for a log line."""
+    return ", ".join(f"{reason} in {count}" for reason, count in dropped.items())
+
+
+def add_counts(total: dict[str, int], more: dict[str, int]) -> None:
+    for key, count in more.items():
+        total[key] = total.get(key, 0) + count
+
+
+def clean_table(table: pa.Table, schema: schemas.Schema) -> tuple[pa.Table, dict[str, int]]:
+    """Drop the dropped columns, normalise labels and keep the usable rows (the checks need every row group);
+    with the rows dropped, by reason."""
     table = table.drop_columns([name for name in schema.dropped if name in table.column_names])
     labels = normalise_labels(table.column(schema.label), schema)
     table = table.set_column(table.schema.get_field_index(schema.label), schema.label, labels)
-    return table.filter(usable_rows(table, schema))
+    keep, dropped = usable_rows(table, schema)
+    return table.filter(keep), dropped
 
 
 def process(tree: StageTree) -> None:
@@ -81,20 +110,21 @@ def process(tree: StageTree) -> None:
     snapshot = dataset.Snapshot(tree.read("merged_data", contract.File), "merged_data")
     schema = schemas.active()
     unknown: dict[str, int] = {}
+    reasons: dict[str, int] = {}
     with tree.output_file("processed_data") as tmp, dataset.Writer(tmp) as writer:
         for table in snapshot.tables():
-            cleaned = clean_table(table, schema)
-            for label, count in unknown_labels(cleaned.column(schema.label), schema).items():
-                unknown[label] = unknown.get(label, 0) + count
+            cleaned, dropped = clean_table(table, schema)
+            add_counts(reasons, dropped)
+            add_counts(unknown, unknown_labels(cleaned.column(schema.label), schema))
             writer.write(cleaned)
         kept = writer.rows
-        check_not_empty(kept, snapshot.num_rows)
+        check_not_empty(kept, snapshot.num_rows, reasons)
         check_labels(unknown, schema)
         dropped = snapshot.num_rows - kept
-        writer.meta = {**snapshot.meta, "rows": kept, "dropped": dropped}
+        writer.meta = {**snapshot.meta, "rows": kept, "dropped": dropped, "dropped_by": reasons}
     if dropped:
-        log.warning("dropped %d of %d rows with a missing or non-finite feature or label",
-                    dropped, snapshot.num_rows)
+        log.warning("dropped %d of %d rows that cannot be trained on: %s", dropped, snapshot.num_rows,
+                    dropped_words(reasons))
     log.info("processed %d rows into %d (%d dropped)", snapshot.num_rows, kept, dropped)
 
 
