@@ -1,5 +1,6 @@
 """Stage logic on tiny in-code tables: the seed's bugs fixed, and the negative cases."""
 
+import errno
 import gzip
 import json
 import math
@@ -282,6 +283,25 @@ def test_merge_refuses_a_snapshot_with_a_missing_key(wf_root):
     status, error, out = merged(wf_root, table([(3, "setosa"), (None, "setosa"), (1, "setosa")]), table([(2, "setosa")]))
     assert (status, error, out) == (1, "input datasetA: column Id is empty in 1 row(s); every row needs an integer "
                                        "Id\n", None)
+
+
+def test_the_merge_engine_filling_its_disk_is_the_full_disk_error(tmp_path, monkeypatch):
+    """DuckDB reports spill files that fill their disk as memory it could not offload past
+    max_temp_directory_size (by default the disk's free space): that is ENOSPC, which the output's handler
+    turns into the one line a full disk gives (test_faults.py has the whole stage on a full disk)."""
+    monkeypatch.setattr(merge, "MEMORY_LIMIT", "32MiB")
+    with merge.connect(tmp_path) as con, pytest.raises(OSError) as raised, merge.engine_errors():
+        con.execute("SET max_temp_directory_size = '1MiB'")
+        con.sql("SELECT range, random() AS r FROM range(2000000) ORDER BY r").to_arrow_table()
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_the_merge_engine_running_out_of_memory_names_its_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(merge, "MEMORY_LIMIT", "32MiB")
+    with merge.connect(tmp_path) as con, pytest.raises(StageError) as raised, merge.engine_errors():
+        con.sql("SELECT length(list(range)) FROM range(20000000)").fetchall()  # one list: nothing to spill
+    assert str(raised.value).startswith("merge: DuckDB needed more than its memory limit (32MiB, MEMORY_LIMIT in "
+                                        "stages/merge/main.py) (Out of Memory Error: ")
 
 
 def test_the_merge_engines_memory_fits_the_stages_tier():

@@ -42,6 +42,7 @@ log = logging.getLogger("stageflow")
 # read and written). Merge runs on the Medium tier (4 GiB, stageflow/registry.py); tests/test_stages.py
 # checks that this fits it with room to spare. More makes no faster merge at 2 x 10M rows (performance.md).
 MEMORY_LIMIT = "512MiB"
+SPILL_ROW_GROUP = 122_880  # rows per row group of the copies the engine reads: DuckDB's own row group size
 SHOWN_CONFLICTS = 10  # Ids a conflict error names
 DETAILED_CONFLICTS = 3  # of those, Ids whose differing values it shows
 DETAILED_COLUMNS = 3  # columns shown per Id
@@ -136,7 +137,7 @@ def spill_copy(snapshot: dataset.Snapshot, names: list[str], labels: Labels, pat
     with pq.ParquetWriter(path, schema, compression="zstd", compression_level=1) as out:
         for table in snapshot.tables():
             keys += table.column(key).chunks
-            out.write_table(coded(table, names, labels))
+            out.write_table(coded(table, names, labels), row_group_size=SPILL_ROW_GROUP)
     dataset.check_ids(pa.table({key: pa.chunked_array(keys, types.field(key).type)}), f"input {snapshot.name}")
 
 
@@ -152,17 +153,16 @@ def connect(spill: Path) -> duckdb.DuckDBPyConnection:
 
 @contextlib.contextmanager
 def engine_errors() -> Iterator[None]:
-    """DuckDB's failures in the stage's words: a full disk as the OSError that the output's handler names,
-    and memory running out with the limit that was reached."""
+    """DuckDB's failures in the stage's words. Its spill files filling their disk (which DuckDB reports as
+    memory it could not offload past `max_temp_directory_size`, by default the disk's free space) is the
+    OSError that the output's handler names; memory running out otherwise names the limit."""
     try:
         yield
     except duckdb.OutOfMemoryException as err:
-        raise StageError(f"merge: DuckDB needed more than its memory limit ({MEMORY_LIMIT}, MEMORY_LIMIT in "
-                         f"stages/merge/main.py) and could not spill ({str(err).splitlines()[0]})") from None
-    except duckdb.IOException as err:
-        if "No space left" in str(err):
+        if "max_temp_directory_size" in str(err):
             raise OSError(errno.ENOSPC, str(err)) from None
-        raise
+        raise StageError(f"merge: DuckDB needed more than its memory limit ({MEMORY_LIMIT}, MEMORY_LIMIT in "
+                         f"stages/merge/main.py) ({str(err).splitlines()[0]})") from None
 
 
 @dataclass
