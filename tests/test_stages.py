@@ -272,11 +272,17 @@ def test_labels_compare_by_the_active_schemas_own_rules(wf_root, tmp_path, monke
                                   "Id 2: Species is 'setosa' in datasetA but 'Setosa' in datasetB\n")
 
 
-@pytest.mark.parametrize("order", [[3, 1, 3], [1, 3, 3]], ids=["unsorted", "sorted"])
-def test_merge_refuses_a_snapshot_with_a_duplicate_key(wf_root, order):
-    """Load refuses such a source; a snapshot that comes from elsewhere is checked the same way."""
-    status, error, out = merged(wf_root, table([(2, "setosa")]), table([(i, "setosa") for i in order]))
-    assert (status, error, out) == (1, "input datasetB: duplicate Id 3 (1 Id(s) appear more than once)\n", None)
+@pytest.mark.parametrize("ids_a, ids_b, name, repeated", [
+    ([2], [3, 1, 3], "datasetB", 3),     # B's repeated key not in A
+    ([2], [1, 3, 3], "datasetB", 3),     # in order but for the repeat
+    ([2, 4], [2, 1, 2], "datasetB", 2),  # B's repeated key in A too: B's rows are dropped, the pairs count
+    ([3, 1, 3], [2], "datasetA", 3),
+])
+def test_merge_refuses_a_snapshot_with_a_repeated_key(wf_root, ids_a, ids_b, name, repeated):
+    """Load refuses such a source; a snapshot that comes from elsewhere is refused by merge in the same words."""
+    status, error, out = merged(wf_root, table([(i, "setosa") for i in ids_a]), table([(i, "setosa") for i in ids_b]))
+    assert (status, error, out) == (1, f"input {name}: duplicate Id {repeated} (1 Id(s) appear more than once)\n",
+                                    None)
 
 
 def test_merge_refuses_a_snapshot_with_a_missing_key(wf_root):
