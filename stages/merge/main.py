@@ -123,7 +123,7 @@ def coded(table: pa.Table, names: list[str], labels: Labels) -> pa.Table:
 
 def decoded(batch: pa.RecordBatch, names: list[str], labels: Labels, schema: pa.Schema) -> pa.Table:
     """The engine's rows back as snapshot rows, labels on the dictionary of every label seen."""
-    table = pa.Table.from_batches([batch]).select(engine_names(names)[:-1]).rename_columns(names)
+    table = pa.Table.from_batches([batch]).rename_columns(names)
     label = names.index(dataset.label())
     codes = table.column(label).combine_chunks()
     return table.set_column(label, dataset.label(), labels.decode(codes)).cast(schema)
@@ -237,8 +237,8 @@ class Engine:
                             f"ORDER BY {self.key} LIMIT {int(limit)}").to_arrow_table()
 
     def union(self) -> pa.RecordBatchReader:
-        """A's rows and those of B whose Id A lacks, sorted by Id."""
-        cols = ", ".join(engine_names(self.names))
+        """A's rows and those of B whose Id A lacks, sorted by Id (without s: only comparisons need it)."""
+        cols = ", ".join(engine_names(self.names)[:-1])
         return self.con.sql(f"SELECT {cols} FROM a UNION ALL SELECT {cols} FROM b ANTI JOIN a USING ({self.key}) "
                             f"ORDER BY {self.key}").to_arrow_reader(dataset.ROW_GROUP)
 
