@@ -38,9 +38,10 @@ from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
 
-# DuckDB's own memory; the stage's peak is about 0.4 GiB more (Python, the libraries, the row groups being
+# DuckDB's own memory; the stage's peak is about 0.45 GiB more (Python, the libraries, the row groups being
 # read and written). Merge runs on the Medium tier (4 GiB, stageflow/registry.py); tests/test_stages.py
-# checks that this fits it with room to spare. More makes no faster merge at 2 x 10M rows (performance.md).
+# checks that this fits it with room to spare. At 2 x 10M rows 1 GiB was barely faster, 256 MiB a quarter
+# slower (docs/performance.md).
 MEMORY_LIMIT = "512MiB"
 SPILL_ROW_GROUP = 122_880  # rows per row group of the copies the engine reads: DuckDB's own row group size
 SHOWN_CONFLICTS = 10  # Ids a conflict error names
