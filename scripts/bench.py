@@ -3,6 +3,7 @@
     make bench                                   # 2 x 1,000,000 rows, the flow's defaults (10 epochs, batch 32)
     make bench ROWS=50000 BENCH_ARGS="--repeat 3 --no-baseline --no-docker --no-peer"
     make bench ROWS=10000000 BENCH_ARGS="--shuffle --until merge --no-baseline --no-docker"
+    make bench ROWS=10000000 BENCH_ARGS="--shuffle --until merge --no-baseline --no-docker --merge-against 9534ef9 --merge-against dask"
 
 (docs/performance.md lists the commands behind each figure it gives.)
 
@@ -17,7 +18,10 @@ deletes afterwards, then measures, side by side:
   2. the whole flow against the same five stages as plain flytekit tasks run by `pyflyte run`
      (scripts/bench_flytekit.py: pandas between tasks, scikit-learn's own fit), alternating, --repeat times;
   3. the train stage against scikit-learn's own `MLPClassifier(...).fit(X, y)` on the same rows, both
-     as fresh processes, alternating, --repeat times at each of --fit-batch-sizes.
+     as fresh processes, alternating, --repeat times at each of --fit-batch-sizes;
+  4. with --merge-against, the merge stage on the loads' snapshots against the merge stage at a git revision
+     (9534ef9: the last with the hand-written external sort) or Dask's shuffle (scripts/bench_merge_dask.py),
+     fresh processes, alternating, --repeat times, checking that each gives the same rows in the same order.
 Per stage: wall and CPU seconds, peak memory and input rows per second. Peak memory of a process is its
 own high-water mark (VmHWM, MiB: the interpreter and libraries included); of a container, its cgroup's
 (which counts page cache too). CPU seconds (user + system) are steadier than wall seconds on a busy
@@ -313,6 +317,57 @@ def run_fit(work: Path, processed: Path, epochs: int, batch_size: int, label: st
     return m
 
 
+def merge_tree(work: Path, inputs: Path, label: str) -> Path:
+    """A fresh /workflow tree for the merge stage holding `inputs` (the loads' snapshots, linked)."""
+    tree = work / "merge-vs" / label
+    (tree / "outputs").mkdir(parents=True)
+    (tree / "inputs").mkdir()
+    for name in ("datasetA", "datasetB"):
+        os.link(inputs / name, tree / "inputs" / name)
+    return tree
+
+
+def old_merge(work: Path, revision: str) -> Path:
+    """The merge stage and the package it imports as they were at `revision` (git archive), to run beside
+    this checkout's: say, the last one with the hand-written external sort."""
+    where = work / f"merge-at-{revision}"
+    if not where.is_dir():
+        where.mkdir()
+        archive = subprocess.run(["git", "archive", revision, "stageflow", "stages/merge", "schema.toml"], cwd=ROOT,
+                                 capture_output=True, check=False)
+        if archive.returncode != 0:
+            raise SystemExit(f"bench: --merge-against {revision}: {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
+    return where
+
+
+def run_merge_contender(work: Path, inputs: Path, contender: str, label: str) -> tuple[Measure, Path]:
+    """One merge of the loads' snapshots as a fresh process: this checkout's stage ("stage"), the stage at a
+    git revision ("at REV"), or Dask ("dask"). Returns its figures and its output."""
+    tree = merge_tree(work, inputs, label)
+    log = tree / "merge.log"
+    env = {**os.environ, "WORKFLOW_ROOT": str(tree)}
+    if contender == "dask":
+        out = tree / "outputs" / "merged_data"
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_merge_dask.py"), *(str(tree / "inputs" / n)
+                                                                              for n in ("datasetA", "datasetB")), str(out)]
+    else:
+        code = old_merge(work, contender.split()[-1]) if contender.startswith("at ") else ROOT
+        env["PYTHONPATH"] = str(code)
+        cmd = [sys.executable, str(code / "stages" / "merge" / "main.py")]
+    return measured(cmd, log, env=env), tree / "outputs" / "merged_data"
+
+
+def same_rows(left: Path, right: Path) -> bool:
+    """Whether two merged snapshots hold the same rows in the same order, compared a column at a time."""
+    a, b = dataset.Snapshot(left, "left"), dataset.Snapshot(right, "right")
+    if a.column_names != b.column_names or a.num_rows != b.num_rows:
+        return False
+    return all(a.column(name).cast(pa.string() if name == schemas.active().label else a.column(name).type)
+               .equals(b.column(name).cast(pa.string() if name == schemas.active().label else a.column(name).type))
+               for name in a.column_names)
+
+
 def docker_backend(dag):
     """The runner's docker backend if it exists, a daemon answers and the images are built; else (None, why)."""
     try:
@@ -423,6 +478,10 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--no-fit", action="store_true", help="skip train against sklearn's own fit")
     parser.add_argument("--interleave", action="store_true", help="odd Ids in A, even in B (default: A 1..N, B N+1..2N)")
     parser.add_argument("--shuffle", action="store_true", help="each source's Ids in random order (merge cannot stream)")
+    parser.add_argument("--merge-against", action="append", default=[], metavar="REV|dask",
+                        help="after the flow, run the merge stage again on the loads' snapshots beside the merge "
+                             "stage at git revision REV, or Dask's shuffle (dask), fresh processes, alternating, "
+                             "--repeat times (repeatable)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
     parser.add_argument("--task-overhead", type=int, metavar="N", help="only measure what the runner adds to one task "
                         "of a foreign flow against `docker run` of the same command on the same image, N times each")
@@ -555,6 +614,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             rounds[-1].peer = run_peer(work, sources, params, label)
         if i == 0 and with_train:
             processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
+            merge_inputs = run.tree("merge") / "inputs"
     fits: dict[int, list[tuple[Measure, Measure]]] = {}
     if with_train and not args.no_fit:
         for batch_size in args.fit_batch_sizes:
@@ -565,7 +625,26 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                     run_train(work, dag.node(TRAIN), processed, args.epochs, batch_size, label, args.timeout),
                     run_fit(work, processed, args.epochs, batch_size, label)))
 
+    merges: dict[str, list[Measure]] = {}
+    if args.merge_against:
+        if not any(node.name == "merge" for node in dag.nodes):
+            raise SystemExit("bench: --merge-against needs the merge stage in the run (--until merge or later)")
+        contenders = ["stage"] + [c if c == "dask" else f"at {c}" for c in args.merge_against]
+        for i in range(args.repeat):
+            outputs = {}
+            for contender in contenders:
+                print(f"merge on the loads' snapshots: {contender}, run {i + 1}", flush=True)
+                measure, outputs[contender] = run_merge_contender(work, merge_inputs, contender,
+                                                                  f"{contender.replace(' ', '-')}-{i}")
+                merges.setdefault(contender, []).append(measure)
+            for contender in contenders[1:]:
+                if not same_rows(outputs["stage"], outputs[contender]):
+                    raise SystemExit(f"bench: merge {contender} gave other rows than the merge stage")
+            shutil.rmtree(work / "merge-vs")
+
     show_flow(dag, args.rows, shape, seed, rounds, docker_note)
+    if merges:
+        show_merges(args.rows, shape, merges)
     if with_peer:
         show_peer(args, rounds, start)
     if fits:
@@ -606,6 +685,20 @@ def show_flow(dag, n: int, shape: str, seed: dict[str, Measure] | None, rounds: 
     worst = max((ours[name].rss_mb or 0, name) for name in data_stages)
     print(f"process backend, largest data stage peak: {worst[1]} {worst[0]:.0f} MiB"
           + (f"; train {fmt(ours[TRAIN].rss_mb, '.0f')} MiB" if TRAIN in names else ""))
+
+
+def show_merges(n: int, shape: str, merges: dict[str, list[Measure]]) -> None:
+    """Each merge contender's figures per run and their ratios to the merge stage's (same rows checked)."""
+    print(f"\nmerge of the loads' snapshots, 2 x {n:,} rows{' (' + shape + ')' if shape else ''}, fresh processes "
+          f"side by side, the same rows in the same order from each (stage: this checkout's merge stage; at REV: "
+          f"the merge stage at that git revision; dask: scripts/bench_merge_dask.py):")
+    stage = merges["stage"]
+    for contender, runs in merges.items():
+        for i, m in enumerate(runs):
+            ratio = "" if contender == "stage" else (
+                f" = {m.seconds / stage[i].seconds:.2f}x wall, {m.cpu / stage[i].cpu:.2f}x cpu, "
+                f"{m.rss_mb / stage[i].rss_mb:.2f}x peak of the stage's")
+            print(f"  {contender:>14}, run {i + 1}: {m.seconds:.2f} s wall, {m.cpu:.2f} s cpu, {m.rss_mb:.0f} MiB{ratio}")
 
 
 def extra(name: str, rounds: list[Round]) -> str:

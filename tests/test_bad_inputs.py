@@ -216,7 +216,8 @@ def test_merge_refuses_conflicting_ids(tmp_path):
     tree = make_tree(tmp_path)
     snapshot(tree / "inputs" / "datasetA", [(1, "setosa"), (2, "setosa")])
     snapshot(tree / "inputs" / "datasetB", [(1, "setosa"), (2, "virginica")])
-    assert_refused(tree, "merge", "merge: Id 2 (1 in all) have different values in datasetA and datasetB",
+    assert_refused(tree, "merge", "merge: Id 2 (1 in all) have different values in datasetA and datasetB; "
+                                  "Id 2: Species is 'setosa' in datasetA but 'virginica' in datasetB",
                    [tree / "inputs"])
 
 

@@ -2,6 +2,7 @@
 not a test of speed)."""
 
 import inspect
+import re
 import subprocess
 import sys
 
@@ -116,9 +117,12 @@ def test_bench_runs_and_prints_every_comparison(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_runs_part_of_the_flow_on_shuffled_ids(tmp_path):
+def test_bench_runs_part_of_the_flow_on_shuffled_ids_and_merge_against_other_engines(tmp_path):
+    """--merge-against: the merge stage as committed (HEAD, through git archive) and Dask's shuffle, each
+    checked to give the merge stage's rows in its order."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "2000", "--shuffle",
-                           "--until", "merge", "--no-baseline", "--no-docker"],
+                           "--until", "merge", "--no-baseline", "--no-docker", "--merge-against", "HEAD",
+                           "--merge-against", "dask"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Ids shuffled" in proc.stdout
@@ -126,3 +130,6 @@ def test_bench_runs_part_of_the_flow_on_shuffled_ids(tmp_path):
     table_rows = {row[0] for row in cells if len(row) == 2 + len(bench.UNITS) and row[0] in registry.STAGES}
     assert table_rows == {"load_a", "load_b", "merge"}  # the process backend's column only
     assert "pyflyte" not in proc.stdout and "train / fit" not in proc.stdout
+    for contender in ("stage", "at HEAD", "dask"):
+        assert re.search(rf"^ +{contender}, run 1: [0-9.]+ s wall, [0-9.]+ s cpu, [0-9]+ MiB", proc.stdout, re.M), contender
+    assert proc.stdout.count("x peak of the stage's") == 2

@@ -3,18 +3,21 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from stageflow import dag as dag_module, model
 
 from stageflow.runtime import schema as schemas
 
-from conftest import ROOT, downstream
+from conftest import IRIS_FEATURES, ROOT, downstream, write_snapshot
 
 
 def load_tree(root, source):
@@ -96,6 +99,32 @@ def pages(files) -> int:
 def stageflow_run(run_dir, env):
     return subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@pytest.mark.iris  # iris columns
+def test_merge_out_of_disk_for_its_engine_is_a_clear_error_with_nothing_left(tmp_path, small_disk):
+    """Sources not sorted by Id: merge copies them beside its output for DuckDB. A disk with room for the
+    inputs but not for those copies gives the one line a full disk gives, and no spill file stays."""
+    rng = np.random.default_rng(0)
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    for name, first in (("datasetA", 1), ("datasetB", 100_001)):
+        ids = first + rng.permutation(100_000)
+        write_snapshot(snapshots / name, pa.table({"Id": ids, **{f: rng.normal(size=ids.size) for f in IRIS_FEATURES},
+                                                   "Species": ["setosa"] * ids.size}))
+    tree = small_disk(tmp_path / "tree", f"{pages(snapshots.iterdir()) // 1024 + 256}k")
+    (tree / "inputs").mkdir()
+    (tree / "outputs").mkdir()
+    for path in snapshots.iterdir():
+        shutil.copy(path, tree / "inputs" / path.name)
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "merge" / "main.py")], cwd=ROOT, text=True,
+                          env={**os.environ, "WORKFLOW_ROOT": str(tree), "PYTHONPATH": str(ROOT)},
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert os.listdir(tree / "outputs") == ["_ERROR"]
+    assert (tree / "outputs" / "_ERROR").read_text() == \
+        f"output merged_data: no space left on the device holding {tree}/outputs\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")

@@ -1,5 +1,6 @@
 """Stage logic on tiny in-code tables: the seed's bugs fixed, and the negative cases."""
 
+import errno
 import gzip
 import json
 import math
@@ -13,10 +14,11 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.neural_network import MLPClassifier
 
-from stageflow.runtime import dataset, sources
+from stageflow import registry
+from stageflow.runtime import dataset, schema as schemas, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import IRIS_FEATURES, iris_like, load_source, load_stage, run_main, write_snapshot
+from conftest import IRIS_FEATURES, ROOT, iris_like, load_source, load_stage, run_main, write_snapshot
 
 pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
@@ -206,6 +208,107 @@ def test_merge_leaves_out_an_optional_column_only_one_source_has(wf_root, capsys
     assert out.read().column("Id").to_pylist() == [1, 2, 3] and out.meta["overlap"] == 1  # Id 2: the same row
     has = "datasetB" if lacking == "datasetA" else "datasetA"
     assert f"merge: RandomColumn is in {has} but not in {lacking}; merged_data leaves it out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("order", [[1, 2, 3], [3, 1, 2]], ids=["sorted", "unsorted"])
+def test_a_merge_conflict_names_the_key_the_columns_and_both_values(wf_root, order):
+    a = table([(1, "setosa"), (2, "setosa"), (3, "setosa")])
+    b = table([(1, "setosa"), (2, "virginica"), (3, "setosa")], SepalLengthCm=[1.0, 9.5, None])
+    status, error, out = merged(wf_root, a.take(pa.array(order) - 1), b)
+    assert (status, out) == (1, None)
+    assert error == ("merge: Id 2, 3 (2 in all) have different values in datasetA and datasetB; "
+                     "Id 2: SepalLengthCm is 2.0 in datasetA but 9.5 in datasetB, Species is 'setosa' in datasetA "
+                     "but 'virginica' in datasetB; Id 3: SepalLengthCm is 3.0 in datasetA but missing in datasetB\n")
+
+
+def test_a_merge_conflict_message_stays_short_however_many_and_large_the_values(wf_root):
+    """40 Ids that differ in every column, labels of 5,000 characters: ten Ids named, three shown, their
+    first three columns, each value cut."""
+    ids = list(range(1, 41))
+    a = table([(i, "a" * 5000) for i in ids])
+    b = table([(i, "b" * 5000) for i in ids], **{name: [-1.0] * 40 for name in (*IRIS_FEATURES, "RandomColumn")})
+    status, error, _ = merged(wf_root, a, b)
+    assert status == 1 and len(error) < 800, error
+    assert error.startswith("merge: Id 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 (40 in all) have different values in datasetA "
+                            "and datasetB; Id 1: SepalLengthCm is 1.0 in datasetA but -1.0 in datasetB, ")
+    assert error.count(" and 3 more column(s) differ") == 3 and "Id 4:" not in error
+    assert "aaa" not in error  # the label is the sixth column that differs: not shown
+
+
+def test_a_long_differing_value_is_cut_in_the_message(wf_root):
+    status, error, _ = merged(wf_root, table([(1, "a" * 5000)]), table([(1, "b" * 5000)]))
+    assert status == 1 and len(error) < 300, error
+    assert error.endswith(f"Id 1: Species is {('a' * 5000)!r:.40}… in datasetA but {('b' * 5000)!r:.40}… in datasetB\n")
+
+
+@pytest.mark.parametrize("spelt_a, spelt_b", [("Iris-setosa", "setosa"), (" SETOSA ", "iris_setosa"),
+                                              ("Iris versicolor", "VERSICOLOR")])
+def test_labels_the_schema_treats_as_one_are_no_conflict(wf_root, spelt_a, spelt_b):
+    """schema.toml: match = "ignore-case", strip_prefixes iris-, iris_, "iris ". The row kept is A's, as
+    spelt there; process spells it."""
+    status, error, out = merged(wf_root, table([(1, spelt_a), (2, "virginica")]), table([(1, spelt_b), (3, "virginica")]))
+    assert (status, error) == (0, None)
+    assert out.read().column("Species").to_pylist() == [spelt_a, "virginica", "virginica"]
+    assert out.meta["overlap"] == 1
+
+
+def test_labels_compare_by_the_active_schemas_own_rules(wf_root, tmp_path, monkeypatch):
+    """Under match = "exact" case counts, and a declared prefix is still stripped."""
+    text = (ROOT / "schema.toml").read_text().replace('match = "ignore-case"', 'match = "exact"')
+    text = text.replace('strip_prefixes = ["iris-", "iris_", "iris "]', 'strip_prefixes = ["Iris-"]')
+    (tmp_path / "exact.toml").write_text(text)
+    monkeypatch.setenv(schemas.ENV, str(tmp_path / "exact.toml"))
+    status, error, _ = merged(wf_root, table([(1, "Iris-setosa"), (2, "setosa")]), table([(1, "setosa"), (2, "Setosa")]))
+    assert (status, error) == (1, "merge: Id 2 (1 in all) have different values in datasetA and datasetB; "
+                                  "Id 2: Species is 'setosa' in datasetA but 'Setosa' in datasetB\n")
+
+
+@pytest.mark.parametrize("ids_a, ids_b, name, repeated", [
+    ([2], [3, 1, 3], "datasetB", 3),     # B's repeated key not in A
+    ([2], [1, 3, 3], "datasetB", 3),     # in order but for the repeat
+    ([2, 4], [2, 1, 2], "datasetB", 2),  # B's repeated key in A too: B's rows are dropped, the pairs count
+    ([3, 1, 3], [2], "datasetA", 3),
+])
+def test_merge_refuses_a_snapshot_with_a_repeated_key(wf_root, ids_a, ids_b, name, repeated):
+    """Load refuses such a source; a snapshot that comes from elsewhere is refused by merge in the same words."""
+    status, error, out = merged(wf_root, table([(i, "setosa") for i in ids_a]), table([(i, "setosa") for i in ids_b]))
+    assert (status, error, out) == (1, f"input {name}: duplicate Id {repeated} (1 Id(s) appear more than once)\n",
+                                    None)
+
+
+def test_merge_refuses_a_snapshot_with_a_missing_key(wf_root):
+    status, error, out = merged(wf_root, table([(3, "setosa"), (None, "setosa"), (1, "setosa")]), table([(2, "setosa")]))
+    assert (status, error, out) == (1, "input datasetA: column Id is empty in 1 row(s); every row needs an integer "
+                                       "Id\n", None)
+
+
+def test_the_merge_engine_filling_its_disk_is_the_full_disk_error(tmp_path, monkeypatch):
+    """DuckDB reports spill files that fill their disk as memory it could not offload past
+    max_temp_directory_size (by default the disk's free space): that is ENOSPC, which the output's handler
+    turns into the one line a full disk gives (test_faults.py has the whole stage on a full disk)."""
+    monkeypatch.setattr(merge, "MEMORY_LIMIT", "32MiB")
+    with merge.connect(tmp_path) as con, pytest.raises(OSError) as raised, merge.engine_errors():
+        con.execute("SET max_temp_directory_size = '1MiB'")
+        con.sql("SELECT range, random() AS r FROM range(2000000) ORDER BY r").to_arrow_table()
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_the_merge_engine_running_out_of_memory_names_its_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(merge, "MEMORY_LIMIT", "32MiB")
+    with merge.connect(tmp_path) as con, pytest.raises(StageError) as raised, merge.engine_errors():
+        con.sql("SELECT length(list(range)) FROM range(20000000)").fetchall()  # one list: nothing to spill
+    assert str(raised.value).startswith("merge: DuckDB needed more than its memory limit (32MiB, MEMORY_LIMIT in "
+                                        "stages/merge/main.py) (Out of Memory Error: ")
+
+
+def test_the_merge_engines_memory_fits_the_stages_tier():
+    """DuckDB's limit, plus what the stage holds besides (about 0.4 GiB, docs/performance.md), within the
+    memory of the tier the registry gives merge, with room to spare."""
+    limit = merge.MEMORY_LIMIT
+    assert limit.endswith("MiB") or limit.endswith("GiB")
+    engine = float(limit[:-3]) * (1 if limit.endswith("MiB") else 1024)
+    tier = registry.TIERS[registry.STAGES["merge"].tier].memory
+    assert tier.endswith("g") and engine + 512 <= float(tier[:-1]) * 1024 / 2
 
 
 # ------------------------------------------------------------------ process (more in test_streaming.py)

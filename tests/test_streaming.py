@@ -116,8 +116,8 @@ def test_merge_streams_sorted_sources_into_their_sorted_union(wf_root, small_pie
 
 
 def sorted_in_memory(a_path, b_path, out_path, meta):
-    """What merge wrote for unsorted sources before it sorted through files: both snapshots whole, A plus
-    the rows of B whose Id A lacks, sorted by Id, handed to the writer in slices of ROW_GROUP rows."""
+    """What merge once wrote for unsorted sources: both snapshots whole, A plus the rows of B whose Id A
+    lacks, sorted by Id in memory, handed to the writer in slices of ROW_GROUP rows."""
     a = dataset.Snapshot(a_path, "a").read()
     b = dataset.Snapshot(b_path, "b").read().select(a.column_names)
     combined = pa.concat_tables([a, b.filter(pc.invert(pc.is_in(b.column("Id"), value_set=a.column("Id"))))])
@@ -154,26 +154,32 @@ def labelled(path, ids, groups):
     ([14, 3, 27, 8, 1, 22, 19, 5, 11, 30, 2, 17], list(range(40, 52))),  # B sorted, after A's Ids
     ([6, 2, 4], [4, 6, 2]),                                             # all of B in A
 ])
-def test_merge_sorts_unsorted_sources_through_files_into_the_bytes_a_sort_in_memory_writes(
+def test_merge_sorts_unsorted_sources_through_duckdb_into_the_bytes_a_sort_in_memory_writes(
         wf_root, small_pieces, monkeypatch, capsys, ids_a, ids_b):
-    """Row groups of 3, label dictionaries that differ from row group to row group, runs read in slices of
-    2 rows: every boundary of the external sort is crossed. (Sorting in memory also failed here on an Id in
-    both sources: pyarrow's join cannot unify differing dictionaries within a column.)"""
-    monkeypatch.setattr(merge, "HELD_ROWS", 2 * 2 * len(ids_a) // 3)
+    """Row groups of 3 and label dictionaries that differ from row group to row group, through the engine's
+    spill files and its batches (3 rows here too): the file is byte for byte the one a sort in memory
+    writes. (Sorting in memory also failed here on an Id in both sources: pyarrow's join cannot unify
+    differing dictionaries within a column.)"""
     spills = []
-    spill_runs = merge.spill_runs
-    monkeypatch.setattr(merge, "spill_runs", lambda snap, names, spill, *rest: spills.append(spill) or
-                        spill_runs(snap, names, spill, *rest))
+    connect = merge.connect
+
+    def recorded(spill):
+        con = connect(spill)
+        spills.append((spill, con.sql("SELECT current_setting('temp_directory')").fetchall()[0][0]))
+        return con
+
+    monkeypatch.setattr(merge, "connect", recorded)
     a, b = labelled(wf_root / "inputs" / "datasetA", ids_a, 3), labelled(wf_root / "inputs" / "datasetB", ids_b, 4)
     assert run_main(merge, wf_root) == (0, None)
-    assert "(sorted through spill files: a source is not sorted by Id)" in capsys.readouterr().err
+    assert "(sorted by DuckDB: a source is not sorted by Id)" in capsys.readouterr().err
     out = output(wf_root, "merged_data")
     assert out.read().column("Id").to_pylist() == sorted(set(ids_a) | set(ids_b))
     assert (out.meta["rows"], out.meta["overlap"]) == (len(set(ids_a) | set(ids_b)), len(set(ids_a) & set(ids_b)))
     sorted_in_memory(a, b, wf_root / "expected", out.meta)
     assert (wf_root / "outputs" / "merged_data").read_bytes() == (wf_root / "expected").read_bytes()
-    assert {p.parent for p in spills} == {wf_root / "outputs"}  # beside the output: /tmp may be a small tmpfs
-    assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["merged_data"]  # the runs are gone
+    [(spill, engine_spills_to)] = spills
+    assert spill.parent == wf_root / "outputs" and engine_spills_to == str(spill)  # not /tmp: may be a small tmpfs
+    assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["merged_data"]  # the spill files are gone
 
 
 def test_once_one_stream_is_left_its_pieces_follow_one_at_a_time():
@@ -196,7 +202,10 @@ def test_merge_counts_every_conflict_across_pieces(wf_root, small_pieces, ids_a)
     snapshot(wf_root / "inputs" / "datasetA", ids_a)
     snapshot(wf_root / "inputs" / "datasetB", [2, 7, 8], species="virginica")
     assert run_main(merge, wf_root) == (1, "merge: Id 2, 7, 8 (3 in all) have different values in datasetA "
-                                           "and datasetB\n")
+                                           "and datasetB; Id 2: Species is 'setosa' in datasetA but 'virginica' "
+                                           "in datasetB; Id 7: Species is 'setosa' in datasetA but 'virginica' in "
+                                           "datasetB; Id 8: Species is 'setosa' in datasetA but 'virginica' in "
+                                           "datasetB\n")
     assert sorted(p.name for p in (wf_root / "outputs").iterdir()) == ["_ERROR"]
 
 

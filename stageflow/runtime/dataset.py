@@ -472,14 +472,21 @@ class Writer:
         self.buffered += table.num_rows
         self.rows += table.num_rows
         if self.buffered >= ROW_GROUP:
-            self._flush()
+            # Whole row groups only, the rest kept for the next: every row group but the last holds exactly
+            # ROW_GROUP rows, whatever sizes the batches came in, so the same rows give the same file.
+            joined = pa.concat_tables(self.pending)
+            whole = self.buffered - self.buffered % ROW_GROUP
+            self.pending, self.buffered = [joined.slice(whole)], self.buffered - whole
+            self._write(joined.slice(0, whole))
+
+    def _write(self, table: pa.Table) -> None:
+        # One label dictionary per row group: batches each bring their own, and the Parquet writer
+        # re-encodes a column whose dictionary changes from chunk to chunk (4x the cost, measured).
+        self.writer.write_table(table.unify_dictionaries(), row_group_size=ROW_GROUP)
 
     def _flush(self) -> None:
-        if self.pending:
-            # One label dictionary per row group: batches each bring their own, and the Parquet writer
-            # re-encodes a column whose dictionary changes from chunk to chunk (4x the cost, measured).
-            table = pa.concat_tables(self.pending).unify_dictionaries()
-            self.writer.write_table(table, row_group_size=ROW_GROUP)
+        if self.buffered:
+            self._write(pa.concat_tables(self.pending))
         self.pending, self.buffered = [], 0
 
     def _close(self) -> None:

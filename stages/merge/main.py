@@ -2,18 +2,25 @@
 
 The seed concatenated A with itself; here both sources count. A row that both sources hold with the
 same values is kept once; the same Id with different values is a conflict no merge rule can settle
-silently, so it stops the flow and names the Ids. An optional column (RandomColumn) that only one source
-has is left out of the merged data, with a warning: filled with nulls for the other source's rows it would
-carry no information for them, and an Id in both sources would compare a value against a null.
+silently, so it stops the flow and names the Ids, the columns that differ and both values. Labels compare
+as the schema compares them (under iris's rules `Iris-setosa` and `setosa` are one label), so only a real
+difference is a conflict; the row kept is A's, and process spells its label. An optional column
+(RandomColumn) that only one source has is left out of the merged data, with a warning: filled with nulls
+for the other source's rows it would carry no information for them, and an Id in both sources would compare
+a value against a null.
 
 When both snapshots are sorted by Id (as extracts usually are, interleaved or not), the stage streams them:
-a row group of each at a time. Otherwise it sorts them externally: each row group sorted and spilled to a
-file beside the output (a sorted run), then the runs merged a slice of each at a time. Either way memory
-stays bounded whatever the size; the unsorted way writes exactly the bytes a sort in memory would.
+a row group of each at a time, cut where both have arrived. Otherwise DuckDB joins and sorts them, with a
+memory limit and a spill directory beside the output. Either way memory stays bounded whatever the size,
+and the Ids that both sources hold are compared by the same query. (DuckDB was measured against the
+external sort this stage had and against Dask's shuffle on one machine, and on sorted sources against the
+streaming: docs/performance.md, "Merge whatever the Id order".)
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -21,17 +28,26 @@ from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
-from stageflow.runtime import contract, dataset
+from stageflow.runtime import contract, dataset, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
 
-# Rows the merge of sorted runs holds at once, shared among the runs (a slice of each): about 100 MB.
-HELD_ROWS = 2_000_000
+# DuckDB's own memory; the stage's peak is about 0.45 GiB more (Python, the libraries, the row groups being
+# read and written). Merge runs on the Medium tier (4 GiB, stageflow/registry.py); tests/test_stages.py
+# checks that this fits it with room to spare. At 2 x 10M rows 1 GiB was barely faster, 256 MiB a quarter
+# slower (docs/performance.md).
+MEMORY_LIMIT = "512MiB"
+SPILL_ROW_GROUP = 122_880  # rows per row group of the copies the engine reads: DuckDB's own row group size
+SHOWN_CONFLICTS = 10  # Ids a conflict error names
+DETAILED_CONFLICTS = 3  # of those, Ids whose differing values it shows
+DETAILED_COLUMNS = 3  # columns shown per Id
+VALUE_CHARS = 40  # a value shown is cut past this many characters
 
 
 def shared_columns(a: dataset.Snapshot, b: dataset.Snapshot) -> list[str]:
@@ -45,47 +61,223 @@ def shared_columns(a: dataset.Snapshot, b: dataset.Snapshot) -> list[str]:
     return [name for name in names_a if name in names_b]
 
 
-def find_conflicts(a: pa.Table, b: pa.Table) -> list[int]:
-    """Ids present in both with any differing value (two missing values count as equal)."""
-    both = a.join(b, keys=dataset.key(), right_suffix="__b", join_type="inner")
-    differs = pa.array([False] * both.num_rows, pa.bool_())
-    for name in a.column_names:
-        if name == dataset.key():
-            continue
-        left, right = both.column(name), both.column(name + "__b")
-        equal = pc.or_kleene(pc.equal(left, right), pc.and_(pc.is_null(left), pc.is_null(right)))
-        if pa.types.is_floating(left.type):
-            equal = pc.or_kleene(equal, pc.and_(pc.is_nan(left), pc.is_nan(right)))
-        differs = pc.or_(differs, pc.invert(pc.fill_null(equal, False)))
-    return sorted(pc.filter(both.column(dataset.key()), differs).to_pylist())
+def sorted_by_key(snapshot: dataset.Snapshot) -> bool:
+    """Whether the snapshot's keys are present, stored as the schema's type and strictly increasing: then it
+    can be streamed (and holds no key twice)."""
+    ids = snapshot.column(dataset.key())
+    return (ids.null_count == 0 and ids.type == dataset.arrow_types(schemas.active())[dataset.key()]
+            and dataset.strictly_increasing(ids))
 
 
-def combine(a: pa.Table, b: pa.Table) -> tuple[pa.Table, int, list[int]]:
-    """A plus the rows of B whose Id A lacks, unsorted (no copy when nothing overlaps); how many Ids both
-    hold; and those of them whose values differ. Both have the same columns, in the same order."""
-    overlap = pc.is_in(b.column(dataset.key()), value_set=a.column(dataset.key()).combine_chunks())
-    n_overlap = pc.sum(overlap).as_py() or 0
-    conflicts: list[int] = []
-    if n_overlap:
-        conflicts = find_conflicts(a, b.filter(overlap))
-        b = b.filter(pc.invert(overlap))
-    return pa.concat_tables([a, b]), n_overlap, conflicts
+# ------------------------------------------------------------------ the rows as the engine sees them
+
+class Labels:
+    """Every label spelling the sources use, coded in order of first appearance (A's row groups, then B's):
+    the dictionary a sort in memory of A then B writes. Each spelling also has `same`, the code of the first
+    spelling the schema treats as the same label: what a conflict is judged on."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        self.same: list[int] = []
+        self._first: dict[str, int] = {}  # a label as the schema spells it -> the code it was first seen with
+        self._dictionary: pa.Array | None = None
+
+    def encode(self, labels: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+        """A label column as its codes, and as the codes of the labels the schema treats as the same."""
+        schema = schemas.active()
+        codes, same = [], []
+        for chunk in labels.chunks:  # each chunk codes its labels on a dictionary of its own
+            mapping = []
+            for value in chunk.dictionary.to_pylist():
+                if value not in self.codes:
+                    self.codes[value] = len(self.codes)
+                    self.same.append(self._first.setdefault(schema.canonical(value), self.codes[value]))
+                mapping.append(self.codes[value])
+            codes.append(pc.take(pa.array(mapping, pa.int32()), chunk.indices))
+            same.append(pc.take(pa.array([self.same[c] for c in mapping], pa.int32()), chunk.indices))
+        return pa.chunked_array(codes, pa.int32()), pa.chunked_array(same, pa.int32())
+
+    @property
+    def dictionary(self) -> pa.Array:
+        """Every spelling, by code (one array while no new one comes: each batch decoded shares it)."""
+        if self._dictionary is None or len(self._dictionary) != len(self.codes):
+            self._dictionary = pa.array(list(self.codes), pa.string())
+        return self._dictionary
+
+    def decode(self, codes: pa.Array) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(codes, self.dictionary)
+
+
+def engine_names(names: list[str]) -> list[str]:
+    """The columns as the engine holds them: c0, c1, ... (DuckDB's names ignore case; ours do not), and s,
+    the label's `same` code."""
+    return [f"c{i}" for i in range(len(names))] + ["s"]
+
+
+def coded(table: pa.Table, names: list[str], labels: Labels) -> pa.Table:
+    """Checked rows as the engine holds them: the shared columns, renamed, labels as codes."""
+    codes, same = labels.encode(table.column(dataset.label()))
+    label = names.index(dataset.label())
+    table = table.select(names).set_column(label, dataset.label(), codes).append_column("s", same)
+    return table.rename_columns(engine_names(names))
+
+
+def decoded(batch: pa.RecordBatch, names: list[str], labels: Labels, schema: pa.Schema) -> pa.Table:
+    """The engine's rows back as snapshot rows, labels on the dictionary of every label seen."""
+    table = pa.Table.from_batches([batch]).rename_columns(names)
+    label = names.index(dataset.label())
+    codes = table.column(label).combine_chunks()
+    return table.set_column(label, dataset.label(), labels.decode(codes)).cast(schema)
+
+
+def spill_copy(snapshot: dataset.Snapshot, names: list[str], labels: Labels, path: Path) -> None:
+    """`snapshot` as checked by the schema, into a Parquet file the engine reads (it can read a file twice,
+    a stream only once). Plain, neither compressed nor dictionary-encoded: 5x faster to write than zstd, for
+    about 53 bytes a row of disk while the stage runs."""
+    types = snapshot.empty().schema
+    schema = pa.schema([pa.field(col, pa.int32() if name == dataset.label() else types.field(name).type)
+                        for col, name in zip(engine_names(names), names)] + [pa.field("s", pa.int32())])
+    with pq.ParquetWriter(path, schema, compression="none", use_dictionary=False) as out:
+        for table in snapshot.tables():
+            if table.column(dataset.key()).null_count:
+                refuse_keys(snapshot)
+            out.write_table(coded(table, names, labels), row_group_size=SPILL_ROW_GROUP)
+
+
+def refuse_keys(*snapshots: dataset.Snapshot) -> None:
+    """Refuse the first snapshot whose key is missing in a row or held twice, in the words load refuses such
+    a source with (a snapshot may come from elsewhere than load). Called once a problem is seen, as it reads
+    every row group again and sorts the keys."""
+    key = dataset.key()
+    for snapshot in snapshots:
+        keys = pa.chunked_array([chunk for table in snapshot.tables() for chunk in table.column(key).chunks],
+                                snapshot.empty().schema.field(key).type)
+        dataset.check_ids(pa.table({key: keys}), f"input {snapshot.name}")
+    raise AssertionError("refuse_keys: no snapshot has a missing or repeated key")
+
+
+class Ascending:
+    """Whether the keys of a stream of sorted tables rise strictly, across the tables too: in the sorted
+    union a key that A holds twice, or B twice and A not, shows up as two equal neighbours, for nothing
+    more than a compare (one that both hold pairs twice in the engine's comparison)."""
+
+    def __init__(self) -> None:
+        self.last = None
+
+    def check(self, table: pa.Table) -> bool:
+        keys = table.column(dataset.key())
+        rising = dataset.strictly_increasing(keys) and (self.last is None or keys[0].as_py() > self.last)
+        self.last = keys[-1].as_py()
+        return rising
+
+
+# ------------------------------------------------------------------ the engine
+
+def connect(spill: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that spills to `spill` (beside the output: a container's /tmp may be a small
+    tmpfs) rather than grow past MEMORY_LIMIT, and that loads no extension (a job may have no network)."""
+    return duckdb.connect(config={
+        "memory_limit": MEMORY_LIMIT, "temp_directory": str(spill), "preserve_insertion_order": False,
+        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """DuckDB's failures in the stage's words. Its spill files filling their disk (which DuckDB reports as
+    memory it could not offload past `max_temp_directory_size`, by default the disk's free space) is the
+    OSError that the output's handler names; memory running out otherwise names the limit."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as err:
+        if "max_temp_directory_size" in str(err):
+            raise OSError(errno.ENOSPC, str(err)) from None
+        raise StageError(f"merge: DuckDB needed more than its memory limit ({MEMORY_LIMIT}, MEMORY_LIMIT in "
+                         f"stages/merge/main.py) ({str(err).splitlines()[0]})") from None
 
 
 @dataclass
-class Overlap:
-    """Ids both sources hold, counted across pieces; those whose values differ are collected, not raised at
-    once, so the error can count them all."""
-    count: int = 0
-    conflicts: list[int] = field(default_factory=list)
+class Found:
+    """Ids both sources hold and those whose values differ, counted across rounds, with the first
+    SHOWN_CONFLICTS of the latter (their values in A and in B) for the error."""
+    overlap: int = 0
+    conflicts: int = 0
+    first: list[pa.Table] = field(default_factory=list)
 
 
-def refuse(conflicts: list[int]) -> None:
-    if conflicts:
-        shown = ", ".join(str(i) for i in sorted(conflicts)[:10])
-        raise StageError(f"merge: {dataset.key()} {shown} ({len(conflicts)} in all) have different values "
-                         f"in datasetA and datasetB")
+class Engine:
+    """The merge's queries, on whatever the relations a (rows of A) and b (rows of B) hold: the spilled
+    copies of both snapshots, or the rows of one streamed round whose Ids both hold."""
 
+    def __init__(self, con: duckdb.DuckDBPyConnection, names: list[str]):
+        self.con, self.names = con, names
+        cols = engine_names(names)
+        self.key, label = cols[names.index(dataset.key())], cols[names.index(dataset.label())]
+        # Per column: does B's value differ from A's? Two missing values are equal, and so are two NaNs (in
+        # DuckDB NaN equals NaN); labels compare by their `same` code, as the schema compares them.
+        self.differs = {name: f"a.{'s' if col == label else col} IS DISTINCT FROM b.{'s' if col == label else col}"
+                        for name, col in zip(names, cols) if col != self.key}
+        self.any_differs = " OR ".join(self.differs.values()) or "false"
+
+    def compare(self, found: Found) -> bool:
+        """Count the Ids a and b both hold and those that differ; keep the first that differ. False when an
+        Id pairs more than once: a source holds it twice."""
+        pairs, both, differ = self.con.sql(f"SELECT count(*), count(DISTINCT {self.key}), count(*) FILTER "
+                                           f"(WHERE {self.any_differs}) FROM a JOIN b USING ({self.key})").fetchall()[0]
+        found.overlap += both
+        found.conflicts += differ
+        kept = sum(t.num_rows for t in found.first)
+        if differ and kept < SHOWN_CONFLICTS:
+            found.first.append(self.conflicts(SHOWN_CONFLICTS - kept))
+        return pairs == both
+
+    def conflicts(self, limit: int) -> pa.Table:
+        """The first `limit` Ids that differ: A's and B's value of each column, and whether they differ."""
+        cols = [f"{self.key} AS k"] + [f"a.c{self.names.index(n)} AS a{i}, b.c{self.names.index(n)} AS b{i}, "
+                                       f"{test} AS d{i}" for i, (n, test) in enumerate(self.differs.items())]
+        return self.con.sql(f"SELECT {', '.join(cols)} FROM a JOIN b USING ({self.key}) WHERE {self.any_differs} "
+                            f"ORDER BY {self.key} LIMIT {int(limit)}").to_arrow_table()
+
+    def union(self) -> pa.RecordBatchReader:
+        """A's rows and those of B whose Id A lacks, sorted by Id (without s: only comparisons need it)."""
+        cols = ", ".join(engine_names(self.names)[:-1])
+        return self.con.sql(f"SELECT {cols} FROM a UNION ALL SELECT {cols} FROM b ANTI JOIN a USING ({self.key}) "
+                            f"ORDER BY {self.key}").to_arrow_reader(dataset.ROW_GROUP)
+
+
+def shown(value, quote: bool = True) -> str:
+    """A value for a message, cut past VALUE_CHARS: text quoted (not a key: messages name keys bare), a
+    missing value as `missing`."""
+    if value is None:
+        return "missing"
+    text = repr(value) if quote and isinstance(value, str) else str(value)
+    return text if len(text) <= VALUE_CHARS else text[:VALUE_CHARS] + "…"
+
+
+def refuse(found: Found, engine: Engine, labels: Labels) -> None:
+    """Stop on conflicts, in one line: the first Ids that differ and how many do, then for the first few
+    the columns that differ with A's value and B's (each cut short: the line stays short whatever the data)."""
+    if not found.conflicts:
+        return
+    first = pa.concat_tables(found.first)
+    names = list(engine.differs)
+    details = []
+    for row in first.slice(0, DETAILED_CONFLICTS).to_pylist():
+        differing = [i for i in range(len(names)) if row[f"d{i}"]]
+        values = []
+        for i in differing[:DETAILED_COLUMNS]:
+            pair = [row[f"a{i}"], row[f"b{i}"]]
+            if names[i] == dataset.label():
+                pair = [None if code is None else labels.dictionary[code].as_py() for code in pair]
+            values.append(f"{names[i]} is {shown(pair[0])} in datasetA but {shown(pair[1])} in datasetB")
+        more = len(differing) - DETAILED_COLUMNS
+        details.append(f"{dataset.key()} {shown(row['k'], quote=False)}: {', '.join(values)}"
+                       + (f" and {more} more column(s) differ" if more > 0 else ""))
+    ids = ", ".join(shown(key, quote=False) for key in first.column("k").to_pylist())
+    raise StageError(f"merge: {dataset.key()} {ids} ({found.conflicts} in all) have different values in "
+                     f"datasetA and datasetB; {'; '.join(details)}")
+
+
+# ------------------------------------------------------------------ the two ways through
 
 def aligned(streams: list[Iterable[pa.Table]]) -> Iterator[list[pa.Table | None]]:
     """Id-sorted streams cut at a common frontier: each round gives every stream's rows with Ids up to the
@@ -118,112 +310,67 @@ def aligned(streams: list[Iterable[pa.Table]]) -> Iterator[list[pa.Table | None]
         yield ready
 
 
-def sorted_union(a: Iterable[pa.Table], b: Iterable[pa.Table], overlap: Overlap) -> Iterator[pa.Table]:
-    """The sorted union of two streams sorted by Id, a piece at a time."""
-    for ready_a, ready_b in aligned([a, b]):
+def streamed_union(a: dataset.Snapshot, b: dataset.Snapshot, engine: Engine, labels: Labels, found: Found
+                   ) -> Iterator[pa.Table]:
+    """The sorted union of two snapshots sorted by Id, a round at a time: the rows of a round whose Ids
+    both hold go to the engine to be compared, B's copies of them are dropped, and the rest is sorted."""
+    names = engine.names
+    for ready_a, ready_b in aligned([(t.select(names) for t in a.tables()), (t.select(names) for t in b.tables())]):
         if not (ready_a and ready_b):  # one side only (Id ranges apart, or the other side is done): as is
             yield ready_a or ready_b
             continue
-        combined, n_overlap, conflicts = combine(ready_a, ready_b)
-        overlap.count += n_overlap
-        overlap.conflicts += conflicts
-        yield combined.sort_by(dataset.key())
+        in_a = pc.is_in(ready_b.column(dataset.key()), value_set=ready_a.column(dataset.key()).combine_chunks())
+        if pc.any(in_a).as_py():
+            in_b = pc.is_in(ready_a.column(dataset.key()), value_set=ready_b.column(dataset.key()).combine_chunks())
+            engine.con.register("a", coded(ready_a.filter(in_b), names, labels))
+            engine.con.register("b", coded(ready_b.filter(in_a), names, labels))
+            engine.compare(found)
+            ready_b = ready_b.filter(pc.invert(in_a))
+        yield pa.concat_tables([ready_a, ready_b]).sort_by(dataset.key())
 
 
-def spill_runs(snapshot: dataset.Snapshot, names: list[str], spill: Path, slice_rows: int, dictionaries: list
-               ) -> list[Path]:
-    """Each row group of `snapshot`, sorted by Id, into an Arrow IPC file of its own in `spill` (a sorted
-    run) in batches of `slice_rows`; each row group's label dictionaries go to `dictionaries`."""
-    runs = []
-    for i, table in enumerate(snapshot.tables()):
-        dictionaries += [chunk.dictionary for chunk in table.column(dataset.label()).chunks]
-        table = table.select(names).sort_by(dataset.key())
-        runs.append(spill / f"{snapshot.name}-{i}.arrow")
-        with pa.OSFile(str(runs[-1]), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=slice_rows)
-    return runs
-
-
-def read_run(path: Path) -> Iterator[pa.Table]:
-    """A sorted run, a batch at a time (read, not memory-mapped: mapped pages would count as the stage's)."""
-    with pa.OSFile(str(path)) as source:
-        reader = ipc.open_file(source)
-        for i in range(reader.num_record_batches):
-            yield pa.Table.from_batches([reader.get_batch(i)])
-
-
-def merged_runs(runs: list[Iterator[pa.Table]]) -> Iterator[pa.Table]:
-    """Sorted runs without an Id in common, merged into one Id-sorted stream a round at a time."""
-    for ready in aligned(runs):
-        pieces = [t for t in ready if t]
-        yield pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces).sort_by(dataset.key())
-
-
-def row_groups(tables: Iterable[pa.Table], dictionary: pa.Array) -> Iterator[pa.Table]:
-    """`tables` joined and cut into one-chunk pieces of exactly ROW_GROUP rows (the last one shorter), their
-    labels coded on `dictionary`: what a sort in memory hands the writer, so the file's bytes are the same."""
-    pending: list[pa.Table] = []
-    buffered = 0
-    for table in tables:
-        pending.append(table)
-        buffered += table.num_rows
-        while buffered >= dataset.ROW_GROUP:
-            joined = pa.concat_tables(pending)
-            yield on_dictionary(joined.slice(0, dataset.ROW_GROUP), dictionary)
-            pending, buffered = [joined.slice(dataset.ROW_GROUP)], buffered - dataset.ROW_GROUP
-    if buffered:
-        yield on_dictionary(pa.concat_tables(pending), dictionary)
-
-
-def on_dictionary(table: pa.Table, dictionary: pa.Array) -> pa.Table:
-    """`table` in one chunk, its labels re-coded on `dictionary` (which holds every label they use)."""
-    codes = [pc.take(pc.index_in(chunk.dictionary, value_set=dictionary), chunk.indices)
-             for chunk in table.column(dataset.label()).chunks]
-    labels = pa.DictionaryArray.from_arrays(pa.chunked_array(codes, pa.int32()).combine_chunks(), dictionary)
-    return table.set_column(table.schema.get_field_index(dataset.label()), dataset.label(), labels).combine_chunks()
-
-
-def external_union(a: dataset.Snapshot, b: dataset.Snapshot, names: list[str], spill: Path, overlap: Overlap
-                   ) -> Iterator[pa.Table]:
-    """The sorted union of two snapshots in any Id order, through sorted runs spilled to `spill`, in row
-    groups. Held at once: one row group while spilling; then a slice of every run, HELD_ROWS in all."""
-    slice_rows = max(1, HELD_ROWS // max(1, a.file.num_row_groups + b.file.num_row_groups))
-    dictionaries: list[pa.Array] = []
-    runs_a = spill_runs(a, names, spill, slice_rows, dictionaries)
-    runs_b = spill_runs(b, names, spill, slice_rows, dictionaries)
-    # A sort in memory concatenates A's row groups then B's; that unifies their label dictionaries in order.
-    unified = pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), d) for d in dictionaries],
-                               dataset.LABEL_TYPE).unify_dictionaries()
-    dictionary = unified.chunk(0).dictionary if unified.num_chunks else pa.array([], pa.string())
-    union = sorted_union(merged_runs([read_run(p) for p in runs_a]), merged_runs([read_run(p) for p in runs_b]),
-                         overlap)
-    yield from row_groups(union, dictionary)
+def engine_union(a: dataset.Snapshot, b: dataset.Snapshot, engine: Engine, labels: Labels, found: Found,
+                 spill: Path, schema: pa.Schema) -> Iterator[pa.Table]:
+    """The sorted union of two snapshots in any Id order, by the engine from copies in `spill`; conflicts
+    stop it before it sorts."""
+    for snapshot, relation in ((a, "a"), (b, "b")):
+        spill_copy(snapshot, engine.names, labels, spill / f"{relation}.parquet")
+        engine.con.read_parquet(str(spill / f"{relation}.parquet")).create_view(relation)
+    if not engine.compare(found):
+        refuse_keys(a, b)
+    refuse(found, engine, labels)
+    ascending = Ascending()
+    for batch in engine.union():
+        table = decoded(batch, engine.names, labels, schema)
+        if not ascending.check(table):
+            refuse_keys(a, b)
+        yield table
 
 
 def merge(tree: StageTree) -> None:
     a = dataset.Snapshot(tree.read("datasetA", contract.File), "datasetA")
     b = dataset.Snapshot(tree.read("datasetB", contract.File), "datasetB")
     names = shared_columns(a, b)
-    streaming = all(dataset.strictly_increasing(s.column(dataset.key())) for s in (a, b))
+    schema = a.empty().select(names).schema
+    streaming = sorted_by_key(a) and sorted_by_key(b)
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
     sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
-    overlap = Overlap()
-    with tree.output_file("merged_data") as tmp, dataset.Writer(tmp, a.empty().select(names).schema) as writer:
-        if streaming:  # a row group of each side in memory at a time
-            for table in sorted_union((t.select(names) for t in a.tables()),
-                                      (t.select(names) for t in b.tables()), overlap):
-                writer.write(table)
-        else:  # sorted runs spilled beside the output: disk-backed, where /tmp may be a small tmpfs
-            with tempfile.TemporaryDirectory(prefix=".merge-runs-", dir=tmp.parent) as spill:
-                for table in external_union(a, b, names, Path(spill), overlap):
-                    writer.write(table)
-        refuse(overlap.conflicts)
-        writer.meta = {"sources": sources, "rows": writer.rows, "overlap": overlap.count}
+    labels, found = Labels(), Found()
+    with tree.output_file("merged_data") as tmp, \
+            tempfile.TemporaryDirectory(prefix=".merge-spill-", dir=tmp.parent) as spill, \
+            connect(Path(spill)) as con, engine_errors(), dataset.Writer(tmp, schema) as writer:
+        engine = Engine(con, names)
+        union = (streamed_union(a, b, engine, labels, found) if streaming else
+                 engine_union(a, b, engine, labels, found, Path(spill), schema))
+        for table in union:
+            writer.write(table)
+        refuse(found, engine, labels)
+        writer.meta = {"sources": sources, "rows": writer.rows, "overlap": found.overlap}
     log.info("merged %d + %d rows (%d Ids in both, identical) into %d rows (%s)", a.num_rows, b.num_rows,
-             overlap.count, writer.rows,
+             found.overlap, writer.rows,
              f"streamed: both sorted by {dataset.key()}" if streaming else
-             f"sorted through spill files: a source is not sorted by {dataset.key()}")
+             f"sorted by DuckDB: a source is not sorted by {dataset.key()}")
 
 
 def main() -> None:
