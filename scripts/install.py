@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 NOISE = re.compile(r" [-+~] \S|  (Downloading|Using cached) \S")
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+UV = Path(sysconfig.get_path("scripts")) / "uv"
 
 
 class Unusable(Exception):
@@ -104,34 +105,41 @@ def pip_settings() -> tuple[list[str], dict[str, str], list[str]]:
     return args, env, [shown(place) for place in places] or ["nowhere (no index, no links)"]
 
 
+def uv_version(lock_pins: dict[str, str]) -> str | None:
+    line = lock_pins.get("uv")
+    return line.split("==", 1)[1].split()[0] if line else None
+
+
+def has_uv(version: str) -> bool:
+    """The lock's uv is in this venv already (a reinstall after the lock changed, or one bootstrapped before)."""
+    try:
+        return metadata.version("uv") == version and UV.is_file()
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def uv_binary(lock_pins: dict[str, str]) -> tuple[Path, str]:
     """The lock's uv in this venv, installed by pip (wheel only, hash-checked) unless it is there already."""
-    line = lock_pins.get("uv")
-    if line is None:
+    version = uv_version(lock_pins)
+    if version is None:
         raise Unusable("the lock pins no uv")
-    version = line.split("==", 1)[1].split()[0]
-    uv = Path(sysconfig.get_path("scripts")) / "uv"
-    try:
-        present = metadata.version("uv") == version and uv.is_file()
-    except metadata.PackageNotFoundError:
-        present = False
-    if not present:
+    if not has_uv(version):
         say(f"installing uv {version} with pip (the lock's wheel, hash-checked), to install the rest")
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as req:
-            req.write(line + "\n")
+            req.write(lock_pins["uv"] + "\n")
             req.flush()
             if run([*PIP, "install", "--quiet", "--no-deps", "--only-binary", ":all:", "-r", req.name]):
                 raise Unusable(f"pip could not install uv {version} (above)")
     try:
-        subprocess.run([uv, "--version"], check=True, capture_output=True, timeout=60)
+        subprocess.run([UV, "--version"], check=True, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as err:
         raise Unusable(f"uv {version} does not run here ({err})") from None
-    return uv, version
+    return UV, version
 
 
 def with_uv(lock: Path, project: Path, lock_pins: dict[str, str]) -> None:
-    args, env, places = pip_settings()
     uv, version = uv_binary(lock_pins)
+    args, env, places = pip_settings()
     say(f"installing the {len(lock_pins)} pins of {lock} with uv {version}, from {', '.join(places)} "
         f"(pip's configuration)")
     target = [str(uv), "pip", "install", "--python", sys.executable]
@@ -143,10 +151,20 @@ def with_uv(lock: Path, project: Path, lock_pins: dict[str, str]) -> None:
 
 
 def with_pip(lock: Path, project: Path, lock_pins: dict[str, str]) -> int:
-    say(f"installing the {len(lock_pins)} pins of {lock} with pip (several minutes on an empty cache; "
-        f"one line per package)")
-    if run([*PIP, "install", "--progress-bar", "off", "-r", str(lock)]):
-        return 1
+    """Where no uv could be installed (no wheel of it for this platform), the rest of the lock still can be."""
+    version = uv_version(lock_pins)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as rest:
+        path = lock
+        if version and not has_uv(version):
+            del lock_pins["uv"]
+            rest.write("".join(line + "\n" for line in lock_pins.values()))
+            rest.flush()
+            path = Path(rest.name)
+            say(f"leaving uv {version} out: it cannot be installed here (`make lock` needs it)")
+        say(f"installing the {len(lock_pins)} pins of {lock} with pip (minutes on an empty cache; one line "
+            f"per package)")
+        if run([*PIP, "install", "--progress-bar", "off", "-r", str(path)]):
+            return 1
     say(f"installing {project_name(project)} (editable, from {project}) with pip")
     return run([*PIP, "install", "--quiet", "--no-deps", "--no-build-isolation", "--editable", str(project)])
 
