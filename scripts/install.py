@@ -61,12 +61,13 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> int:
 
 
 def shown(url: str) -> str:
-    """An index URL as it may be printed: a password in it becomes ****."""
+    """An index URL as it may be printed: a password, or a token standing alone as the user, becomes ****."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.username is None:
         return url
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:****@{parts.hostname}"
-                                            + (f":{parts.port}" if parts.port else "")))
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    user = f"{parts.username}:****" if parts.password is not None else "****"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def pip_settings() -> tuple[list[str], dict[str, str], list[str]]:
@@ -186,13 +187,17 @@ def main(argv: list[str]) -> int:
         print(f"venv: lock {lock}: {err.strerror}", file=sys.stderr)
         return 1
     try:
-        with_uv(lock, project, lock_pins)
-    except Unusable as why:
-        say(f"{why}: installing with pip instead")
-        if with_pip(lock, project, lock_pins):
-            return 1
-    scripts = Path(sysconfig.get_path("scripts"))
-    say(f"done in {time.monotonic() - started:.0f} s; `. {scripts}/activate` puts stageflow on PATH")
+        try:
+            with_uv(lock, project, lock_pins)
+        except Unusable as why:
+            say(f"{why}: installing with pip instead")
+            if with_pip(lock, project, lock_pins):
+                say("pip could not install it either (above)")
+                return 1
+    except KeyboardInterrupt:
+        say("interrupted; `make venv` starts over")
+        return 130
+    say(f"done in {time.monotonic() - started:.0f} s; `. {UV.parent}/activate` puts stageflow on PATH")
     return 0
 
 

@@ -156,4 +156,5 @@ def test_where_uv_cannot_be_installed_pip_installs_the_rest(tmp_path, wheels):
 def test_a_password_in_an_index_url_is_not_printed():
     assert install.shown("https://ada:s3cret@pypi.example.invalid:8443/simple") == (
         "https://ada:****@pypi.example.invalid:8443/simple")
+    assert install.shown("https://t0ken@pypi.example.invalid/simple") == "https://****@pypi.example.invalid/simple"
     assert install.shown("file:///opt/pypi/simple") == "file:///opt/pypi/simple"
