@@ -95,7 +95,8 @@ def pip_settings() -> tuple[list[str], dict[str, str], list[str]]:
         args += ["--allow-insecure-host", host]
     for constraint in options.constraints:
         args += ["--constraints", constraint]
-    env = dict(os.environ, UV_HTTP_TIMEOUT=str(max(int(options.timeout), 30)))  # uv's default is 30 s, pip's 15
+    env = dict(os.environ)
+    env.setdefault("UV_HTTP_TIMEOUT", str(max(int(options.timeout), 30)))  # uv's default is 30 s, pip's 15
     if options.cert:
         env["SSL_CERT_FILE"] = options.cert
     if options.client_cert:
