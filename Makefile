@@ -33,23 +33,24 @@ endif
 help:
 	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-14s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
 
-# The project goes in editable, from this checkout, with the console script `stageflow`; setuptools comes from
-# the lock, so no build environment is fetched and a reinstall needs no index. The stamp skips all of it when
-# neither the lock nor pyproject.toml changed.
+# scripts/install.py installs the lock with uv (itself a pin of the lock, installed by pip first) from the
+# indexes pip is configured with, else with pip; then the project, editable, from this checkout, with the console
+# script `stageflow`. setuptools comes from the lock, so no build environment is fetched. The stamp skips all of
+# it when neither the lock nor pyproject.toml changed.
 $(VENV)/.installed: requirements-dev.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --editable .
-	touch $@
+	@test -x $(PY) || { echo "venv: creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version 2>&1))"; $(PYTHON) -m venv $(VENV); }
+	@$(PY) scripts/install.py requirements-dev.txt .
+	@touch $@
 
 ## venv: create .venv with the pinned host dependencies and stageflow itself (other targets do this when needed)
 venv: $(VENV)/.installed
 
 # Each lock is compiled from the *.in beside it. The images' locks resolve for the images' platform (wheels
 # only, so `make wheels` can fetch them all); a stage's lock keeps the runtime's versions, since its image installs
-# over the runtime's; the standard environment's keeps the stages' versions (one wheel of each); the host's lock takes every stage's libraries at the images' versions (the host backend runs
-# the stages here), for any platform. Existing pins are kept unless LOCK_ARGS says otherwise. uv reads its index
-# from UV_DEFAULT_INDEX, not pip.conf.
+# over the runtime's; the standard environment's keeps the stages' versions (one wheel of each); the host's lock
+# takes every stage's libraries at the images' versions (the host backend runs the stages here), for any platform,
+# with every file's hash (`make venv` checks them, whichever index serves it). Existing pins are kept unless
+# LOCK_ARGS says otherwise. uv reads its index from UV_DEFAULT_INDEX, not pip.conf.
 UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --python-version 3.11 --custom-compile-command "make lock" $(LOCK_ARGS)
 IMAGE_PLATFORM = --python-platform x86_64-manylinux_2_28 --only-binary :all:
 STAGE_LOCKS = $(patsubst %.in,%.txt,$(wildcard stages/*/requirements.in))
@@ -61,7 +62,7 @@ lock: venv
 	    $(UV_COMPILE) $(IMAGE_PLATFORM) $${lock%.txt}.in -c stages/requirements.txt -o $$lock || exit 1; done
 	$(UV_COMPILE) $(IMAGE_PLATFORM) environments/standard/requirements.in \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o environments/standard/requirements.txt
-	$(UV_COMPILE) --universal requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
+	$(UV_COMPILE) --universal --generate-hashes requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o requirements-dev.txt
 
 ## run: run the whole flow locally on the bundled data; prints a stage summary, headline metrics and report paths

@@ -36,6 +36,7 @@ if docker image inspect "$TAG" >/dev/null 2>&1; then
 fi
 
 if ! command -v debootstrap >/dev/null 2>&1; then
+    log "installing debootstrap from Debian's packages (apt-get)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 fi
@@ -98,7 +99,7 @@ cleanup() {
 trap cleanup EXIT
 
 start=$(date +%s)
-log "debootstrap $SUITE from $MIRROR (include: $INCLUDE) into $ROOTFS"
+log "debootstrap $SUITE from $MIRROR (include: $INCLUDE) into $ROOTFS (a few minutes)"
 if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" \
         >"$WORK/debootstrap.log" 2>&1; then
     log "debootstrap failed; last lines of its log:"

@@ -26,7 +26,7 @@ docker info >/dev/null 2>&1 && daemon_up=1
 [ "$daemon_up" -eq 1 ] || command -v dockerd >/dev/null 2>&1 || missing+=(dockerd)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
-        log "missing: ${missing[*]}; installing docker.io docker-compose docker-registry debootstrap"
+        log "missing: ${missing[*]}; installing docker.io docker-compose docker-registry debootstrap (apt-get; a minute or two)"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             docker.io docker-compose docker-registry debootstrap >/dev/null

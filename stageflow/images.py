@@ -80,6 +80,8 @@ def download_wheels(dest: Path = WHEELS) -> None:
     for req in locks:
         args += ["-r", str(req)]
     dest.mkdir(exist_ok=True)
+    print(f"wheels: fetching the images' pinned wheels (CPython 3.11, manylinux) into {dest} with pip "
+          f"(a minute or more on an empty cache)", flush=True)
     subprocess.run(args, check=True)
 
 
@@ -128,7 +130,8 @@ def pin(name: str, version: str) -> str:
 
 
 def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], force: bool = False) -> str:
-    """Build one image unless its version tag already exists; returns what happened."""
+    """Build one image unless its version tag already exists; returns what happened. A build can take minutes
+    and prints nothing until it ends, so its start is said first."""
     import docker
 
     docker_client = client()
@@ -145,6 +148,7 @@ def build(tag: str, dockerfile: str, version: str, buildargs: dict[str, str], fo
     labels = {"org.opencontainers.image.title": tag.rsplit("/", 1)[-1].split(":")[0],
               "org.opencontainers.image.source": dockerfile, "org.opencontainers.image.version": version,
               "org.opencontainers.image.revision": revision()}
+    print(f"building {tag} from {dockerfile}", flush=True)
     try:
         docker_client.images.build(fileobj=context(dockerfile), custom_context=True, dockerfile=dockerfile, tag=tag,
                                    rm=True, forcerm=True, buildargs=buildargs, labels=labels)

@@ -37,11 +37,13 @@ def direct(source: Path) -> dict[str, Requirement]:
 
 
 def read_lock(path: Path) -> dict[str, dict]:
-    """{name: {version, marker, via}} from uv's output; `via` lists what asked for the package."""
+    """{name: {version, marker, hashes, via}} from uv's output; `via` lists what asked for the package."""
     pins, current = {}, None
     for line in path.read_text().removeprefix(HEADER).splitlines():
-        if match := re.fullmatch(r"([a-z0-9-]+)==(\S+)(?: ; (.+))?", line):
-            current = pins[match[1]] = {"version": match[2], "marker": match[3], "via": []}
+        if match := re.fullmatch(r"([a-z0-9-]+)==(\S+?)(?: ; (.+?))?(?: \\)?", line):
+            current = pins[match[1]] = {"version": match[2], "marker": match[3], "hashes": [], "via": []}
+        elif current and (match := re.fullmatch(r"    --hash=sha256:([0-9a-f]{64})(?: \\)?", line)):
+            current["hashes"].append(match[1])
         elif match := re.fullmatch(r"    # via(?: (.+))?|    #   (.+)", line):
             assert current, f"{path.name}: annotation before any pin: {line!r}"
             current["via"] += [via for via in match.groups() if via]
@@ -80,6 +82,13 @@ def test_shared_packages_have_the_image_versions(lock):
     for image_lock in ([RUNTIME_LOCK] if lock != HOST_LOCK else IMAGE_LOCKS):
         for name, pin in read_lock(image_lock).items():
             assert pins.get(name, pin)["version"] == pin["version"], f"{name}: {lock.name} and {image_lock}"
+
+
+def test_host_lock_is_hash_checked():
+    """`make venv` takes each pin from whichever of the configured indexes has it (as pip does), so each pin
+    carries the hashes of its files: uv and pip both refuse a file that is not one of them."""
+    unhashed = [name for name, pin in read_lock(HOST_LOCK).items() if not pin["hashes"]]
+    assert not unhashed, f"{HOST_LOCK.name}: no hashes for {unhashed[:5]}: run `make lock`"
 
 
 def test_venv_holds_the_host_lock():
