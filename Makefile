@@ -26,7 +26,7 @@ ifneq ($(SCHEMA),)
 export STAGEFLOW_SCHEMA := $(abspath $(SCHEMA))
 endif
 
-.PHONY: help venv lock run test test-fast data docker-up base-image wheels images push environments submit compose \
+.PHONY: help venv lock run test test-fast test-wheels data docker-up base-image wheels images push environments submit compose \
         compose-stage compose-file bench gc clean
 
 ## help: list the targets
@@ -61,18 +61,24 @@ lock: venv
 	    $(UV_COMPILE) $(IMAGE_PLATFORM) $${lock%.txt}.in -c stages/requirements.txt -o $$lock || exit 1; done
 	$(UV_COMPILE) --universal requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o requirements-dev.txt
+	$(UV_COMPILE:3.11=3.10) --universal tests/locks/workspace.in -o tests/locks/workspace.txt
+	$(UV_COMPILE) --universal tests/locks/python-domino.in -o tests/locks/python-domino.txt
 
 ## run: run the whole flow locally on the bundled data; prints a stage summary, headline metrics and report paths
 run: venv
 	$(PY) -m stageflow run $(RUN_ARGS)
 
 ## test: run the whole test suite (container tests included: sets up Docker, base image, wheels, images)
-test: venv images
+test: venv images test-wheels
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-fast: run the tests that need no Docker
-test-fast: venv
+test-fast: venv test-wheels
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
+
+## test-wheels: download the wheels of the tests' other venvs (workspace Pythons 3.10-3.13, python-domino) once
+test-wheels: venv
+	$(PY) tests/wheelhouses.py
 
 ## docker-up: install Docker from Debian's packages if missing and start the daemon (needs root)
 docker-up:

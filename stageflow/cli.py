@@ -240,7 +240,7 @@ def cmd_environments(args: argparse.Namespace) -> int:
 
     try:
         environments.run(say=lambda line: print(line, flush=True))
-    except environments.DominoError as err:
+    except (environments.DominoError, schemas.SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

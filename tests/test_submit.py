@@ -53,7 +53,8 @@ def ready(tmp_path, monkeypatch, standin, domino):
         monkeypatch.setenv(name, value)
     bin_dir = tmp_path / "bin"  # a pyflyte that records how it was called
     bin_dir.mkdir()
-    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\npwd > {tmp_path}/pyflyte.cwd\nprintf "%s\\n" "$@" > {tmp_path}/pyflyte.args\n'
+    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\n[ "$1" = --version ] && exit 0\n'
+                                     f'pwd > {tmp_path}/pyflyte.cwd\nprintf "%s\\n" "$@" > {tmp_path}/pyflyte.args\n'
                                      f'echo "$STAGEFLOW_DATASET $STAGEFLOW_DATASET_ID" > {tmp_path}/pyflyte.dataset\n')
     (bin_dir / "pyflyte").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -17,16 +17,19 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import os
+import platform
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from stageflow.domino import api as domino_api, environments
-from stageflow.domino.api import Api, DominoError, items, unwrap
+from stageflow.domino.api import Api, DominoError, items, squeeze, unwrap
 from stageflow.registry import ROOT, STAGES
+from stageflow.runtime.schema import SchemaError
 
 WORKSPACE_VARS = ("DOMINO_PROJECT_ID", "DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID")  # every run
 PLUGIN = "flytekitplugins.domino.helpers"
@@ -220,9 +223,14 @@ def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tu
             found.append(f"Domino's flytekit plugin ({module}) is not importable by {sys.executable}: use the Python "
                          f"of a Domino environment that ships it (DOMINO_PYTHON=...)")
             break
+    found += pyflyte_problems(pyflyte_path())
     pushed = environments.read_record(environments.PUSHED)
     record = environments.read_record(environments.ENVIRONMENTS)
-    found += environments.push_problems(pushed) + environments.record_problems(record, pushed)
+    try:  # the image versions both compare against are hashes over the active schema
+        found += environments.push_problems(pushed) + environments.record_problems(record, pushed)
+    except SchemaError as err:
+        found.append(str(err))
+        record = None  # nothing to compare the deployment against
     dataset = None
     if dataset_text:
         try:
@@ -237,9 +245,34 @@ def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tu
     return found + path_problems(data_paths, dataset, env), dataset
 
 
+def pyflyte_path() -> str:
+    return shutil.which("pyflyte") or str(Path(sys.executable).with_name("pyflyte"))
+
+
+def pyflyte_problems(pyflyte: str) -> list[str]:
+    """Whether pyflyte starts under this Python. flytekit declares the Pythons it supports (1.16.31: 3.10 to
+    3.12) and its CLI fails as it starts on another (3.13: no default image for it), which `pyflyte run
+    --remote` would show as a traceback after every check had passed."""
+    if not os.access(pyflyte, os.X_OK):
+        return [f"pyflyte is not installed for {sys.executable}: use the Python of a Domino environment with flytekit "
+                f"and Domino's plugin (DOMINO_PYTHON=...)"]
+    try:
+        proc = subprocess.run([pyflyte, "--version"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return [f"pyflyte ({pyflyte}) does not start: {err}"]
+    if proc.returncode == 0:
+        return []
+    said = [line.strip(" │") for line in (proc.stderr + proc.stdout).splitlines() if line.strip(" │")]
+    try:
+        supported = f"flytekit {metadata.version('flytekit')} supports Python {metadata.metadata('flytekit')['Requires-Python']}"
+    except metadata.PackageNotFoundError:
+        supported = "flytekit is not installed for it"
+    return [f"pyflyte ({pyflyte}) does not start under Python {platform.python_version()} ({squeeze(said[-1] if said else '', 120)}); "
+            f"{supported}: use a workspace Python it supports (DOMINO_PYTHON=python3.12)"]
+
+
 def command(data_path_a: str, data_path_b: str, epochs: str | None, batch_size: str | None) -> list[str]:
-    pyflyte = shutil.which("pyflyte") or str(Path(sys.executable).with_name("pyflyte"))
-    args = [pyflyte, "run", "--remote", "flow.py", "model_training",
+    args = [pyflyte_path(), "run", "--remote", "flow.py", "model_training",
             "--data_path_a", data_path_a, "--data_path_b", data_path_b]
     for flag, value in (("--epochs", epochs), ("--batch_size", batch_size)):
         if value is not None:
