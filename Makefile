@@ -18,6 +18,8 @@ FROM ?=
 INPUTS ?=
 KEEP_DAYS ?= 7
 DATASET ?=
+VISIBILITY ?=
+ORGANIZATION ?=
 SCHEMA ?=
 export BASE_IMAGE
 # SCHEMA=path/to/schema.toml switches the data's schema for every target (run, test, images, environments,
@@ -103,9 +105,9 @@ push: images
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port/prefix"; exit 2; }
 	$(PY) -m stageflow images-push --registry $(REGISTRY)
 
-## environments: write each stage's Domino environment to build/environments.json; with Domino's API at hand (docs/domino.md), create/revise them and wait for the builds
+## environments: write each stage's Domino environment to build/environments.json; with Domino's API at hand (docs/domino.md), create/revise them and wait for the builds (VISIBILITY=Private|Organization|Global ORGANIZATION=name)
 environments: venv
-	$(PY) -m stageflow environments
+	$(PY) -m stageflow environments $(if $(VISIBILITY),--visibility "$(VISIBILITY)") $(if $(ORGANIZATION),--organization "$(ORGANIZATION)")
 
 ## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATASET=name:version DATA_A=/mnt/data/... DATA_B=...)
 submit:

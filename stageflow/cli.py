@@ -239,7 +239,8 @@ def cmd_environments(args: argparse.Namespace) -> int:
     from stageflow.domino import environments
 
     try:
-        environments.run(say=lambda line: print(line, flush=True))
+        environments.run(say=lambda line: print(line, flush=True), visibility_name=args.visibility,
+                         organization=args.organization)
     except (environments.DominoError, schemas.SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -372,6 +373,10 @@ def parser() -> argparse.ArgumentParser:
     environments = sub.add_parser("environments", help="write each stage's Domino environment definition to "
                                   "build/environments.json; where Domino's API is reachable (docs/domino.md), create "
                                   "or revise them and wait for each revision's build")
+    environments.add_argument("--visibility", default="Private", help="who may use the environments: Private "
+                              "(you), Organization (an organization's members: give --organization) or Global "
+                              "(everyone; Domino admins only). Default: Private")
+    environments.add_argument("--organization", help="for --visibility Organization: the organization, by name")
     environments.set_defaults(func=cmd_environments)
     submit = sub.add_parser("submit", help="from a Domino workspace: check what a remote run needs, then "
                             "`pyflyte run --remote flow.py <workflow> ...`")

@@ -14,7 +14,6 @@ and STAGEFLOW_DATASET_ID), read by `pinned_dataset` when pyflyte imports flow.py
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.util
 import os
 import platform
@@ -40,7 +39,13 @@ DATASET_ENV, DATASET_ID_ENV = "STAGEFLOW_DATASET", "STAGEFLOW_DATASET_ID"
 # and /domino/datasets. A pinned snapshot has been seen both at <root>/<name> and at
 # <root>/snapshots/<name>/<version>: both are accepted.
 OWN_ROOTS, SHARED_ROOTS = ("/mnt/data", "/domino/datasets/local"), ("/mnt/imported/data", "/domino/datasets")
-ACTIVE = "active"  # a snapshot's status once its files are in place (others seen: pending, copying, failed)
+# A snapshot's statuses (SnapshotDetailsV1Status in Domino's public API): active once its files are in place;
+# pending and copying before; failed; markForDeletion, deletionInProgress and deleted on the way out.
+ACTIVE, GOING = "active", ("markForDeletion", "deletionInProgress", "deleted")
+# Where a snapshot answer would carry its number: no public answer shows one (SnapshotDetailsV1 has id,
+# datasetId, createdAt, creatorId, status, description, lastMounted), so these are read only when present and
+# the number is never inferred (from creation order, say: deleted snapshots keep or free theirs, nobody says).
+NUMBER_KEYS = ("version", "snapshotVersion", "number")
 
 
 def plugin_present(module: str = PLUGIN) -> bool:
@@ -103,49 +108,67 @@ def tier_problems(api: Api, project_id: str | None) -> list[str]:
     return found
 
 
-def created(snapshot: dict) -> float:
-    """A snapshot's creation time as a number, whether Domino gives ISO text or epoch milliseconds."""
-    value = snapshot.get("createdAt")
-    if isinstance(value, (int, float)):
-        return float(value) / 1000
-    try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+def number(snapshot: dict) -> int | None:
+    value = next((snapshot[key] for key in NUMBER_KEYS if isinstance(snapshot.get(key), int)), None)
+    return value if value and value > 0 else None
+
+
+def find_dataset(api: Api, name: str, project_id: str | None) -> tuple[dict | None, list[str]]:
+    """The dataset `name`: this project's own (the public API's projectIdsToInclude filter), else one shared
+    with it from another project, as the user can see them all."""
+    own = [unwrap(d, "dataset") for d in api.pages("/api/datasetrw/v2/datasets", "datasets",
+                                                  **({"projectIdsToInclude": project_id} if project_id else {}))]
+    named = [d for d in own if d.get("name") == name]
+    if not named and project_id:
+        named = [d for d in (unwrap(d, "dataset") for d in api.pages("/api/datasetrw/v2/datasets", "datasets"))
+                 if d.get("name") == name]
+    if not named:
+        return None, [f"no dataset named {name} is visible to this project: create it in Domino (Data > Datasets) or "
+                      f"name another one with DATASET=name:version"]
+    if len(named) > 1:
+        return None, [f"{len(named)} datasets named {name} are visible ({', '.join(str(d.get('id')) for d in named)}): "
+                      f"rename or unshare all but one"]
+    return named[0], []
 
 
 def find_snapshot(api: Api, name: str, version: int | None, project_id: str | None) -> tuple[dict, list[str]]:
-    """The dataset `name` (this project's own first) and its snapshot `version`, numbered from 1 in order of
-    creation (Domino's API lists snapshots without a number; the Flows plugin rejects version 0), or the
-    latest active one when no version is given. Returns what was found and the problems."""
-    visible = [unwrap(d, "dataset") for d in api.pages("/api/datasetrw/v2/datasets", "datasets")]
-    named = [d for d in visible if d.get("name") == name]
-    own = [d for d in named if d.get("projectId") == project_id]
-    chosen = own or named
-    if not chosen:
-        return {"name": name}, [f"no dataset named {name} is visible to this project: create it in Domino (Data > Datasets) or "
-                    f"name another one with DATASET=name:version"]
-    if len(chosen) > 1:
-        return {"name": name}, [f"{len(chosen)} datasets named {name} are visible ({', '.join(str(d.get('id')) for d in chosen)}): "
-                    f"rename or unshare all but one"]
-    dataset = chosen[0]
-    snapshots = sorted((unwrap(s, "snapshot") for s in
-                        api.pages(f"/api/datasetrw/v1/datasets/{dataset.get('id')}/snapshots", "snapshots")), key=created)
-    found = {"name": name, "id": dataset.get("id"), "own": dataset.get("projectId") == project_id if
-             dataset.get("projectId") else None}
+    """The dataset `name` and what the load tasks pin of it: Name, Version and the dataset's Id, as Domino's
+    plugin takes them. Domino numbers snapshots, but its API's snapshot records carry no number; where one does
+    (NUMBER_KEYS) the snapshot is checked here, otherwise Domino resolves the version when the run is submitted
+    ("Dataset snapshot version 99 not found" is its answer to a wrong one). Returns what was found and the
+    problems."""
+    dataset, problems = find_dataset(api, name, project_id)
+    if dataset is None:
+        return {"name": name}, problems
+    found = {"name": name, "id": dataset.get("id"),
+             "own": dataset.get("projectId") == project_id if dataset.get("projectId") else None}
+    snapshots = [unwrap(s, "snapshot") for s in
+                 api.pages(f"/api/datasetrw/v1/datasets/{dataset.get('id')}/snapshots", "snapshots")]
+    active = [s for s in snapshots if s.get("status") == ACTIVE]
+    numbered = {number(s): s for s in snapshots if number(s)}
+    if not active:
+        said = ", ".join(sorted({str(s.get("status")) for s in snapshots})) or "none taken"
+        return found, [f"dataset {name} has no active snapshot ({said}): take one in Domino (the dataset's page, "
+                       f"Take snapshot), then name it with DATASET={name}:<version>"]
     if version is None:
-        active = [n for n, s in enumerate(snapshots, 1) if s.get("status") == ACTIVE]
-        if not active:
-            return found, [f"dataset {name} has no snapshot yet: take one in Domino (the dataset's page, Take snapshot), "
-                           f"then name it with DATASET={name}:<version>"]
-        return {**found, "version": active[-1]}, []
-    if version > len(snapshots):
-        return found, [f"dataset {name} has {len(snapshots)} snapshot(s), so no version {version}: name one of "
-                       f"1..{len(snapshots)} (DATASET={name}:<version>) or take a new snapshot in Domino"]
-    status = snapshots[version - 1].get("status")
+        latest = [n for n, s in sorted(numbered.items()) if s.get("status") == ACTIVE]
+        if not latest:
+            return found, [f"dataset {name}: Domino's API does not say which version its latest snapshot is, so name "
+                           f"one: DATASET={name}:<version> (the dataset's page lists them)"]
+        return {**found, "version": latest[-1], "checked": True}, []
+    if not numbered:
+        return {**found, "version": version, "checked": False}, []
+    snapshot = numbered.get(version)
+    if snapshot is None:
+        return found, [f"dataset {name} has no snapshot {version} (it has {', '.join(map(str, sorted(numbered)))}): "
+                       f"name one of those (DATASET={name}:<version>) or take a new snapshot in Domino"]
+    status = snapshot.get("status")
+    if status in GOING:
+        return found, [f"snapshot {version} of dataset {name} ({snapshot.get('id')}) is {status}: name another "
+                       f"(DATASET={name}:<version>)"]
     if status != ACTIVE:
         return found, [f"snapshot {version} of dataset {name} is {status}, not {ACTIVE}: wait for it or name another"]
-    return {**found, "version": version}, []
+    return {**found, "version": version, "checked": True}, []
 
 
 def mounts(name: str, version: int | None, own: bool | None, env) -> list[PurePosixPath]:
@@ -293,8 +316,9 @@ def submit(data_path_a: str, data_path_b: str, epochs: str | None = None, batch_
     if snapshot:
         pins = {DATASET_ENV: f"{snapshot['name']}:{snapshot['version']}",
                 **({DATASET_ID_ENV: str(snapshot["id"])} if snapshot.get("id") else {})}
-        print(f"dataset {snapshot['name']}: snapshot version {snapshot['version']} (id {snapshot.get('id')}), mounted "
-              f"in the jobs that read the sources", flush=True)
+        resolved = "" if snapshot.get("checked") else ", which Domino resolves when the run is submitted"
+        print(f"dataset {snapshot['name']} (id {snapshot.get('id')}): snapshot version {snapshot['version']}{resolved}; "
+              f"mounted in the jobs that read the sources", flush=True)
     args = command(data_path_a, data_path_b, epochs, batch_size)
     print("submitting: " + shlex.join([f"{k}={v}" for k, v in pins.items()] + args), flush=True)
     return subprocess.run(args, cwd=ROOT, env={**os.environ, **pins}).returncode
