@@ -99,7 +99,12 @@ def test_definitions_are_written_for_review_without_credentials(records, capsys)
         assert "@sha256:" in definition["image"]  # by digest: the revision names exactly the pushed image
         instructions = definition["dockerfileInstructions"]
         assert not re.search(r"^\s*FROM\b", instructions, re.M | re.I)  # Domino supplies FROM <image>
-        assert "ENV PATH=/opt/venv/bin:$PATH" in instructions and f"io.stageflow.version={stage.version}" in instructions
+        assert f"io.stageflow.version={stage.version}" in instructions
+        lines = [line for line in instructions.splitlines() if not line.startswith("#")]
+        # Domino runs them as the image's last user (12574): root first, as public recipes do; Domino's user last.
+        assert lines[0] == "USER root" and lines[-1] == "USER 12574:12574"
+        assert "ENV PATH=/opt/stage/bin:/opt/venv/bin:$PATH PYTHONPATH=/opt/stageflow:/opt/stage/lib/python3.11/" \
+               "site-packages PYTHONUNBUFFERED=1" in instructions  # the runtime image's own, /opt/stage included
         assert stage.description in definition["description"] and stage.version in definition["description"]
         assert f"{name:8} {stage.environment:20} {definition['image']}" in out
     assert "nothing was sent to Domino: set DOMINO_API_HOST with DOMINO_ACCESS_TOKEN" in out
@@ -270,21 +275,31 @@ def test_inside_a_run_without_the_proxy_the_runs_token_is_used(records, domino, 
 
 
 @pytest.mark.docker
-def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path):
-    """What Domino builds (FROM the stage image, then the instructions) runs flow.py's command for the stage
-    as Domino's user (when root), with a /workflow tree: through a shell, as a job's command, not the entrypoint."""
+@pytest.mark.parametrize("name", ["load_a", "train"])
+def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path, name):
+    """What Domino builds (FROM the stage image, then the instructions) keeps the image's settings (train's own
+    libraries in /opt/stage included), ends as Domino's user, and runs flow.py's command for the stage through
+    a shell, as a job's command, not the entrypoint, as the image's own user."""
     import io
     import shutil
 
     from stageflow import containers, images
 
     client = images.client()
-    stage = STAGES["load_a"]
+    stage = STAGES[name]
     dockerfile = f"FROM {stage.image()}\n{environments.dockerfile_instructions(stage)}"
     tag = f"stageflow-environment-test:{stage.version}"
     image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
     try:
+        base = client.images.get(stage.image()).attrs["Config"]
         assert image.labels["io.stageflow.version"] == stage.version
+        assert image.attrs["Config"]["User"] == "12574:12574"
+        assert sorted(image.attrs["Config"]["Env"]) == sorted(base["Env"])
+        if name == "train":
+            probe = client.containers.run(tag, entrypoint=["/bin/sh", "-c", "id -u; python -c 'import sklearn'"],
+                                          remove=True, network_mode="none")
+            assert probe.decode().split()[0] == "12574"
+            return
         for part in ("inputs", "outputs"):
             (tmp_path / part).mkdir()
         source = tmp_path / samples()[0].name

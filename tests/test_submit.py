@@ -3,6 +3,7 @@ workspace's API proxy (tests/domino_server.py), and the command it then runs."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def ready(tmp_path, monkeypatch, standin, domino):
         monkeypatch.setenv(name, value)
     bin_dir = tmp_path / "bin"  # a pyflyte that records how it was called
     bin_dir.mkdir()
-    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\n[ "$1" = --version ] && exit 0\n'
+    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\n[ "$1" = --help ] && exit 0\n'
                                      f'pwd > {tmp_path}/pyflyte.cwd\nprintf "%s\\n" "$@" > {tmp_path}/pyflyte.args\n'
                                      f'echo "$STAGEFLOW_DATASET $STAGEFLOW_DATASET_ID" > {tmp_path}/pyflyte.dataset\n')
     (bin_dir / "pyflyte").chmod(0o755)
@@ -359,3 +360,34 @@ def test_make_submit_needs_both_data_paths():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "usage: make submit [DATASET=iris:3] DATA_A=/mnt/data/iris/a.csv DATA_B=/mnt/data/iris/b.jsonl" in proc.stdout
+
+
+SCREEN = (30, 120)  # rows, columns: a terminal pane in a workspace (VS Code's, Jupyter's)
+
+
+def rows(text: str) -> int:
+    return sum(max(1, -(-len(line) // SCREEN[1])) for line in text.splitlines())
+
+
+def test_the_worst_case_fits_on_one_screen(ready, domino, capsys, monkeypatch):
+    """Everything wrong at once, outside and inside the deployment: the warnings and problems still fit one
+    screen (a line per problem, several stages in one line where they share it), each saying what to do."""
+    (ready / "repo" / "flow.py").write_text("# edited\n")
+    drop_tier(ready, domino)
+    domino.tiers = [tier for tier in domino.tiers if tier["name"] not in ("Medium", "Small")]
+    domino.numbered = True
+    record = environments.applied_environments(environments.read_record(environments.ENVIRONMENTS))
+    for stage in ("load_a", "load_b"):
+        del domino.environments[record[stage]["environment_id"]]
+    for stage in ("merge", "process", "train"):  # each recorded revision failed after all
+        domino.revisions[record[stage]["revision_id"]]["script"] = ["Failed"]
+    monkeypatch.setattr(submit, "PLUGIN", "flytekitplugins.nothing_here.helpers")
+    monkeypatch.setattr(submit, "pyflyte_path", lambda: "/nonexistent/pyflyte")  # no pyflyte either
+    monkeypatch.delenv("DOMINO_RUN_ID")
+    code, out, err = run(capsys, "--data-path-a", "data/a.csv", "--data-path-b", "/mnt/data/other/b.csv",
+                         "--dataset", "iris:9")
+    assert code == 2 and out == ""
+    found = problems(err)
+    assert len(found) >= 8 and all(re.search(r"(run|use|set|name|open|give|add|take|wait|ask|see|commit) ", line)
+                                   for line in found), found
+    assert rows(err) <= SCREEN[0], err

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Callable
 
 from stageflow.domino.api import CREDENTIALS, Api, DominoError, connect, configured, items, squeeze, unwrap
 from stageflow.images import BUILD, PUSHED
-from stageflow.registry import IMAGE_CODE_DIR, ROOT, STAGES, Stage
+from stageflow.registry import ROOT, STAGES, Stage
 from stageflow.rundir import write_atomic
 
 ENVIRONMENTS = BUILD / "environments.json"
@@ -70,12 +71,32 @@ def push_problems(pushed: dict | None) -> list[str]:
     return []
 
 
+def runtime_settings() -> tuple[str, str]:
+    """The runtime image's job user (ARG UID) and its ENV instruction, read from stages/Dockerfile, which every
+    stage image starts FROM: the one place they are written, and part of every image version."""
+    text = (ROOT / "stages" / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM "):]  # the image's own stage, not the wheel-installing one
+    uid = re.search(r"^ARG UID=(\d+)", final, re.M)
+    env = re.findall(r"^ENV (.+)$", final, re.M)
+    if not (uid and env):
+        raise DominoError("stages/Dockerfile: no `ARG UID=` or `ENV` in its final stage, which the environments "
+                          "restate")
+    return uid[1], " ".join(" ".join(line.split()) for line in env)
+
+
 def dockerfile_instructions(stage: Stage) -> str:
-    """Everything the stage needs is in its image; restating its environment keeps layers that Domino adds
-    on top (its base dependencies) from putting another Python ahead of the stage's venv."""
+    """What Domino builds on top of the stage image. Domino composes a revision from the base image, its own
+    base dependencies (addBaseDependencies) and these instructions, which run as whichever user came last:
+    public recipes on Domino's images (which end as its user ubuntu) therefore begin with `USER root`, and so
+    do these, ending as the image does, as Domino's job user (uid 12574), which jobs run as. Restating the
+    image's ENV keeps what Domino's layers add (another Python, say) from coming ahead of the stage's own
+    interpreter and libraries (/opt/stage holds a stage's own, e.g. train's scikit-learn). Sources: docs/domino.md."""
+    uid, env = runtime_settings()
     return (f"# stageflow stage {stage.name}, image version {stage.version}: code and libraries are in the image\n"
-            f"ENV PATH=/opt/venv/bin:$PATH PYTHONPATH={IMAGE_CODE_DIR} PYTHONUNBUFFERED=1 WORKFLOW_ROOT=/workflow\n"
-            f"LABEL io.stageflow.stage={stage.name} io.stageflow.version={stage.version}\n")
+            f"USER root\n"
+            f"ENV {env}\n"
+            f"LABEL io.stageflow.stage={stage.name} io.stageflow.version={stage.version}\n"
+            f"USER {uid}:{uid}\n")
 
 
 def definitions(pushed: dict) -> dict[str, dict]:

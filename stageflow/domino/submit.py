@@ -100,12 +100,13 @@ def tier_problems(api: Api, project_id: str | None) -> list[str]:
     listed = (items(api.get(f"/v4/projects/{project_id}/hardwareTiers"), "hardwareTiers") if project_id
               else items(api.get("/api/hardwaretiers/v1/hardwaretiers"), "hardwareTiers"))
     names = [unwrap(tier, "hardwareTier").get("name") for tier in listed]
-    found = []
-    for tier in sorted({stage.tier for stage in STAGES.values()} - set(names)):
-        users = ", ".join(name for name, stage in STAGES.items() if stage.tier == tier)
-        found.append(f"hardware tier {tier} ({users}) is not on this deployment (it has {', '.join(map(str, names))}): "
-                     f"set `tier` in stageflow/registry.py to one of those")
-    return found
+    missing = [f"{tier} ({', '.join(name for name, stage in STAGES.items() if stage.tier == tier)})"
+               for tier in sorted({stage.tier for stage in STAGES.values()} - set(names))]
+    if not missing:
+        return []
+    return [f"hardware tier{'s' * (len(missing) > 1)} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not "
+            f"on this deployment (it has {', '.join(map(str, names))}): set `tier` in stageflow/registry.py to one of "
+            f"those"]
 
 
 def number(snapshot: dict) -> int | None:
@@ -251,7 +252,7 @@ def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tu
     record = environments.read_record(environments.ENVIRONMENTS)
     try:  # the image versions both compare against are hashes over the active schema
         found += environments.push_problems(pushed) + environments.record_problems(record, pushed)
-    except SchemaError as err:
+    except (SchemaError, DominoError) as err:
         found.append(str(err))
         record = None  # nothing to compare the deployment against
     dataset = None
@@ -268,6 +269,9 @@ def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tu
     return found + path_problems(data_paths, dataset, env), dataset
 
 
+BOX = " │╭╮╰╯─┃━"  # what rich draws around a traceback, which pyflyte prints
+
+
 def pyflyte_path() -> str:
     return shutil.which("pyflyte") or str(Path(sys.executable).with_name("pyflyte"))
 
@@ -280,12 +284,12 @@ def pyflyte_problems(pyflyte: str) -> list[str]:
         return [f"pyflyte is not installed for {sys.executable}: use the Python of a Domino environment with flytekit "
                 f"and Domino's plugin (DOMINO_PYTHON=...)"]
     try:
-        proc = subprocess.run([pyflyte, "--version"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([pyflyte, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as err:
         return [f"pyflyte ({pyflyte}) does not start: {err}"]
     if proc.returncode == 0:
         return []
-    said = [line.strip(" │") for line in (proc.stderr + proc.stdout).splitlines() if line.strip(" │")]
+    said = [line.strip(BOX) for line in (proc.stderr + proc.stdout).splitlines() if line.strip(BOX)]
     try:
         supported = f"flytekit {metadata.version('flytekit')} supports Python {metadata.metadata('flytekit')['Requires-Python']}"
     except metadata.PackageNotFoundError:
