@@ -39,10 +39,11 @@ ENVIRONMENTS = BUILD / "environments.json"
 # (Domino support: "Central config setting to prevent users from creating or editing environments").
 VISIBILITIES = ("Private", "Organization", "Global")
 TIMEOUT_ENV, POLL_ENV = "STAGEFLOW_BUILD_TIMEOUT", "STAGEFLOW_BUILD_POLL"  # seconds: how long, how often
-# Build statuses: only "Succeeded" and "Failed" are confirmed (a real CI pipeline polls for exactly these);
-# anything else ("Queued", "Building", ...) is taken as still building. The others here are guesses at
-# spellings of the same two outcomes, accepted so that a variant never waits out the timeout.
-SUCCEEDED, FAILED = {"succeeded", "success", "built"}, {"failed", "error", "cancelled", "canceled"}
+# Build statuses, compared without case: Domino's public API lists queued, pulling, starting, building,
+# pushing, succeeded, failed and killed (EnvironmentRevisionBuildStatusV1 in its generated client); a CI
+# pipeline reads "Succeeded" and "Failed". Anything not known to be an outcome is taken as still building; the
+# other spellings here are accepted so that a variant of an outcome never waits out the timeout.
+SUCCEEDED, FAILED = {"succeeded", "success", "built"}, {"failed", "killed", "error", "cancelled", "canceled"}
 # Where a failed revision may say why: the public API's field for it is not documented (docs/domino.md).
 MESSAGE_KEYS = ("statusMessage", "message", "error", "errorMessage", "failureReason")
 

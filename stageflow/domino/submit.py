@@ -65,7 +65,7 @@ def parse_dataset(text: str) -> tuple[str, int | None]:
 
 
 def pinned_dataset(env=os.environ) -> dict | None:
-    """The dataset snapshot `stageflow submit` resolved, as the keywords of Domino's DatasetSnapshot (Name,
+    """The dataset snapshot `stageflow submit` named, as the keywords of Domino's DatasetSnapshot (Name,
     Version and, when known, Id); None when none was named (locally, or sources in the project's code)."""
     if not env.get(DATASET_ENV):
         return None
@@ -218,7 +218,8 @@ def path_problems(data_paths: list[str], dataset: dict | None, env) -> list[str]
 
 def deployment_problems(env, record: dict | None, dataset: dict | None) -> tuple[list[str], dict | None]:
     """What this deployment holds, through its API: the recorded environment revisions, the tiers, the
-    dataset snapshot (resolved to its version and id). Stops at the first refused or failed request."""
+    dataset (its id, and the snapshot checked where Domino's answer numbers it). Stops at the first refused or
+    failed request."""
     api = domino_api.connect(env)
     found = []
     try:
