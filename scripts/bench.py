@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.path]
 
 from stageflow import backends, dag as dag_module, registry, runner  # noqa: E402
-from stageflow.cache import place  # noqa: E402
+from stageflow.files import place  # noqa: E402
 from stageflow.runtime import contract, dataset, schema as schemas, sources  # noqa: E402
 
 CHUNK = 1_000_000

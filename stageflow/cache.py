@@ -11,10 +11,11 @@ the stage runs again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -22,11 +23,16 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from stageflow import files
+from stageflow.files import UnsafeFile, copy, temporary
 from stageflow.registry import ROOT
+from stageflow.rundir import RunError, shown
 from stageflow.runtime.contract import sha256_file
 
 CACHE_ENV = "STAGEFLOW_CACHE"
 MANIFEST = "manifest.json"
+MARK = ".stageflow-cache"  # what makes a directory a stage cache: gc touches nothing else
+SHA256 = re.compile(r"[0-9a-f]{64}")  # an entry's name, and each file's hash in its manifest
 
 
 def default_dir() -> Path:
@@ -73,92 +79,120 @@ def key(stage: str, version: str, inputs: dict[str, str], host_files: dict[str, 
 
 class Cache:
     """Entries hold copies, never links: a run's outputs and the cache's files are separate files, so
-    nothing done to one (an append, a truncation, a stage writing into its input) reaches the other."""
+    nothing done to one (an append, a truncation, a stage writing into its input) reaches the other.
+
+    An entry never changes once it has its name: a store finding one there keeps it (same key, same
+    content), and a damaged one is renamed away whole before it is deleted, so a reader sees a whole entry
+    or none."""
 
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else default_dir()
+        self.checked = False
+
+    def check(self) -> None:
+        """Adopt a new or empty directory as the cache (marking it), or one marked already; refuse anything
+        else in one line: `stageflow gc` deletes what a cache holds, so it must never be a user's folder."""
+        if self.checked:
+            return
+        try:
+            entries = os.listdir(self.root) if self.root.is_dir() else None
+            if entries is None and (self.root.exists() or self.root.is_symlink()):
+                raise RunError(f"stage cache {shown(self.root)} ({CACHE_ENV}): not a directory")
+            if entries is not None and MARK not in entries and not all(is_cache_name(e) for e in entries):
+                raise RunError(f"stage cache {shown(self.root)} ({CACHE_ENV}): not made by stageflow (it holds "
+                               f"{', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}); point "
+                               f"{CACHE_ENV} at a new or empty directory")
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / MARK).touch()
+        except OSError as err:
+            raise RunError(f"stage cache {shown(self.root)} ({CACHE_ENV}): {err.strerror}") from None
+        self.checked = True
 
     def restore(self, entry_key: str, names: list[str], outputs: Path,
                 check: Callable[[], None] = lambda: None) -> dict | None:
         """Copy an entry's files into `outputs` and return its manifest; None on a miss or a damaged entry.
 
         As atomic as a stage's own writes: every file is copied under a temporary name and checked against
-        the entry's hash, and only when all are whole do they take their names. An error (a full disk)
-        leaves no output behind and is raised."""
+        the entry's hash, and only when all are whole do they take their names. An entry of the wrong shape
+        is dropped (a miss); one holding anything but regular files is dropped and refused (UnsafeFile); an
+        error writing the outputs (a full disk) leaves none behind and is raised."""
         entry = self.root / entry_key
         try:
-            manifest = json.loads((entry / MANIFEST).read_text())
-            recorded = manifest["outputs"]
-        except (OSError, ValueError, KeyError):
+            manifest = manifest_of(files.read_bytes(entry / MANIFEST, f"cache entry {entry_key[:12]}"), names)
+        except FileNotFoundError:
             return None
-        if sorted(recorded) != sorted(names) or not all((entry / name).is_file() for name in names):
-            return self._drop(entry)
+        except UnsafeFile:
+            self.drop(entry)
+            raise
+        if manifest is None:
+            return self.drop(entry)
         copies = {name: temporary(outputs / name) for name in names}
         try:
             for name, tmp in copies.items():
-                copy_file(entry / name, tmp)
-                if sha256_file(tmp, check) != recorded[name]:
-                    return self._drop(entry)
+                copy(entry / name, tmp, f"cache entry {entry_key[:12]}")
+                if sha256_file(tmp, check) != manifest["outputs"][name]:
+                    return self.drop(entry)
             for name, tmp in copies.items():
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, outputs / name)
+        except FileNotFoundError:
+            return None  # dropped or removed by gc meanwhile: a miss
+        except UnsafeFile:
+            self.drop(entry)
+            raise
         finally:
             for tmp in copies.values():
                 tmp.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # when it was last used: what `stageflow gc` keeps entries by
-            os.utime(entry / MANIFEST)
+            os.utime(entry / MANIFEST, follow_symlinks=False)
         return manifest
 
-    @staticmethod
-    def _drop(entry: Path) -> None:
-        shutil.rmtree(entry, ignore_errors=True)  # damaged: never used, rebuilt by this run
+    def drop(self, entry: Path) -> None:
+        """Damaged: out of every reader's sight at once, then deleted; the stage runs again."""
+        doomed = entry.with_name(f".gc-{entry.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(entry, doomed)
+        except OSError:
+            return  # gone already
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def store(self, entry_key: str, outputs: Path, hashes: dict[str, str], **facts) -> None:
-        """Add an entry atomically: built in a temporary directory, then renamed into place."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Add an entry atomically: built in a temporary directory, then renamed into place, unless an entry
+        of that name is there already (a concurrent run stored the same content first)."""
+        self.check()
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             for name in hashes:
-                copy_file(outputs / name, tmp / name)
+                copy(outputs / name, tmp / name, f"output {name}")
                 os.chmod(tmp / name, 0o444)
             (tmp / MANIFEST).write_text(json.dumps({"outputs": hashes, **facts}, indent=2))
-            shutil.rmtree(self.root / entry_key, ignore_errors=True)
-            os.replace(tmp, self.root / entry_key)
-        except OSError:
-            # A concurrent run stored the same entry first (same key, same content): theirs is as good.
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (self.root / entry_key / MANIFEST).is_file():
+            os.rename(tmp, self.root / entry_key)
+        except OSError as err:
+            if not (err.errno in (errno.EEXIST, errno.ENOTEMPTY) and (self.root / entry_key).is_dir()):
                 raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-FICLONE = 0x40049409  # ioctl: make a file share another's blocks copy-on-write (btrfs, XFS, bcachefs)
+def is_cache_name(name: str) -> bool:
+    """The names a cache directory holds: entries, their temporary and doomed forms, the mark."""
+    return bool(SHA256.fullmatch(name)) or name.startswith((".tmp-", ".gc-")) or name == MARK
 
 
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy `src` to the new file `dst`. A reflink where the file system has them: no data is copied, and a
-    write to either file leaves the other as it was. Elsewhere (ext4, tmpfs, across devices) the bytes
-    are copied, in the kernel."""
-    with open(src, "rb") as source, open(dst, "xb") as target:
-        try:
-            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
-            return
-        except OSError:
-            pass
-    shutil.copyfile(src, dst)
-
-
-def temporary(path: Path) -> Path:
-    """A name beside `path` for writing it before it is renamed into place (hidden, as the stages' are)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def place(src: Path, dst: Path, mode: int = 0o444) -> None:
-    """Put a read-only copy of `src` at `dst` atomically: a full disk or a kill leaves no partial file
-    under the real name."""
-    tmp = temporary(dst)
+def manifest_of(data: bytes, names: list[str]) -> dict | None:
+    """An entry's manifest when it has the shape store() writes, for exactly these outputs; None otherwise."""
     try:
-        copy_file(src, tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+        manifest = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+        return None
+    recorded = manifest["outputs"]
+    if sorted(recorded) != sorted(names) or not all(isinstance(v, str) and SHA256.fullmatch(v)
+                                                    for v in recorded.values()):
+        return None
+    for fact in ("rows_in", "rows_out"):
+        value = manifest.get(fact)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            return None
+    return manifest

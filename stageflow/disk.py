@@ -25,7 +25,7 @@ import time
 from itertools import chain
 from pathlib import Path
 
-from stageflow.cache import MANIFEST, default_dir
+from stageflow.cache import MANIFEST, MARK, default_dir, is_cache_name
 from stageflow.registry import ROOT, STAGES, registry_prefix, runtime_image
 
 DEFAULT_KEEP_DAYS = 7.0
@@ -64,8 +64,8 @@ def trim_cache(cache_root: Path, keep_after: float, dry_run: bool = False) -> tu
     """Remove the entries last used before `keep_after` (epoch seconds); returns their names, how many
     entries stay, and the bytes freed."""
     removed, kept, freed = [], 0, 0
-    for entry in sorted(cache_root.iterdir()) if cache_root.is_dir() else []:
-        if not entry.is_dir():
+    for entry in sorted(cache_root.iterdir()) if (cache_root / MARK).is_file() else []:
+        if not (entry.is_dir() and not entry.is_symlink() and is_cache_name(entry.name)):
             continue
         if not entry.name.startswith(".gc-") and last_used(entry) >= keep_after:  # .gc-*: a gc cut short
             kept += 1
@@ -132,6 +132,8 @@ def gc(keep_days: float = DEFAULT_KEEP_DAYS, dry_run: bool = False, cache_root: 
     entries, kept, freed = trim_cache(cache_root, keep_after, dry_run)
     lines = [f"stage cache {cache_root}: {verb} {len(entries)} entries ({freed / 1e6:.1f} MB); kept {kept} used "
              f"in the last {keep_days:g} days or by the newest run"]
+    if cache_root.is_dir() and not (cache_root / MARK).is_file():
+        lines = [f"stage cache {cache_root}: left alone, not made by stageflow (no {MARK} in it)"]
     prefix = registry_prefix()
     try:
         docker_client = client()

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from stageflow import files
 from stageflow.runtime.report import DASH, Html, cards, fmt, link, page, section, svg, table, text
 
 
@@ -116,8 +117,8 @@ def headlines(run_dir: Path, record: Mapping[str, Any]) -> dict[str, dict[str, A
         if path.suffix != ".json":
             continue
         try:
-            headline = json.loads(path.read_text()).get("headline")
-        except (OSError, ValueError, AttributeError):
+            headline = json.loads(files.read_bytes(path, f"flow output {name}")).get("headline")
+        except (OSError, ValueError, AttributeError, files.UnsafeFile):
             continue
         if isinstance(headline, dict) and headline:
             found[name] = headline

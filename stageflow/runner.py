@@ -16,6 +16,7 @@ Layout of a run directory (what may be one: stageflow/rundir.py):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -29,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stageflow import files
 from stageflow.backends import Handle, Outcome
-from stageflow.cache import Cache, Sources, key as cache_key, place
+from stageflow.cache import Cache, Sources, key as cache_key
 from stageflow.dag import Dag, Node, Source
 from stageflow.rundir import RunDir, RunError, os_error, write_atomic
 from stageflow.runtime import contract
@@ -75,20 +77,28 @@ class StageResult:
 
 def parquet_rows(paths: list[Path]) -> int | None:
     """Rows across the Parquet files among `paths` (from their footers, no data read); None if none is."""
-    import pyarrow.parquet as pq
-
-    counts = []
-    for path in paths:
-        with open(path, "rb") as handle:
-            if handle.read(4) != b"PAR1":
-                continue
-        counts.append(pq.read_metadata(path).num_rows)
+    counts = [rows for rows in map(footer_rows, paths) if rows is not None]
     return sum(counts) if counts else None
 
 
+def footer_rows(path: Path) -> int | None:
+    """A Parquet file's row count from its footer; None for any other file, or a footer that does not parse."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with files.opened(path) as handle:
+        if handle.read(4) != b"PAR1":
+            return None
+        handle.seek(0)
+        try:
+            return pq.read_metadata(handle).num_rows
+        except (pa.ArrowException, OSError):
+            return None
+
+
 def tail(path: Path, lines: int = LOG_TAIL) -> str:
-    with open(path, errors="replace") as handle:
-        return "".join(deque(handle, maxlen=lines))
+    """The last lines of a log, read without following a link and at most its last 64 KiB."""
+    return "".join(deque(files.read_tail(path, "log").splitlines(keepends=True), maxlen=lines))
 
 
 def check_params(dag: Dag, params: dict[str, Any]) -> dict[str, Any]:
@@ -168,8 +178,10 @@ class RunRecord:
         for name, result in self.stages.items():
             if result.status == "failed":
                 text = f"stage {name} failed: {result.error}"
-                if result.log and Path(result.log).is_file():
+                try:
                     text += f"\n--- last {LOG_TAIL} lines of {result.log} ---\n{tail(Path(result.log)).rstrip()}"
+                except (OSError, TypeError, files.UnsafeFile):
+                    pass  # no log (the stage never started), or not one the runner wrote
                 reports.append(text)
         return reports
 
@@ -198,8 +210,17 @@ class StageRun:
             self.result.error = os_error(err)
         except Exception as err:  # noqa: BLE001 - a backend failure fails this stage, not the runner
             self.result.error = contract.one_line(err)
+        if self.result.error:
+            self._discard_outputs()
         self.result.seconds = round(time.perf_counter() - started, 3)
         self.result.status = "failed" if self.result.error else "succeeded"
+
+    def _discard_outputs(self) -> None:
+        """A failed stage (a signal, a timeout, a bad output) leaves nothing that looks like a result, as on
+        Domino, where a failed task uploads nothing: only its _ERROR stays to read."""
+        self.result.outputs = {}
+        with contextlib.suppress(OSError):
+            files.empty(self.tree / "outputs", keep=contract.ERROR_FILE)
 
     def _produce_outputs(self) -> str | None:
         """Fill the stage's outputs, from the cache or by running it; why it failed, or None."""
@@ -231,11 +252,12 @@ class StageRun:
         for name, (kind, src) in self.node.inputs.items():
             target = inputs / name
             if src.stage:
-                place(self.run.tree(src.stage) / "outputs" / src.output, target)
+                files.place(self.run.tree(src.stage) / "outputs" / src.output, target,
+                            f"output {src.output} of stage {src.stage}")
                 continue
             value = self.run.value_of(src)
             if kind is contract.File:  # a file given as a value (one stage run from pyflyte): the file itself
-                place(Path(value), target)
+                files.place(Path(value).resolve(), target, f"input {name}")
             else:
                 target.write_text(contract.format_value(value))
         return {name: contract.sha256_file(inputs / name, self._check) for name in self.node.inputs}
@@ -287,23 +309,35 @@ class StageRun:
         if outcome.reason == "interrupted":
             return "interrupted"
         outputs = self.tree / "outputs"
-        error_file = outputs / contract.ERROR_FILE
+        message = self._error_text(outputs / contract.ERROR_FILE)
         if outcome.exit_code != 0:
-            message = error_file.read_text(errors="replace").strip() if error_file.is_file() else ""
             return f"exit status {outcome.exit_code}" + (f": {message}" if message else "")
-        missing = [name for name in self.node.outputs if not (outputs / name).is_file()]
+        missing = [name for name in self.node.outputs if not os.path.lexists(outputs / name)]
         if missing:
             return f"exited 0 but did not write declared output {', '.join(missing)}"
-        if error_file.exists():
-            return f"exited 0 but wrote {contract.ERROR_FILE}: {error_file.read_text(errors='replace').strip()}"
+        if message is not None:
+            return f"exited 0 but wrote {contract.ERROR_FILE}: {message}"
         return None
 
+    def _error_text(self, path: Path) -> str | None:
+        """What the stage wrote in _ERROR, as copilot reads it (its first MiB), in one line; None if none.
+        A link or a FIFO there is said, never followed."""
+        try:
+            text = files.read_text(path, limit=contract.MAX_ERROR_BYTES, cut=True)
+        except FileNotFoundError:
+            return None
+        except files.UnsafeFile as err:
+            return f"({err})"
+        return contract.one_line(contract.StageError(text.strip())) if text.strip() else ""
+
     def _keep_outputs(self) -> None:
-        """Record the outputs' hashes and rows, freeze them, and offer them to the cache."""
+        """Record the outputs' hashes and rows, freeze them, and offer them to the cache. Each output is
+        checked on its open descriptor first (files.opened): what a stage writes is untrusted."""
         outputs, result = self.tree / "outputs", self.result
-        result.outputs = {name: contract.sha256_file(outputs / name) for name in self.node.outputs}
         for name in self.node.outputs:
-            os.chmod(outputs / name, 0o444)  # recorded: an edit would make run.json wrong
+            with files.opened(outputs / name, f"output {name}") as handle:
+                result.outputs[name] = contract.sha256_of(handle, self._check)
+                os.fchmod(handle.fileno(), 0o444)  # recorded: an edit would make run.json wrong
         result.rows_in = parquet_rows([self.tree / "inputs" / name for name in self.node.inputs])
         result.rows_out = parquet_rows([outputs / name for name in self.node.outputs])
         if self.run.cache:
@@ -341,6 +375,8 @@ class Run:
         self.run_dir = self.dir.path
         self.dir.check()
         self._refuse_inputs_inside()
+        if cache:
+            cache.check()
         self.record = RunRecord(dag.name, backend.name, self.params, [node.name for node in dag.nodes])
         self.results = self.record.stages
         self.handles: dict[str, Handle] = {}
@@ -453,7 +489,7 @@ class Run:
         for name, src in self.dag.outputs.items():
             target = self.output_path(name)
             if src.stage:
-                place(self.tree(src.stage) / "outputs" / src.output, target)
+                files.place(self.tree(src.stage) / "outputs" / src.output, target, f"flow output {name}")
             else:  # the workflow returns one of its inputs or a constant
                 target.write_text(contract.format_value(self.value_of(src)))
                 os.chmod(target, 0o444)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from stageflow import dag as dag_module
-from stageflow.cache import Cache, place
+from stageflow.cache import Cache
+from stageflow.files import place
 from stageflow.registry import STAGES
 from stageflow.backends import HostBackend
 from stageflow.runner import Run

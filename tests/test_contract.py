@@ -64,6 +64,11 @@ def test_format_then_parse_round_trips(value):
     (dt.datetime, "yesterday", "input value: expected an RFC 3339 timestamp such as"),
     (dt.timedelta, "10 minutes", "input value: expected a Go duration such as 72h10m0s, found '10 minutes'"),
     (dt.timedelta, "5", "input value: expected a Go duration"),
+    # Other scripts' digits, which Python's int() and \\d take and copilot's Go does not (issue 20: `--epochs ٣`)
+    (int, "\u0663", "input value: expected a base-10 integer, found '\u0663'"),
+    (int, "\uff11\uff12", "input value: expected a base-10 integer"),
+    (float, "\u0663.5", "input value: expected a decimal number"),
+    (dt.timedelta, "\u0663s", "input value: expected a Go duration"),
 ])
 def test_parse_errors_name_the_input_the_expectation_and_the_value(wf_root, kind, text, message):
     (wf_root / "inputs" / "value").write_text(text)

@@ -5,6 +5,7 @@ on the same Docker daemon build under the default prefix, and gc must never reac
 """
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import docker
 import pytest
 
 from stageflow import disk, images
-from stageflow.cache import MANIFEST
+from stageflow.cache import MANIFEST, MARK
 from stageflow.registry import STAGES, runtime_image
 
 from conftest import ROOT
@@ -25,8 +26,15 @@ from conftest import ROOT
 DAY = 86400
 
 
-def entry(cache, name, used_days_ago, manifest=True):
+def key(name):
+    """A cache entry's name for a test's label: entries are named by a sha256."""
+    return name if name.startswith(".") else hashlib.sha256(name.encode()).hexdigest()
+
+
+def entry(cache, label, used_days_ago, manifest=True):
+    name = key(label)
     (cache / name).mkdir(parents=True)
+    (cache / MARK).touch()
     (cache / name / "out").write_bytes(b"x" * 5000)
     when = time.time() - used_days_ago * DAY
     if manifest:
@@ -49,8 +57,8 @@ def test_cache_entries_stay_when_used_recently_or_by_the_newest_run(tmp_path):
     newest = disk.newest_run_start(tmp_path)
     assert newest == pytest.approx(time.time() - 9.5 * DAY, abs=60)
     removed, kept, freed = disk.trim_cache(cache, min(time.time() - 7 * DAY, newest))
-    assert sorted(removed) == [".gc-cut-short", ".tmp-cut-short", "old"] and kept == 2
-    assert sorted(os.listdir(cache)) == ["newest-run", "recent"]
+    assert sorted(removed) == sorted(map(key, [".gc-cut-short", ".tmp-cut-short", "old"])) and kept == 2
+    assert sorted(os.listdir(cache)) == sorted([MARK, key("newest-run"), key("recent")])
     assert freed >= 3 * 5000
 
 
@@ -58,9 +66,21 @@ def test_a_hard_linked_file_frees_nothing(tmp_path):
     """A cache file that a run directory also links is not counted as freed: the run still holds it."""
     cache = tmp_path / "cache"
     entry(cache, "old", 30)
-    os.link(cache / "old" / "out", tmp_path / "run-output")
+    os.link(cache / key("old") / "out", tmp_path / "run-output")
     _, _, freed = disk.trim_cache(cache, time.time())
     assert freed < 5000 and (tmp_path / "run-output").stat().st_size == 5000
+
+
+def test_gc_leaves_a_directory_it_did_not_make_alone(tmp_path):
+    """STAGEFLOW_CACHE pointed at an ordinary folder: its old subdirectories are not stage-cache entries."""
+    folder = tmp_path / "photos"
+    for name in ("2019", hashlib.sha256(b"x").hexdigest()):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "a.jpg").write_bytes(b"x" * 100)
+        os.utime(folder / name, (0, 0))
+    lines = disk.gc(keep_days=0, cache_root=folder)
+    assert sorted(os.listdir(folder)) == sorted(["2019", hashlib.sha256(b"x").hexdigest()])
+    assert "left alone, not made by stageflow" in lines[0]
 
 
 def stageflow(*args, env):
@@ -108,7 +128,7 @@ def test_gc_keeps_what_a_rerun_needs(tmp_path, run_dirs):
     assert all(stage["cached"] for stage in record["stages"].values())
     out = stageflow("gc", "--keep-days", "0", env=env)  # all older than a day, but the newest run used them
     assert "removed 0 entries" in out and "kept 5" in out
-    assert len(list(cache.iterdir())) == 5
+    assert len([entry for entry in cache.iterdir() if entry.name != MARK]) == 5
 
 
 def test_make_clean_calls_gc():

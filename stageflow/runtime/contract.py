@@ -48,9 +48,10 @@ def workflow_root() -> Path:
 
 # ---------------------------------------------------------------- formats copilot writes and reads
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(Inf|inf|NaN|nan)")
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|h|m|s)")
+# ASCII digits only: Python's \d and int() also take other scripts' digits (`٣` is 3), which copilot's Go does not.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(Inf|inf|NaN|nan)")
+_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|h|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6,
                    "ns": 1e-9}
 
@@ -139,13 +140,17 @@ def format_value(value: Any) -> str:
 
 
 def sha256_file(path: Path, check: Callable[[], None] = lambda: None) -> str:
-    """A file's sha256, a megabyte at a time; `check` is called between megabytes and may raise to stop (the
-    runner's timeout or Ctrl-C while it hashes a large source)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            check()
+        return sha256_of(handle, check)
+
+
+def sha256_of(handle, check: Callable[[], None] = lambda: None) -> str:
+    """An open file's sha256, a megabyte at a time; `check` is called between megabytes and may raise to stop
+    (the runner's timeout or Ctrl-C while it hashes a large source)."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+        check()
     return digest.hexdigest()
 
 
