@@ -18,6 +18,8 @@ FROM ?=
 INPUTS ?=
 KEEP_DAYS ?= 7
 DATASET ?=
+VISIBILITY ?=
+ORGANIZATION ?=
 SCHEMA ?=
 export BASE_IMAGE
 # SCHEMA=path/to/schema.toml switches the data's schema for every target (run, test, images, environments,
@@ -26,8 +28,8 @@ ifneq ($(SCHEMA),)
 export STAGEFLOW_SCHEMA := $(abspath $(SCHEMA))
 endif
 
-.PHONY: help venv lock run test test-fast data docker-up base-image wheels images standard-environment push environments \
-        submit compose compose-stage compose-file bench bench-images gc clean
+.PHONY: help venv lock run test test-fast test-wheels data docker-up base-image wheels images standard-environment push \
+        environments submit compose compose-stage compose-file bench bench-images gc clean
 
 ## help: list the targets
 help:
@@ -64,18 +66,24 @@ lock: venv
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o environments/standard/requirements.txt
 	$(UV_COMPILE) --universal --generate-hashes requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o requirements-dev.txt
+	$(UV_COMPILE:3.11=3.10) --universal tests/locks/workspace.in -o tests/locks/workspace.txt
+	$(UV_COMPILE) --universal tests/locks/python-domino.in -o tests/locks/python-domino.txt
 
 ## run: run the whole flow locally on the bundled data; prints a stage summary, headline metrics and report paths
 run: venv
 	$(PY) -m stageflow run $(RUN_ARGS)
 
 ## test: run the whole test suite (container tests included: sets up Docker, base image, wheels, images)
-test: venv images standard-environment
+test: venv images standard-environment test-wheels
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-fast: run the tests that need no Docker
-test-fast: venv
+test-fast: venv test-wheels
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
+
+## test-wheels: download the wheels of the tests' other venvs (workspace Pythons 3.10-3.13, python-domino) once
+test-wheels: venv
+	$(PY) tests/wheelhouses.py
 
 ## docker-up: install Docker from Debian's packages if missing and start the daemon (needs root)
 docker-up:
@@ -104,9 +112,9 @@ push: images
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port/prefix"; exit 2; }
 	$(PY) -m stageflow images-push --registry $(REGISTRY)
 
-## environments: write each stage's Domino environment to build/environments.json; with Domino's API at hand (docs/domino.md), create/revise them and wait for the builds
+## environments: write each stage's Domino environment to build/environments.json; with Domino's API at hand (docs/domino.md), create/revise them and wait for the builds (VISIBILITY=Private|Organization|Global ORGANIZATION=name)
 environments: venv
-	$(PY) -m stageflow environments
+	$(PY) -m stageflow environments $(if $(VISIBILITY),--visibility "$(VISIBILITY)") $(if $(ORGANIZATION),--organization "$(ORGANIZATION)")
 
 ## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATASET=name:version DATA_A=/mnt/data/... DATA_B=...)
 submit:

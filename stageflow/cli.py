@@ -468,12 +468,16 @@ def gc_command(keep_days: float, dry_run: bool):
 
 
 @cli.command("environments")
-def environments_command():
+@click.option("--visibility", default="Private", show_default=True, help="who may use the environments: Private "
+              "(you), Organization (an organization's members: give --organization) or Global (everyone; Domino "
+              "admins only)")
+@click.option("--organization", help="for --visibility Organization: the organization, by name")
+def environments_command(visibility: str, organization: str | None):
     """Write each stage's Domino environment definition to build/environments.json; where Domino's API is
     reachable (docs/domino.md), create or revise them and wait for each revision's build."""
     from stageflow.domino import environments
 
-    environments.run(say=lambda line: print(line, flush=True))
+    environments.run(say=lambda line: print(line, flush=True), visibility_name=visibility, organization=organization)
 
 
 @cli.command("submit")

@@ -234,6 +234,19 @@ def train_root(wf_root):
     return wf_root
 
 
+def copy_project(dest: Path) -> None:
+    """The project as a user has it: every file git knows (committed or not), times kept (make sees an
+    unchanged file as unchanged); no wheelhouse, venv, runs or build outputs."""
+    import shutil
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+
+
 def fenced(path: Path, lang: str = "") -> list[str]:
     """A guide's fenced blocks of one language ("" for plain output and file contents), in order: tests run
     what the docs show, as written."""

@@ -22,7 +22,7 @@ import pytest
 import domino_server
 from stageflow.registry import STAGES
 
-from conftest import ROOT, STANDIN, fenced
+from conftest import ROOT, STANDIN, copy_project, fenced
 
 DOCS = ROOT / "docs" / "domino.md"
 REGISTRY, HOST, TOKEN = "registry.example.com/team/stageflow", "https://domino.example.com", "DOMINO_ACCESS_TOKEN=..."
@@ -48,16 +48,11 @@ def test_the_guide_shows_the_rehearsed_steps_in_order():
 
 
 def checkout(dest):
-    """The project as a user has it: every file git knows (committed or not), wheels hard-linked, the
-    environment of this checkout, committed to a repository with an upstream."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)  # times kept: make sees .venv as up to date
+    """The project as a user has it (conftest.copy_project), wheels hard-linked, the environment of this
+    checkout."""
+    copy_project(dest)
     (dest / "wheels").mkdir()
-    for wheel in (ROOT / "wheels").iterdir():
+    for wheel in (ROOT / "wheels").glob("*.whl"):  # the images' wheelhouse, not the tests' (its folders)
         os.link(wheel, dest / "wheels" / wheel.name)
     (dest / ".venv").symlink_to(ROOT / ".venv")
 

@@ -99,7 +99,12 @@ def test_definitions_are_written_for_review_without_credentials(records, capsys)
         assert "@sha256:" in definition["image"]  # by digest: the revision names exactly the pushed image
         instructions = definition["dockerfileInstructions"]
         assert not re.search(r"^\s*FROM\b", instructions, re.M | re.I)  # Domino supplies FROM <image>
-        assert "ENV PATH=/opt/venv/bin:$PATH" in instructions and f"io.stageflow.version={stage.version}" in instructions
+        assert f"io.stageflow.version={stage.version}" in instructions
+        lines = [line for line in instructions.splitlines() if not line.startswith("#")]
+        # Domino runs them as the image's last user (12574): root first, as public recipes do; Domino's user last.
+        assert lines[0] == "USER root" and lines[-1] == "USER 12574:12574"
+        assert "ENV PATH=/opt/stage/bin:/opt/venv/bin:$PATH PYTHONPATH=/opt/stageflow:/opt/stage/lib/python3.11/" \
+               "site-packages PYTHONUNBUFFERED=1" in instructions  # the runtime image's own, /opt/stage included
         assert stage.description in definition["description"] and stage.version in definition["description"]
         assert f"{name:8} {stage.environment:20} {definition['image']}" in out
     assert "nothing was sent to Domino: set DOMINO_API_HOST with DOMINO_ACCESS_TOKEN" in out
@@ -223,8 +228,8 @@ def test_an_answer_without_the_id_it_should_carry_stops_and_records_no_guess(rec
     differs so that no id is found, the command stops in one line instead of recording an unpinnable None."""
     route = domino.route
 
-    def without_ids(method, path, query, body):
-        status, answer = route(method, path, query, body)
+    def without_ids(method, path, query, body, user):
+        status, answer = route(method, path, query, body, user)
         if method == "POST":
             for view in (answer, answer.get("environment") or {}, answer.get("environmentRevision") or {}):
                 view.pop("id", None)
@@ -270,21 +275,35 @@ def test_inside_a_run_without_the_proxy_the_runs_token_is_used(records, domino, 
 
 
 @pytest.mark.docker
-def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path):
-    """What Domino builds (FROM the stage image, then the instructions) runs flow.py's command for the stage
-    as Domino's user (when root), with a /workflow tree: through a shell, as a job's command, not the entrypoint."""
+@pytest.mark.parametrize("name", ["load_a", "train"])
+def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path, name):
+    """What Domino builds (FROM the stage image, then the instructions) keeps the image's settings (train's own
+    libraries in /opt/stage included), ends as Domino's user, and runs flow.py's command for the stage through
+    a shell, as a job's command, not the entrypoint, as the image's own user."""
     import io
     import shutil
 
     from stageflow import containers, images
 
     client = images.client()
-    stage = STAGES["load_a"]
+    stage = STAGES[name]
     dockerfile = f"FROM {stage.image()}\n{environments.dockerfile_instructions(stage)}"
     tag = f"stageflow-environment-test:{stage.version}"
     image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
     try:
+        base = client.images.get(stage.image()).attrs["Config"]
         assert image.labels["io.stageflow.version"] == stage.version
+        assert image.attrs["Config"]["User"] == "12574:12574"
+        def settings(config):  # PATH restated over itself repeats its entries; the first of each one counts
+            env = dict(item.split("=", 1) for item in config["Env"])
+            env["PATH"] = ":".join(dict.fromkeys(env["PATH"].split(":")))
+            return env
+        assert settings(image.attrs["Config"]) == settings(base)
+        if name == "train":
+            probe = client.containers.run(tag, entrypoint=["/bin/sh", "-c", "id -u; python -c 'import sklearn'"],
+                                          remove=True, network_mode="none")
+            assert probe.decode().split()[0] == "12574"
+            return
         for part in ("inputs", "outputs"):
             (tmp_path / part).mkdir()
         source = tmp_path / samples()[0].name
@@ -296,3 +315,64 @@ def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path
         assert (tmp_path / "outputs" / "datasetA").read_bytes()[:4] == b"PAR1"
     finally:
         client.images.remove(tag, force=True)
+
+
+def run_with(capsys, *options):
+    code = cli.main(["environments", *options])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_environments_an_organization_owns_are_created_private_to_it(records, domino, capsys):
+    """Domino's public API makes an organization's environment as visibility Private with `orgOwnerId` (its
+    NewEnvironmentV1: "Only used if visibility is 'Private'"); the organization is found by name among yours."""
+    code, out, err = run_with(capsys, "--visibility", "Organization", "--organization", domino_server.ORG_NAME)
+    assert code == 0, err
+    creates = [r["body"] for r in domino.requests if r["path"] == CREATE]
+    assert creates and all((b["visibility"], b["orgOwnerId"]) == ("Private", domino_server.ORG_ID) for b in creates)
+    assert written()["applied"]["visibility"] == f"Organization ({domino_server.ORG_NAME})"
+    assert "created Organization (iris-team): environment" in out
+    # load_b existed before, Private: a revision cannot change that, and the run says so
+    assert re.search(r"^load_b +stageflow-load-b +warning: it exists as Private, not Organization \(iris-team\): a "
+                     r"revision keeps that; only a Domino admin can change an environment's visibility$", out, re.M)
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--visibility", "Team"], "error: VISIBILITY=Team: expected one of Private, Organization, Global\n"),
+    (["--visibility", "Organization"], "error: VISIBILITY=Organization needs the organization: ORGANIZATION=<name>\n"),
+    (["--organization", "iris-team"], "error: ORGANIZATION=iris-team is only for VISIBILITY=Organization\n"),
+], ids=["unknown", "no-organization", "organization-alone"])
+def test_a_wrong_visibility_is_one_line_and_writes_nothing(records, domino, capsys, options, expected):
+    assert run_with(capsys, *options)[1:] == ("", expected)
+    assert not environments.ENVIRONMENTS.exists() and sent(domino, "POST") == []
+
+
+def test_an_organization_you_are_not_in_is_named(records, domino, capsys):
+    code, _, err = run_with(capsys, "--visibility", "Organization", "--organization", "other-team")
+    assert code == 1
+    assert err == (f"error: ORGANIZATION=other-team: you are not a member of an organization of that name on "
+                   f"{domino.host}/ (yours: {domino_server.ORG_NAME})\n")
+    assert sent(domino, "POST") == []
+
+
+def test_global_environments_are_for_admins(records, domino, capsys):
+    code, _, err = run_with(capsys, "--visibility", "Global")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: stage load_a, environment stageflow-load-a: Domino refused to create it Global: "
+                          "only Domino admins make Global environments; use VISIBILITY=Organization "
+                          "ORGANIZATION=<name>, or ask an admin (POST ")
+    domino.admins.add("ada")
+    assert run_with(capsys, "--visibility", "Global")[0] == 0
+    assert {r["body"]["visibility"] for r in domino.requests if r["path"] == CREATE} == {"Global"}
+
+
+def test_a_deployment_where_only_admins_create_environments_says_so(records, domino, capsys):
+    domino.non_admins_create = False  # Domino's com.cerebro.domino.environments.canNonSysAdminsCreateEnvironments
+    code, _, err = run_with(capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: stage load_a, environment stageflow-load-a: Domino refused to let you create "
+                          "it: on this deployment only Domino admins may create or edit "
+                          "environments (the admin setting com.cerebro.domino.environments."
+                          "canNonSysAdminsCreateEnvironments), or it is not yours; ask a Domino admin to run `make "
+                          "environments` or to allow it (POST ")
+    assert "You are not authorized to create compute environments" in err  # Domino's own words, kept

@@ -3,6 +3,7 @@ workspace's API proxy (tests/domino_server.py), and the command it then runs."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -53,7 +54,8 @@ def ready(tmp_path, monkeypatch, standin, domino):
         monkeypatch.setenv(name, value)
     bin_dir = tmp_path / "bin"  # a pyflyte that records how it was called
     bin_dir.mkdir()
-    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\npwd > {tmp_path}/pyflyte.cwd\nprintf "%s\\n" "$@" > {tmp_path}/pyflyte.args\n'
+    (bin_dir / "pyflyte").write_text(f'#!/bin/sh\n[ "$1" = --help ] && exit 0\n'
+                                     f'pwd > {tmp_path}/pyflyte.cwd\nprintf "%s\\n" "$@" > {tmp_path}/pyflyte.args\n'
                                      f'echo "$STAGEFLOW_DATASET $STAGEFLOW_DATASET_ID" > {tmp_path}/pyflyte.dataset\n')
     (bin_dir / "pyflyte").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -93,11 +95,67 @@ def test_a_workspace_submits_what_was_made_from_outside(ready, domino, capsys):
     assert f"/api/datasetrw/v1/datasets/{domino.iris['id']}/snapshots" in read
 
 
-def test_a_dataset_without_version_takes_its_latest_active_snapshot(ready, domino, capsys):
+def test_a_dataset_without_version_takes_its_latest_active_snapshot_by_dominos_number(ready, domino, capsys):
+    domino.numbered = True
+    domino.iris["snapshots"][1]["status"] = "markForDeletion"  # numbers as Domino gives them, with a gap at 3
+    for snapshot, n in zip(domino.iris["snapshots"], (1, 2, 4, 5)):
+        snapshot["number"] = n
     code, out, err = run(capsys, *DATA, "--dataset", "iris")
     assert code == 0, err
-    assert (ready / "pyflyte.dataset").read_text().split()[0] == "iris:3"  # version 4 is still pending
-    assert f"dataset iris: snapshot version 3 (id {domino.iris['id']})" in out
+    assert (ready / "pyflyte.dataset").read_text().split()[0] == "iris:4"  # 5 is still pending
+    assert f"dataset iris (id {domino.iris['id']}): snapshot version 4; mounted in the jobs" in out
+
+
+def test_snapshot_numbers_are_never_inferred(ready, domino, capsys):
+    """Domino's snapshot records carry no number (SnapshotDetailsV1): the version named is handed to the plugin
+    with the dataset's name and id, for Domino to resolve, and a dataset without version is refused in one line
+    rather than numbered by creation order (a deleted snapshot would shift every number after it)."""
+    domino.iris["snapshots"][1]["status"] = "markForDeletion"
+    code, out, err = run(capsys, *DATA, "--dataset", "iris:3")
+    assert code == 0, err
+    assert (ready / "pyflyte.dataset").read_text().split() == ["iris:3", domino.iris["id"]]
+    assert f"dataset iris (id {domino.iris['id']}): snapshot version 3, which Domino resolves when the run is " \
+           f"submitted; mounted in the jobs that read the sources\n" in out
+    (ready / "pyflyte.dataset").unlink()
+    code, _, err = run(capsys, *DATA, "--dataset", "iris")
+    assert code == 2 and not (ready / "pyflyte.dataset").exists()
+    assert problems(err) == ["dataset iris: Domino's API does not say which version its latest snapshot is, so name "
+                             "one: DATASET=iris:<version> (the dataset's page lists them)"]
+
+
+@pytest.mark.parametrize("status", ["markForDeletion", "deletionInProgress", "deleted"])
+def test_a_snapshot_deleted_or_being_deleted_is_refused_by_name(ready, domino, capsys, status):
+    domino.numbered = True
+    domino.iris["snapshots"][1]["status"] = status
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 2
+    assert problems(err) == [f"snapshot 2 of dataset iris ({domino.iris['snapshots'][1]['id']}) is {status}: name "
+                             f"another (DATASET=iris:<version>)"]
+
+
+def test_a_dataset_with_no_active_snapshot_is_refused(ready, domino, capsys):
+    for snapshot in domino.iris["snapshots"]:
+        snapshot["status"] = "deleted"
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 2
+    assert problems(err) == ["dataset iris has no active snapshot (deleted): take one in Domino (the dataset's page, "
+                             "Take snapshot), then name it with DATASET=iris:<version>"]
+
+
+def test_lists_are_read_to_their_end_and_datasets_asked_for_by_project(ready, domino, capsys):
+    """Domino's lists page with offset and limit and may answer fewer than asked for (the stand-in caps a page
+    at 25): the project's 40th dataset and a snapshot past the first page are found."""
+    domino.numbered = True
+    domino.datasets[:] = [domino_server.Deployment().add_dataset(f"other{n}", ["active"]) for n in range(39)]
+    iris = domino.add_dataset("iris", ["active"] * 30)
+    code, out, err = run(capsys, *DATA, "--dataset", "iris:30")
+    assert code == 0, err
+    assert f"dataset iris (id {iris['id']}): snapshot version 30; mounted" in out
+    listed = [r for r in domino.requests if r["path"] == "/api/datasetrw/v2/datasets"]
+    assert [r["query"]["offset"] for r in listed] == [["0"], ["25"]]
+    assert all(r["query"]["projectIdsToInclude"] == [domino_server.PROJECT_ID] for r in listed)
+    snapshots = [r for r in domino.requests if r["path"].endswith("/snapshots")]
+    assert [r["query"]["offset"] for r in snapshots] == [["0"], ["25"]]
 
 
 @pytest.mark.parametrize("path", ["/mnt/data/iris/sub/a.csv", "/mnt/data/snapshots/iris/2/a.csv",
@@ -203,9 +261,10 @@ def drop_tier(ready, domino):
     (other_image, DATA + IRIS, "of stageflow-merge holds someone/else@sha256:1, not the pushed "),
     (drop_tier, DATA + IRIS, "hardware tier Large (train) is not on this deployment (it has Small, Medium, GPU): "
                              "set `tier` in stageflow/registry.py to one of those"),
-    (lambda r, d: None, DATA + ["--dataset", "iris:7"],
-     "dataset iris has 4 snapshot(s), so no version 7: name one of 1..4 (DATASET=iris:<version>)"),
-    (lambda r, d: None, DATA + ["--dataset", "iris:4"], "snapshot 4 of dataset iris is pending, not active"),
+    (lambda r, d: setattr(d, "numbered", True), DATA + ["--dataset", "iris:7"],
+     "dataset iris has no snapshot 7 (it has 1, 2, 3, 4): name one of those (DATASET=iris:<version>)"),
+    (lambda r, d: setattr(d, "numbered", True), DATA + ["--dataset", "iris:4"],
+     "snapshot 4 of dataset iris is pending, not active"),
     (lambda r, d: None, ["--data-path-a", "/mnt/data/roses/a.csv", "--data-path-b", "/mnt/data/roses/b.csv",
                          "--dataset", "roses:1"], "no dataset named roses is visible to this project"),
     (lambda r, d: None, DATA + ["--dataset", "iris:0"], "DATASET=iris:0: expected a dataset name and snapshot version"),
@@ -230,7 +289,50 @@ def test_each_precondition_is_checked(ready, domino, capsys, monkeypatch, breaks
     assert not (ready / "pyflyte.args").exists()
 
 
+def test_a_teammate_told_environments_are_not_visible_to_them_not_missing(ready, domino, capsys, monkeypatch):
+    """ada made them Private; bob's workspace on the same deployment cannot see them: one line that says so and
+    what to do, not five that say the deployment lacks them."""
+    domino.proxy_user = "bob"
+    monkeypatch.setenv("DOMINO_STARTING_USERNAME", "bob")
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 2
+    assert problems(err) == [
+        "stages load_a, load_b, merge, process, train: environments stageflow-load-a, stageflow-load-b, "
+        "stageflow-merge, stageflow-process, stageflow-train exist on this deployment but are not visible to you "
+        "(made Private): ask a Domino admin to make them Organization or Global (only admins change an "
+        "environment's visibility), or make your own with `make environments VISIBILITY=Organization "
+        f"ORGANIZATION=<org>` and commit {environments.ENVIRONMENTS}"]
+
+
+def test_environments_an_organization_owns_are_usable_by_its_members(ready, domino, capsys, monkeypatch):
+    domino.environments.clear()
+    outside = {"DOMINO_API_HOST": domino.host, "DOMINO_USER_API_KEY": domino_server.KEY, "STAGEFLOW_BUILD_POLL": "0"}
+    environments.run(outside, say=lambda line: None, visibility_name="Organization",
+                     organization=domino_server.ORG_NAME)
+    domino.proxy_user = "bob"  # a member of iris-team
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 0, err
+
+
+def test_a_record_from_another_deployment_is_one_line(ready, domino, capsys):
+    domino.environments.clear()
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 2
+    assert problems(err) == [f"none of the environments in {environments.ENVIRONMENTS} is on this deployment (they "
+                             f"were made on another): run `make environments` against this deployment and commit "
+                             f"{environments.ENVIRONMENTS}"]
+
+
+def test_an_archived_environment_is_named(ready, domino, capsys):
+    next(e for e in domino.environments.values() if e["name"] == "stageflow-train")["archived"] = True
+    code, _, err = run(capsys, *DATA, *IRIS)
+    assert code == 2
+    assert problems(err) == [f"stage train: environment stageflow-train is archived on this deployment: run `make "
+                             f"environments` to make a new one and commit {environments.ENVIRONMENTS}"]
+
+
 def test_every_problem_is_listed_at_once(ready, domino, capsys):
+    domino.numbered = True
     drop_tier(ready, domino)
     newer_revision(ready, domino)
     code, _, err = run(capsys, "--data-path-a", "/mnt/data/other/a.csv", "--data-path-b", "/mnt/data/iris/b",
@@ -238,7 +340,7 @@ def test_every_problem_is_listed_at_once(ready, domino, capsys):
     assert code == 2
     found = problems(err)
     expected = ["stage merge: revision ", "hardware tier Large (train) is not on this deployment",
-                "dataset iris has 4 snapshot(s), so no version 9",
+                "dataset iris has no snapshot 9",
                 "data path /mnt/data/other/a.csv is not in dataset iris's mount"]
     assert len(found) == len(expected) and all(line.startswith(e) for line, e in zip(found, expected)), found
 
@@ -258,3 +360,34 @@ def test_make_submit_needs_both_data_paths():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "usage: make submit [DATASET=iris:3] DATA_A=/mnt/data/iris/a.csv DATA_B=/mnt/data/iris/b.jsonl" in proc.stdout
+
+
+SCREEN = (30, 120)  # rows, columns: a terminal pane in a workspace (VS Code's, Jupyter's)
+
+
+def rows(text: str) -> int:
+    return sum(max(1, -(-len(line) // SCREEN[1])) for line in text.splitlines())
+
+
+def test_the_worst_case_fits_on_one_screen(ready, domino, capsys, monkeypatch):
+    """Everything wrong at once, outside and inside the deployment: the warnings and problems still fit one
+    screen (a line per problem, several stages in one line where they share it), each saying what to do."""
+    (ready / "repo" / "flow.py").write_text("# edited\n")
+    drop_tier(ready, domino)
+    domino.tiers = [tier for tier in domino.tiers if tier["name"] not in ("Medium", "Small")]
+    domino.numbered = True
+    record = environments.applied_environments(environments.read_record(environments.ENVIRONMENTS))
+    for stage in ("load_a", "load_b"):
+        del domino.environments[record[stage]["environment_id"]]
+    for stage in ("merge", "process", "train"):  # each recorded revision failed after all
+        domino.revisions[record[stage]["revision_id"]]["script"] = ["Failed"]
+    monkeypatch.setattr(submit, "PLUGIN", "flytekitplugins.nothing_here.helpers")
+    monkeypatch.setattr(submit, "pyflyte_path", lambda: "/nonexistent/pyflyte")  # no pyflyte either
+    monkeypatch.delenv("DOMINO_RUN_ID")
+    code, out, err = run(capsys, "--data-path-a", "data/a.csv", "--data-path-b", "/mnt/data/other/b.csv",
+                         "--dataset", "iris:9")
+    assert code == 2 and out == ""
+    found = problems(err)
+    assert len(found) >= 8 and all(re.search(r"(run|use|set|name|open|give|add|take|wait|ask|see|commit) ", line)
+                                   for line in found), found
+    assert rows(err) <= SCREEN[0], err

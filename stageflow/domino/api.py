@@ -57,7 +57,7 @@ class Api:
                                                   urllib.request.ProxyHandler())
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
-        url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        url = self.base + path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method, headers={
             "Accept": "application/json", **({"Content-Type": "application/json"} if data else {}),
@@ -81,13 +81,20 @@ class Api:
     def post(self, path: str, body: Any) -> Any:
         return self.call("POST", path, body)
 
-    def pages(self, path: str, key: str, limit: int = 100) -> list:
-        """Every item of a list endpoint that pages with offset/limit (Domino's public API does)."""
+    def pages(self, path: str, key: str, limit: int = 100, **query: Any) -> list:
+        """Every item of a list that Domino's public API pages with offset and limit, to its end: the total the
+        answer reports (`metadata.totalCount`, as its paginated envelopes carry it) when it reports one, else the
+        first empty page. A page shorter than asked for is not the end: a server may cap the limit."""
         found: list = []
         while True:
-            page = items(self.get(path, offset=len(found), limit=limit), key)
+            answer = self.get(path, **query, offset=len(found), limit=limit)
+            page = items(answer, key)
+            if page and found[-len(page):] == page:
+                raise DominoError(f"GET {self.base}{path} answers the same page again at offset {len(found)}; "
+                                  f"its list cannot be read to the end")
             found += page
-            if len(page) < limit:
+            total = ((answer.get("metadata") or {}) if isinstance(answer, dict) else {}).get("totalCount")
+            if not page or (isinstance(total, int) and len(found) >= total):
                 return found
 
 

@@ -21,22 +21,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from stageflow.domino.api import CREDENTIALS, Api, DominoError, connect, configured, items, squeeze, unwrap
 from stageflow.images import BUILD, PUSHED
-from stageflow.registry import IMAGE_CODE_DIR, ROOT, STAGES, Stage
+from stageflow.registry import ROOT, STAGES, Stage
 from stageflow.rundir import write_atomic
 
 ENVIRONMENTS = BUILD / "environments.json"
-VISIBILITY = "Private"  # python-domino: "Private" or "Global"
+# Who can use the environments (docs/domino.md): Private (yours), Organization (an organization's: Private
+# with `orgOwnerId`, as Domino's public API defines it) or Global (everyone's; only Domino admins may make one).
+# Environments are created Private by default and only an admin can change an existing one's visibility
+# (Domino support: "Central config setting to prevent users from creating or editing environments").
+VISIBILITIES = ("Private", "Organization", "Global")
 TIMEOUT_ENV, POLL_ENV = "STAGEFLOW_BUILD_TIMEOUT", "STAGEFLOW_BUILD_POLL"  # seconds: how long, how often
-# Build statuses: only "Succeeded" and "Failed" are confirmed (a real CI pipeline polls for exactly these);
-# anything else ("Queued", "Building", ...) is taken as still building. The others here are guesses at
-# spellings of the same two outcomes, accepted so that a variant never waits out the timeout.
-SUCCEEDED, FAILED = {"succeeded", "success", "built"}, {"failed", "error", "cancelled", "canceled"}
+# Build statuses, compared without case: Domino's public API lists queued, pulling, starting, building,
+# pushing, succeeded, failed and killed (EnvironmentRevisionBuildStatusV1 in its generated client); a CI
+# pipeline reads "Succeeded" and "Failed". Anything not known to be an outcome is taken as still building; the
+# other spellings here are accepted so that a variant of an outcome never waits out the timeout.
+SUCCEEDED, FAILED = {"succeeded", "success", "built"}, {"failed", "killed", "error", "cancelled", "canceled"}
 # Where a failed revision may say why: the public API's field for it is not documented (docs/domino.md).
 MESSAGE_KEYS = ("statusMessage", "message", "error", "errorMessage", "failureReason")
 
@@ -65,12 +72,32 @@ def push_problems(pushed: dict | None) -> list[str]:
     return []
 
 
+def runtime_settings() -> tuple[str, str]:
+    """The runtime image's job user (ARG UID) and its ENV instruction, read from stages/Dockerfile, which every
+    stage image starts FROM: the one place they are written, and part of every image version."""
+    text = (ROOT / "stages" / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM "):]  # the image's own stage, not the wheel-installing one
+    uid = re.search(r"^ARG UID=(\d+)", final, re.M)
+    env = re.findall(r"^ENV (.+)$", final, re.M)
+    if not (uid and env):
+        raise DominoError("stages/Dockerfile: no `ARG UID=` or `ENV` in its final stage, which the environments "
+                          "restate")
+    return uid[1], " ".join(" ".join(line.split()) for line in env)
+
+
 def dockerfile_instructions(stage: Stage) -> str:
-    """Everything the stage needs is in its image; restating its environment keeps layers that Domino adds
-    on top (its base dependencies) from putting another Python ahead of the stage's venv."""
+    """What Domino builds on top of the stage image. Domino composes a revision from the base image, its own
+    base dependencies (addBaseDependencies) and these instructions, which run as whichever user came last:
+    public recipes on Domino's images (which end as its user ubuntu) therefore begin with `USER root`, and so
+    do these, ending as the image does, as Domino's job user (uid 12574), which jobs run as. Restating the
+    image's ENV keeps what Domino's layers add (another Python, say) from coming ahead of the stage's own
+    interpreter and libraries (/opt/stage holds a stage's own, e.g. train's scikit-learn). Sources: docs/domino.md."""
+    uid, env = runtime_settings()
     return (f"# stageflow stage {stage.name}, image version {stage.version}: code and libraries are in the image\n"
-            f"ENV PATH=/opt/venv/bin:$PATH PYTHONPATH={IMAGE_CODE_DIR} PYTHONUNBUFFERED=1 WORKFLOW_ROOT=/workflow\n"
-            f"LABEL io.stageflow.stage={stage.name} io.stageflow.version={stage.version}\n")
+            f"USER root\n"
+            f"ENV {env}\n"
+            f"LABEL io.stageflow.stage={stage.name} io.stageflow.version={stage.version}\n"
+            f"USER {uid}:{uid}\n")
 
 
 def definitions(pushed: dict) -> dict[str, dict]:
@@ -186,15 +213,43 @@ def revision_problem(stage: str, entry: dict, name: str, found_env: dict | None)
 
 
 def domino_problems(api: Api, record: dict) -> list[str]:
-    """Whether the deployment behind `api` holds every recorded environment with its recorded revision
-    built from the pushed image: a deployment is known by what it holds, not by how its URL is spelt."""
+    """Whether the deployment behind `api` holds every recorded environment, visible to this user, with its
+    recorded revision built from the pushed image: a deployment is known by what it holds, not by how its URL
+    is spelt. Environments missing or hidden for several stages make one line each."""
     done, defined = applied_environments(record), record.get("definitions") or {}
-    found = []
+    missing, hidden, found = [], [], []
     for stage in STAGES:
-        entry = done.get(stage, {})
-        problem = revision_problem(stage, entry, (defined.get(stage) or {}).get("name"),
-                                   environment(api, entry.get("environment_id")))
-        found += [problem] if problem else []
+        entry, name = done.get(stage, {}), (defined.get(stage) or {}).get("name")
+        try:
+            found_env = environment(api, entry.get("environment_id"))
+        except DominoError as err:
+            if err.status != 403:  # Domino refuses to show an environment that is not the user's to use
+                raise
+            hidden.append((stage, name))
+            continue
+        if found_env is None:
+            missing.append((stage, f"{entry.get('environment_id')} ({name})"))
+        elif found_env.get("archived"):
+            found.append(f"stage {stage}: environment {name} is archived on this deployment: run `make environments` "
+                         f"to make a new one and commit {shown(ENVIRONMENTS)}")
+        else:
+            problem = revision_problem(stage, entry, name, found_env)
+            found += [problem] if problem else []
+    redo = f"run `make environments` against this deployment and commit {shown(ENVIRONMENTS)}"
+    if len(missing) == len(STAGES):
+        found.insert(0, f"none of the environments in {shown(ENVIRONMENTS)} is on this deployment (they were made on "
+                        f"another): {redo}")
+    elif missing:
+        stages = ", ".join(stage for stage, _ in missing)
+        found.insert(0, f"stage{'s' * (len(missing) > 1)} {stages}: this deployment has no environment "
+                        f"{', '.join(what for _, what in missing)}: {redo}")
+    if hidden:
+        made = ((record.get("applied") or {}).get("visibility")) or "Private"
+        found.insert(0, f"stage{'s' * (len(hidden) > 1)} {', '.join(stage for stage, _ in hidden)}: environment"
+                        f"{'s' * (len(hidden) > 1)} {', '.join(name for _, name in hidden)} exist on this deployment "
+                        f"but are not visible to you (made {made}): ask a Domino admin to make them Organization or "
+                        f"Global (only admins change an environment's visibility), or make your own with `make "
+                        f"environments VISIBILITY=Organization ORGANIZATION=<org>` and commit {shown(ENVIRONMENTS)}")
     return found
 
 
@@ -208,22 +263,86 @@ def revision_body(definition: dict) -> dict:
             "supportedClusters": [], "tags": [], "useVpn": False, "workspaceTools": []}
 
 
-def create(api: Api, definition: dict) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Visibility:
+    """The visibility asked for, and the organization's id for Organization."""
+    name: str = "Private"
+    organization: str | None = None  # its name, as the user gave it
+    organization_id: str | None = None
+
+    def body(self) -> dict:
+        """python-domino's spelling (Private, Global); an organization's environment is Private with an owner."""
+        return {"visibility": "Global" if self.name == "Global" else "Private",
+                **({"orgOwnerId": self.organization_id} if self.organization_id else {})}
+
+    def shown(self) -> str:
+        return f"Organization ({self.organization})" if self.name == "Organization" else self.name
+
+    def matches(self, found: dict) -> bool:
+        """Whether an environment as the API shows it (visibility private, organization or global) is this."""
+        return str(found.get("visibility") or "").lower() in ("", self.name.lower())
+
+
+def visibility(api: Api | None, name: str, organization: str | None) -> Visibility:
+    """The visibility asked for, checked; Organization needs an organization the user belongs to, found by name
+    (or id) among the user's organizations."""
+    wanted = next((v for v in VISIBILITIES if v.lower() == (name or "").lower()), None)
+    if wanted is None:
+        raise DominoError(f"VISIBILITY={name}: expected one of {', '.join(VISIBILITIES)}")
+    if wanted != "Organization":
+        if organization:
+            raise DominoError(f"ORGANIZATION={organization} is only for VISIBILITY=Organization")
+        return Visibility(wanted)
+    if not organization:
+        raise DominoError("VISIBILITY=Organization needs the organization: ORGANIZATION=<name>")
+    if api is None:
+        return Visibility(wanted, organization)
+    orgs = [o for o in items(api.get("/api/organizations/v1/organizations"), "orgs", "organizations")
+            if isinstance(o, dict)]
+    chosen = next((o for o in orgs if organization in (o.get("name"), o.get("id"))), None)
+    if chosen is None:
+        yours = ", ".join(str(o.get("name")) for o in orgs) or "none"
+        raise DominoError(f"ORGANIZATION={organization}: you are not a member of an organization of that name on "
+                          f"{api.via} (yours: {yours})")
+    return Visibility(wanted, str(chosen.get("name")), str(chosen.get("id")))
+
+
+def refused(err: DominoError, wanted: Visibility, creating: bool) -> DominoError:
+    """A 403 on creating or revising an environment, as what it means and who can do it."""
+    if err.status != 403:
+        return err
+    if creating and wanted.name == "Global":
+        return DominoError(f"Domino refused to create it Global: only Domino admins make Global environments; use "
+                           f"VISIBILITY=Organization ORGANIZATION=<name>, or ask an admin ({err})")
+    what = "create it" if creating else "add a revision to it"
+    return DominoError(f"Domino refused to let you {what}: on this deployment only Domino admins "
+                       f"may create or edit environments (the admin setting com.cerebro.domino.environments."
+                       f"canNonSysAdminsCreateEnvironments), or it is not yours; ask a Domino admin to run `make "
+                       f"environments` or to allow it ({err})")
+
+
+def create(api: Api, definition: dict, wanted: Visibility) -> tuple[str, str]:
     """A new environment (addBaseDependencies: Domino adds what its jobs need to an image not its own);
     returns its id and the id of its first revision, which the answer may not carry: then it is read back."""
-    created = unwrap(api.post("/api/environments/beta/environments", {
-        **revision_body(definition), "name": definition["name"], "visibility": VISIBILITY,
-        "addBaseDependencies": True, "description": definition["description"], "isRestricted": False}),
-        "environment")
+    try:
+        answer = api.post("/api/environments/beta/environments", {
+            **revision_body(definition), "name": definition["name"], **wanted.body(),
+            "addBaseDependencies": True, "description": definition["description"], "isRestricted": False})
+    except DominoError as err:
+        raise refused(err, wanted, creating=True) from None
+    created = unwrap(answer, "environment")
     environment_id = required(created.get("id"), "environment id", definition["name"])
     first = (created.get("latestRevision") or {}).get("id") or \
         ((environment(api, environment_id) or {}).get("latestRevision") or {}).get("id")
     return environment_id, required(first, "revision id", definition["name"])
 
 
-def revise(api: Api, environment_id: str, definition: dict) -> str:
-    added = unwrap(api.post(f"/api/environments/beta/environments/{environment_id}/revisions",
-                            revision_body(definition)), "environmentRevision")
+def revise(api: Api, environment_id: str, definition: dict, wanted: Visibility) -> str:
+    try:
+        answer = api.post(f"/api/environments/beta/environments/{environment_id}/revisions", revision_body(definition))
+    except DominoError as err:
+        raise refused(err, wanted, creating=False) from None
+    added = unwrap(answer, "environmentRevision")
     return required(added.get("id"), "revision id", definition["name"])
 
 
@@ -241,19 +360,23 @@ def by_name(api: Api) -> dict[str, list[dict]]:
 
 
 def apply(defined: dict[str, dict], api: Api, before: dict, say: Callable[[str], None],
-          timeout: float, interval: float) -> None:
+          timeout: float, interval: float, wanted: Visibility = Visibility()) -> None:
     """Create or revise each stage's environment, then wait for its revision to build. A stage whose
     recorded revision of the same image is built (or still building) sends nothing new. The record is
     written after every change, so a re-run after a refused request, a failed build or a timeout neither
     adds the same revision twice nor loses one."""
     named = by_name(api)
     done = dict(before.get("environments") or {})
-    applied = {"via": api.via, "environments": done}  # for the reader: the deployment is known by its ids
+    applied = {"via": api.via, "visibility": wanted.shown(),  # for the reader: the deployment is known by its ids
+               "environments": done}
     waiting = []
     for stage, definition in defined.items():
         name, matches, last = definition["name"], named.get(definition["name"], []), done.get(stage) or {}
         if len(matches) > 1:
             raise DominoError(f"{len(matches)} environments on {api.via} are named {name}; archive all but one")
+        if matches and not wanted.matches(matches[0]):
+            say(f"{stage:8} {name:20} warning: it exists as {matches[0].get('visibility')}, not {wanted.shown()}: a "
+                f"revision keeps that; only a Domino admin can change an environment's visibility")
         if matches and last.get("environment_id") == matches[0].get("id") and last.get("image") == definition["image"]:
             found = revision(environment(api, last["environment_id"]), last.get("revision_id"))
             if found and state(found) == "built":
@@ -266,9 +389,9 @@ def apply(defined: dict[str, dict], api: Api, before: dict, say: Callable[[str],
         try:
             if matches:
                 environment_id, action = matches[0]["id"], "revision added"
-                revision_id = revise(api, environment_id, definition)
+                revision_id = revise(api, environment_id, definition, wanted)
             else:
-                (environment_id, revision_id), action = create(api, definition), "created"
+                (environment_id, revision_id), action = create(api, definition, wanted), f"created {wanted.shown()}"
         except DominoError as err:
             raise DominoError(f"stage {stage}, environment {name}: {err}") from None
         done[stage] = {"environment_id": environment_id, "revision_id": revision_id, "image": definition["image"],
@@ -325,13 +448,15 @@ def seconds(env, name: str, default: float) -> float:
         raise DominoError(f"{name}={env.get(name)}: expected a number of seconds") from None
 
 
-def run(env=os.environ, say: Callable[[str], None] = print) -> None:
+def run(env=os.environ, say: Callable[[str], None] = print, visibility_name: str = "Private",
+        organization: str | None = None) -> None:
     """`make environments`: write the definitions; where Domino's API is reachable, create or revise them
-    and wait for each revision's build."""
+    with the visibility asked for and wait for each revision's build."""
     pushed = read_record(PUSHED)
     problems = push_problems(pushed)
     if problems:
         raise DominoError(problems[0])
+    visibility(None, visibility_name, organization)  # a wrong VISIBILITY stops before anything is written
     timeout, interval = seconds(env, TIMEOUT_ENV, 1800), seconds(env, POLL_ENV, 10)
     defined = definitions(pushed)
     before = (read_record(ENVIRONMENTS) or {}).get("applied") or {}
@@ -342,6 +467,6 @@ def run(env=os.environ, say: Callable[[str], None] = print) -> None:
         say(f"written to {shown(ENVIRONMENTS)}; nothing was sent to Domino: set {CREDENTIALS} to create them")
         return
     api = connect(env)
-    apply(defined, api, before, say, timeout, interval)
+    apply(defined, api, before, say, timeout, interval, visibility(api, visibility_name, organization))
     say(f"written to {shown(ENVIRONMENTS)}: every stage's environment and the revision built from this push, "
         f"on {api.via}; commit it")

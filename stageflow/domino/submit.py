@@ -14,19 +14,21 @@ and STAGEFLOW_DATASET_ID), read by `pinned_dataset` when pyflyte imports flow.py
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.util
 import os
+import platform
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from stageflow.domino import api as domino_api, environments
-from stageflow.domino.api import Api, DominoError, items, unwrap
+from stageflow.domino.api import Api, DominoError, items, squeeze, unwrap
 from stageflow.registry import ROOT, STAGES
+from stageflow.runtime.schema import SchemaError
 
 WORKSPACE_VARS = ("DOMINO_PROJECT_ID", "DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID")  # every run
 PLUGIN = "flytekitplugins.domino.helpers"
@@ -37,7 +39,13 @@ DATASET_ENV, DATASET_ID_ENV = "STAGEFLOW_DATASET", "STAGEFLOW_DATASET_ID"
 # and /domino/datasets. A pinned snapshot has been seen both at <root>/<name> and at
 # <root>/snapshots/<name>/<version>: both are accepted.
 OWN_ROOTS, SHARED_ROOTS = ("/mnt/data", "/domino/datasets/local"), ("/mnt/imported/data", "/domino/datasets")
-ACTIVE = "active"  # a snapshot's status once its files are in place (others seen: pending, copying, failed)
+# A snapshot's statuses (SnapshotDetailsV1Status in Domino's public API): active once its files are in place;
+# pending and copying before; failed; markForDeletion, deletionInProgress and deleted on the way out.
+ACTIVE, GOING = "active", ("markForDeletion", "deletionInProgress", "deleted")
+# Where a snapshot answer would carry its number: no public answer shows one (SnapshotDetailsV1 has id,
+# datasetId, createdAt, creatorId, status, description, lastMounted), so these are read only when present and
+# the number is never inferred (from creation order, say: deleted snapshots keep or free theirs, nobody says).
+NUMBER_KEYS = ("version", "snapshotVersion", "number")
 
 
 def plugin_present(module: str = PLUGIN) -> bool:
@@ -57,7 +65,7 @@ def parse_dataset(text: str) -> tuple[str, int | None]:
 
 
 def pinned_dataset(env=os.environ) -> dict | None:
-    """The dataset snapshot `stageflow submit` resolved, as the keywords of Domino's DatasetSnapshot (Name,
+    """The dataset snapshot `stageflow submit` named, as the keywords of Domino's DatasetSnapshot (Name,
     Version and, when known, Id); None when none was named (locally, or sources in the project's code)."""
     if not env.get(DATASET_ENV):
         return None
@@ -92,57 +100,76 @@ def tier_problems(api: Api, project_id: str | None) -> list[str]:
     listed = (items(api.get(f"/v4/projects/{project_id}/hardwareTiers"), "hardwareTiers") if project_id
               else items(api.get("/api/hardwaretiers/v1/hardwaretiers"), "hardwareTiers"))
     names = [unwrap(tier, "hardwareTier").get("name") for tier in listed]
-    found = []
-    for tier in sorted({stage.tier for stage in STAGES.values()} - set(names)):
-        users = ", ".join(name for name, stage in STAGES.items() if stage.tier == tier)
-        found.append(f"hardware tier {tier} ({users}) is not on this deployment (it has {', '.join(map(str, names))}): "
-                     f"set `tier` in stageflow/registry.py to one of those")
-    return found
+    missing = [f"{tier} ({', '.join(name for name, stage in STAGES.items() if stage.tier == tier)})"
+               for tier in sorted({stage.tier for stage in STAGES.values()} - set(names))]
+    if not missing:
+        return []
+    return [f"hardware tier{'s' * (len(missing) > 1)} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not "
+            f"on this deployment (it has {', '.join(map(str, names))}): set `tier` in stageflow/registry.py to one of "
+            f"those"]
 
 
-def created(snapshot: dict) -> float:
-    """A snapshot's creation time as a number, whether Domino gives ISO text or epoch milliseconds."""
-    value = snapshot.get("createdAt")
-    if isinstance(value, (int, float)):
-        return float(value) / 1000
-    try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+def number(snapshot: dict) -> int | None:
+    value = next((snapshot[key] for key in NUMBER_KEYS if isinstance(snapshot.get(key), int)), None)
+    return value if value and value > 0 else None
+
+
+def find_dataset(api: Api, name: str, project_id: str | None) -> tuple[dict | None, list[str]]:
+    """The dataset `name`: this project's own (the public API's projectIdsToInclude filter), else one shared
+    with it from another project, as the user can see them all."""
+    own = [unwrap(d, "dataset") for d in api.pages("/api/datasetrw/v2/datasets", "datasets",
+                                                  **({"projectIdsToInclude": project_id} if project_id else {}))]
+    named = [d for d in own if d.get("name") == name]
+    if not named and project_id:
+        named = [d for d in (unwrap(d, "dataset") for d in api.pages("/api/datasetrw/v2/datasets", "datasets"))
+                 if d.get("name") == name]
+    if not named:
+        return None, [f"no dataset named {name} is visible to this project: create it in Domino (Data > Datasets) or "
+                      f"name another one with DATASET=name:version"]
+    if len(named) > 1:
+        return None, [f"{len(named)} datasets named {name} are visible ({', '.join(str(d.get('id')) for d in named)}): "
+                      f"rename or unshare all but one"]
+    return named[0], []
 
 
 def find_snapshot(api: Api, name: str, version: int | None, project_id: str | None) -> tuple[dict, list[str]]:
-    """The dataset `name` (this project's own first) and its snapshot `version`, numbered from 1 in order of
-    creation (Domino's API lists snapshots without a number; the Flows plugin rejects version 0), or the
-    latest active one when no version is given. Returns what was found and the problems."""
-    visible = [unwrap(d, "dataset") for d in api.pages("/api/datasetrw/v2/datasets", "datasets")]
-    named = [d for d in visible if d.get("name") == name]
-    own = [d for d in named if d.get("projectId") == project_id]
-    chosen = own or named
-    if not chosen:
-        return {"name": name}, [f"no dataset named {name} is visible to this project: create it in Domino (Data > Datasets) or "
-                    f"name another one with DATASET=name:version"]
-    if len(chosen) > 1:
-        return {"name": name}, [f"{len(chosen)} datasets named {name} are visible ({', '.join(str(d.get('id')) for d in chosen)}): "
-                    f"rename or unshare all but one"]
-    dataset = chosen[0]
-    snapshots = sorted((unwrap(s, "snapshot") for s in
-                        api.pages(f"/api/datasetrw/v1/datasets/{dataset.get('id')}/snapshots", "snapshots")), key=created)
-    found = {"name": name, "id": dataset.get("id"), "own": dataset.get("projectId") == project_id if
-             dataset.get("projectId") else None}
+    """The dataset `name` and what the load tasks pin of it: Name, Version and the dataset's Id, as Domino's
+    plugin takes them. Domino numbers snapshots, but its API's snapshot records carry no number; where one does
+    (NUMBER_KEYS) the snapshot is checked here, otherwise Domino resolves the version when the run is submitted
+    ("Dataset snapshot version 99 not found" is its answer to a wrong one). Returns what was found and the
+    problems."""
+    dataset, problems = find_dataset(api, name, project_id)
+    if dataset is None:
+        return {"name": name}, problems
+    found = {"name": name, "id": dataset.get("id"),
+             "own": dataset.get("projectId") == project_id if dataset.get("projectId") else None}
+    snapshots = [unwrap(s, "snapshot") for s in
+                 api.pages(f"/api/datasetrw/v1/datasets/{dataset.get('id')}/snapshots", "snapshots")]
+    active = [s for s in snapshots if s.get("status") == ACTIVE]
+    numbered = {number(s): s for s in snapshots if number(s)}
+    if not active:
+        said = ", ".join(sorted({str(s.get("status")) for s in snapshots})) or "none taken"
+        return found, [f"dataset {name} has no active snapshot ({said}): take one in Domino (the dataset's page, "
+                       f"Take snapshot), then name it with DATASET={name}:<version>"]
     if version is None:
-        active = [n for n, s in enumerate(snapshots, 1) if s.get("status") == ACTIVE]
-        if not active:
-            return found, [f"dataset {name} has no snapshot yet: take one in Domino (the dataset's page, Take snapshot), "
-                           f"then name it with DATASET={name}:<version>"]
-        return {**found, "version": active[-1]}, []
-    if version > len(snapshots):
-        return found, [f"dataset {name} has {len(snapshots)} snapshot(s), so no version {version}: name one of "
-                       f"1..{len(snapshots)} (DATASET={name}:<version>) or take a new snapshot in Domino"]
-    status = snapshots[version - 1].get("status")
+        latest = [n for n, s in sorted(numbered.items()) if s.get("status") == ACTIVE]
+        if not latest:
+            return found, [f"dataset {name}: Domino's API does not say which version its latest snapshot is, so name "
+                           f"one: DATASET={name}:<version> (the dataset's page lists them)"]
+        return {**found, "version": latest[-1], "checked": True}, []
+    if not numbered:
+        return {**found, "version": version, "checked": False}, []
+    snapshot = numbered.get(version)
+    if snapshot is None:
+        return found, [f"dataset {name} has no snapshot {version} (it has {', '.join(map(str, sorted(numbered)))}): "
+                       f"name one of those (DATASET={name}:<version>) or take a new snapshot in Domino"]
+    status = snapshot.get("status")
+    if status in GOING:
+        return found, [f"snapshot {version} of dataset {name} ({snapshot.get('id')}) is {status}: name another "
+                       f"(DATASET={name}:<version>)"]
     if status != ACTIVE:
         return found, [f"snapshot {version} of dataset {name} is {status}, not {ACTIVE}: wait for it or name another"]
-    return {**found, "version": version}, []
+    return {**found, "version": version, "checked": True}, []
 
 
 def mounts(name: str, version: int | None, own: bool | None, env) -> list[PurePosixPath]:
@@ -191,7 +218,8 @@ def path_problems(data_paths: list[str], dataset: dict | None, env) -> list[str]
 
 def deployment_problems(env, record: dict | None, dataset: dict | None) -> tuple[list[str], dict | None]:
     """What this deployment holds, through its API: the recorded environment revisions, the tiers, the
-    dataset snapshot (resolved to its version and id). Stops at the first refused or failed request."""
+    dataset (its id, and the snapshot checked where Domino's answer numbers it). Stops at the first refused or
+    failed request."""
     api = domino_api.connect(env)
     found = []
     try:
@@ -220,9 +248,14 @@ def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tu
             found.append(f"Domino's flytekit plugin ({module}) is not importable by {sys.executable}: use the Python "
                          f"of a Domino environment that ships it (DOMINO_PYTHON=...)")
             break
+    found += pyflyte_problems(pyflyte_path())
     pushed = environments.read_record(environments.PUSHED)
     record = environments.read_record(environments.ENVIRONMENTS)
-    found += environments.push_problems(pushed) + environments.record_problems(record, pushed)
+    try:  # the image versions both compare against are hashes over the active schema
+        found += environments.push_problems(pushed) + environments.record_problems(record, pushed)
+    except (SchemaError, DominoError) as err:
+        found.append(str(err))
+        record = None  # nothing to compare the deployment against
     dataset = None
     if dataset_text:
         try:
@@ -237,9 +270,37 @@ def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tu
     return found + path_problems(data_paths, dataset, env), dataset
 
 
+BOX = " │╭╮╰╯─┃━"  # what rich draws around a traceback, which pyflyte prints
+
+
+def pyflyte_path() -> str:
+    return shutil.which("pyflyte") or str(Path(sys.executable).with_name("pyflyte"))
+
+
+def pyflyte_problems(pyflyte: str) -> list[str]:
+    """Whether pyflyte starts under this Python. flytekit declares the Pythons it supports (1.16.31: 3.10 to
+    3.12) and its CLI fails as it starts on another (3.13: no default image for it), which `pyflyte run
+    --remote` would show as a traceback after every check had passed."""
+    if not os.access(pyflyte, os.X_OK):
+        return [f"pyflyte is not installed for {sys.executable}: use the Python of a Domino environment with flytekit "
+                f"and Domino's plugin (DOMINO_PYTHON=...)"]
+    try:
+        proc = subprocess.run([pyflyte, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return [f"pyflyte ({pyflyte}) does not start: {err}"]
+    if proc.returncode == 0:
+        return []
+    said = [line.strip(BOX) for line in (proc.stderr + proc.stdout).splitlines() if line.strip(BOX)]
+    try:
+        supported = f"flytekit {metadata.version('flytekit')} supports Python {metadata.metadata('flytekit')['Requires-Python']}"
+    except metadata.PackageNotFoundError:
+        supported = "flytekit is not installed for it"
+    return [f"pyflyte ({pyflyte}) does not start under Python {platform.python_version()} ({squeeze(said[-1] if said else '', 120)}); "
+            f"{supported}: use a workspace Python it supports (DOMINO_PYTHON=python3.12)"]
+
+
 def command(data_path_a: str, data_path_b: str, epochs: str | None, batch_size: str | None) -> list[str]:
-    pyflyte = shutil.which("pyflyte") or str(Path(sys.executable).with_name("pyflyte"))
-    args = [pyflyte, "run", "--remote", "flow.py", "model_training",
+    args = [pyflyte_path(), "run", "--remote", "flow.py", "model_training",
             "--data_path_a", data_path_a, "--data_path_b", data_path_b]
     for flag, value in (("--epochs", epochs), ("--batch_size", batch_size)):
         if value is not None:
@@ -260,8 +321,9 @@ def submit(data_path_a: str, data_path_b: str, epochs: str | None = None, batch_
     if snapshot:
         pins = {DATASET_ENV: f"{snapshot['name']}:{snapshot['version']}",
                 **({DATASET_ID_ENV: str(snapshot["id"])} if snapshot.get("id") else {})}
-        print(f"dataset {snapshot['name']}: snapshot version {snapshot['version']} (id {snapshot.get('id')}), mounted "
-              f"in the jobs that read the sources", flush=True)
+        resolved = "" if snapshot.get("checked") else ", which Domino resolves when the run is submitted"
+        print(f"dataset {snapshot['name']} (id {snapshot.get('id')}): snapshot version {snapshot['version']}{resolved}; "
+              f"mounted in the jobs that read the sources", flush=True)
     args = command(data_path_a, data_path_b, epochs, batch_size)
     print("submitting: " + shlex.join([f"{k}={v}" for k, v in pins.items()] + args), flush=True)
     return subprocess.run(args, cwd=ROOT, env={**os.environ, **pins}).returncode

@@ -3,7 +3,9 @@
 Every stage, the CLI, the image build, the data generator, the bench and the tests read the schema from here,
 so bringing other data is an edit of that one file. Which file: `STAGEFLOW_SCHEMA` (a path) when it is set,
 otherwise `schema.toml` beside the package (the repository root on the host, /opt/stageflow in an image, where
-the image build puts the schema it was built for). Standard library only: the host tooling reads it too.
+the image build puts the schema it was built for). Standard library only: the host tooling reads it too, and
+in a Domino workspace that means whatever Python the workspace has (3.10 in Domino's standard environments), with
+none of this project's dependencies installed (see `_toml`).
 
 A schema with a mistake is refused with one line naming the key, as a strict config model would (unknown keys
 are mistakes too: a misspelt optional key would otherwise be ignored without a word).
@@ -11,8 +13,9 @@ are mistakes too: a misspelt optional key would otherwise be ignored without a w
 
 from __future__ import annotations
 
+import importlib
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +33,19 @@ MATCHES = ("exact", "ignore-case")
 
 class SchemaError(StageError):
     """A schema file that cannot be used: one line naming the file and the key."""
+
+
+def _toml():
+    """A TOML reader with tomllib's interface, or None. tomllib is in the standard library from 3.11 on; it
+    began as tomli, which 3.10 installs often have, and which every pip since 21.2 carries as
+    `pip._vendor.tomli` for reading pyproject.toml. So a Python 3.10 workspace that has nothing of this
+    project installed still reads schema.toml, and no extra package is needed anywhere."""
+    for name in ("tomllib", "tomli", "pip._vendor.tomli"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,12 +115,16 @@ def active() -> Schema:
 
 def load(where: Path) -> Schema:
     """Read and check a schema file."""
+    toml = _toml()
+    if toml is None:
+        raise SchemaError(f"schema {where}: this Python ({sys.executable}, {sys.version.split()[0]}) has no TOML "
+                          f"reader: use Python 3.11 or later, or `{sys.executable} -m pip install tomli`")
     try:
         with open(where, "rb") as handle:
-            data = tomllib.load(handle)
+            data = toml.loads(handle.read().decode("utf-8"))  # loads: the one call every tomli version has
     except OSError as err:
         raise SchemaError(f"schema {where}: cannot be read ({err.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SchemaError(f"schema {where}: not valid TOML ({err})") from None
     return _Checker(where).schema(data)
 
