@@ -10,11 +10,11 @@ import pytest
 
 import domino_server
 from domino_server import CREATE_PATH as CREATE
-from stageflow import cli
+from stageflow import cli, dag as dag_module, jobs
 from stageflow.domino import api as domino_api, environments
 from stageflow.registry import STAGES
 
-from conftest import samples
+from conftest import ROOT, samples
 
 
 def pushed_record(tag: str = "") -> dict:
@@ -310,8 +310,9 @@ def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path
         shutil.copy(samples()[0], source)
         (tmp_path / "inputs" / "data_path").write_text(str(source))
         containers.prepare_tree(tmp_path)
+        job = jobs.plan(dag_module.load(), jobs.Setup(code=ROOT), "test", None)[name]
         client.containers.run(tag, entrypoint=["/bin/sh", "-c", stage.command], user=containers.stage_user(), remove=True,
-                              mounts=containers.mounts(tmp_path, [source]), network_mode="none")
+                              mounts=containers.mounts(job, tmp_path, [source]), network_mode="none")
         assert (tmp_path / "outputs" / "datasetA").read_bytes()[:4] == b"PAR1"
     finally:
         client.images.remove(tag, force=True)
