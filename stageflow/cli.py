@@ -117,6 +117,9 @@ RUN_OPTIONS = [
     click.Option(["--dataset", "datasets"], multiple=True, metavar="NAME=DIR",
                  help="a local folder mounted read-only where Domino mounts dataset NAME for a job (/mnt/data/NAME; "
                  "repeatable)"),
+    click.Option(["--dask"], metavar="N|HOST:PORT", help="run the cluster stages (load, merge, process) on a Dask "
+                 "cluster: N worker processes started for the run, or the running scheduler at HOST:PORT; host "
+                 "backend only (docs/performance.md)"),
     click.Option(["--schema"], metavar="PATH", help=f"the data's schema file (default: ${schemas.ENV}, else "
                  f"schema.toml at the repository root); sets {schemas.ENV} for the stages"),
 ]
@@ -181,7 +184,10 @@ def sample_defaults(dag, params: dict) -> dict:
 def setup_from(options: dict, flow_file: Path):
     from stageflow import jobs
 
-    setup = jobs.Setup(code=Path(options["code"]).resolve() if options.get("code") else None)
+    from stageflow import dask_cluster
+
+    setup = jobs.Setup(code=Path(options["code"]).resolve() if options.get("code") else None,
+                       dask=dask_cluster.parse(options.get("dask")))
     if setup.code is not None and not setup.code.is_dir():
         raise RunError(f"--code {options['code']}: not a directory")
     for text in options.get("environment_images") or ():

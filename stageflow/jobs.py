@@ -63,6 +63,7 @@ class Setup:
     datasets: dict[str, Path] = field(default_factory=dict)  # dataset name -> local folder
     notices: list[str] = field(default_factory=list)
     exclude: list[Path] = field(default_factory=list)  # the run directory and the cache, when inside the code
+    dask: int | str | None = None  # --dask: workers to start for the cluster stages, or a scheduler's HOST:PORT
 
     def with_flow(self, flow_file: Path) -> "Setup":
         """The code directory and the mapping file that go with a flow file, unless given."""

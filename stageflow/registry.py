@@ -92,6 +92,9 @@ class Stage:
     # Domino's cache keys on input values. A load's input is a path whose file can change under the same
     # name, so a cached load would return a stale snapshot; downstream inputs are files, keyed by content.
     cache: bool = True
+    # Does its work on a Dask cluster when its job has one: on Domino the task is given an on-demand cluster
+    # (DASK below); locally `stageflow run --dask N` starts one (stageflow/dask_cluster.py).
+    cluster: bool = False
 
     @property
     def folder(self) -> Path:
@@ -143,12 +146,29 @@ class Stage:
 
 
 STAGES = {stage.name: stage for stage in (
-    Stage("load_a", "Small", "Snapshot source A as typed Parquet", cache=False),
-    Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False),
-    Stage("merge", "Medium", "Union of A and B on the schema's key"),
-    Stage("process", "Medium", "Drop noise, invalid rows; normalise labels"),
+    Stage("load_a", "Small", "Snapshot source A as typed Parquet", cache=False, cluster=True),
+    Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False, cluster=True),
+    Stage("merge", "Medium", "Union of A and B on the schema's key", cluster=True),
+    Stage("process", "Medium", "Drop noise, invalid rows; normalise labels", cluster=True),
     Stage("train", "Large", "Mini-batch training; model and metrics"),
 )}
+
+
+@dataclass(frozen=True)
+class DaskCluster:
+    """The on-demand Dask cluster a cluster stage's task asks Domino for (flow.py): its workers, their hardware
+    tier and the scheduler's, and the environment they run, which must list Dask in its supportedClusters. The
+    cluster runs the stage's own image, so its workers import the same runtime as the job (its environment
+    revision is the one `make environments` records for it). Sized from docs/performance.md ("Past one
+    machine"): each worker holds a partition (a row group) at a time, as a stage does on one machine."""
+    workers: int = 2
+    worker_tier: str = "Medium"
+    scheduler_tier: str = "Small"
+    environment: str = "stageflow-dask"
+    worker_storage_gib: float | None = None  # Domino's default
+
+
+DASK = DaskCluster()
 
 
 def by_task(name: str, command: str, environment: str | None) -> Stage | None:

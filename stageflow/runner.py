@@ -372,6 +372,10 @@ class Run:
             self._refuse_inputs_inside()
         self.setup = setup or jobs.Setup().with_flow(ROOT / "flow.py")
         self.jobs = jobs.plan(dag, self.setup, uuid.uuid4().hex, standard_environment)
+        if self.setup.dask is not None and backend.name != "host":
+            raise RunError(f"--dask: the cluster stages run beside a cluster of host processes, and the {backend.name} "
+                           f"backend runs stages in containers with no network, which cannot reach it; use "
+                           f"--backend host (docs/performance.md, \"Past one machine\")")
         backend.check(list(self.jobs.values()))
         if cache:
             cache.check()
@@ -439,7 +443,8 @@ class Run:
                 self.record.write(self.run_dir / "run.json")  # at once: an earlier run's record must not stand
                 try:
                     self.dir.clear()
-                    self._schedule()
+                    with self._cluster():
+                        self._schedule()
                     if self.record.succeeded and not self.interrupted:
                         self._publish_outputs()
                 except OSError as err:  # clearing the directory or publishing the outputs (a full disk)
@@ -449,6 +454,31 @@ class Run:
                     self.record.finished_at = now()
                     self.record.write(self.run_dir / "run.json")
         return self.record.succeeded and self.record.error is None
+
+    @contextlib.contextmanager
+    def _cluster(self):
+        """With --dask, the cluster the cluster stages use, for as long as the tasks run (started here when
+        --dask gives a number of workers; stopped however the run ends), and their jobs told where it is."""
+        if self.setup.dask is None:
+            yield
+            return
+        from stageflow.dask_cluster import LocalCluster
+
+        folder = self.run_dir / ".dask"
+        with contextlib.suppress(OSError):
+            shutil.rmtree(folder)
+        try:
+            with LocalCluster(self.setup.dask, folder) as cluster:
+                if self.echo:
+                    started = "started" if isinstance(self.setup.dask, int) else "given"
+                    print(f"dask: cluster stages on the scheduler at {cluster.address} ({started})", flush=True)
+                for job in self.jobs.values():
+                    if job.stage is not None and job.stage.cluster:
+                        job.environment.update(cluster.environment())
+                yield
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(folder)
 
     @contextlib.contextmanager
     def _signals(self):

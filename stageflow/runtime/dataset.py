@@ -375,6 +375,7 @@ class Snapshot:
 
     def __init__(self, path: Path, name: str):
         self.name = name  # the input it came in as, for error messages
+        self.path = path
         try:
             self.file = parquet_file(path, f"input {name}")
         except (pa.ArrowInvalid, OSError) as err:
@@ -404,6 +405,14 @@ class Snapshot:
             yield conform(table, f"input {self.name}", first_row)
             first_row += table.num_rows
 
+    def row_group_rows(self) -> list[int]:
+        return [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+
+    def rows(self, group: int, start: int, count: int) -> pa.Table:
+        """`count` rows of row group `group` from its row `start`, checked and cast (a cluster's partition)."""
+        table = self._read(self.file.read_row_group, group).slice(start, count)
+        return conform(table, f"input {self.name}")
+
     def empty(self) -> pa.Table:
         """No rows, but the checked columns and types: for comparing schemas before reading data."""
         # (from_batches, not schema.empty_table(): that one makes pyarrow import pandas, 0.5 s, where installed)
@@ -418,6 +427,18 @@ class Snapshot:
     def read(self) -> pa.Table:
         """The whole snapshot, checked and cast."""
         return conform(self._read(self.file.read), f"input {self.name}")
+
+
+def _first_seen(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """A dictionary column on the values its rows use, in the order they first appear: what a row group stores
+    then depends on its rows alone, not on how they were batched (a slice keeps its batch's whole dictionary),
+    so the same rows give the same bytes whichever path, or cluster, made them. It works on the codes only."""
+    whole = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    used = pc.drop_null(pc.unique(whole.indices))
+    if len(used) == len(whole.dictionary) and pc.all(pc.equal(used, pa.array(range(len(used)), used.type))).as_py():
+        return whole  # already so (the usual case): nothing to do
+    codes = pc.cast(pc.index_in(whole.indices, value_set=used), whole.type.index_type)
+    return pa.DictionaryArray.from_arrays(codes, whole.dictionary.take(used))
 
 
 class Writer:
@@ -482,7 +503,11 @@ class Writer:
     def _write(self, table: pa.Table) -> None:
         # One label dictionary per row group: batches each bring their own, and the Parquet writer
         # re-encodes a column whose dictionary changes from chunk to chunk (4x the cost, measured).
-        self.writer.write_table(table.unify_dictionaries(), row_group_size=ROW_GROUP)
+        table = table.unify_dictionaries()
+        for i, column in enumerate(table.columns):
+            if pa.types.is_dictionary(column.type):
+                table = table.set_column(i, table.field(i), _first_seen(column))
+        self.writer.write_table(table, row_group_size=ROW_GROUP)
 
     def _flush(self) -> None:
         if self.buffered:

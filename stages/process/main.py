@@ -9,11 +9,12 @@ memory at a time.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stageflow.runtime import contract, dataset, schema as schemas
+from stageflow.runtime import cluster, contract, dataset, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
@@ -105,27 +106,76 @@ def clean_table(table: pa.Table, schema: schemas.Schema) -> tuple[pa.Table, dict
     return table.filter(keep), dropped
 
 
+def clean_part(item: tuple[tuple[int, int, int], str], path: str) -> dict:
+    """On a worker: one slice of a row group cleaned into its part file; its counts."""
+    (group, start, rows), part = item
+    table = dataset.Snapshot(Path(path), "merged_data").rows(group, start, rows)
+    schema = schemas.active()
+    cleaned, dropped = clean_table(table, schema)
+    cluster.write_part(cleaned, Path(part))
+    return {"rows": cleaned.num_rows, "dropped": dropped,
+            "unknown": unknown_labels(cleaned.column(schema.label), schema)}
+
+
+def process_on(dask: cluster.Cluster, tree: StageTree, snapshot: dataset.Snapshot) -> bool:
+    """The same work on the cluster, a partition per slice of a row group; False when a partition's rows
+    are refused (the one-machine path then names the problem)."""
+    shared = dask.share(snapshot.path, "merged_data")
+    units = cluster.slices(snapshot.row_group_rows(), dask.workers)
+    parts = [str(dask.part(f"process-{n}")) for n in range(len(units))]
+    reports = dask.run(clean_part, list(zip(units, parts)), str(shared))
+    if any(report.get("refused") for report in reports):
+        log.info("a partition's rows were refused: naming the problem on one machine")
+        return False
+    unknown, reasons = {}, {}
+    for report in reports:
+        add_counts(reasons, report["dropped"])
+        add_counts(unknown, report["unknown"])
+    write_output(tree, snapshot, cluster.read_parts([Path(p) for p in parts]), reasons, unknown)
+    return True
+
+
+def write_output(tree: StageTree, snapshot: dataset.Snapshot, cleaned, reasons: dict[str, int],
+                 unknown: dict[str, int]) -> int:
+    with tree.output_file("processed_data") as tmp, dataset.Writer(tmp) as writer:
+        for table in cleaned:
+            writer.write(table)
+        kept = writer.rows
+        check_not_empty(kept, snapshot.num_rows, reasons)
+        check_labels(unknown, schemas.active())
+        writer.meta = {**snapshot.meta, "rows": kept, "dropped": snapshot.num_rows - kept, "dropped_by": reasons}
+    return kept
+
+
 def process(tree: StageTree) -> None:
-    """Clean a row group at a time: memory stays at one row group whatever the data's size."""
+    """Clean a row group at a time: memory stays at one row group whatever the data's size. With a cluster,
+    the workers clean the row groups and the job writes what they made, in order."""
     snapshot = dataset.Snapshot(tree.read("merged_data", contract.File), "merged_data")
+    with cluster.attached() as dask:
+        if dask and process_on(dask, tree, snapshot):
+            report(snapshot, tree)
+            return
     schema = schemas.active()
     unknown: dict[str, int] = {}
     reasons: dict[str, int] = {}
-    with tree.output_file("processed_data") as tmp, dataset.Writer(tmp) as writer:
+
+    def cleaned():
         for table in snapshot.tables():
-            cleaned, dropped = clean_table(table, schema)
+            kept, dropped = clean_table(table, schema)
             add_counts(reasons, dropped)
-            add_counts(unknown, unknown_labels(cleaned.column(schema.label), schema))
-            writer.write(cleaned)
-        kept = writer.rows
-        check_not_empty(kept, snapshot.num_rows, reasons)
-        check_labels(unknown, schema)
-        dropped = snapshot.num_rows - kept
-        writer.meta = {**snapshot.meta, "rows": kept, "dropped": dropped, "dropped_by": reasons}
-    if dropped:
-        log.warning("dropped %d of %d rows that cannot be trained on: %s", dropped, snapshot.num_rows,
-                    dropped_words(reasons))
-    log.info("processed %d rows into %d (%d dropped)", snapshot.num_rows, kept, dropped)
+            add_counts(unknown, unknown_labels(kept.column(schema.label), schema))
+            yield kept
+
+    write_output(tree, snapshot, cleaned(), reasons, unknown)
+    report(snapshot, tree)
+
+
+def report(snapshot: dataset.Snapshot, tree: StageTree) -> None:
+    meta = dataset.Snapshot(tree.outputs / "processed_data", "processed_data").meta
+    if meta["dropped"]:
+        log.warning("dropped %d of %d rows that cannot be trained on: %s", meta["dropped"], snapshot.num_rows,
+                    dropped_words(meta["dropped_by"]))
+    log.info("processed %d rows into %d (%d dropped)", snapshot.num_rows, meta["rows"], meta["dropped"])
 
 
 def main() -> None:
