@@ -15,6 +15,7 @@ past its line, and which line of a JSON Lines file the parser stumbled on.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import datetime as dt
 import errno
@@ -27,8 +28,9 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from stageflow.runtime import dataset, schema as schemas
+from stageflow.runtime import cluster, dataset, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree, not_a_regular_file, sha256_file
 
 log = logging.getLogger("stageflow")
@@ -50,7 +52,8 @@ def source_format(path: Path) -> str:
     raise StageError(f"input data_path: {path} has an unsupported extension; expected one of {', '.join(FORMATS)}")
 
 
-def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
+def _csv_batches(path: Path, typed: bool, source=None) -> Iterator[pa.RecordBatch]:
+    """The CSV at `path` (or `source`, a stream of part of it) a batch at a time."""
     import pyarrow.csv as pcsv
 
     # Typed read first: it is the fast path. A value that does not convert (padding, a stray word) makes
@@ -63,7 +66,7 @@ def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
         # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
         # Only an empty field is missing (not NA, NULL, N/A...: pyarrow's default list), and text is checked
         # for UTF-8 by `dataset.conform`, which names the row, rather than by the reader, which does not.
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
+        reader = pcsv.open_csv(path if source is None else source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
                                convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""],
                                                                    check_utf8=False))
         yield from reader
@@ -364,15 +367,110 @@ def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
     return writer.meta["source"]
 
 
+# ------------------------------------------------------------------ on a cluster
+
+SPLITTABLE = ("csv", "parquet")  # formats a cluster reads in parts; a gzip stream or JSON read whole is one
+CSV_PART_MIN = 16 << 10  # bytes: the smallest CSV part (small sources are still cut, for every worker to have one)
+CSV_PART_MAX = 64 << 20  # bytes: the largest (a worker holds one part's rows at a time)
+
+
+def csv_parts(size: int, workers: int) -> list[tuple[int, int]]:
+    """Byte ranges of a CSV, a part each; a part begins at the first line that starts in its range."""
+    step = max(CSV_PART_MIN, min(CSV_PART_MAX, -(-size // (cluster.PARTS_PER_WORKER * workers))))
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def csv_block(path: Path, start: int, end: int) -> bytes:
+    """The lines that start in [start, end), after the header line (which every part is given)."""
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        if start == 0:
+            handle.seek(0)
+        else:
+            handle.seek(start - 1)
+            if handle.read(1) != b"\n":
+                handle.readline()  # the rest of a line that began in the part before
+            if handle.tell() < len(header):
+                handle.seek(len(header))
+        begin = handle.tell()
+        data = handle.read(max(0, end - begin))
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()  # the line that begins here ends in the next part
+    return data if start == 0 else header + data
+
+
+def load_part(item: tuple[tuple, str], path: str, fmt: str) -> dict:
+    """On a worker: one part of a source, checked by the schema as a load checks it, into its part file."""
+    unit, part = item
+    source = Path(path)
+    if fmt == "parquet":
+        group, start, rows = unit
+        raw = dataset.parquet_file(source, f"input data_path: {source}").read_row_group(group).slice(start, rows)
+        tables = [_conformed(raw, source, fmt, first_row=start + group)]  # (not the first: no header to check)
+    else:
+        block = csv_block(source, *unit)
+        try:
+            batches = list(_csv_batches(source, True, pa.BufferReader(block)))
+        except ConversionError:
+            batches = list(_csv_batches(source, False, pa.BufferReader(block)))
+        except (pa.ArrowInvalid, OSError, EOFError) as err:
+            raise StageError(f"input data_path: {source}: {err}") from None
+        tables, first_row = [], 0 if unit[0] == 0 else 1  # only the first part holds the header row to check
+        for batch in batches:
+            if batch.num_rows:
+                tables.append(_conformed(pa.Table.from_batches([batch]), source, fmt, first_row))
+                first_row += batch.num_rows
+    if tables:
+        cluster.write_part(pa.concat_tables(tables), Path(part))
+    return {"rows": sum(t.num_rows for t in tables)}
+
+
+def _snapshot_on(dask: cluster.Cluster, path: Path, fmt: str, tmp: Path) -> dict | None:
+    """The snapshot made on the cluster: the workers check the source's parts (they read the source where it
+    lies: a dataset, which Domino mounts on them too), the job checks the keys and writes the parts in order.
+    None when a part is refused: the one-machine path then names the problem in its own words."""
+    if fmt == "parquet":
+        groups = dataset.parquet_file(path, f"input data_path: {path}").metadata
+        units = cluster.slices([groups.row_group(i).num_rows for i in range(groups.num_row_groups)], dask.workers)
+    else:
+        units = csv_parts(path.stat().st_size, dask.workers)
+    parts = [dask.part(f"load-{n}") for n in range(len(units))]
+    with concurrent.futures.ThreadPoolExecutor(1) as hasher:
+        digest = hasher.submit(sha256_file, path)
+        reports = dask.run(load_part, [(unit, str(part)) for unit, part in zip(units, parts)], str(path), fmt)
+        written = [part for part, report in zip(parts, reports) if report.get("rows")]
+        if any(report.get("refused") for report in reports) or not written:
+            log.info("a part of the source was refused: naming the problem on one machine")
+            return None
+        key, name = schemas.active().key, f"input data_path: {path}"
+        keys = pa.chunked_array([chunk for part in written for chunk in pq.read_table(part, columns=[key]).column(key)
+                                 .chunks], type=dataset.ARROW_TYPES[schemas.active().key_type])
+        dataset.check_ids(pa.table({key: keys}), name)
+        del keys
+        with dataset.Writer(tmp) as writer:
+            for table in cluster.read_parts(written):
+                writer.write(table)
+            writer.meta = {"source": {"path": str(path), "format": fmt, "sha256": digest.result(), "rows": writer.rows,
+                                      "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}}
+    return writer.meta["source"]
+
+
 def load(tree: StageTree, output: str) -> None:
     """Snapshot the source named by input `data_path` as output `output`, with its hash and row count."""
     started = time.perf_counter()
     path = Path(tree.read("data_path", str))
     fmt = check_source(path)
+    if fmt not in SPLITTABLE and cluster.scheduler_address():
+        log.info("a %s source is read whole: it is loaded on one machine, not on the cluster", fmt)
     with tree.output_file(output) as tmp:
-        try:
-            source = _snapshot(path, fmt, tmp, typed=True)
-        except ConversionError:  # the typed writer has released tmp: the text read starts it afresh
-            source = _snapshot(path, fmt, tmp, typed=False)
+        source = None
+        if fmt in SPLITTABLE:
+            with cluster.attached() as dask:
+                source = _snapshot_on(dask, path, fmt, tmp) if dask else None
+        if source is None:
+            try:
+                source = _snapshot(path, fmt, tmp, typed=True)
+            except ConversionError:  # the typed writer has released tmp: the text read starts it afresh
+                source = _snapshot(path, fmt, tmp, typed=False)
     log.info("loaded %d rows from %s (%s, sha256 %s) in %.2f s", source["rows"], path, fmt,
              source["sha256"][:12], time.perf_counter() - started)
