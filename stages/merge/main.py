@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from itertools import chain
@@ -33,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stageflow.runtime import contract, dataset, schema as schemas
+from stageflow.runtime import cluster, contract, dataset, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
@@ -347,15 +348,136 @@ def engine_union(a: dataset.Snapshot, b: dataset.Snapshot, engine: Engine, label
         yield table
 
 
+# ------------------------------------------------------------------ on a cluster
+# The same union, by ranges of Ids: the workers check both snapshots' rows and send each row to the range its
+# Id falls in (the ranges cut where a sample of the Ids says, so they come out about equal), then each range
+# is merged by the engine above, on a worker, with the same queries; the job writes the ranges in order. A
+# problem any range finds (a conflict, an Id twice) is named by the one-machine path, in its words.
+
+RANGES_PER_WORKER = 2
+SAMPLE_SIZE = 100_000  # Ids sampled, about, to cut the ranges
+
+
+def sample_keys(unit: tuple, every: int) -> dict:
+    """On a worker: every `every`-th Id of one slice of a snapshot, sorted."""
+    name, path, group, start, rows = unit
+    snapshot = dataset.Snapshot(Path(path), name)
+    ids = pc.cast(snapshot.file.read_row_group(group, columns=[dataset.key()]).column(0).slice(start, rows),
+                  dataset.arrow_types(schemas.active())[dataset.key()])
+    if ids.null_count:
+        raise StageError(f"input {name}: a missing {dataset.key()}")
+    return {"sample": sorted(ids.take(pa.array(range(0, len(ids), every))).to_pylist())}
+
+
+def split_rows(item: tuple, names: list[str], bounds: list) -> dict:
+    """On a worker: one slice of a snapshot, checked, as the engine's columns (the label as text and as the
+    schema spells it), one file per range of Ids."""
+    import numpy as np  # (with dask, on a cluster's image)
+
+    unit, files = item
+    name, path, group, start, rows = unit
+    table = dataset.Snapshot(Path(path), name).rows(group, start, rows)
+    if table.column(dataset.key()).null_count:
+        raise StageError(f"input {name}: a missing {dataset.key()}")
+    schema = schemas.active()
+    labels = pc.cast(table.column(dataset.label()), pa.string())
+    spelt = {value: schema.canonical(value) for value in pc.unique(labels).to_pylist() if value is not None}
+    same = pa.array([None if v is None else spelt[v] for v in labels.to_pylist()], pa.string())
+    table = table.select(names).set_column(names.index(dataset.label()), dataset.label(), labels).append_column("s", same)
+    table = table.rename_columns(engine_names(names))
+    ids = table.column(engine_names(names)[names.index(dataset.key())]).to_numpy(zero_copy_only=False)
+    ranges = np.searchsorted(np.asarray(bounds, dtype=ids.dtype), ids, side="right") if bounds else np.zeros(len(ids), int)
+    for r, file in enumerate(files):
+        cluster.write_part(table.filter(pa.array(ranges == r)), Path(file))
+    return {"rows": table.num_rows}
+
+
+def merge_range(item: tuple, names: list[str]) -> dict:
+    """On a worker: one range of Ids merged by the engine (compared, then A's rows and B's that A lacks,
+    sorted), into its part file."""
+    a_files, b_files, part = item
+    spill = Path(part).with_suffix(".spill")
+    spill.mkdir(parents=True, exist_ok=True)
+    try:
+        with connect(spill) as con, engine_errors():
+            con.read_parquet(a_files).create_view("a")
+            con.read_parquet(b_files).create_view("b")
+            engine, found = Engine(con, names), Found()
+            if not engine.compare(found) or found.conflicts:
+                raise StageError("merge: a conflict or an Id held twice")
+            ascending, writer, rows = Ascending(), None, 0
+            tmp = Path(part).with_suffix(".tmp")
+            try:
+                for batch in engine.union():
+                    table = pa.Table.from_batches([batch]).rename_columns(names)
+                    if not ascending.check(table):
+                        raise StageError("merge: an Id held twice")
+                    writer = writer or pq.ParquetWriter(tmp, batch.schema, compression="none")
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            finally:
+                if writer:
+                    writer.close()
+            if writer:
+                tmp.replace(part)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return {"rows": rows, "overlap": found.overlap}
+
+
+def from_engine(table: pa.Table, names: list[str], schema: pa.Schema) -> pa.Table:
+    """A range's rows back as snapshot rows."""
+    table = table.rename_columns(names)
+    label = names.index(dataset.label())
+    return table.set_column(label, dataset.label(), pc.cast(table.column(label), dataset.LABEL_TYPE)).cast(schema)
+
+
+def merge_on(dask: cluster.Cluster, tree: StageTree, a: dataset.Snapshot, b: dataset.Snapshot, names: list[str],
+             schema: pa.Schema, sources: list[dict]) -> bool:
+    """The merge on the cluster; False when a range found a problem (the one-machine path then names it)."""
+    units = [(snapshot.name, str(dask.share(snapshot.path, snapshot.name)), *part) for snapshot in (a, b)
+             for part in cluster.slices(snapshot.row_group_rows(), dask.workers)]
+    if not units:
+        return False
+    samples = dask.run(sample_keys, units, max(1, (a.num_rows + b.num_rows) // SAMPLE_SIZE))
+    if any(report.get("refused") for report in samples):
+        return False
+    sample = sorted(key for report in samples for key in report["sample"])
+    count = RANGES_PER_WORKER * dask.workers
+    bounds = sorted({sample[len(sample) * i // count] for i in range(1, count)}) if sample else []
+    splits = [[str(dask.part(f"split-{n}-{r}")) for r in range(len(bounds) + 1)] for n in range(len(units))]
+    if any(report.get("refused") for report in dask.run(split_rows, list(zip(units, splits)), names, bounds)):
+        return False
+    ranges = [([splits[n][r] for n, unit in enumerate(units) if unit[0] == a.name],
+               [splits[n][r] for n, unit in enumerate(units) if unit[0] == b.name], str(dask.part(f"union-{r}")))
+              for r in range(len(bounds) + 1)]
+    merged = dask.run(merge_range, ranges, names)
+    if any(report.get("refused") for report in merged):
+        return False
+    parts = [Path(part) for (_, _, part), report in zip(ranges, merged) if report["rows"]]
+    with tree.output_file("merged_data") as tmp, dataset.Writer(tmp, schema) as writer:
+        for table in cluster.read_parts(parts):
+            writer.write(from_engine(table, names, schema))
+        writer.meta = {"sources": sources, "rows": writer.rows, "overlap": sum(r["overlap"] for r in merged)}
+    log.info("merged %d + %d rows (%d Ids in both, identical) into %d rows (on the cluster: %d ranges of %s)",
+             a.num_rows, b.num_rows, writer.meta["overlap"], writer.rows, len(ranges), dataset.key())
+    return True
+
+
 def merge(tree: StageTree) -> None:
     a = dataset.Snapshot(tree.read("datasetA", contract.File), "datasetA")
     b = dataset.Snapshot(tree.read("datasetB", contract.File), "datasetB")
     names = shared_columns(a, b)
     schema = a.empty().select(names).schema
-    streaming = sorted_by_key(a) and sorted_by_key(b)
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
     sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
+    with cluster.attached() as dask:
+        if dask and merge_on(dask, tree, a, b, names, schema, sources):
+            return
+        if dask:
+            log.info("a range of Ids found a problem: naming it on one machine")
+    streaming = sorted_by_key(a) and sorted_by_key(b)
     labels, found = Labels(), Found()
     with tree.output_file("merged_data") as tmp, \
             tempfile.TemporaryDirectory(prefix=".merge-spill-", dir=tmp.parent) as spill, \
