@@ -33,6 +33,9 @@ from stageflow.runtime.contract import StageError
 
 START_SECONDS = 60  # for the scheduler to write its address and every worker to join it
 WORKER_MEMORY = "4GiB"  # each worker's memory limit (the Medium tier's): past it Dask spills, then restarts it
+# A worker whose nanny died is gone for good here (Domino restarts a cluster's dead worker): a stage whose work
+# then has no worker left fails after this long, rather than wait for ever.
+NO_WORKERS_SECONDS = 60
 
 
 class ClusterError(StageError):
@@ -60,6 +63,7 @@ class LocalCluster:
     """The cluster a run uses: started here (`workers`), or a running one (`address`)."""
     spec: int | str
     directory: Path
+    no_workers_timeout: float = NO_WORKERS_SECONDS
     address: str | None = None
     processes: list[subprocess.Popen] = field(default_factory=list)
 
@@ -86,7 +90,7 @@ class LocalCluster:
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": f"{self.no_workers_timeout}s"}
         log = open(self.directory / f"{log_name}.log", "wb")
         try:
             proc = subprocess.Popen([sys.executable, "-m", *args], cwd=self.directory, env=env,

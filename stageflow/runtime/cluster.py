@@ -106,11 +106,12 @@ class Cluster:
         import dask.dataframe as dd
         import pandas as pd
 
+        # A stage's own main.py cannot be imported by the workers (nor the scheduler, which unpickles the graph):
+        # its work travels by value, as bytes only a worker opens.
         module = sys.modules.get(work.__module__)
         if module is not None and module.__name__ != "__main__" and not module.__name__.startswith("stageflow."):
-            cloudpickle.register_pickle_by_value(module)  # a stage's own main.py: the workers cannot import it
-        schema_text = schemas.active().path.read_bytes()
-        frame = dd.from_map(_partition, units, args=(work, schema_text, str(self.shared), args),
+            cloudpickle.register_pickle_by_value(module)
+        frame = dd.from_map(_partition, units, args=(cloudpickle.dumps(work), str(self.shared), args),
                             meta=pd.DataFrame({"report": pd.Series([], dtype=object)}), enforce_metadata=False)
         try:
             reports = frame.compute(scheduler=self.client)
@@ -129,8 +130,9 @@ def cluster_failure(err: BaseException) -> str:
     return f"cluster: the work could not finish ({name}: {' '.join(str(err).split())[:200]})"
 
 
-def _partition(unit, work: Callable, schema_text: bytes, shared: str, args: tuple):
+def _partition(unit, work: bytes, shared: str, args: tuple):
     """One partition, on a worker: the stage's work under the job's schema, its report as a one-row frame."""
+    import cloudpickle
     import pandas as pd
 
     schema_file = Path(shared) / "schema.toml"
@@ -140,7 +142,7 @@ def _partition(unit, work: Callable, schema_text: bytes, shared: str, args: tupl
     previous = os.environ.get(schemas.ENV)
     os.environ[schemas.ENV] = str(schema_file)
     try:
-        report = work(unit, *args)
+        report = cloudpickle.loads(work)(unit, *args)
     except StageError:  # the rows are refused: the job names the problem on the one-machine path
         report = {"refused": True}
     finally:
