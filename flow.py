@@ -21,6 +21,7 @@ try:  # Flow Artifacts, in the plugin versions that have them; without, model an
     from flytekitplugins.domino.artifact import MODEL, REPORT, Artifact
 except ImportError:
     from stageflow.domino.plugin import MODEL, REPORT, Artifact
+from stageflow.domino import clusters
 from stageflow.domino.environments import built_revisions
 from stageflow.registry import stage as registered
 from stageflow.domino.submit import pinned_dataset
@@ -37,6 +38,7 @@ TrainingOutputs = NamedTuple("TrainingOutputs", model=ModelArtifact.File(name="m
                              metrics=Json, report=ReportArtifact.File(name="report.html", type="html"))
 
 REVISIONS = built_revisions()  # per stage, the environment revision built from its image (none locally)
+ENVIRONMENT_IDS = built_revisions(key="environment_id")  # and its environment's id
 DATASET = pinned_dataset()  # the snapshot of the dataset holding the sources, named at `make submit`
 
 
@@ -56,25 +58,31 @@ def job(name: str, reads_sources: bool = False) -> dict:
     return settings
 
 
+def stage_task(**call) -> dict:
+    """A stage's run_domino_job_task call; for a cluster stage, with its on-demand Dask cluster when one is
+    asked for (`make submit DASK=1`: stageflow/domino/clusters.py)."""
+    return clusters.job_task(call, run_domino_job_task, ENVIRONMENT_IDS)
+
+
 @workflow
 def model_training(data_path_a: str, data_path_b: str, epochs: int = 10, batch_size: int = 32) -> TrainingOutputs:
-    load_a = run_domino_job_task(
+    load_a = stage_task(
         **job("load_a", reads_sources=True),
         inputs=[Input(name="data_path", type=str, value=data_path_a)],
         output_specs=[Output(name="datasetA", type=Parquet)],
     )
-    load_b = run_domino_job_task(
+    load_b = stage_task(
         **job("load_b", reads_sources=True),
         inputs=[Input(name="data_path", type=str, value=data_path_b)],
         output_specs=[Output(name="datasetB", type=Parquet)],
     )
-    merge = run_domino_job_task(
+    merge = stage_task(
         **job("merge"),
         inputs=[Input(name="datasetA", type=Parquet, value=load_a["datasetA"]),
                 Input(name="datasetB", type=Parquet, value=load_b["datasetB"])],
         output_specs=[Output(name="merged_data", type=Parquet)],
     )
-    process = run_domino_job_task(
+    process = stage_task(
         **job("process"),
         inputs=[Input(name="merged_data", type=Parquet, value=merge["merged_data"])],
         output_specs=[Output(name="processed_data", type=Parquet)],

@@ -5,6 +5,7 @@ import importlib.util
 import inspect
 import json
 import os
+import subprocess
 import sys
 import uuid
 from collections import OrderedDict
@@ -255,3 +256,117 @@ def test_serialised_workflow_binds_each_input_to_its_source(serialised):
         ("model", "train", "model"), ("metrics", "train", "metrics"), ("report", "train", "report")}
     assert {v: literal_kind(t.type) for v, t in workflow.interface.inputs.items()} == {
         "data_path_a": "str", "data_path_b": "str", "epochs": "int", "batch_size": "int"}
+
+
+# ---------------------------------------------------------------- the cluster stages' on-demand Dask cluster
+
+CLUSTER_STAGES = ["load_a", "load_b", "merge", "process"]  # written out: a registry that marks others fails
+TIER_IDS = {"Small": "small-k8s", "Medium": "medium-k8s", "Large": "large-k8s"}
+DASK_CLUSTER = {"ClusterType": "Dask", "WorkerCount": 2, "WorkerHardwareTierId": "medium-k8s",
+                "MasterHardwareTierId": "small-k8s", "WorkerStorageGiB": None, "MaxWorkerCount": None}
+
+
+def cluster_tasks(standin, monkeypatch) -> dict[str, dict]:
+    """flow.py's DominoJobTask declarations, with a cluster asked for (`make submit DASK=1`)."""
+    monkeypatch.setenv("STAGEFLOW_DASK", "1")
+    tasks = importlib.import_module("flytekitplugins.domino.task")
+    tasks.TASKS.clear()
+    load_flow(monkeypatch)
+    assert [c["flyte_task_name"] for c in standin.CALLS] == [n for n in JOBS if n not in CLUSTER_STAGES]
+    return {task["name"]: task for task in tasks.TASKS}
+
+
+def test_asked_for_a_cluster_each_cluster_stage_is_a_domino_job_task_with_a_dask_cluster(standin, monkeypatch,
+                                                                                        no_record):
+    declared = cluster_tasks(standin, monkeypatch)
+    assert list(declared) == CLUSTER_STAGES
+    for name, task in declared.items():
+        config, (environment, tier) = task["domino_job_config"], JOBS[name]
+        cluster = config.ComputeClusterProperties
+        assert config.Command == f"python /opt/stageflow/stages/{name}/main.py" and task["use_latest"] is True
+        assert (config.EnvironmentId, config.HardwareTierId, config.EnvironmentRevisionSpec) == \
+            (environment, TIER_IDS[tier], None)  # by name without a record; make submit needs one
+        assert {key: getattr(cluster, key) for key in DASK_CLUSTER} == DASK_CLUSTER, name
+        assert cluster.ComputeEnvironmentId == environment  # the stage's own image runs its workers
+        assert (config.DatasetSnapshots is None) and config.ExternalVolumeMountIds is None
+
+
+def test_a_cluster_stage_task_pins_its_environment_and_the_clusters_by_id(standin, monkeypatch, no_record):
+    revisions = {name: f"{n:024x}" for n, name in enumerate(STAGES, 1)}
+    no_record.write_text(json.dumps({"definitions": {}, "applied": {"environments": {
+        name: {"environment_id": f"e{revision[1:]}", "revision_id": revision, "image": "r@sha256:0",
+               "version": STAGES[name].version, "status": "Succeeded"} for name, revision in revisions.items()}}}))
+    monkeypatch.setenv("STAGEFLOW_DATASET", "iris:3")
+    declared = cluster_tasks(standin, monkeypatch)
+    from flytekitplugins.domino.task import DatasetSnapshot, EnvironmentRevisionSpecification
+
+    for name, task in declared.items():
+        config = task["domino_job_config"]
+        pinned = EnvironmentRevisionSpecification(EnvironmentRevisionType="SomeRevision",
+                                                  EnvironmentRevisionId=revisions[name])
+        assert config.EnvironmentId == f"e{revisions[name][1:]}" == config.ComputeClusterProperties.ComputeEnvironmentId
+        assert config.EnvironmentRevisionSpec == pinned == config.ComputeClusterProperties.ComputeEnvironmentRevisionSpec
+        assert config.DatasetSnapshots == ([DatasetSnapshot(Name="iris", Version=3)] if name.startswith("load")
+                                           else None)
+
+
+def test_asked_for_a_cluster_the_flow_runs_the_same_tasks_on_the_same_inputs(standin, monkeypatch, no_record):
+    from stageflow import dag
+
+    def shape(found):
+        return [(n.name, n.task.command, n.task.environment, n.inputs, n.outputs) for n in found.nodes]
+
+    alone = dag.compile_flow(ROOT / "flow.py")
+    monkeypatch.setenv("STAGEFLOW_DASK", "1")
+    clustered = dag.compile_flow(ROOT / "flow.py")
+    assert shape(clustered) == shape(alone) and clustered.outputs == alone.outputs
+    assert [n.task.tier for n in clustered.nodes] == ["small-k8s", "small-k8s", "medium-k8s", "medium-k8s", "Large"]
+
+
+def test_a_cluster_stages_environment_lists_dask_among_its_supported_clusters():
+    pushed = {"images": {name: f"reg/{name}@sha256:0" for name in STAGES}}
+    found = environments.definitions(pushed)
+    assert {name: d.get("supportedClusters", []) for name, d in found.items()} == \
+        {name: ["Dask"] if name in CLUSTER_STAGES else [] for name in STAGES}
+    assert environments.revision_body(found["merge"])["supportedClusters"] == ["Dask"]
+    assert environments.revision_body(found["train"])["supportedClusters"] == []
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"ClusterType": "Dusk"}, "ClusterType 'Dusk'"),
+    ({"MasterHardwareTierId": None}, "needs MasterHardwareTierId"),
+    ({"WorkerCount": 0}, "WorkerCount 0"),
+    ({"MaxWorkerCount": 1, "WorkerCount": 2}, "MaxWorkerCount 1 is below"),
+])
+def test_the_standin_refuses_a_cluster_domino_would_not_start(standin, fields, problem):
+    from flytekitplugins.domino.task import ClusterProperties
+
+    given = {"ClusterType": "Dask", "ComputeEnvironmentId": "e1", "WorkerHardwareTierId": "medium-k8s",
+             "WorkerCount": 2, "MasterHardwareTierId": "small-k8s", **fields}
+    with pytest.raises(ValueError, match=problem):
+        ClusterProperties(**given)
+
+
+@pytest.mark.parametrize("make", ["ClusterProperties", "DominoJobConfig"])
+def test_the_standin_refuses_a_field_the_plugin_does_not_have(standin, make):
+    import flytekitplugins.domino.task as task
+
+    with pytest.raises(TypeError, match="WorkerHardareTierId"):  # the spelling of the plugin's first dataclass
+        getattr(task, make)(WorkerHardareTierId="medium-k8s")
+
+
+def test_a_task_asking_for_a_cluster_no_local_run_has_is_refused_before_anything_runs(tmp_path):
+    flow = tmp_path / "spark_flow.py"
+    flow.write_text(
+        "from flytekit import workflow\n"
+        "from flytekitplugins.domino.task import ClusterProperties, ComputeClusterType, DominoJobConfig, DominoJobTask\n"
+        "spark = DominoJobTask(name='crunch', domino_job_config=DominoJobConfig(Command='python crunch.py',\n"
+        "    ComputeClusterProperties=ClusterProperties(ClusterType=ComputeClusterType.Spark, ComputeEnvironmentId='e',\n"
+        "        WorkerHardwareTierId='small-k8s', WorkerCount=2, MasterHardwareTierId='small-k8s')), use_latest=True)\n"
+        "@workflow\n"
+        "def big() -> None:\n"
+        "    spark()\n")
+    found = subprocess.run([sys.executable, "-m", "stageflow", "run", "--backend", "docker", str(flow), "big"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 2 and "Traceback" not in found.stderr + found.stdout
+    assert "task crunch: asks for an on-demand Spark cluster, which exists only on Domino" in found.stderr + found.stdout

@@ -108,10 +108,13 @@ def dockerfile_instructions(stage: Stage) -> str:
 
 
 def definitions(pushed: dict) -> dict[str, dict]:
-    """Per stage: the environment's name, base image (by digest), Dockerfile instructions and description."""
+    """Per stage: the environment's name, base image (by digest), Dockerfile instructions and description; a
+    cluster stage's environment also runs its on-demand Dask cluster (stageflow/domino/clusters.py), so it lists
+    Dask among its supported clusters."""
     return {name: {"name": stage.environment, "image": pushed["images"][name],
                    "dockerfileInstructions": dockerfile_instructions(stage),
-                   "description": f"stageflow {name}: {stage.description} (image version {stage.version})"}
+                   "description": f"stageflow {name}: {stage.description} (image version {stage.version})",
+                   **({"supportedClusters": ["Dask"]} if stage.cluster else {})}
             for name, stage in STAGES.items()}
 
 
@@ -152,13 +155,14 @@ def record_problems(record: dict | None, pushed: dict | None) -> list[str]:
     return []
 
 
-def built_revisions(path: Path | None = None) -> dict[str, str]:
+def built_revisions(path: Path | None = None, key: str = "revision_id") -> dict[str, str]:
     """Per stage, the id of the revision `make environments` saw built from the image of the current code;
-    flow.py pins these. Empty without a record (locally, before the first `make environments`)."""
+    flow.py pins these (and, with key="environment_id", names the environments of the cluster stages' tasks by
+    id). Empty without a record (locally, before the first `make environments`)."""
     done = applied_environments(read_record(path or ENVIRONMENTS))
-    return {name: entry["revision_id"] for name, entry in done.items()
-            if name in STAGES and entry.get("revision_id") and entry.get("version") == STAGES[name].version
-            and state(entry) == "built"}
+    return {name: entry[key] for name, entry in done.items()
+            if name in STAGES and entry.get("revision_id") and entry.get(key) and entry.get("version") ==
+            STAGES[name].version and state(entry) == "built"}
 
 
 # ---------------------------------------------------------------- Domino's answers
@@ -267,7 +271,8 @@ def revision_body(definition: dict) -> dict:
     return {"dockerfileInstructions": definition["dockerfileInstructions"], "environmentVariables": [],
             "image": definition["image"], "postRunScript": "", "postSetupScript": "", "preRunScript": "",
             "preSetupScript": "", "skipCache": False, "summary": definition["description"],
-            "supportedClusters": [], "tags": [], "useVpn": False, "workspaceTools": []}
+            "supportedClusters": definition.get("supportedClusters", []), "tags": [], "useVpn": False,
+            "workspaceTools": []}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 from collections import OrderedDict
+from enum import Enum
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -92,9 +93,58 @@ class EnvironmentRevisionType:  # noqa: N801
     ActiveRevision, LatestRevision, SomeRevision = "ActiveRevision", "LatestRevision", "SomeRevision"
 
 
+class ComputeClusterType(str, Enum):
+    Dask, Spark, Ray, MPI = "Dask", "Spark", "Ray", "MPI"
+
+
+# The shape of Domino's on-demand clusters on a task, from the plugin's public ancestor (python-domino's
+# domino/flyte/task.py, 2024: ClusterProperties and DominoJobConfig, the config of a DominoJobTask) and the
+# fields python-domino's job_start documents for compute_cluster_properties (README: clusterType, computeEnvironmentId,
+# computeEnvironmentRevisionSpec, masterHardwareTierId "required unless clusterType is MPI", workerCount,
+# workerHardwareTierId, workerStorage, maxWorkerCount). The worker tier is spelt as its JSON key and that
+# file's reader spell it (WorkerHardwareTierId; its first dataclass had WorkerHardareTierId): docs/domino.md says
+# what is unverified against the current plugin.
 @dataclass(frozen=True)
-class DominoJobConfig:  # noqa: N815 - imported by Domino's templates; tasks built from it are not run locally
+class ClusterProperties:  # noqa: N815
+    ClusterType: ComputeClusterType
+    ComputeEnvironmentId: str
+    WorkerHardwareTierId: str
+    WorkerCount: int
+    WorkerStorageGiB: float | None = None
+    MaxWorkerCount: int | None = None
+    ComputeEnvironmentRevisionSpec: Any = None
+    MasterHardwareTierId: str | None = None
+    ExtraConfigs: dict[str, str] | None = None
+
+    def __post_init__(self):
+        if self.ClusterType not in tuple(ComputeClusterType):
+            raise ValueError(f"ClusterType {self.ClusterType!r}: expected one of "
+                             f"{', '.join(t.value for t in ComputeClusterType)}")
+        if not isinstance(self.WorkerCount, int) or self.WorkerCount < 1:
+            raise ValueError(f"WorkerCount {self.WorkerCount!r}: expected a whole number of workers, at least 1")
+        if self.MaxWorkerCount is not None and self.MaxWorkerCount < self.WorkerCount:
+            raise ValueError(f"MaxWorkerCount {self.MaxWorkerCount} is below WorkerCount {self.WorkerCount}")
+        if not self.MasterHardwareTierId and self.ClusterType != ComputeClusterType.MPI:
+            raise ValueError(f"a {ComputeClusterType(self.ClusterType).value} cluster needs MasterHardwareTierId (the "
+                             f"hardware tier of its scheduler or head)")
+        if not self.ComputeEnvironmentId or not self.WorkerHardwareTierId:
+            raise ValueError("a cluster needs ComputeEnvironmentId and WorkerHardwareTierId")
+
+
+@dataclass(frozen=True)
+class DominoJobConfig:  # noqa: N815 - the fields of the plugin's public ancestor (see ClusterProperties)
     Command: str | None = None
+    ApiKey: str | None = None
+    Title: str | None = None
+    CommitId: str | None = None
+    MainRepoGitRef: GitRef | None = None
+    HardwareTierId: str | None = None
+    EnvironmentId: str | None = None
+    EnvironmentRevisionSpec: EnvironmentRevisionSpecification | None = None
+    ComputeClusterProperties: ClusterProperties | None = None
+    VolumeSizeGiB: float | None = None
+    DatasetSnapshots: list | None = None
+    ExternalVolumeMountIds: list | None = None
 
 
 DATA, MODEL, REPORT = "data", "model", "report"  # Domino's three kinds of Flow Artifact
@@ -112,13 +162,58 @@ class Artifact:
         return FlyteFile[TypeVar(extension)] if extension else FlyteFile
 
 
-class DominoJobTask:
-    """Imported by Domino's templates beside run_domino_job_task; a task built from it directly (its own
-    DominoJobConfig) is not one the local runner can run: it says so where it is declared."""
+def cluster_features(cluster: ClusterProperties | None) -> tuple[str, ...]:
+    """A cluster no local run starts: Dask is what `stageflow run --dask` gives; Spark, Ray and MPI exist only
+    on Domino."""
+    if cluster is None or ComputeClusterType(cluster.ClusterType) == ComputeClusterType.Dask:
+        return ()
+    return (f"asks for an on-demand {ComputeClusterType(cluster.ClusterType).value} cluster, which exists only on Domino "
+            f"(a local run starts Dask clusters only: stageflow run --dask N)",)
 
-    def __init__(self, name: str = "", *args: Any, **kwargs: Any):
-        raise StageError(f"task {name or '?'}: declared with DominoJobTask(...), which the local runner does not "
-                         f"run; declare it with run_domino_job_task(...) (docs/any-flow.md)")
+
+def domino_job_task(name: str, domino_job_config: DominoJobConfig, use_latest: bool = False,
+                    inputs: dict | None = None, outputs: dict | None = None, log_level: int = 20) -> "JobTask":
+    """A task declared as Domino's templates declare one by hand (`DominoJobTask(name, DominoJobConfig(...),
+    inputs=..., outputs=..., use_latest=True)`), as the raw-container task the local runner runs: the job its
+    config declares. Its environment is named by id; a stage's recorded environment id (build/environments.json)
+    is taken back to the stage's environment, whose image runs it here."""
+    config = domino_job_config
+    if not isinstance(config, DominoJobConfig):
+        raise StageError(f"task {name}: DominoJobTask(...) takes a DominoJobConfig, not {type(config).__name__}")
+    if not config.Command:
+        raise StageError(f"task {name}: its DominoJobConfig has no Command")
+    environment = environment_named(config.EnvironmentId)
+    job = Task(name=name, command=config.Command, environment=environment, tier=config.HardwareTierId,
+               datasets=tuple((getattr(s, "Name", None) or getattr(s, "Id", None), getattr(s, "Version", None))
+                              for s in config.DatasetSnapshots or []),
+               unsupported=unsupported_features(config.ExternalVolumeMountIds)
+               + cluster_features(config.ComputeClusterProperties))
+    stage = registry.by_task(name, config.Command, environment)
+    domino = {"domino_job_config": config, "use_latest": use_latest, "log_level": log_level}
+    return JobTask(job=job, domino=domino, name=name, image=task_image(stage, environment),
+                   command=shlex.split(config.Command), inputs=OrderedDict(inputs or {}),
+                   outputs=OrderedDict(outputs or {}), input_data_dir="/workflow/inputs",
+                   output_data_dir="/workflow/outputs", metadata_format=ContainerTask.MetadataFormat.JSON)
+
+
+DominoJobTask = domino_job_task  # the plugin's class name, which flows call
+
+
+def environment_named(environment_id: str | None) -> str | None:
+    """A stage environment's name for its recorded id; any other id as it is."""
+    from stageflow.domino import environments
+
+    try:
+        recorded = environments.applied_environments(environments.read_record(environments.ENVIRONMENTS))
+    except (OSError, ValueError, StageError):
+        recorded = {}
+    names = {entry.get("environment_id"): STAGES[stage].environment for stage, entry in recorded.items()
+             if stage in STAGES}
+    return names.get(environment_id, environment_id)
+
+
+def task_image(stage, environment: str | None) -> str:
+    return stage.image() if stage else f"domino-environment:{hashlib.sha256(str(environment).encode()).hexdigest()[:12]}"
 
 
 def choose_backend(needs_containers: bool = False):
@@ -256,7 +351,7 @@ def run_domino_job_task(flyte_task_name: str, command: str, inputs: list[Input] 
         job=job,
         domino=domino,
         name=flyte_task_name,
-        image=stage.image() if stage else f"domino-environment:{hashlib.sha256(str(environment_name).encode()).hexdigest()[:12]}",
+        image=task_image(stage, environment_name),
         command=shlex.split(command),
         inputs=OrderedDict((i.name, i.type) for i in inputs),
         outputs=OrderedDict((o.name, o.type) for o in output_specs),
