@@ -117,26 +117,27 @@ def clean_part(item: tuple[tuple[int, int, int], str], path: str) -> dict:
             "unknown": unknown_labels(cleaned.column(schema.label), schema)}
 
 
-def process_on(dask: cluster.Cluster, tree: StageTree, snapshot: dataset.Snapshot) -> bool:
-    """The same work on the cluster, a partition per slice of a row group; False when a partition's rows
-    are refused (the one-machine path then names the problem)."""
+def process_on(dask: cluster.Cluster, tree: StageTree, snapshot: dataset.Snapshot) -> dict[str, int] | None:
+    """The same work on the cluster, a partition per slice of a row group: the rows dropped, by reason; None
+    when a partition's rows are refused (the one-machine path then names the problem)."""
     shared = dask.share(snapshot.path, "merged_data")
     units = cluster.slices(snapshot.row_group_rows(), dask.workers)
     parts = [str(dask.part(f"process-{n}")) for n in range(len(units))]
     reports = dask.run(clean_part, list(zip(units, parts)), str(shared))
     if any(report.get("refused") for report in reports):
         log.info("a partition's rows were refused: naming the problem on one machine")
-        return False
+        return None
     unknown, reasons = {}, {}
     for report in reports:
         add_counts(reasons, report["dropped"])
         add_counts(unknown, report["unknown"])
     write_output(tree, snapshot, cluster.read_parts([Path(p) for p in parts]), reasons, unknown)
-    return True
+    return reasons
 
 
 def write_output(tree: StageTree, snapshot: dataset.Snapshot, cleaned, reasons: dict[str, int],
-                 unknown: dict[str, int]) -> int:
+                 unknown: dict[str, int]) -> None:
+    """The cleaned rows as processed_data, once the whole is known to be trainable."""
     with tree.output_file("processed_data") as tmp, dataset.Writer(tmp) as writer:
         for table in cleaned:
             writer.write(table)
@@ -144,7 +145,6 @@ def write_output(tree: StageTree, snapshot: dataset.Snapshot, cleaned, reasons: 
         check_not_empty(kept, snapshot.num_rows, reasons)
         check_labels(unknown, schemas.active())
         writer.meta = {**snapshot.meta, "rows": kept, "dropped": snapshot.num_rows - kept, "dropped_by": reasons}
-    return kept
 
 
 def process(tree: StageTree) -> None:
@@ -152,9 +152,10 @@ def process(tree: StageTree) -> None:
     the workers clean the row groups and the job writes what they made, in order."""
     snapshot = dataset.Snapshot(tree.read("merged_data", contract.File), "merged_data")
     with cluster.attached() as dask:
-        if dask and process_on(dask, tree, snapshot):
-            report(snapshot, tree)
-            return
+        reasons = process_on(dask, tree, snapshot) if dask else None
+    if reasons is not None:
+        report(snapshot, reasons)
+        return
     schema = schemas.active()
     unknown: dict[str, int] = {}
     reasons: dict[str, int] = {}
@@ -167,15 +168,15 @@ def process(tree: StageTree) -> None:
             yield kept
 
     write_output(tree, snapshot, cleaned(), reasons, unknown)
-    report(snapshot, tree)
+    report(snapshot, reasons)
 
 
-def report(snapshot: dataset.Snapshot, tree: StageTree) -> None:
-    meta = dataset.Snapshot(tree.outputs / "processed_data", "processed_data").meta
-    if meta["dropped"]:
-        log.warning("dropped %d of %d rows that cannot be trained on: %s", meta["dropped"], snapshot.num_rows,
-                    dropped_words(meta["dropped_by"]))
-    log.info("processed %d rows into %d (%d dropped)", snapshot.num_rows, meta["rows"], meta["dropped"])
+def report(snapshot: dataset.Snapshot, reasons: dict[str, int]) -> None:
+    dropped = sum(reasons.values())
+    if dropped:
+        log.warning("dropped %d of %d rows that cannot be trained on: %s", dropped, snapshot.num_rows,
+                    dropped_words(reasons))
+    log.info("processed %d rows into %d (%d dropped)", snapshot.num_rows, snapshot.num_rows - dropped, dropped)
 
 
 def main() -> None:
