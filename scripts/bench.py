@@ -19,7 +19,11 @@ deletes afterwards, then measures, side by side:
      (scripts/bench_flytekit.py: pandas between tasks, scikit-learn's own fit), alternating, --repeat times;
   3. the train stage against scikit-learn's own `MLPClassifier(...).fit(X, y)` on the same rows, both
      as fresh processes, alternating, --repeat times at each of --fit-batch-sizes;
-  4. with --merge-against, the merge stage on the loads' snapshots against the merge stage at a git revision
+  4. with --dask N, the flow again with the data stages on a Dask cluster of N local workers (a scheduler and
+     N worker processes, as `stageflow run --dask N` starts them), against the first run on one machine:
+     per stage the job's wall seconds and peak, and each worker's peak memory while the stage ran (sampled
+     every 50 ms; the two loads run together, so their workers' figures are shared);
+  5. with --merge-against, the merge stage on the loads' snapshots against the merge stage at a git revision
      (9534ef9: the last with the hand-written external sort) or Dask's shuffle (scripts/bench_merge_dask.py),
      fresh processes, alternating, --repeat times, checking that each gives the same rows in the same order.
 Per stage: wall and CPU seconds, peak memory and input rows per second. Peak memory of a process is its
@@ -269,6 +273,75 @@ def run_flow(work: Path, dag, backend, params: dict, timeout: float, label: str 
     return results, wall, run
 
 
+def worker_memory(proc: subprocess.Popen) -> float:
+    """A local worker's resident memory (MiB): the worker process its nanny started (the nanny's own aside)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == proc.pid:
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != proc.pid:
+                continue
+            found = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+        total += int(found.split()[1])
+    return total / 1024
+
+
+def run_on_cluster(work: Path, dag, params: dict, timeout: float, workers: int
+                   ) -> tuple[dict[str, Measure], dict[str, list[float]], float]:
+    """The flow with its cluster stages on a local cluster of `workers` workers: per stage the job's figures and
+    each worker's peak memory while the stage ran."""
+    from stageflow import dask_cluster
+
+    peaks: dict[str, list[float]] = {}
+    with dask_cluster.LocalCluster(workers, work / "dask") as found:
+        setup = jobs.Setup(dask=found.address).with_flow(ROOT / "flow.py")
+        run = runner.Run(dag, work / "run-dask", RusageHostBackend(), params, timeout=timeout, echo=False, setup=setup)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                running = [name for name, result in run.results.items() if result.status == "running"]
+                if running:
+                    now = [worker_memory(proc) for proc in found.processes[1:]]
+                    for name in running:
+                        peaks[name] = [max(a, b) for a, b in zip(peaks.get(name, [0.0] * len(now)), now)]
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        started = time.perf_counter()
+        try:
+            ok = run.execute()
+        finally:
+            done.set()
+            watcher.join()
+        wall = time.perf_counter() - started
+    if not ok:
+        failed = next(n for n, r in run.results.items() if r.status == "failed")
+        raise RuntimeError(f"task {failed} failed on the cluster: {run.results[failed].error}")
+    results = {name: Measure(r.seconds, r.peak_rss_mb, run.backend.usage.get(name)) for name, r in run.results.items()}
+    return results, peaks, wall
+
+
+def show_cluster(dag, n: int, alone: dict[str, Measure], wall_alone: float, clustered: dict[str, Measure],
+                 peaks: dict[str, list[float]], wall: float, workers: int) -> None:
+    print(f"\nthe data stages on a Dask cluster of {workers} local workers (scheduler and workers as processes) / on "
+          f"one machine, {n:,} rows per source: wall s and peak MiB of the job; each worker's peak MiB while the "
+          f"stage ran (the outputs are the same bytes: tests/test_cluster.py)")
+    lines = [["stage", "one machine s", "peak", "cluster s", "job peak", "workers' peaks", "cluster / one"]]
+    for node in dag.nodes:
+        one, other = alone[node.name], clustered[node.name]
+        lines.append([node.name, f"{one.seconds:.2f}", fmt(one.rss_mb, ".0f"), f"{other.seconds:.2f}",
+                      fmt(other.rss_mb, ".0f"), ", ".join(f"{p:.0f}" for p in peaks.get(node.name, [])) or "-",
+                      f"{other.seconds / one.seconds:.2f}x"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    for row in lines:
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print(f"  whole run: {wall_alone:.2f} s on one machine, {wall:.2f} s with the cluster ({wall / wall_alone:.2f}x)")
+
+
 def cli_start(work: Path) -> Measure:
     """What `stageflow run` costs before its first stage starts (imports, the DAG from its cache): the
     runner is timed in this process, the peer as a whole command."""
@@ -482,6 +555,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="after the flow, run the merge stage again on the loads' snapshots beside the merge "
                              "stage at git revision REV, or Dask's shuffle (dask), fresh processes, alternating, "
                              "--repeat times (repeatable)")
+    parser.add_argument("--dask", type=int, metavar="N", help="after the flow, run it again with the data stages on "
+                        "a Dask cluster of N local worker processes, side by side")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
     parser.add_argument("--task-overhead", type=int, metavar="N", help="only measure what the runner adds to one task "
                         "of a foreign flow against `docker run` of the same command on the same image, N times each")
@@ -617,6 +692,10 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                 processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
             if any(node.name == "merge" for node in dag.nodes):
                 merge_inputs = run.tree("merge") / "inputs"
+    on_cluster = None
+    if args.dask:
+        print(f"stageflow, process backend, the data stages on a Dask cluster of {args.dask} local workers", flush=True)
+        on_cluster = run_on_cluster(work, dag, flow_params, args.timeout, args.dask)
     fits: dict[int, list[tuple[Measure, Measure]]] = {}
     if with_train and not args.no_fit:
         for batch_size in args.fit_batch_sizes:
@@ -645,6 +724,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             shutil.rmtree(work / "merge-vs")
 
     show_flow(dag, args.rows, shape, seed, rounds, docker_note)
+    if on_cluster:
+        show_cluster(dag, args.rows, rounds[0].ours, rounds[0].wall, *on_cluster, args.dask)
     if merges:
         show_merges(args.rows, shape, merges)
     if with_peer:
