@@ -116,10 +116,10 @@ push: images
 environments: venv
 	$(PY) -m stageflow environments $(if $(VISIBILITY),--visibility "$(VISIBILITY)") $(if $(ORGANIZATION),--organization "$(ORGANIZATION)")
 
-## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATASET=name:version DATA_A=/mnt/data/... DATA_B=...)
+## submit: in a Domino workspace, check what a remote run needs, then pyflyte run --remote (DATASET=name:version DATA_A=/mnt/data/... DATA_B=...; DASK=1: the data stages on on-demand Dask clusters)
 submit:
 	@test -n "$(DATA_A)" && test -n "$(DATA_B)" || { echo "usage: make submit [DATASET=iris:3] DATA_A=/mnt/data/iris/a.csv DATA_B=/mnt/data/iris/b.jsonl"; exit 2; }
-	$(DOMINO_PYTHON) -m stageflow submit --data-path-a "$(DATA_A)" --data-path-b "$(DATA_B)" $(if $(DATASET),--dataset "$(DATASET)")
+	$(if $(DASK),STAGEFLOW_DASK=$(DASK)) $(DOMINO_PYTHON) -m stageflow submit --data-path-a "$(DATA_A)" --data-path-b "$(DATA_B)" $(if $(DATASET),--dataset "$(DATASET)")
 
 ## compose: run the whole flow through docker-compose.yml (fake /workflow trees in .workflow/)
 compose: images
