@@ -175,6 +175,7 @@ def attached() -> Iterator[Cluster | None]:
     client = None
     try:
         shutil.copyfile(schemas.active().path, shared / "schema.toml")
+        (shared / "parts").mkdir()
         try:
             client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
             client.wait_for_workers(1, timeout=CONNECT_SECONDS)
@@ -202,8 +203,8 @@ def slices(row_groups: list[int], workers: int) -> list[tuple[int, int, int]]:
 
 def write_part(table: pa.Table, path: Path) -> None:
     """A partition's rows, written where the job will read them; under a temporary name first, so that a retry
-    after a worker died mid-write replaces a whole file, never a prefix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    after a worker died mid-write replaces a whole file, never a prefix. The folder is the job's: a partition
+    still running after its stage ended (killed, say) finds it gone and writes nothing."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(table, tmp, compression="none")
     os.replace(tmp, path)

@@ -397,7 +397,7 @@ def merge_range(item: tuple, names: list[str]) -> dict:
     sorted), into its part file."""
     a_files, b_files, part = item
     spill = Path(part).with_suffix(".spill")
-    spill.mkdir(parents=True, exist_ok=True)
+    spill.mkdir(exist_ok=True)
     try:
         with connect(spill) as con, engine_errors():
             con.read_parquet(a_files).create_view("a")
