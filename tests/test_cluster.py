@@ -130,6 +130,8 @@ def bad_rows(folder: Path) -> list[tuple[str, dict]]:
     text.write_text("\n".join(lines) + "\n")
     repeated = folder / "repeated.csv"
     pcsv.write_csv(source_table(np.r_[np.arange(1, ROWS), [17]], seed=1), repeated)
+    sorted_twice = folder / "sorted-twice.csv"  # sorted, one Id twice in a row (within a part or across two)
+    pcsv.write_csv(source_table(np.r_[np.arange(1, ROWS // 2), np.arange(ROWS // 2 - 1, ROWS)], seed=1), sorted_twice)
     a = write_snapshot(folder / "a", source_table(np.arange(1, ROWS + 1), seed=1))
     other = source_table(np.arange(ROWS - 5, 2 * ROWS), seed=2)  # the Ids both hold differ in their values
     b = write_snapshot(folder / "b", other)
@@ -139,6 +141,7 @@ def bad_rows(folder: Path) -> list[tuple[str, dict]]:
     labels[ROWS - 3] = "no-such-class"
     unknown = unknown.set_column(unknown.schema.get_field_index(schema.label), schema.label, pa.array(labels))
     cases = [("load_a", {"data_path": str(text)}), ("load_a", {"data_path": str(repeated)}),
+             ("load_a", {"data_path": str(sorted_twice)}),
              ("merge", {"datasetA": a, "datasetB": b})]
     if schema.classes:
         cases.append(("process", {"merged_data": write_snapshot(folder / "unknown", unknown)}))
