@@ -58,10 +58,12 @@ def schema_file() -> Path:
 
 
 def libraries_version(requirements: Path | None = None) -> str:
-    """Hash of a libraries image's files and of the lock of the stage's own libraries it installs, if any (by
-    content, so stages whose locks are the same share the image)."""
+    """Hash of a libraries image's files and of the pins of the lock of the stage's own libraries it installs,
+    if any (by what they pin, not by the lock's comments, which name the file it was compiled from: stages
+    whose locks pin the same share the image, as the cluster stages do)."""
     own_lock = requirements.read_text("utf-8", "replace") if requirements else ""
-    return content_hash([ROOT / part for part in LIBRARIES_PARTS], own_lock)
+    pins = "\n".join(line.strip() for line in own_lock.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    return content_hash([ROOT / part for part in LIBRARIES_PARTS], pins)
 
 
 def libraries_image(registry: str | None = None, requirements: Path | None = None) -> str:

@@ -41,22 +41,29 @@ def test_a_stage_dockerfile_adds_only_its_script_to_its_runtime_image(name):
 
 
 def test_each_stage_with_libraries_of_its_own_has_libraries_and_runtime_images_of_its_own():
-    """train's libraries are installed in its libraries image, below the runtime code; stages without
-    libraries of their own share one of each, and the build makes each image once, parents first."""
+    """A stage's own libraries (train's, merge's, the cluster stages' Dask) are installed in its libraries
+    image, below the runtime code; stages whose locks are the same share one of each (and stages without one
+    the shared ones), and the build makes each image once, parents first."""
     built = images.targets()
     tags = [tag for _, tag, *_ in built]
-    assert len(tags) == len(set(tags)) == 2 * (1 + sum(1 for s in STAGES.values() if s.requirements)) + len(STAGES)
+    locks = {s.name: [line for line in s.requirements.read_text().splitlines() if "==" in line] if s.requirements
+             else None for s in STAGES.values()}
+    distinct = {tuple(pins) for pins in locks.values() if pins is not None}
+    assert len(tags) == len(set(tags)) == 2 * (1 + len(distinct)) + len(STAGES)
     args = {tag: buildargs for _, tag, _, _, buildargs in built}
     for stage in STAGES.values():
         runtime, libraries = stage.runtime_image(), stage.libraries_image()
         assert args[stage.image()]["RUNTIME_IMAGE"] == runtime and args[runtime]["LIBRARIES_IMAGE"] == libraries
         assert tags.index(libraries) < tags.index(runtime) < tags.index(stage.image())
-        lock = f"stages/{stage.name}/requirements.txt" if stage.requirements else None
-        assert args[libraries].get("REQUIREMENTS") == lock
-    shared = [s for s in STAGES.values() if not s.requirements]
-    own = [s for s in STAGES.values() if s.requirements]
-    assert shared and all(s.runtime_image() == registry.runtime_image() for s in shared)
-    assert own and len({s.runtime_image() for s in own} | {registry.runtime_image()}) == len(own) + 1
+        installed = args[libraries].get("REQUIREMENTS")  # a lock pinning what the stage's pins (maybe another's)
+        assert (installed is None) == (stage.requirements is None)
+        if installed:
+            assert [line for line in (ROOT / installed).read_text().splitlines() if "==" in line] == locks[stage.name]
+    for one in STAGES.values():
+        for other in STAGES.values():
+            assert (one.runtime_image() == other.runtime_image()) == (locks[one.name] == locks[other.name])
+        assert (one.runtime_image() == registry.runtime_image()) == (locks[one.name] is None)
+    assert len({s.runtime_image() for s in STAGES.values()}) < len(STAGES)  # some share (the cluster stages)
 
 
 @pytest.mark.parametrize("dockerfile, needle", [
