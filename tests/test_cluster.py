@@ -16,7 +16,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, classes, load_stage, run_main, samples, source_table, write_snapshot
+from conftest import ROOT, load_stage, run_main, samples, source_table, write_snapshot
 from stageflow import dask_cluster
 from stageflow.runtime import cluster, contract, dataset, schema as schemas, sources
 
@@ -135,7 +135,6 @@ def bad_rows(folder: Path) -> list[tuple[str, dict]]:
     a = write_snapshot(folder / "a", source_table(np.arange(1, ROWS + 1), seed=1))
     other = source_table(np.arange(ROWS - 5, 2 * ROWS), seed=2)  # the Ids both hold differ in their values
     b = write_snapshot(folder / "b", other)
-    names = classes(schema)
     unknown = source_table(np.arange(1, ROWS + 1), seed=1)
     labels = unknown.column(schema.label).to_pylist()
     labels[ROWS - 3] = "no-such-class"
@@ -145,7 +144,6 @@ def bad_rows(folder: Path) -> list[tuple[str, dict]]:
              ("merge", {"datasetA": a, "datasetB": b})]
     if schema.classes:
         cases.append(("process", {"merged_data": write_snapshot(folder / "unknown", unknown)}))
-    assert names
     return cases
 
 
@@ -158,10 +156,6 @@ def test_what_a_stage_refuses_on_the_cluster_it_refuses_in_the_same_words(tmp_pa
     for (name, _), (status, error, outputs), single in zip(cases, clustered, alone):
         assert status == 1 and error and error == single[1], name
         assert [p.name for p in outputs.iterdir()] == [contract.ERROR_FILE]  # nothing partial
-
-
-def pids_of(local_cluster) -> list[int]:
-    return [proc.pid for proc in local_cluster.processes]
 
 
 def test_a_worker_killed_mid_stage_is_survived_and_all_killed_is_one_line(tmp_path, local_cluster, monkeypatch):
