@@ -49,7 +49,8 @@ log = logging.getLogger("stageflow")
 
 HOST_ENV, PORT_ENV = "DASK_SCHEDULER_SERVICE_HOST", "DASK_SCHEDULER_SERVICE_PORT"
 SHARED_ENV = "STAGEFLOW_SHARED_DIR"
-CONNECT_SECONDS = 30  # to reach the scheduler, and for a first worker to be there
+CONNECT_SECONDS = 60  # to reach the scheduler
+WORKER_SECONDS = 600  # for a first worker to join it: an on-demand cluster's workers may start after the job
 PARTS_PER_WORKER = 2  # partitions per worker at least, when the data has fewer row groups
 
 
@@ -178,10 +179,13 @@ def attached() -> Iterator[Cluster | None]:
         (shared / "parts").mkdir()
         try:
             client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
-            client.wait_for_workers(1, timeout=CONNECT_SECONDS)
         except Exception as err:  # noqa: BLE001 - an unreachable scheduler is one line
-            raise ClusterFailed(f"cluster: no scheduler with workers at {address} within {CONNECT_SECONDS} s "
+            raise ClusterFailed(f"cluster: no scheduler answers at {address} within {CONNECT_SECONDS} s "
                                 f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
+        try:
+            client.wait_for_workers(1, timeout=WORKER_SECONDS)
+        except Exception:  # noqa: BLE001 - (a TimeoutError)
+            raise ClusterFailed(f"cluster: the scheduler at {address} has had no worker for {WORKER_SECONDS} s") from None
         cluster = Cluster(client, shared)
         log.info("on the Dask cluster at %s: %d worker(s), shared storage %s", address, cluster.workers, shared)
         yield cluster
