@@ -146,9 +146,25 @@ def input_options(dag, dashed: bool) -> list[click.Option]:
     return found
 
 
+class Command(click.Command):
+    """A command whose every usage error names the command: click's parser leaves its context out of some (an
+    option given no value), and without it `main` could not print that command's usage."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            err.ctx = err.ctx or ctx
+            raise
+
+
+class Group(Command, click.Group):
+    command_class = Command
+
+
 def parse_inputs(dag, words: list[str], prog: str, extra: list[click.Option] = ()) -> dict:
     """The workflow's inputs (and `extra` options) from `words`; --help lists them."""
-    command = click.Command(prog, params=[*extra, *input_options(dag, dashed=True)],
+    command = Command(prog, params=[*extra, *input_options(dag, dashed=True)],
                             help=f"Run workflow {dag.name}; its inputs:" if dag.name else None,
                             context_settings={"max_content_width": 110})
     with command.make_context(prog, list(words)) as ctx:
@@ -217,12 +233,12 @@ def split_words(words: list[str]) -> tuple[list[str], list[str]] | None:
 
 
 def parse_options(params: list[click.Option], words: list[str], **settings) -> dict:
-    command = click.Command("stageflow run", params=params, context_settings=settings)
+    command = Command("stageflow run", params=params, context_settings=settings)
     with command.make_context("stageflow run", list(words)) as ctx:
         return dict(ctx.params)
 
 
-@click.command("run", add_help_option=False,
+@click.command("run", cls=Command, add_help_option=False,
                context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("words", nargs=-1, type=click.UNPROCESSED)
 def run_command(words):
@@ -312,7 +328,7 @@ def execute(dag, options: dict, params: dict, flow_file: Path) -> int:
 
 # ---------------------------------------------------------------- the other commands
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(version(), "--version", prog_name="stageflow", message="%(prog)s %(version)s")
 def cli():
     """stageflow: run a Domino flow locally, build its images, submit it to Domino."""
@@ -518,10 +534,15 @@ def main(argv: list[str] | None = None) -> int:
         return result if isinstance(result, int) else 0
     except click.exceptions.Exit as done:  # --help, --version
         return done.exit_code
-    except click.ClickException as err:  # a bad option or argument: that command's usage, then the problem
+    except click.exceptions.NoArgsIsHelpError as err:  # `stageflow` alone: what it can do
+        click.echo(err.ctx.get_help())
+        return err.exit_code
+    except click.ClickException as err:  # a bad option or argument: that command's usage, the problem, the help
         if err.ctx is not None:
             click.echo(err.ctx.get_usage(), err=True)
-        click.echo(f"error: {err.format_message()}", err=True)
+        click.echo(f"error: {' '.join(err.format_message().split())}", err=True)  # one line: a choice's list too
+        if err.ctx is not None:
+            click.echo(f"(`{err.ctx.command_path} --help` lists its options)", err=True)
         return err.exit_code
     except click.exceptions.Abort:
         return 130
