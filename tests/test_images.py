@@ -207,6 +207,22 @@ def test_compose_file_hardens_every_service():
         assert service["mem_limit"] == jobs.TIERS[STAGES[name].tier].memory
 
 
+def test_make_help_lists_every_variable_with_its_description():
+    """Every variable a user may set (`NAME ?= default`) is listed with a line saying what it is for, and the
+    Makefile reads no variable it does not define (RUN_ARGS was read by `make run` and listed nowhere)."""
+    text = (ROOT / "Makefile").read_text()
+    out = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    listed = dict(re.findall(r"^  ([A-Z_]+) +(.+)$", out.split("\nVariables", 1)[1], re.M))
+    settable = re.findall(r"^([A-Z_]+) \?=", text, re.M)
+    assert {"RUN_ARGS", "SCHEMA", "PYTEST_ARGS", "REGISTRY", "STAGE"} <= set(settable)
+    assert list(listed) == settable
+    assert all(len(description.split()) >= 3 for description in listed.values()), listed
+    defined = set(re.findall(r"^(?:export )?([A-Z_]+) *[:?]?=", text, re.M)) | {"MAKEFILE_LIST"}
+    read = set(re.findall(r"\$\(([A-Z_]+)[:)]", text))
+    assert read <= defined, f"the Makefile reads {sorted(read - defined)} without defining them"
+    assert re.search(r"^  KEEP_DAYS +.+ \(default 7\)$", out, re.M)
+
+
 def test_make_help_lists_every_target():
     out = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     targets = re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), re.M)
