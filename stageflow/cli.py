@@ -65,6 +65,9 @@ def print_outcome(run, record: dict, report_path: Path | str) -> int:
     """The end of `stageflow run`: the task table, then what failed, or the outputs and their headlines."""
     print(contract.printable("\n" + summary(record)))
     print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run.run_dir / 'run.json'}")
+    newest = last_succeeded(run, record["status"] == "succeeded" and not run.interrupted)
+    if newest:
+        print(f"{'last succeeded:':16} {newest}")
     if run.interrupted:
         print("\ninterrupted; stopped every running task.", file=sys.stderr)
         return 130
@@ -77,6 +80,21 @@ def print_outcome(run, record: dict, report_path: Path | str) -> int:
     for name, headline in run_report.headlines(run.run_dir, record).items():
         print(contract.printable("\n" + headline_text(name, headline)))
     return 0
+
+
+def last_succeeded(run, succeeded: bool) -> str | None:
+    """Where the newest run that succeeded is (runs/latest may be a failed one): runs/last-succeeded, which
+    the runner points at each run in runs/ that succeeds. Nothing to say after a success elsewhere."""
+    from stageflow import rundir
+
+    if run.link_problem:
+        return run.link_problem
+    link, target = rundir.runs_dir() / rundir.SUCCEEDED, rundir.pointed(rundir.SUCCEEDED)
+    if succeeded and not rundir.in_runs(run.run_dir):
+        return None
+    if target is None:
+        return f"none yet in {link.parent}"
+    return f"{link} -> {target.name}" + (" (this run)" if target.name == run.run_dir.name and succeeded else "")
 
 
 def contract_text(value) -> str:

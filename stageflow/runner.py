@@ -39,6 +39,7 @@ from stageflow.cache import Cache, Sources, key as cache_key
 from stageflow.dag import Dag, Node, Source, check_params
 from stageflow.records import RunRecord, StageResult, json_value, now
 from stageflow.registry import ROOT
+from stageflow import rundir
 from stageflow.rundir import RunDir, RunError, new_run_dir, os_error
 from stageflow.runtime import contract
 
@@ -370,6 +371,9 @@ class Run:
         if self.run_dir:
             RunDir(self.run_dir, list(self.folders.values())).check()
             self._refuse_inputs_inside()
+            if rundir.in_runs(self.run_dir):
+                rundir.check_links(self.run_dir.parent)
+        self.link_problem: str | None = None  # why runs/last-succeeded could not be pointed at this run
         self.setup = setup or jobs.Setup().with_flow(ROOT / "flow.py")
         self.jobs = jobs.plan(dag, self.setup, uuid.uuid4().hex, standard_environment)
         backend.check(list(self.jobs.values()))
@@ -427,6 +431,7 @@ class Run:
     def execute(self) -> bool:
         """Run every task whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
         with self._signals():
+            given = self.run_dir is not None
             self.run_dir = self.run_dir or new_run_dir()
             self.dir = RunDir(self.run_dir, list(self.folders.values()))
             self.setup.exclude = [self.run_dir, *([self.cache.root] if self.cache else [])]
@@ -435,6 +440,8 @@ class Run:
                 for notice in self.setup.notices:
                     print(f"notice: {notice}", flush=True)
             with self.dir:
+                if given and rundir.in_runs(self.run_dir):  # `--run-dir runs/NAME`: the newest run all the same
+                    rundir.point(rundir.LATEST, self.run_dir)
                 self.backend.prepare_run(self.run_dir, self.dir.lock_fd)
                 self.record.write(self.run_dir / "run.json")  # at once: an earlier run's record must not stand
                 try:
@@ -448,6 +455,12 @@ class Run:
                     self.backend.finish_run()
                     self.record.finished_at = now()
                     self.record.write(self.run_dir / "run.json")
+            succeeded = self.record.succeeded and self.record.error is None and not self.interrupted
+            if succeeded and rundir.in_runs(self.run_dir):
+                try:
+                    rundir.point(rundir.SUCCEEDED, self.run_dir)
+                except RunError as err:  # (checked before the run: something took the name since)
+                    self.link_problem = str(err)
         return self.record.succeeded and self.record.error is None
 
     @contextlib.contextmanager
