@@ -368,6 +368,39 @@ def test_compose_harness_runs_the_flow(both_runs):
         comparable(process_run.output_path("metrics"))
 
 
+def test_compose_reads_the_tags_from_the_environment_and_up_starts_no_stage():
+    """As compose itself reads docker-compose.yml: without the tags it refuses, saying how to set them; with
+    them each service names its stage's image; `up` starts no stage, only the service saying why."""
+    import yaml
+
+    from stageflow import containers as harness
+
+    compose = harness.compose_command()
+    env = {**os.environ, **harness.compose_env()}
+    bare = {k: v for k, v in os.environ.items() if not k.endswith("_IMAGE")}
+    refused = subprocess.run([*compose, "config"], cwd=ROOT, env=bare, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "stageflow compose-env" in refused.stderr, refused.stderr
+    config = yaml.safe_load(subprocess.run([*compose, "--profile", "stage", "config"], cwd=ROOT, env=env,
+                                           capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert {name: service["image"] for name, service in config["services"].items() if name in STAGES} == \
+        {name: stage.image() for name, stage in STAGES.items()}
+    project = f"stageflow-up-test-{os.getpid()}"
+    try:
+        up = subprocess.run([*compose, "-p", project, "up"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+        started = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
+                                  "--format", "{{.Label \"com.docker.compose.service\"}}"], capture_output=True,
+                                 text=True, check=True).stdout.split()
+        assert started == ["up"], up.stdout + up.stderr
+        assert "docker compose up does not run this flow" in up.stdout + up.stderr
+    finally:
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        subprocess.run(["docker", "network", "rm", f"{project}_default"], capture_output=True)
+
+
 def test_push_prints_digests_and_pulls_back_by_digest(registry, docker_client, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(images, "PUSHED", tmp_path / "pushed.json")
     pushed = images.push_all(f"{registry}/stageflow")

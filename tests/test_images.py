@@ -199,12 +199,41 @@ def test_compose_file_hardens_every_service():
     import yaml
 
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert set(spec["services"]) == set(STAGES)
+    assert set(spec["services"]) == {"up", *STAGES}
     for name, service in spec["services"].items():
         assert service["network_mode"] == "none" and service["read_only"] is True
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
-        assert f"./.workflow/{name}/inputs:/workflow/inputs:ro" in service["volumes"]
-        assert service["mem_limit"] == jobs.TIERS[STAGES[name].tier].memory
+        if name in STAGES:
+            assert f"./.workflow/{name}/inputs:/workflow/inputs:ro" in service["volumes"]
+            assert service["mem_limit"] == jobs.TIERS[STAGES[name].tier].memory
+
+
+def test_compose_file_names_only_the_tags_the_image_build_makes():
+    """Each stage's image is the tag of its version, from a variable compose_env() sets (the file named
+    `stageflow/<stage>:dev` defaults, which no build makes, and built every stage FROM one runtime image, which is
+    not merge's nor train's); compose neither builds nor pulls. tests/test_containers.py has compose read it."""
+    import yaml
+
+    from stageflow import containers
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert ":dev" not in text and "build" not in text and "RUNTIME_IMAGE" not in text
+    env = containers.compose_env()
+    for name, service in yaml.safe_load(text)["services"].items():
+        variable, message = re.fullmatch(r"\$\{(\w+):\?([^}]+)\}", service["image"]).groups()
+        assert env[variable] == STAGES.get(name, STAGES["load_a"]).image() and "compose-env" in message
+        assert service["pull_policy"] == "never"
+
+
+def test_compose_up_starts_no_stage():
+    """`docker compose up` would start every stage at once, merge before the loads wrote its inputs: the stages
+    are run one at a time (a profile `up` leaves out), and `up` starts only the service that says so."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert {name for name, service in services.items() if not service.get("profiles")} == {"up"}
+    assert "does not run this flow" in " ".join(services["up"]["entrypoint"])
+    assert all(services[name]["profiles"] == ["stage"] and "depends_on" not in services[name] for name in STAGES)
 
 
 def test_make_help_lists_every_variable_with_its_description():
