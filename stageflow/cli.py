@@ -540,6 +540,21 @@ def check_schema_command(schema: str | None, files: tuple[str, ...]):
     sys.exit(check.check([Path(p) for p in files]))
 
 
+@cli.command("draft-schema")
+@click.argument("source", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="PATH",
+              help="write the draft there (default: print it); an existing file is kept unless --force")
+@click.option("--force", is_flag=True, help="replace the file -o names")
+def draft_schema_command(source: Path, output: Path | None, force: bool):
+    """Draft a schema.toml from a source file (CSV, CSV.gz, Parquet, JSON Lines): its columns with the types the
+    load takes for every value, a guessed key and label, for you to edit (docs/own-data.md)."""
+    from stageflow import draft
+
+    text = draft.write(source, output, force)
+    if text is not None:
+        print(text, end="")
+
+
 class ActionFailed(StageError):
     exit_status = 1
 

@@ -179,22 +179,48 @@ def guide_command(prefix):
     return shlex.split(found[0])
 
 
+def test_the_guide_draft_command_writes_the_draft_the_guide_shows(tmp_path):
+    """Step 1 as written: the command on the guide's file writes the guide's draft, which loads and fits the file;
+    the same command again keeps the file it wrote."""
+    draft_text, _ = guide_blocks("toml")  # the draft, then the edited schema
+    (tmp_path / "my_a.csv").write_text(guide_blocks()[0])
+    argv = guide_command("stageflow draft-schema")
+    proc = as_typed(argv, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "my_schema.toml").read_text() == draft_text
+    proc = as_typed(["stageflow", "check-schema", "--schema", "my_schema.toml", "my_a.csv"], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1].startswith("ok     my_a.csv: 2 rows, 2 usable")
+    again = as_typed(argv, tmp_path)
+    assert again.returncode == 2 and "exists; give another path, or --force" in again.stderr
+    assert (tmp_path / "my_schema.toml").read_text() == draft_text
+
+
 def test_the_guide_example_schema_fits_its_example_file_and_a_misspelt_column_gets_the_line_shown(tmp_path):
-    schema_text, = guide_blocks("toml")
+    _, schema_text = guide_blocks("toml")
     example, _, error = guide_blocks()  # the user's file, the wine check's output, the error it shows
-    (tmp_path / "schema.toml").write_text(schema_text)
+    (tmp_path / "my_schema.toml").write_text(schema_text)
     (tmp_path / "my_a.csv").write_text(example)
     rows = pcsv.read_csv(tmp_path / "my_a.csv")
     pq.write_table(rows.set_column(0, "patient_id", pa.array(["P-0003", "P-0004"])), tmp_path / "my_b.parquet")
-    env = {schemas.ENV: str(tmp_path / "schema.toml")}
-    proc = as_typed(guide_command("stageflow check-schema my_a.csv"), tmp_path, env)
+    proc = as_typed(guide_command("stageflow check-schema --schema my_schema.toml"), tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-2:] == ["ok     my_a.csv: 2 rows, 2 usable; labels: Improved 1, No change 1",
                                              "ok     my_b.parquet: 2 rows, 2 usable; labels: Improved 1, No change 1"]
     (tmp_path / "my_a.csv").write_text(example.replace(",Outcome\n", ",outcome\n"))
-    proc = as_typed(["stageflow", "check-schema", "my_a.csv"], tmp_path, env)
+    proc = as_typed(["stageflow", "check-schema", "--schema", "my_schema.toml", "my_a.csv"], tmp_path)
     assert proc.returncode == 1
-    assert error.replace("/repo/schema.toml", str(tmp_path / "schema.toml")) in proc.stdout
+    assert error.replace("/repo/my_schema.toml", str(tmp_path / "my_schema.toml")) in proc.stdout
+
+
+def test_the_guides_toml_error_is_what_an_unquoted_name_gets(tmp_path):
+    """The guide's example of a schema that is not TOML: its edited schema with a name's quotes left out."""
+    _, schema_text = guide_blocks("toml")
+    shown = " ".join(re.search(r"`(schema /repo/my_schema.toml: not valid TOML[^`]+)`", GUIDE.read_text(), re.S)[1]
+                     .split())
+    (tmp_path / "my_schema.toml").write_text(schema_text.replace('"Age (years)"', "Age (years)"))
+    proc = as_typed(["stageflow", "check-schema", "--schema", "my_schema.toml", "x.csv"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {shown.replace('/repo/', f'{tmp_path}/')}\n"
 
 
 def test_the_guide_check_command_prints_what_the_guide_shows():

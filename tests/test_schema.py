@@ -99,7 +99,29 @@ MISTAKES = {
     "samples of another flow input": (VALID + '[samples]\ndata_path_c = "c.csv"\n',
                                       "samples.data_path_c: unknown key; expected one of data_path_a, data_path_b"),
     "not TOML": (VALID.replace("[features]", "[features"),
-                 "not valid TOML (Expected ']' at the end of a table declaration (at line 4, column 10))"),
+                 "not valid TOML at line 4 ('[features'): Expected ']' at the end of a table declaration; a table "
+                 "header is a name in brackets on a line of its own: [features]"),
+    # What usually makes a schema not TOML, each said with its fix (a name with a space was `not valid TOML
+    # (Expected '=' after a key in a key/value pair (at line 6, column 5))`, which says nothing of quotes):
+    "a name with spaces unquoted": (VALID.replace('x = "float"', 'Age (years) = "float"'),
+                                    "not valid TOML at line 5 ('Age (years) = \"float\"'): Expected '=' after a key in "
+                                    "a key/value pair; a column name with spaces or other characters than letters, "
+                                    "digits, _ and - must be quoted: \"Age (years)\" = \"float\""),
+    "a name with other letters unquoted": (VALID.replace('x = "float"', 'Größe = "float"'),
+                                           "not valid TOML at line 5 ('Größe = \"float\"'): Expected '=' after a key "
+                                           "in a key/value pair; a column name with spaces or other characters than "
+                                           "letters, digits, _ and - must be quoted: \"Größe\" = \"float\""),
+    "a dotted name unquoted": (VALID.replace('x = "float"', 'sepal.length = "float"'),
+                               "features.sepal: a column name holding a dot must be quoted: \"sepal.length\" = ..."),
+    "a type unquoted": (VALID.replace('x = "float"', "x = float"),
+                        "not valid TOML at line 5 ('x = float'): Invalid value; a type or a word as a value must be "
+                        "quoted: x = \"float\""),
+    "a column named twice": (VALID.replace('n = "int"', 'x = "int"'),
+                             "not valid TOML at line 6 ('x = \"int\"'): Cannot overwrite a value; a name is given "
+                             "twice: a column has one line, a table ([name]) one header"),
+    "an unclosed quote": (VALID.replace('x = "float"', 'x = "float'),
+                          "not valid TOML at line 5 ('x = \"float'): Illegal character '\\n'; a quoted value must end "
+                          "with a quote on its own line"),
 }
 
 

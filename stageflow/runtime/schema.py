@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -124,9 +125,41 @@ def load(where: Path) -> Schema:
             data = toml.loads(handle.read().decode("utf-8"))  # loads: the one call every tomli version has
     except OSError as err:
         raise SchemaError(f"schema {where}: cannot be read ({err.strerror})") from None
-    except (toml.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise SchemaError(f"schema {where}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise SchemaError(f"schema {where}: not UTF-8 text ({err}); save it as UTF-8") from None
+    except toml.TOMLDecodeError as err:
+        raise SchemaError(f"schema {where}: not valid TOML {_toml_problem(where, err)}") from None
     return _Checker(where).schema(data)
+
+
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_problem(where: Path, err: Exception) -> str:
+    """Where the TOML parser stopped, the line, and what usually causes it there: a column name with a space
+    (or another character TOML keys do not take bare) left unquoted, above all, or a type not in quotes."""
+    reason = re.sub(r"\s*\(?at line \d+, column \d+\)?", "", str(err))
+    found = re.search(r"line (\d+)", str(err))
+    try:
+        line = where.read_text("utf-8").splitlines()[int(found[1]) - 1].strip() if found else ""
+    except (OSError, IndexError, UnicodeDecodeError):
+        line = ""
+    name, equals, value = (part.strip() for part in line.partition("="))
+    if equals and name and not name.startswith(("[", '"', "'")) and not BARE_KEY.fullmatch(name.replace(".", "")):
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        hint = (f'a column name with spaces or other characters than letters, digits, _ and - must be quoted: '
+                f'"{quoted}" = {value}')
+    elif equals and BARE_KEY.fullmatch(value):
+        hint = f'a type or a word as a value must be quoted: {name} = "{value}"'
+    elif equals and value.count('"') % 2:
+        hint = "a quoted value must end with a quote on its own line"
+    elif line.startswith("["):
+        hint = "a table header is a name in brackets on a line of its own: [features]"
+    elif "overwrite" in reason or "declare" in reason:
+        hint = "a name is given twice: a column has one line, a table ([name]) one header"
+    else:
+        hint = 'names other than letters, digits, _ and - go in double quotes, and so does every text value'
+    return f"at line {found[1]} ({line[:80]!r}): {reason}; {hint}" if found else f"({reason}); {hint}"
 
 
 class _Checker:
@@ -164,6 +197,10 @@ class _Checker:
         """A table of column name -> type."""
         if not isinstance(data, dict):
             raise self.fail(key, f"must be a table of column = type ([{key}]), found {_kind(data)}")
+        for name, kind in data.items():
+            if isinstance(kind, dict):  # `a.b = "float"`: TOML reads a dotted name as a table in a table
+                inner = next(iter(kind), "")
+                raise self.fail(f"{key}.{name}", f'a column name holding a dot must be quoted: "{name}.{inner}" = ...')
         return {name: self.choice(kind, f"{key}.{name}", types) for name, kind in data.items()}
 
     def labels(self, data: dict) -> tuple[str, str, tuple[str, ...], tuple[str, ...] | None]:

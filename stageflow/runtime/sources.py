@@ -50,23 +50,29 @@ def source_format(path: Path) -> str:
     raise StageError(f"input data_path: {path} has an unsupported extension; expected one of {', '.join(FORMATS)}")
 
 
-def _csv_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
+def _csv_batches(path: Path, typed: bool | None) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pcsv
 
     # Typed read first: it is the fast path. A value that does not convert (padding, a stray word) makes
     # us re-read everything as text so that `dataset.conform` can trim it or name the row that is wrong.
     # Integers are read as text even then, for conform to convert: Arrow's integer parser takes `0x10` for 16.
     # Conform's check that they are decimal digits, and its cast, cost a few percent of a load (measured).
-    types = {name: kind if typed and kind != pa.int64() else pa.string()
-             for name, kind in dataset.arrow_types(schemas.active()).items()}
+    # `typed` None: no schema at all (draft-schema), every column as its text.
+    # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
+    # Only an empty field is missing (not NA, NULL, N/A...: pyarrow's default list), and text is checked
+    # for UTF-8 by `dataset.conform`, which names the row, rather than by the reader, which does not.
+    def reader(types: dict[str, pa.DataType]):
+        return pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
+                             convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""],
+                                                                 check_utf8=False))
     try:
-        # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
-        # Only an empty field is missing (not NA, NULL, N/A...: pyarrow's default list), and text is checked
-        # for UTF-8 by `dataset.conform`, which names the row, rather than by the reader, which does not.
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
-                               convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""],
-                                                                   check_utf8=False))
-        yield from reader
+        if typed is None:
+            with reader({}) as first:  # the header: a block read, its types guessed and left unused
+                types = dict.fromkeys(dataset.column_names(first.schema, f"input data_path: {path}"), pa.string())
+        else:
+            types = {name: kind if typed and kind != pa.int64() else pa.string()
+                     for name, kind in dataset.arrow_types(schemas.active()).items()}
+        yield from reader(types)
     except pa.ArrowInvalid as err:
         if typed and "conversion error" in str(err):
             raise ConversionError() from None
@@ -271,8 +277,10 @@ def _unreadable(path: Path, fmt: str, err: Exception, rows: int) -> StageError:
     return StageError(f"input data_path: {path} is not a valid {fmt} file ({reason[:200]})")
 
 
-def source_tables(path: Path, fmt: str, typed: bool = True) -> Iterator[pa.Table]:
-    """The source as raw (unchecked) tables, batch by batch; any unreadable part is one named error."""
+def source_tables(path: Path, fmt: str, typed: bool | None = True) -> Iterator[pa.Table]:
+    """The source as raw (unchecked) tables, batch by batch; any unreadable part is one named error. A CSV's
+    columns come as the schema's types (`typed`), as text where the schema names them (False), or all as text
+    without a schema (None)."""
     batches = READERS[fmt](path, typed)
     rows = 0
     while True:
