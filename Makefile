@@ -89,7 +89,7 @@ lock: venv
 	    $(UV_COMPILE) $(IMAGE_PLATFORM) $${lock%.txt}.in -c stages/requirements.txt -o $$lock || exit 1; done
 	$(UV_COMPILE) $(IMAGE_PLATFORM) environments/standard/requirements.in \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o environments/standard/requirements.txt
-	$(UV_COMPILE) --universal --generate-hashes requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
+	$(UV_COMPILE) --universal --generate-hashes requirements.in requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o requirements-dev.txt
 	$(UV_COMPILE:3.11=3.10) --universal tests/locks/workspace.in -o tests/locks/workspace.txt
 	$(UV_COMPILE) --universal tests/locks/python-domino.in -o tests/locks/python-domino.txt
@@ -106,7 +106,7 @@ test: venv images standard-environment test-wheels
 test-fast: venv test-wheels
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
-## test-wheels: download the wheels of the tests' other venvs (workspace Pythons 3.10-3.13, python-domino) once
+## test-wheels: download the wheels of the tests' other venvs (workspace Pythons 3.10-3.13, python-domino, pip install .) once
 test-wheels: venv
 	$(PY) tests/wheelhouses.py
 

@@ -561,6 +561,8 @@ class ActionFailed(StageError):
 
 def main(argv: list[str] | None = None) -> int:
     """Every command, every error in one place: one line, no traceback, an exit status that says which."""
+    if not os.environ.get(schemas.ENV) and schemas.DEFAULT != ROOT / "schema.toml":
+        os.environ[schemas.ENV] = str(ROOT / "schema.toml")  # installed apart from the project: the project's
     try:
         with cli.make_context("stageflow", list(sys.argv[1:] if argv is None else argv)) as ctx:
             result = cli.invoke(ctx)

@@ -25,13 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-from stageflow.registry import ROOT
+from stageflow.registry import PACKAGE, ROOT
 from stageflow.runtime import contract
 from stageflow.runtime.contract import StageError
 
 FLOW_FILE = ROOT / "flow.py"
 DAG_CACHE = ROOT / ".cache" / "dag"
-STANDIN = ROOT / "stageflow" / "domino" / "standin"  # Domino's plugin for flows compiled without it
+STANDIN = PACKAGE / "domino" / "standin"  # Domino's plugin for flows compiled without it
 
 
 class FlowError(StageError):
@@ -195,7 +195,7 @@ def load(flow_file: Path = FLOW_FILE, workflow_name: str | None = None) -> Dag:
     checked(flow_file)
     digest = hashlib.sha256(f"{workflow_name or ''}\0{metadata.version('flytekit')}\0{flow_file.resolve()}\0".encode())
     digest.update(flow_file.read_bytes() + b"\0")
-    for path in sorted((ROOT / "stageflow").rglob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         digest.update(path.read_bytes() + b"\0")
     for name, value in sorted(os.environ.items()):  # flow.py reads its pins from the environment
         if name.startswith("STAGEFLOW_"):

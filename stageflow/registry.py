@@ -27,7 +27,30 @@ from pathlib import Path
 from stageflow.runtime import schema as schemas
 from stageflow.runtime.contract import StageError
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+
+
+def is_project(folder: Path) -> bool:
+    return (folder / "flow.py").is_file() and (folder / "stages").is_dir()
+
+
+def project_root() -> Path:
+    """The project the tool works on: the checkout holding flow.py, stages/ and schema.toml.
+
+    Run from a checkout, or installed from one as editable, it is the folder above the package. Installed
+    (`pip install .`), the package lives among the site's packages, so the project is the current directory or
+    the nearest folder above it that holds flow.py and stages/; elsewhere, the current directory (a flow of
+    your own runs from there, and a command about this project's flow names the file it misses)."""
+    if is_project(PACKAGE.parent):
+        return PACKAGE.parent
+    try:
+        here = Path.cwd()
+    except OSError:  # a current directory since removed
+        return PACKAGE.parent
+    return next((folder for folder in (here, *here.parents) if is_project(folder)), here)
+
+
+ROOT = project_root()
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
 REGISTRY_ENV = "STAGEFLOW_REGISTRY"
 DEFAULT_REGISTRY = "stageflow"
