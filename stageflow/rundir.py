@@ -158,6 +158,14 @@ def _in_the_way(link: Path) -> str | None:
     return None
 
 
+def check_run_dir_name(run_dir: Path) -> None:
+    """A run directory of runs/ may not take a name the runner keeps a link under (the link itself is fine: it
+    names the run it points at)."""
+    if run_dir.name in (LATEST, SUCCEEDED) and not run_dir.is_symlink() and in_runs(run_dir):
+        raise RunError(f"run directory {shown(run_dir)}: {run_dir.name} is the name of the runner's link to a run; "
+                       f"give another name")
+
+
 def check_links(runs: Path) -> None:
     """Refuse, before a run starts, when a name the runner keeps a link under is taken by something else: it
     is never replaced."""
@@ -171,6 +179,7 @@ def check_links(runs: Path) -> None:
 def point(name: str, run_dir: Path) -> None:
     """Make runs/<name> point at `run_dir`, one of runs/: a new link renamed over the runner's old one, so a
     reader sees the old link or the new. Anything else standing there stays, and RunError says what."""
+    run_dir = Path(os.path.realpath(run_dir))  # `--run-dir runs/latest`: the run it points at
     link = run_dir.parent / name
     found = _in_the_way(link)
     if found:

@@ -372,7 +372,8 @@ class Run:
             RunDir(self.run_dir, list(self.folders.values())).check()
             self._refuse_inputs_inside()
             if rundir.in_runs(self.run_dir):
-                rundir.check_links(self.run_dir.parent)
+                rundir.check_run_dir_name(self.run_dir)
+                rundir.check_links(Path(os.path.realpath(self.run_dir)).parent)
         self.link_problem: str | None = None  # why runs/last-succeeded could not be pointed at this run
         self.setup = setup or jobs.Setup().with_flow(ROOT / "flow.py")
         self.jobs = jobs.plan(dag, self.setup, uuid.uuid4().hex, standard_environment)

@@ -210,3 +210,16 @@ def test_a_name_taken_while_a_run_ran_is_left_and_said(runs):
         rundir.point(rundir.SUCCEEDED, runs / "one")
     assert (runs / "last-succeeded" / "notes").read_text() == "mine" and rundir.pointed(rundir.SUCCEEDED) is None
     assert sorted(os.listdir(runs)) == ["last-succeeded", "one"]  # no temporary link left
+    rundir.point(rundir.LATEST, runs / "one")
+    rundir.point(rundir.LATEST, runs / "latest")  # `--run-dir runs/latest`: the run it points at, not itself
+    assert os.readlink(runs / "latest") == "one"
+
+
+def test_a_run_directory_named_like_a_link_is_refused(runs, capsys):
+    from stageflow import cli
+
+    for name in ("latest", "last-succeeded"):
+        assert cli.main(["run", "--run-dir", str(runs / name)]) == 2
+        assert capsys.readouterr().err == (f"error: run directory {runs / name}: {name} is the name of the runner's "
+                                           f"link to a run; give another name\n")
+    assert not runs.exists()
