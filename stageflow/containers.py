@@ -395,7 +395,8 @@ def shell_env() -> str:
 
 
 # What compose says when the tags are not set (compose interpolates the message as it is, `$` included).
-TAGS_UNSET = "image tags not set (make compose sets them); by hand: eval \"`.venv/bin/python -m stageflow compose-env`\""
+TAGS_UNSET = ("image tags not set (make compose sets them); by hand: "
+              "eval \"`.venv/bin/python -m stageflow compose-env`\"")
 # What `docker compose up` says instead of starting every stage at once: none would find its inputs yet.
 UP_REFUSED = ("docker compose up does not run this flow: it would start every stage at once, before its inputs "
               "exist. Run the flow with `make compose` (each stage once its inputs are ready), one stage with "

@@ -236,8 +236,8 @@ def draft(path: Path, out: Path | None) -> tuple[str, str]:
         text += ["", "[dropped]  # columns the model does not take; process drops them"]
         text += lines([(toml_key(c.name), '"text"') for c in dropped],
                       ["no value in any row" if c.missing == rows else "" for c in dropped])
-        text += [f"# {_printable(c.name)}: holds {c.holds} values, which no column type takes (float, int, text): remove it "
-                 f"from the file or save it as text" for c in unusable]
+        text += [f"# {_printable(c.name)}: holds {c.holds} values, which no column type takes (float, int, text): "
+                 f"remove it from the file or save it as text" for c in unusable]
     text += ["", "# [samples]  # the sources `stageflow run` reads when none is given, relative to this file",
              f"# data_path_a = {toml_string(beside)}", "# data_path_b = \"...\"", ""]
     said = (f"key {key.name} ({key.key_type}), label {label.name} ({len(classes)} classes), {len(features)} "

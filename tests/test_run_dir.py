@@ -181,7 +181,8 @@ def test_latest_is_the_newest_run_and_last_succeeded_the_newest_that_succeeded(r
     assert status == 1 and links(runs)["latest"] == newest and said == [f"{runs}/last-succeeded -> good"]
 
 
-@pytest.mark.parametrize("make, what", [(lambda p: p.mkdir(), "a directory"), (lambda p: p.write_text("mine"), "a file"),
+@pytest.mark.parametrize("make, what", [(lambda p: p.mkdir(), "a directory"),
+                                        (lambda p: p.write_text("mine"), "a file"),
                                         (lambda p: p.symlink_to("/etc"), "a link to /etc")])
 def test_a_last_succeeded_that_is_not_the_runners_link_is_refused_before_the_run_and_kept(runs, make, what):
     from stageflow.rundir import RunError, new_run_dir
