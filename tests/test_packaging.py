@@ -163,8 +163,7 @@ def test_pip_install_of_the_checkout_gives_a_working_tool(tmp_path):
     assert not wheelhouses.missing(wheelhouses.HOST, minor), "run `make test-wheels` first"
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     source = tmp_path / "source"
-    for name in ["pyproject.toml", config["project"]["readme"],
-                 *config["tool"]["setuptools"]["dynamic"]["dependencies"]["file"]]:
+    for name in ["pyproject.toml", *config["tool"]["setuptools"]["dynamic"]["dependencies"]["file"]]:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     shutil.copytree(ROOT / "stageflow", source / "stageflow", ignore=shutil.ignore_patterns("__pycache__"))
