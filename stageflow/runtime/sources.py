@@ -102,8 +102,8 @@ READERS = {"csv": _csv_batches, "csv.gz": _csv_batches, "parquet": _parquet_batc
 
 
 def check_source(path: Path) -> str:
-    """The source's format, after turning every way a path can be unusable into one named error."""
-    fmt = source_format(path)
+    """The source's format, after turning every way a path can be unusable into one named error: what it is
+    (missing, a link that goes nowhere, a directory, a device) before what it is called (its extension)."""
     try:
         path.stat()
     except OSError as err:
@@ -115,6 +115,7 @@ def check_source(path: Path) -> str:
     what = not_a_regular_file(path)
     if what:
         raise StageError(f"input data_path: {path} is {what}, not a regular file")
+    fmt = source_format(path)
     if path.stat().st_size == 0:
         raise StageError(f"input data_path: {path} is empty")
     return fmt
