@@ -50,7 +50,7 @@ class Column:
     def add(self, values: pa.ChunkedArray) -> None:
         seen = {}
         for kind in KINDS:
-            if not self.fits[kind]:
+            if not self.fits[kind] or (kind == "label" and self.labels is None):  # (no longer a candidate)
                 continue
             converted = seen[kind] = dataset.column_as(values, kind, feature=kind in ("int", "float"))
             self.fits[kind] = converted is not None
@@ -60,7 +60,7 @@ class Column:
                 if low is not None:
                     self.low = low if self.low is None else min(self.low, low)
                     self.high = high if self.high is None else max(self.high, high)
-            if kind == "label" and self.labels is not None:
+            if kind == "label":
                 if converted is None:
                     self.labels = None
                     continue

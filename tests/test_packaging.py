@@ -114,7 +114,7 @@ def test_console_script_runs_this_checkout(tmp_path):
     script = Path(sysconfig.get_path("scripts")) / "stageflow"
     assert script.is_file(), f"{script} is missing: run `make venv`"
     [entry] = [ep for ep in importlib.metadata.distribution("stageflow").entry_points if ep.group == "console_scripts"]
-    assert (entry.name, entry.value) == ("stageflow", "stageflow.cli:main")
+    assert (entry.name, entry.value) == ("stageflow", "stageflow.__main__:run")
     proc = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and re.search(r"^\s+run\s", proc.stdout, re.M), proc.stderr
     where = subprocess.run([sys.executable, "-c", "import stageflow.runtime as r; print(r.__file__)"], cwd=tmp_path,
