@@ -49,8 +49,9 @@ class Column:
 
     def add(self, values: pa.ChunkedArray) -> None:
         seen = {}
-        for kind in KINDS:
-            if not self.fits[kind] or (kind == "label" and self.labels is None):  # (no longer a candidate)
+        for kind in KINDS:  # text and label last: a column of fractions is a feature, neither key nor label
+            if not self.fits[kind] or (kind in ("text", "label") and self.measured) or \
+                    (kind == "label" and self.labels is None):
                 continue
             converted = seen[kind] = dataset.column_as(values, kind, feature=kind in ("int", "float"))
             self.fits[kind] = converted is not None
