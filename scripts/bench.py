@@ -54,7 +54,7 @@ sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.pa
 
 from stageflow import backends, dag as dag_module, jobs, registry, runner  # noqa: E402
 from stageflow.files import place  # noqa: E402
-from stageflow.runtime import contract, dataset, schema as schemas, sources  # noqa: E402
+from stageflow.runtime import contract, dataset, inputs, schema as schemas, sources  # noqa: E402
 
 CHUNK = 1_000_000
 STAGES = list(registry.STAGES)
@@ -82,7 +82,7 @@ class Shape:
 
 def _read(path: Path) -> pa.Table:
     """A sample source through the load stage's own reader and checks."""
-    fmt = sources.check_source(path)
+    fmt = inputs.source_format(inputs.data_path(str(path)))
     return pa.concat_tables([dataset.conform(table, str(path)) for table in sources.source_tables(path, fmt)])
 
 
@@ -96,7 +96,7 @@ def sample_shape() -> Shape:
         raise SystemExit(f"bench: schema {schema.path} names no sample sources ([samples] data_path_a and "
                          f"data_path_b): the generated rows are drawn like the sample's")
     first = schema.samples["data_path_a"]
-    columns = next(sources.source_tables(first, sources.check_source(first))).column_names
+    columns = next(sources.source_tables(first, inputs.source_format(first))).column_names
     table = pa.concat_tables([_read(path) for path in schema.samples.values()], promote_options="permissive")
     raw = np.asarray(pa.chunked_array(table.column(schema.label)).cast(pa.string()).to_pylist(), dtype=object)
     present = np.asarray([label is not None for label in raw])

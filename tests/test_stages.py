@@ -15,10 +15,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.neural_network import MLPClassifier
 
 from stageflow import registry
-from stageflow.runtime import dataset, schema as schemas, sources
+from stageflow.runtime import contract, dataset, inputs, schema as schemas, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import IRIS_FEATURES, ROOT, iris_like, load_source, load_stage, run_main, write_snapshot
+from conftest import (IRIS_FEATURES, ROOT, TRAIN_DEFAULTS, iris_like, load_source, load_stage, run_main,
+                      write_snapshot)
 
 pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
@@ -324,7 +325,9 @@ def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsy
     assert out.read().column("Id").to_pylist() == [1, 2, 4]
     assert out.read().column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
     assert out.meta == {"sources": [], "rows": 3, "dropped": 2,
-                        "dropped_by": {"PetalWidthCm NaN": 1, "Species missing": 1}}
+                        "dropped_by": {"PetalWidthCm NaN": 1, "Species missing": 1},
+                        "missing_by_feature": {"SepalLengthCm": 0, "SepalWidthCm": 0, "PetalLengthCm": 0,
+                                               "PetalWidthCm": 1}}
     assert ("dropped 2 of 5 rows that cannot be trained on: Species missing in 1, PetalWidthCm NaN in 1"
             in capsys.readouterr().err)
 
@@ -365,11 +368,23 @@ def test_a_missing_label_is_a_dropped_row_whatever_the_format(wf_root, tmp_path,
 # ------------------------------------------------------------------ train
 
 
+def settings(**given):
+    """The train task's settings: flow.py's defaults, but for those given."""
+    values = {**TRAIN_DEFAULTS, "epochs": "10", "batch_size": "32", **{k: str(v) for k, v in given.items()}}
+    return train.Settings(**{name: inputs.parsed(name, values[name]) for name in inputs.SETTINGS})
+
+
+def split(x, codes, names, fraction=0.2, seed=42):
+    return train.split(x, codes, names, fraction, seed)
+
+
 def test_fit_honours_epochs_and_learns():
     x, codes, names = iris_like()
-    x_train, x_test, c_train, c_test = train.split(x, codes, names)
-    model, losses = train.fit(x_train, c_train, names, epochs=7, batch_size=8)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    model, history = train.fit(x_train, c_train, names, settings(epochs=7, batch_size=8), (x_test.copy(), c_test))
+    losses = history.loss
     assert len(losses) == 7 and losses[-1] < losses[0]
+    assert len(history.holdout) == 7 and history.holdout[-1] < history.holdout[0]
     assert list(model.classes_) == ["setosa", "versicolor", "virginica"]  # the model predicts names
     assert train.evaluate(model, x_test, c_test, names)["accuracy"] >= 0.9
 
@@ -377,17 +392,17 @@ def test_fit_honours_epochs_and_learns():
 def test_each_batch_is_one_gradient_step_of_batch_size_rows():
     """sklearn's default would cut a partial_fit call into 200-row steps: 240 rows would be 2 steps."""
     x, codes, names = iris_like(n_per_class=100)
-    x_train, _, c_train, _ = train.split(x, codes, names)
+    x_train, _, c_train, _ = split(x, codes, names)
     assert len(c_train) == 240
-    model, losses = train.fit(x_train, c_train, names, epochs=3, batch_size=240)
+    model, losses = train.fit(x_train, c_train, names, settings(epochs=3, batch_size=240))
     assert model.named_steps["classify"]._optimizer.t == 3  # Adam's step counter: one step per epoch
-    model, _ = train.fit(x_train, c_train, names, epochs=2, batch_size=100)
+    model, _ = train.fit(x_train, c_train, names, settings(epochs=2, batch_size=100))
     assert model.named_steps["classify"]._optimizer.t == 2 * 3  # batches of 100, 100 and 40
 
 
 def test_fit_is_reproducible_to_the_model_bytes():
     x, codes, names = iris_like(n_per_class=50)
-    models = [train.fit(x.copy(), codes, names, epochs=3, batch_size=16)[0] for _ in range(2)]
+    models = [train.fit(x.copy(), codes, names, settings(epochs=3, batch_size=16))[0] for _ in range(2)]
     assert pickle.dumps(models[0], protocol=5) == pickle.dumps(models[1], protocol=5)
 
 
@@ -402,7 +417,7 @@ def test_each_epoch_passes_over_every_row_in_a_new_order(monkeypatch):
     monkeypatch.setattr(MLPClassifier, "partial_fit", recording)
     monkeypatch.setattr(train, "STEP_ROWS", 40)  # calls of 40 rows (whole batches of 8), the last one shorter
     x, codes, names = iris_like(n_per_class=50)
-    train.fit(x, codes, names, epochs=3, batch_size=8)
+    train.fit(x, codes, names, settings(epochs=3, batch_size=8))
     assert [len(rows) for rows in seen] == [40, 40, 40, 30] * 3
     epochs = [np.concatenate(seen[i:i + 4]) for i in range(0, 12, 4)]
     assert all(sorted(rows) == sorted(x[:, 0]) for rows in epochs)  # every row once (x was scaled in place)
@@ -416,7 +431,7 @@ def test_a_model_trained_on_codes_and_named_is_the_model_trained_on_names(n_clas
     x, codes, names = iris_like(n_per_class=30)
     keep = codes < n_classes
     x, codes, names = x[keep], codes[keep].astype(np.uint8), names[:n_classes]
-    on_codes, on_names = train.estimator(8), train.estimator(8)
+    on_codes, on_names = train.estimator(settings(batch_size=8)), train.estimator(settings(batch_size=8))
     for _ in range(2):
         on_codes.partial_fit(x, codes, classes=np.arange(n_classes, dtype=np.uint8))
         on_names.partial_fit(x, names[codes], classes=names)
@@ -428,8 +443,8 @@ def test_a_model_trained_on_codes_and_named_is_the_model_trained_on_names(n_clas
 
 def test_evaluate_agrees_with_sklearn_on_names():
     x, codes, names = iris_like(seed=3)
-    x_train, x_test, c_train, c_test = train.split(x, codes, names)
-    model, _ = train.fit(x_train, c_train, names, epochs=1, batch_size=4)  # one short epoch: some mistakes
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    model, _ = train.fit(x_train, c_train, names, settings(epochs=1, batch_size=4))  # one short epoch: some mistakes
     got = train.evaluate(model, x_test, c_test, names)
     y_true, y_pred = names[c_test], model.predict(x_test)
     classes = list(names)
@@ -464,7 +479,7 @@ def test_a_missing_label_is_refused(tmp_path):
 
 def test_split_is_stratified_and_seeded():
     x, codes, names = iris_like()
-    first, second = train.split(x, codes, names), train.split(x, codes, names)
+    first, second = split(x, codes, names), split(x, codes, names)
     assert np.array_equal(first[1], second[1])
     assert np.bincount(first[3]).tolist() == [4, 4, 4]  # 20% of 20 per class
     # every row lands in exactly one half
@@ -474,30 +489,51 @@ def test_split_is_stratified_and_seeded():
 def test_split_keeps_a_row_of_each_class_on_both_sides():
     x, codes, names = iris_like()
     codes, x = np.concatenate([codes[:2], codes[20:]]), np.concatenate([x[:2], x[20:]])  # setosa: 2 rows
-    x_train, x_test, c_train, c_test = train.split(x, codes, names)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
     assert np.bincount(c_test).tolist() == [1, 4, 4] and np.bincount(c_train).tolist() == [1, 16, 16]
 
 
 def test_single_class_is_refused():
     x, codes, names = iris_like()
     with pytest.raises(StageError, match=r"only one class \(setosa\) is left"):
-        train.split(x[:20], codes[:20], names[:1])
+        split(x[:20], codes[:20], names[:1])
 
 
 def test_too_few_rows_for_a_split_are_refused():
     x, codes, names = iris_like(n_per_class=2)
     codes[0] = 2  # setosa left with one row
     with pytest.raises(StageError, match=r"6 rows are too few for a stratified hold-out split \(setosa has 1 row\(s\)"):
-        train.split(x, codes, names)
+        split(x, codes, names)
 
 
-@pytest.mark.parametrize("epochs, batch_size, message", [
-    (0, 32, "input epochs: must be at least 1, found 0"),
-    (-3, 32, "input epochs: must be at least 1, found -3"),
-    (10, 0, "input batch_size: must be at least 1, found 0"),
-    (10**9, 32, "input epochs: 1000000000 is more than the limit of 10000"),
-    (10, 10**12, "input batch_size: 1000000000000 is more than the limit of 10000000"),
+@pytest.mark.parametrize("name, value, message", [
+    ("epochs", "0", "input epochs: must be at least 1, found 0"),
+    ("epochs", "-3", "input epochs: must be at least 1, found -3"),
+    ("batch_size", "0", "input batch_size: must be at least 1, found 0"),
+    ("epochs", str(10**9), "input epochs: 1000000000 is more than the limit of 10000"),
+    ("batch_size", str(10**12), "input batch_size: 1000000000000 is more than the limit of 10000000"),
+    ("learning_rate", "0", "input learning_rate: must be a number above 0 and at most 10, found 0.0"),
+    ("learning_rate", "nan", "input learning_rate: must be a number above 0 and at most 10, found nan"),
+    ("hidden_layers", "16,0", "input hidden_layers: a layer holds 1 to 4096 units, found 0"),
+    ("hidden_layers", "sixteen", "input hidden_layers: expected units per layer separated by commas, such as 16 or "
+                                 "32,16; found 'sixteen'"),
+    ("hidden_layers", ",".join(["4"] * 11), "input hidden_layers: 11 layers are more than the limit of 10"),
+    ("seed", "-1", "input seed: must be at least 0, found -1"),
+    ("seed", str(2**32), "input seed: 4294967296 is more than the limit of 4294967295"),
+    ("test_fraction", "1", "input test_fraction: must be a fraction above 0 and below 1 (0.2 holds out a fifth), "
+                           "found 1.0"),
+    ("test_fraction", "0", "input test_fraction: must be a fraction above 0 and below 1 (0.2 holds out a fifth), "
+                           "found 0.0"),
+    ("early_stopping", "-1", "input early_stopping: must be at least 0, found -1"),
 ])
-def test_bad_training_parameters_are_refused(epochs, batch_size, message):
-    with pytest.raises(StageError, match=message):
-        train.check_params(epochs, batch_size)
+def test_bad_training_settings_are_refused_by_the_stage(train_root, name, value, message):
+    (train_root / "inputs" / name).write_text(value)
+    assert run_main(train, train_root) == (1, message + "\n")
+    assert sorted(p.name for p in (train_root / "outputs").iterdir()) == [contract.ERROR_FILE]
+
+
+@pytest.mark.parametrize("text, layers", [("16", (16,)), ("32,16", (32, 16)), ("(16,)", (16,)),
+                                           (" (32, 16) ", (32, 16)), ("8, 8, 4", (8, 8, 4))])
+def test_hidden_layers_are_read_as_written_and_shown_as_python_writes_them(text, layers):
+    assert inputs.check("hidden_layers", text) == layers
+    assert inputs.layers_text(layers) == repr(layers)
