@@ -612,9 +612,11 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         if with_peer:
             print(f"the same stages as plain flytekit tasks, pyflyte run, run {i + 1}", flush=True)
             rounds[-1].peer = run_peer(work, sources, params, label)
-        if i == 0 and with_train:
-            processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
-            merge_inputs = run.tree("merge") / "inputs"
+        if i == 0:
+            if with_train:
+                processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
+            if any(node.name == "merge" for node in dag.nodes):
+                merge_inputs = run.tree("merge") / "inputs"
     fits: dict[int, list[tuple[Measure, Measure]]] = {}
     if with_train and not args.no_fit:
         for batch_size in args.fit_batch_sizes:

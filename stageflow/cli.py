@@ -292,10 +292,17 @@ def parse(argv: list[str]) -> None:
     name, rest = argv[0], list(argv[1:])
     if name not in cli.commands:
         raise click.UsageError(f"no such command {name!r}")
-    if cli.commands[name] is run_command:
-        parse_run(rest)
-    else:
-        cli.commands[name].make_context(name, rest)
+    schema = os.environ.get(schemas.ENV)
+    try:
+        if cli.commands[name] is run_command:
+            parse_run(rest)
+        else:
+            cli.commands[name].make_context(name, rest)
+    finally:  # parse_run selects the schema it names for the stages it would run: nothing runs here
+        if schema is None:
+            os.environ.pop(schemas.ENV, None)
+        else:
+            os.environ[schemas.ENV] = schema
 
 
 def options_of(name: str) -> set[str]:

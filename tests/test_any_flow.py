@@ -137,7 +137,8 @@ REFUSALS = [
     (["mlops_flow.py"], "error: give the workflow to run after mlops_flow.py: stageflow run mlops_flow.py WORKFLOW"),
     (["mlops_flow.py", "model_trainin"], "error: flow file mlops_flow.py: no @workflow named model_trainin "
                                         "(defined: model_training)"),
-    (["mlops_flow.py", "model_training", "--data_path_a", "x", "--data_path_c", "y"], "Did you mean '--data_path_a'"),
+    (["mlops_flow.py", "model_training", "--data_path_a", "x", "--data_path_c", "y"],
+     "error: No such option '--data_path_c'. (Did you mean one of:"),
     (["mlops_flow.py", "model_training", "--data_path_a", "x"], "error: flow input data_path_b: required but not "
                                                                "given"),
     (["--backend", "host", "mlops_flow.py", "model_training", "--data_path_a", "x", "--data_path_b", "y"],

@@ -103,8 +103,8 @@ def test_definitions_are_written_for_review_without_credentials(records, capsys)
         lines = [line for line in instructions.splitlines() if not line.startswith("#")]
         # Domino runs them as the image's last user (12574): root first, as public recipes do; Domino's user last.
         assert lines[0] == "USER root" and lines[-1] == "USER 12574:12574"
-        assert "ENV PATH=/opt/stage/bin:/opt/venv/bin:$PATH PYTHONPATH=/opt/stageflow:/opt/stage/lib/python3.11/" \
-               "site-packages PYTHONUNBUFFERED=1" in instructions  # the runtime image's own, /opt/stage included
+        assert "ENV PATH=/opt/stage/bin:/opt/venv/bin:$PATH PYTHONPATH=/opt/stageflow PYTHONUNBUFFERED=1" \
+            in instructions  # the libraries image's own: /opt/stage's scripts on PATH, its libraries by a .pth
         assert stage.description in definition["description"] and stage.version in definition["description"]
         assert f"{name:8} {stage.environment:20} {definition['image']}" in out
     assert "nothing was sent to Domino: set DOMINO_API_HOST with DOMINO_ACCESS_TOKEN" in out

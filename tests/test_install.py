@@ -63,7 +63,8 @@ def pinned(wheel: Path) -> str:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory):
-    """The index (the probe), the links folder (setuptools, for the editable build, and uv) and the lock."""
+    """The index (the probe), the links folder (setuptools, for the editable build, uv, and click, which
+    `stageflow --help` needs) and the lock."""
     top = tmp_path_factory.mktemp("wheels")
     files, links = top / "files", top / "links"
     files.mkdir(), links.mkdir()
@@ -75,7 +76,7 @@ def wheels(tmp_path_factory):
     page.parent.mkdir(parents=True)
     digest = hashlib.sha256(probe.read_bytes()).hexdigest()
     page.write_text(f'<html><body><a href="../../files/{probe.name}#sha256={digest}">{probe.name}</a></body></html>\n')
-    built = [probe, wheel_of("setuptools", links), wheel_of("uv", links)]
+    built = [probe, wheel_of("setuptools", links), wheel_of("uv", links), wheel_of("click", links)]  # the CLI's one need
     return {"index": f"file://{top}/simple", "links": links, "lock": "".join(pinned(w) + "\n" for w in built)}
 
 
@@ -117,7 +118,7 @@ def test_first_install_says_what_it_installs_uses_pips_index_and_is_skipped_next
     steps = [line for line in lines if line.startswith("venv: ")]
     assert steps[0].startswith(f"venv: creating .venv with {sys.executable}"), lines
     assert steps[1].startswith(f"venv: installing uv {UV_VERSION} with pip"), lines
-    assert steps[2] == (f"venv: installing the 3 pins of requirements-dev.txt with uv {UV_VERSION}, from "
+    assert steps[2] == (f"venv: installing the 4 pins of requirements-dev.txt with uv {UV_VERSION}, from "
                         f"{wheels['index']}, {wheels['links']} (pip's configuration)"), lines
     assert steps[3] == "venv: installing stageflow (editable, from .) with uv", lines
     assert steps[4].startswith("venv: done in "), lines
@@ -132,7 +133,7 @@ def test_first_install_says_what_it_installs_uses_pips_index_and_is_skipped_next
     assert not [line for line in make_venv(dest, env) if line.startswith("venv: ")], "the stamp did not skip"
     os.utime(dest / "requirements-dev.txt")  # the lock changed: installed again, uv already there
     steps = [line for line in make_venv(dest, env) if line.startswith("venv: ")]
-    assert steps[0].startswith(f"venv: installing the 3 pins of requirements-dev.txt with uv {UV_VERSION}"), steps
+    assert steps[0].startswith(f"venv: installing the 4 pins of requirements-dev.txt with uv {UV_VERSION}"), steps
 
 
 def test_where_uv_cannot_be_installed_pip_installs_the_rest(tmp_path, wheels):
@@ -146,7 +147,7 @@ def test_where_uv_cannot_be_installed_pip_installs_the_rest(tmp_path, wheels):
     assert steps[1].startswith(f"venv: installing uv {UV_VERSION} with pip"), lines
     assert steps[2] == f"venv: pip could not install uv {UV_VERSION} (above): installing with pip instead", lines
     assert steps[3].startswith(f"venv: leaving uv {UV_VERSION} out"), lines
-    assert steps[4].startswith("venv: installing the 2 pins of requirements-dev.txt with pip"), lines
+    assert steps[4].startswith("venv: installing the 3 pins of requirements-dev.txt with pip"), lines
     assert any(line.startswith("Successfully installed") and f"{PROBE}-1.0" in line for line in lines), lines
     versions = installed(dest)
     assert versions[PROBE] == "1.0" and "uv" not in versions

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.neural_network import MLPClassifier
 
-from stageflow import registry
+from stageflow import jobs, registry
 from stageflow.runtime import contract, dataset, inputs, schema as schemas, sources
 from stageflow.runtime.contract import StageError
 
@@ -308,7 +308,7 @@ def test_the_merge_engines_memory_fits_the_stages_tier():
     limit = merge.MEMORY_LIMIT
     assert limit.endswith("MiB") or limit.endswith("GiB")
     engine = float(limit[:-3]) * (1 if limit.endswith("MiB") else 1024)
-    tier = registry.TIERS[registry.STAGES["merge"].tier].memory
+    tier = jobs.TIERS[registry.STAGES["merge"].tier].memory
     assert tier.endswith("g") and engine + 512 <= float(tier[:-1]) * 1024 / 2
 
 

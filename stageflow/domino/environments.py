@@ -72,17 +72,24 @@ def push_problems(pushed: dict | None) -> list[str]:
     return []
 
 
+RUNTIME_DOCKERFILES = ("stages/libraries.Dockerfile", "stages/Dockerfile")  # what every stage image starts FROM
+
+
 def runtime_settings() -> tuple[str, str]:
-    """The runtime image's job user (ARG UID) and its ENV instruction, read from stages/Dockerfile, which every
-    stage image starts FROM: the one place they are written, and part of every image version."""
-    text = (ROOT / "stages" / "Dockerfile").read_text().replace("\\\n", " ")
-    final = text[text.rindex("\nFROM "):]  # the image's own stage, not the wheel-installing one
-    uid = re.search(r"^ARG UID=(\d+)", final, re.M)
-    env = re.findall(r"^ENV (.+)$", final, re.M)
+    """The stage images' job user (ARG UID) and their ENV instructions, read from the final stages of the
+    Dockerfiles every stage image starts FROM (the libraries image, then the runtime image): the one place they
+    are written, and part of every image version."""
+    uid, env = None, []
+    for name in RUNTIME_DOCKERFILES:
+        text = (ROOT / name).read_text().replace("\\\n", " ")
+        final = text[text.rindex("\nFROM "):]  # the image's own stage, not the wheel-installing ones
+        found = re.search(r"^ARG UID=(\d+)", final, re.M)
+        uid = found[1] if found else uid
+        env += re.findall(r"^ENV (.+)$", final, re.M)
     if not (uid and env):
-        raise DominoError("stages/Dockerfile: no `ARG UID=` or `ENV` in its final stage, which the environments "
-                          "restate")
-    return uid[1], " ".join(" ".join(line.split()) for line in env)
+        raise DominoError(f"{' and '.join(RUNTIME_DOCKERFILES)}: no `ARG UID=` or `ENV` in their final stages, which "
+                          f"the environments restate")
+    return uid, " ".join(" ".join(line.split()) for line in env)
 
 
 def dockerfile_instructions(stage: Stage) -> str:
