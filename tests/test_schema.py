@@ -71,7 +71,7 @@ MISTAKES = {
                               "colour: unknown key; expected one of key, features, label, dropped, samples"),
     "missing label table": (VALID.split("[label]")[0], "label: missing; it is required"),
     "misspelt label key": (VALID.replace("classes =", "clases ="),
-                           "label.clases: unknown key; expected one of column, match, strip_prefixes, classes"),
+                           "label.clases: unknown key; expected one of column, type, match, strip_prefixes, classes"),
     "missing key column": (VALID.replace('column = "k"', 'type = "int"'), "key.column: missing; it is required"),
     "unknown key type": (VALID.replace('column = "k"', 'column = "k"\ntype = "uuid"'),
                          "key.type: must be one of 'int', 'text', found 'uuid'"),
