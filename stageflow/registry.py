@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 
 from stageflow.runtime.contract import StageError
+from stageflow.runtime.inputs import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
@@ -145,9 +146,7 @@ STAGES = {stage.name: stage for stage in (
     Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False, checked=("schema", "data_path")),
     Stage("merge", "Medium", "Union of A and B on the schema's key"),
     Stage("process", "Medium", "Drop noise, invalid rows; normalise labels"),
-    Stage("train", "Large", "Mini-batch training; model and metrics", checked=(
-        "schema", "epochs", "batch_size", "learning_rate", "hidden_layers", "seed", "test_fraction",
-        "early_stopping")),
+    Stage("train", "Large", "Mini-batch training; model and metrics", checked=("schema", *SETTINGS)),
 )}
 
 

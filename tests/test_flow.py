@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,8 +17,8 @@ from stageflow.runner import Run, RunError
 
 from stageflow.runtime import contract, schema as schemas
 
-from conftest import (ROOT, TRAIN_DEFAULTS, assert_self_contained, bad_source, downstream, references, sample_rows,
-                      samples)
+from conftest import (ROOT, TRAIN_DEFAULTS, assert_self_contained, bad_source, downstream, fenced, references,
+                      sample_rows, samples, source_rows)
 
 DATA_A, DATA_B = samples()  # the active schema's: the bundled iris sample by default
 
@@ -362,3 +363,74 @@ def test_workflow_is_found_or_named(tmp_path):
     proc = stageflow("run", "--flow", str(none), "--run-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and proc.stderr == f"error: flow file {none}: defines no @workflow\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_guides_cell_loads_the_model_and_scores_new_data(bundled_run, tmp_path):
+    """docs/failures.md's cell, as written, where a user runs it: beside runs/ (its data file: the active
+    schema's sample source A, the bundled iris one by default)."""
+    run_dir, _ = bundled_run
+    cell = next(block for block in fenced(ROOT / "docs" / "failures.md", "python") if "predict_proba" in block)
+    assert '"data/source_a.csv"' in cell
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to(run_dir)
+    cell = cell.replace('pd.read_csv("data/source_a.csv")', f"pd.read_{'parquet' if DATA_A.suffix == '.parquet' else 'csv'}({str(DATA_A)!r})")
+    proc = subprocess.run([sys.executable, "-c", cell + "\nprint(len(scored), sorted(map(str, set(scored.predicted))))"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    rows, classes = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    metrics = json.loads((run_dir / "outputs" / "metrics.json").read_text())
+    assert int(rows) == source_rows(DATA_A) and set(eval(classes)) <= set(metrics["classes"])
+
+
+def many_classes(tmp_path, classes, rows):
+    """A data set with `classes` classes spread over `rows` rows in two CSV sources, and its schema."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    codes = np.arange(rows) % classes
+    x = np.random.default_rng(0).normal(codes[:, None] * 0.01, 1.0, (rows, 2))
+    table = pa.table({"Id": np.arange(1, rows + 1), "a": x[:, 0], "b": x[:, 1],
+                      "kind": [f"class-{code:05d}" for code in codes]})
+    pcsv.write_csv(table.slice(0, rows // 2), tmp_path / "a.csv")
+    pcsv.write_csv(table.slice(rows // 2), tmp_path / "b.csv")
+    (tmp_path / "schema.toml").write_text('[key]\ncolumn = "Id"\n[features]\na = "float"\nb = "float"\n'
+                                          '[label]\ncolumn = "kind"\n[samples]\ndata_path_a = "a.csv"\n'
+                                          'data_path_b = "b.csv"\n')
+    return tmp_path / "schema.toml"
+
+
+def tree_size(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.mark.slow
+def test_1500_classes_in_7500_rows_give_outputs_bounded_by_the_input(tmp_path):
+    """Issue 20's case: the report was 324 MB, the metrics 20 MB, the run directory and cache about 1 GB.
+    Each output stays within its bound (docs/failures.md, "Bounded by the input"), and says what it left out."""
+    schema = many_classes(tmp_path, 1500, 7500)
+    env = {**os.environ, schemas.ENV: str(schema), "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    outputs = run_dir / "outputs"
+    assert (outputs / "report.html").stat().st_size < 400_000
+    assert (outputs / "metrics.json").stat().st_size < 600_000
+    assert tree_size(run_dir) < 10_000_000 and tree_size(tmp_path / "cache") < 5_000_000
+    assert len(proc.stdout.splitlines()) < 60  # stages, table, outputs, headline: none of it per class
+    metrics = json.loads((outputs / "metrics.json").read_text())
+    assert len(metrics["per_class"]) == len(metrics["classes"]) == 1500  # every class kept here
+    assert "confusion_matrix" not in metrics and sum(n for *_, n in metrics["confusion_nonzero"]) == metrics["n_test"]
+    assert len(metrics["confusion_nonzero"]) <= metrics["n_test"]
+    assert [label for label in metrics["headline"] if label.startswith("F1")] == []
+    assert any(label.startswith("lowest F1 of 1,500 classes (") for label in metrics["headline"])
+    assert "lowest F1 of 1,500 classes" in proc.stdout  # the headline is printed: it fits the summary's read
+    page = (outputs / "report.html").read_text()
+    assert page.count("the 30 largest of 1,500 classes (metrics.json holds every class)") == 2
+    assert "The 25 classes with the lowest F1 of 1,500; F1 over all of them: lowest" in page
+    drawings = re.findall(r'<svg class="plot".*?</svg>', page, re.S)
+    cells = re.findall(r"<title>true ", drawings[0])
+    assert len(cells) == 30 * 30
+    assert_self_contained(page)

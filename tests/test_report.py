@@ -1,5 +1,6 @@
 """The reports: training report (train stage output), run report, the CLI's summary, progress lines."""
 
+import html
 import io
 import json
 import logging
@@ -98,7 +99,7 @@ def test_training_report_shows_the_metrics(training_page):
 
 def visible(page):
     """A page's text as a reader sees it, plots left out."""
-    return " ".join(re.sub(r"<svg.*?</svg>|<[^>]+>", " ", page, flags=re.S).split())
+    return html.unescape(" ".join(re.sub(r"<svg.*?</svg>|<[^>]+>", " ", page, flags=re.S).split()))
 
 
 def test_training_report_says_what_was_trained_on_what(training_page):
@@ -505,3 +506,49 @@ def test_durations_read_well(seconds, text):
 
 def test_progress_line_without_values():
     assert progress_line("batch", 1, 4, 2.0, {}) == "batch 1/4: 2.0 s, ETA 6.0 s"
+
+
+def test_a_report_on_1500_classes_stays_small_and_says_what_it_leaves_out():
+    classes = [f"class-{i:04d}" for i in range(1500)]
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": (i % 100) / 100, "support": 1 + i % 3}
+                 for i, c in enumerate(classes)}
+    metrics = {**METRICS, "classes": classes, "per_class": per_class,
+               "confusion_nonzero": [[i, (i * 7) % 1500, 1] for i in range(1500)],
+               "class_counts": {"train": {c: 4 + i % 5 for i, c in enumerate(classes)},
+                                "test": {c: 1 + i % 3 for i, c in enumerate(classes)}}}
+    del metrics["confusion_matrix"]
+    page = report.training_report(metrics)
+    assert len(page.encode()) < 300_000  # it was 324 MB
+    confusion, _, balance = plots(page)
+    shown_classes = largest = report.largest_classes(metrics, 30)
+    assert len(largest) == 30 and sum(1 for r in confusion.iter("rect")) == 30 * 30
+    assert len([r for r in balance.iter("rect") if r.find("title") is not None]) == 2 * 30
+    sizes = {c: metrics["class_counts"]["train"][c] + metrics["class_counts"]["test"][c] for c in classes}
+    assert min(sizes[c] for c in shown_classes) >= max(sizes[c] for c in classes if c not in shown_classes)
+    text = visible(page)
+    assert text.count("the 30 largest of 1,500 classes (metrics.json holds every class)") == 2
+    assert "The 25 classes with the lowest F1 of 1,500; F1 over all of them: lowest 0.000, median 0.500, highest " \
+           "0.990. metrics.json holds every class." in text
+    rows = re.findall(r"<tr><td>class-\d{4}</td>", page)
+    assert len(rows) == 25  # the per-class table: only those
+    assert "1,500 classes" in text
+
+
+def test_the_confusion_matrix_of_chosen_classes_comes_from_either_form():
+    dense = {"classes": ["a", "b", "c"], "confusion_matrix": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
+    sparse = {"classes": ["a", "b", "c"], "confusion_nonzero": [[t, p, 3 * t + p + 1] for t in range(3) for p in range(3)]}
+    assert report.confusion_of(dense, ["a", "c"]) == report.confusion_of(sparse, ["a", "c"]) == [[1, 3], [7, 9]]
+
+
+def test_early_stopping_says_when_it_stopped_and_which_epoch_the_model_is():
+    metrics = {**METRICS, "early_stopping": 3, "tolerance": 1e-4, "validation_fraction": 0.1, "best_epoch": 2,
+               "stopped_early": True, "epochs": 20, "n_validation": 12,
+               "validation_loss_per_epoch": [0.7, 0.4, 0.41, 0.42]}
+    page = report.training_report(metrics)
+    text = visible(page)
+    assert ("early stopping after 3 epochs without a fall of the validation loss by 0.0001 (validation: 10% of the "
+            "training rows); stopped after epoch 4, the model is epoch 2's") in text
+    assert card("epochs", "4 of 20") in page
+    assert "(12 of the training rows held out for early stopping)" in text
+    drawing = plots(page)[1]
+    assert len(drawing.findall("polyline")) == 3 and "validation" in {shown(label) for label in texts(drawing)}

@@ -537,3 +537,64 @@ def test_bad_training_settings_are_refused_by_the_stage(train_root, name, value,
 def test_hidden_layers_are_read_as_written_and_shown_as_python_writes_them(text, layers):
     assert inputs.check("hidden_layers", text) == layers
     assert inputs.layers_text(layers) == repr(layers)
+
+
+def test_early_stopping_is_off_by_default_and_stops_on_the_validation_loss_when_on():
+    x, codes, names = iris_like(n_per_class=40)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    _, off = train.fit(x_train.copy(), c_train, names, settings(epochs=40, batch_size=8), (x_test.copy(), c_test))
+    assert len(off.loss) == len(off.holdout) == 40 and off.validation == [] and not off.stopped_early
+    model, on = train.fit(x_train.copy(), c_train, names, settings(epochs=200, batch_size=8, learning_rate=0.5,
+                                                                  early_stopping=3), (x_test.copy(), c_test))
+    assert on.stopped_early and len(on.loss) == len(on.validation) == len(on.holdout) < 200
+    best = min(range(len(on.validation)), key=on.validation.__getitem__) + 1
+    assert on.best_epoch == best  # the model keeps the weights of the epoch with the lowest validation loss
+    best_so_far, without = math.inf, []  # epochs in a row not beating the best so far by the tolerance
+    for loss in on.validation:
+        without.append(without[-1] + 1 if without and loss > best_so_far - train.TOLERANCE else
+                       (1 if loss > best_so_far - train.TOLERANCE else 0))
+        best_so_far = min(best_so_far, loss)
+    assert without[-1] == 3 and max(without[:-1]) < 3  # it stopped at the first third epoch without a fall
+    assert on.n_validation == round(0.1 * 32) * 3  # a tenth of each class's training rows, not the hold-out rows
+    assert len(model.named_steps["classify"].coefs_) == 2
+
+
+def test_early_stopping_keeps_the_best_epochs_weights():
+    x, codes, names = iris_like(n_per_class=40)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    chosen = settings(epochs=200, batch_size=8, learning_rate=0.5, early_stopping=3)
+    model, history = train.fit(x_train.copy(), c_train, names, chosen, (x_test.copy(), c_test))
+    again, _ = train.fit(x_train.copy(), c_train, names, settings(epochs=history.best_epoch, batch_size=8,
+                                                                  learning_rate=0.5, early_stopping=1000))
+    for kept, trained in zip(model.named_steps["classify"].coefs_, again.named_steps["classify"].coefs_):
+        assert np.array_equal(kept, trained)  # the weights of epoch best_epoch, not of the last one
+
+
+def test_integer_labels_are_trained_and_predicted_as_integers_without_sklearns_private_binarizer(monkeypatch):
+    """Integer labels go to sklearn as they are (as fast as codes); only text labels are named afterwards."""
+    x, codes, _ = iris_like()
+    names = np.array([0, 1, 7])
+    named = []
+    monkeypatch.setattr(train, "name_classes", lambda model, names: named.append(names))
+    model, _ = train.fit(x, codes, names, settings(epochs=2, batch_size=8))
+    assert named == [] and model.classes_.tolist() == [0, 1, 7]
+    assert {type(v) for v in model.predict(x).tolist()} == {int}
+
+
+def test_many_classes_keep_the_confusion_matrix_to_its_nonzero_cells():
+    rng = np.random.default_rng(0)
+    names = np.asarray([f"c{i:03d}" for i in range(60)], dtype=object)
+    codes = np.repeat(np.arange(60), 3)
+    x = rng.normal(codes[:, None] * 0.1, 1.0, (len(codes), 2))
+
+    class Guess:  # predicts the true class for the first half of the rows, class c000 for the rest
+        def predict(self, rows):
+            return np.where(np.arange(len(rows)) < len(rows) // 2, names[codes[:len(rows)]], names[0])
+
+    found = train.evaluate(Guess(), x, codes, names)
+    assert "confusion_matrix" not in found
+    cells = {(t, p): n for t, p, n in found["confusion_nonzero"]}
+    assert sum(cells.values()) == len(codes) and len(cells) <= len(codes)
+    assert cells[(0, 0)] == 3 and cells[(59, 0)] == 3 and (59, 59) not in cells
+    small = train.evaluate(Guess(), x[:150], codes[:150], names[:50])
+    assert len(small["confusion_matrix"]) == 50 and "confusion_nonzero" not in small

@@ -1,14 +1,17 @@
 """MLflow tracking from the train stage, against a real local MLflow file store, read back with the client."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import sklearn
 
 from stageflow.runtime import contract, schema as schemas, tracking
 
-from conftest import load_stage, source_table, write_settings, write_snapshot
+from conftest import ROOT, fenced, load_stage, source_table, write_settings, write_snapshot
 
 train = load_stage("train")
 OUTPUTS = ["model", "metrics", "report"]
@@ -181,3 +184,79 @@ def test_the_train_image_logs_the_model_in_mlflows_format(train_root, store):
     _, run = logged_run()
     loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert loaded.metadata.signature.inputs.input_names() == list(schemas.active().features)
+
+
+RUNNING = ROOT / "docs" / "running.md"
+
+
+def stageflow_run(run_dir, env, *args):
+    return subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+
+
+def tracking_line(out):
+    return next(line for line in out.splitlines() if line.startswith("tracking:"))
+
+
+@pytest.mark.slow
+def test_the_summary_says_where_train_logged_or_why_it_did_not_and_the_guides_cell_reads_it(tmp_path):
+    """Logged: the run's id, experiment and store; reused from the cache: nothing logged now, and how to log;
+    failed: why, and the run does not end clean. The notebook cell docs/running.md shows then finds the run."""
+    env = {"MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
+           "MLFLOW_EXPERIMENT_NAME": "stageflow", "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    first = stageflow_run(tmp_path / "first", env)
+    assert first.returncode == 0, first.stderr
+    tracked = json.loads((tmp_path / "first" / "outputs" / "metrics.json").read_text())["tracking"]
+    assert tracking_line(first.stdout) == (f"tracking:        MLflow run {tracked['run_id']} in experiment stageflow "
+                                           f"(id {tracked['experiment_id']}) at {env['MLFLOW_TRACKING_URI']}")
+
+    cell = next(block for block in fenced(RUNNING, "python") if "search_runs" in block)
+    shown = subprocess.run([sys.executable, "-c", cell], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
+    assert shown.returncode == 0, shown.stderr
+    assert tracked["run_id"] in shown.stdout and "0.05" in shown.stdout  # its id and its learning rate
+    holdout = json.loads((tmp_path / "first" / "outputs" / "metrics.json").read_text())["holdout_loss_per_epoch"]
+    assert str([round(v, 4) for v in holdout]) in shown.stdout
+
+    again = stageflow_run(tmp_path / "again", env)
+    assert again.returncode == 0, again.stderr
+    assert tracking_line(again.stdout) == (
+        f"tracking:        skipped: train was reused from the cache, so nothing was logged now (it was logged then "
+        f"as MLflow run {tracked['run_id']}); run with --no-cache to run it and log it")
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    try:
+        assert len(mlflow.search_runs(experiment_names=["stageflow"])) == 1
+    finally:
+        del os.environ["MLFLOW_ALLOW_FILE_STORE"]
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    failing = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    failed = stageflow_run(tmp_path / "failed", failing, "--no-cache")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert tracking_line(failed.stdout).startswith("tracking:        failed: ")
+    assert f"(tracking URI http://127.0.0.1:{port}); the outputs are complete" in failed.stdout
+    assert "the flow succeeded, but its MLflow tracking failed" in failed.stderr and "Traceback" not in failed.stderr
+    assert json.loads((tmp_path / "failed" / "run.json").read_text())["status"] == "succeeded"  # outputs kept
+
+
+@pytest.mark.parametrize("tracked, cached, line, failed", [
+    ({"status": "off", "reason": "MLFLOW_TRACKING_URI is not set"}, None, "off (MLFLOW_TRACKING_URI is not set)", False),
+    ({"status": "logged", "run_id": "r1", "experiment": "e", "experiment_id": "7", "tracking_uri": "file:///m",
+      "warning": "the model is not logged in MLflow's format: x"}, None,
+     "MLflow run r1 in experiment e (id 7) at file:///m; but the model is not logged in MLflow's format: x", False),
+    ({"status": "failed", "error": "boom", "tracking_uri": "http://h"}, "train",
+     "skipped: train was reused from the cache, so nothing was logged now; run with --no-cache to run it and log it",
+     False),
+    ({"status": "failed", "error": "boom", "tracking_uri": "http://h"}, None,
+     "failed: boom (tracking URI http://h); the outputs are complete: fix it and run with --no-cache to log them", True),
+])
+def test_each_tracking_outcome_is_one_line(monkeypatch, tracked, cached, line, failed):
+    from stageflow import cli
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli.tracking_line(tracked, cached) == (line, failed)

@@ -220,12 +220,12 @@ def fit(x: np.ndarray, codes: np.ndarray, names: np.ndarray, settings: Settings,
             if validation is not None:
                 history.validation.append(log_loss(model, *validation))
                 shown["validation loss"] = history.validation[-1]
-                if history.validation[-1] < best[0] - TOLERANCE:
+                # As sklearn counts: an epoch that does not beat the best by TOLERANCE counts towards
+                # stopping; any that beats it is the new best, whose weights the model keeps.
+                since_best = since_best + 1 if history.validation[-1] > best[0] - TOLERANCE else 0
+                if history.validation[-1] < best[0]:
                     best = (history.validation[-1], epoch, [c.copy() for c in model.coefs_],
                             [i.copy() for i in model.intercepts_])
-                    since_best = 0
-                else:
-                    since_best += 1
             if progress:
                 progress.step(epoch, **shown)
             if validation is not None and since_best >= settings.early_stopping:
