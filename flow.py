@@ -5,6 +5,8 @@ then runs `pyflyte run --remote flow.py model_training --data_path_a PATH_A --da
 Run locally (no Domino) with `make run`, or `pyflyte run flow.py model_training ...` without --remote.
 Environments, tiers and images come from the stage registry (stageflow/registry.py); the environment revisions
 from build/environments.json (`make environments`); the dataset snapshot from `make submit DATASET=...`.
+Everything that changes from run to run is a task input, never part of an image: the training settings (flow
+inputs, today's values as defaults) and the schema's text (a constant, read when this file is compiled).
 """
 
 from typing import NamedTuple, TypeVar

@@ -152,9 +152,10 @@ def outputs_section(record: Mapping[str, Any]) -> Html:
     for name, output in outputs.items():
         file = Path(output["path"]).name
         extension = file.rsplit(".", 1)[1] if "." in file else ""
-        what = "" if extension in SHOWN else f" ({KINDS.get(extension, 'file')}, downloads)"
-        rows.append((name, Html("{}{}").format(link(f"outputs/{file}", file), what),
-                     Html("<span class=mono>{}</span>").format(output.get("sha256", ""))))
+        target = link(f"outputs/{file}", file) if extension in SHOWN else Html(
+            '<a href="{}" download="{}">{}</a> ({}, downloads)').format(quote(f"outputs/{file}"), file, file,
+                                                                       KINDS.get(extension, "file"))
+        rows.append((name, target, Html("<span class=mono>{}</span>").format(output.get("sha256", ""))))
     return section("Outputs", table(["output", "file", "sha256"], rows))
 
 
@@ -171,13 +172,12 @@ def output_cell(folder: str, name: str, digest: str, extension: str | None, copi
     (outputs/<name>.<format>, which it opens by its extension); any other link downloads under a name with
     its extension, and says what the file is."""
     kind = KINDS.get(extension or "", f"{extension} file" if extension else "file")
-    if digest in copies:
-        target = link(f"outputs/{copies[digest]}", name)
-        what = "" if extension in SHOWN else f" ({kind})"
+    if digest in copies and extension in SHOWN:
+        target, what = link(f"outputs/{copies[digest]}", name), ""
     else:
-        href = quote(f"{folder}/outputs/{name}")
-        target = Html('<a href="{}" download="{}">{}</a>').format(href, f"{name}.{extension}" if extension else name,
-                                                                  name)
+        path = f"outputs/{copies[digest]}" if digest in copies else f"{folder}/outputs/{name}"
+        target = Html('<a href="{}" download="{}">{}</a>').format(quote(path), f"{name}.{extension}" if extension
+                                                                  else name, name)
         what = f" ({kind}, downloads)"
     return Html('<span class=nowrap>{}{} <span class=mono>{}</span></span>').format(target, what, digest[:12])
 

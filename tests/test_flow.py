@@ -434,3 +434,13 @@ def test_1500_classes_in_7500_rows_give_outputs_bounded_by_the_input(tmp_path):
     cells = re.findall(r"<title>true ", drawings[0])
     assert len(cells) == 30 * 30
     assert_self_contained(page)
+
+
+def test_an_edit_of_the_schema_reaches_the_stages_without_a_stale_compiled_dag(tmp_path, monkeypatch):
+    """The compiled DAG is cached; the schema's text is in it, so its content is part of the cache's key."""
+    schema = tmp_path / "schema.toml"
+    schema.write_text(schemas.path().read_text())
+    monkeypatch.setenv(schemas.ENV, str(schema))
+    assert dag_module.load().node("merge").inputs["schema"][1].value == schema.read_text()
+    schema.write_text(schema.read_text() + "\n# edited\n")
+    assert dag_module.load().node("merge").inputs["schema"][1].value.endswith("# edited\n")

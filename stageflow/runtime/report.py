@@ -108,6 +108,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterabl
                              for i, cell in enumerate(row))
 
     body = Html("").join(Html("<tr>{}</tr>").format(cells("td", row)) for row in rows)
+    if not header:  # facts, one per row: a heading over them would say nothing
+        return Html("<table><tbody>{}</tbody></table>").format(body)
     return Html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>").format(cells("th", header), body)
 
 
@@ -442,7 +444,7 @@ def model_section(metrics: Mapping[str, Any]) -> Html:
                      f"{', '.join(model.get('trusted_types', [])) or 'none'})"),
             ("scikit-learn", metrics.get("scikit_learn_version", DASH)),
             ("sha256", Html("<code>{}</code>").format(metrics.get("model_sha256", DASH)))]
-    return section("Model", table(["", ""], rows))
+    return section("Model", table([], rows))
 
 
 def data_section(metrics: Mapping[str, Any]) -> Html:

@@ -286,7 +286,9 @@ def headline(metrics: dict) -> dict:
     """What the runner prints and the run report shows for this output, in this order, rounded for reading:
     each class's F1 up to HEADLINE_CLASSES classes, else the lowest (metrics.json has them all)."""
     found = {"hold-out accuracy": round(metrics["accuracy"], 3), "macro F1": round(metrics["macro_f1"], 3),
-             "train rows": metrics["n_train"], "test rows": metrics["n_test"], "epochs": len(metrics["loss_per_epoch"]),
+             "train rows": metrics["n_train"], "test rows": metrics["n_test"],
+             "epochs": len(metrics["loss_per_epoch"]) if not metrics.get("stopped_early") else
+             f"{len(metrics['loss_per_epoch'])} of {metrics['epochs']} (stopped early)",
              "final loss": round(metrics["loss_per_epoch"][-1], 4),
              "hold-out loss": round(metrics["holdout_loss_per_epoch"][-1], 4)}
     per_class = metrics["per_class"]
