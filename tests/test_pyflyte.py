@@ -93,6 +93,18 @@ def test_pyflyte_fails_loudly_on_a_failing_stage(tmp_path):
     assert "TrainingOutputs(" not in proc.stdout
 
 
+@pytest.mark.slow
+def test_a_task_input_its_stage_would_refuse_is_one_line_before_that_task_starts(tmp_path):
+    """pyflyte runs the tasks one by one: each task's inputs are checked, by the stage's own rule, before it
+    starts and without flytekit's traceback."""
+    missing = tmp_path / "nowhere.csv"
+    proc = pyflyte(tmp_path / "run", "--data_path_a", str(missing), "--data_path_b", SAMPLE_B)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: input data_path of task load_a: {missing} does not exist"
+    assert "Traceback" not in proc.stderr and "╭" not in proc.stderr
+    assert not (tmp_path / "run" / "load_a").exists()
+
+
 def test_forced_backend_must_be_known(monkeypatch):
     monkeypatch.setenv("STAGEFLOW_BACKEND", "kubernetes")
     with pytest.raises(RunError, match="STAGEFLOW_BACKEND=kubernetes: expected host or docker"):
