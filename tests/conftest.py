@@ -241,6 +241,7 @@ def train_root(wf_root):
     table = source_table(range(1, 61)).drop_columns(list(schemas.active().dropped))
     write_snapshot(wf_root / "inputs" / "processed_data", table)
     write_settings(wf_root, epochs=5, batch_size=16)
+    (wf_root / "inputs" / "schema").write_text(schemas.path().read_text())  # as flow.py passes it
     return wf_root
 
 
