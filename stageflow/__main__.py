@@ -11,6 +11,9 @@ def run() -> None:
               f"(.venv/bin/python) or of a Domino workspace (it has flytekit and click), or pip install "
               f"{missing.name}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing has started
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())
 
 

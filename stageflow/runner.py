@@ -460,6 +460,9 @@ class Run:
                         self._publish_outputs()
                 except OSError as err:  # clearing the directory or publishing the outputs (a full disk)
                     self.record.error = os_error(err)
+                    self.record.outputs = {}
+                    with contextlib.suppress(OSError):  # half the outputs published is none: and room for run.json
+                        files.empty(self.run_dir / "outputs")
                 finally:
                     self.backend.finish_run()
                     self.record.finished_at = now()

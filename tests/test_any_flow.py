@@ -243,3 +243,20 @@ def test_the_mapping_file_names_an_image_per_environment(tmp_path):
     (tmp_path / "flow.py").write_text("")
     setup = jobs.Setup(code=tmp_path, images={"Other": "given:3"}).with_flow(tmp_path / "flow.py")
     assert setup.images == {"Other": "given:3", "My Env": "my/image:1"}  # an option wins over the file
+
+
+@pytest.mark.docker
+def test_pyflyte_runs_each_call_of_a_task_in_a_folder_of_its_own(tmp_path, standard_environment):
+    """The same wrong result under `pyflyte run` (no --remote): both trainings ran into one train/ folder, the
+    second overwriting the first. Domino's plugin is the stand-in here, on PYTHONPATH as a rehearsal puts it."""
+    a, b = samples()
+    env = {**os.environ, "STAGEFLOW_RUN_DIR": str(tmp_path), "STAGEFLOW_BACKEND": "docker",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "stageflow" / "domino" / "standin"), str(ROOT)])}
+    proc = subprocess.run([str(Path(sys.executable).with_name("pyflyte")), "run", str(FLOWS / "two_trains" / "two_trains.py"),
+                           "compare", "--data_path_a", str(a), "--data_path_b", str(b)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    epochs = [json.loads((tmp_path / folder / "train" / "outputs" / "metrics").read_text())["epochs"]
+              for folder in ("train", "train-2")]
+    assert epochs == [1, 30]
+    assert "1,30 better " in proc.stdout

@@ -116,6 +116,13 @@ DATA_PATH_CASES = {
     "header only": ("header.csv", text(IRIS_HEADER + "\n"), "input data_path: {path} has a header but no data rows"),
     "unsupported extension": ("data.xlsx", text("x"), "input data_path: {path} has an unsupported extension; "
                               "expected one of .csv, .csv.gz, .parquet, .pq, .jsonl, .ndjson"),
+    # What a path is comes before what it is called (issue 20: a directory was an "unsupported extension", and
+    # the CLI named a link's target, /dev/null for /dev/stdin, instead of the path given).
+    "a directory": ("folder", lambda path: path.mkdir(), "input data_path: {path} is a directory, not a regular file"),
+    "a link to a device": ("stdin", lambda path: path.symlink_to("/dev/null"),
+                           "input data_path: {path} is a link to /dev/null, a character device, not a regular file"),
+    "a dangling link": ("dangling.csv", lambda path: path.symlink_to(path.parent / "nowhere.csv"),
+                        "input data_path: {path} is a link that cannot be followed (No such file or directory)"),
     "binary junk as csv": ("junk.csv", junk, None),
     "binary junk as parquet": ("junk.parquet", junk, None),
     "truncated csv.gz": ("cut.csv.gz", truncated_gzip, None),

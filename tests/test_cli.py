@@ -27,7 +27,7 @@ COMMANDS = {  # each command with the options it takes, and what makes every cas
             "--data-path-a", "--data-path-b", "--epochs", "--batch-size", "--workflow", "--flow"],
     "report": [], "verify-model": [], "check-schema": ["--schema"], "compose-stage": ["--from", "--input", "--timeout"],
     "gc": ["--keep-days"], "submit": ["--data-path-a", "--data-path-b", "--epochs", "--batch-size", "--dataset"],
-    "compose-file": [],
+    "compose-file": [], "environments": ["--visibility", "--organization"],
 }
 # One of these in every `run`: refused before any work, wherever the other values leave the parse.
 CERTAINLY_BAD_RUN = [["--timeout", "nan"], ["--data-path-a", ""], ["--epochs", "-1"], ["--backend", "kubernetes"],
@@ -58,8 +58,13 @@ def cases(seed: int, count: int):
 @pytest.mark.slow
 def test_no_command_prints_a_traceback_whatever_it_is_given(tmp_path, monkeypatch, capfd):
     """Every case is refused (or, for a dry run, reports) without a traceback and makes no run directory."""
+    from stageflow.domino import environments
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STAGEFLOW_CACHE", str(tmp_path / "cache"))
+    for name, path in (("BUILD", tmp_path), ("PUSHED", tmp_path / "pushed.json"),
+                       ("ENVIRONMENTS", tmp_path / "environments.json")):  # `environments` writes only here
+        monkeypatch.setattr(environments, name, path)
     for key in [k for k in os.environ if k.startswith("DOMINO_")]:
         monkeypatch.delenv(key)
     seen = 0
@@ -76,6 +81,7 @@ def test_no_command_prints_a_traceback_whatever_it_is_given(tmp_path, monkeypatc
         out, err = capfd.readouterr()
         seen += 1
         assert "Traceback" not in out + err, (argv, environment, err[-2000:])
+        assert "a bug in stageflow" not in err, (argv, environment, err[-2000:])  # every refusal is one of ours
         assert status in ((0, 1, 2) if argv[0] in ALWAYS else (1, 2)), (argv, environment, status, err[-500:])
         assert status == 0 or (out + err).strip(), (argv, environment, "refused without a word")
         assert not (tmp_path / "never").exists(), (argv, environment)
@@ -197,3 +203,16 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
     assert proc.returncode in (130, 0, 1), err  # 0/1: it finished (or failed) before the signal came
+
+
+@pytest.mark.parametrize("host, said", [
+    ("http://[::1", "DOMINO_API_HOST=http://[::1: not a URL (Invalid IPv6 URL); expected http(s)://host[:port]"),
+    ("not a url", "DOMINO_API_HOST=not a url: not an http(s) URL with a host; expected http(s)://host[:port]"),
+    ("ftp://domino", "DOMINO_API_HOST=ftp://domino: not an http(s) URL with a host"),
+    ("https://domino:port", "DOMINO_API_HOST=https://domino:port: not a URL (Port could not be cast"),
+])
+def test_a_malformed_domino_api_host_is_named(tmp_path, host, said):
+    """The issue's example: a malformed DOMINO_API_HOST printed a traceback."""
+    env = {"DOMINO_API_HOST": host, "DOMINO_USER_API_KEY": "k"}
+    proc = stageflow("submit", "--data-path-a", "/mnt/a", "--data-path-b", "/mnt/b", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and f"  - {said}" in proc.stderr, proc.stderr

@@ -10,11 +10,11 @@ import pytest
 
 import domino_server
 from domino_server import CREATE_PATH as CREATE
-from stageflow import cli
+from stageflow import cli, dag as dag_module, jobs
 from stageflow.domino import api as domino_api, environments
 from stageflow.registry import STAGES
 
-from conftest import samples
+from conftest import ROOT, samples
 
 
 def pushed_record(tag: str = "") -> dict:
@@ -310,8 +310,9 @@ def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path
         shutil.copy(samples()[0], source)
         (tmp_path / "inputs" / "data_path").write_text(str(source))
         containers.prepare_tree(tmp_path)
+        job = jobs.plan(dag_module.load(), jobs.Setup(code=ROOT), "test", None)[name]
         client.containers.run(tag, entrypoint=["/bin/sh", "-c", stage.command], user=containers.stage_user(), remove=True,
-                              mounts=containers.mounts(tmp_path, [source]), network_mode="none")
+                              mounts=containers.mounts(job, tmp_path, [source]), network_mode="none")
         assert (tmp_path / "outputs" / "datasetA").read_bytes()[:4] == b"PAR1"
     finally:
         client.images.remove(tag, force=True)
@@ -376,3 +377,23 @@ def test_a_deployment_where_only_admins_create_environments_says_so(records, dom
                           "canNonSysAdminsCreateEnvironments), or it is not yours; ask a Domino admin to run `make "
                           "environments` or to allow it (POST ")
     assert "You are not authorized to create compute environments" in err  # Domino's own words, kept
+
+
+@pytest.mark.parametrize("which, text, said", [
+    ("pushed.json", "{", "pushed.json: not JSON ("),
+    ("pushed.json", "[]", "the record: expected an object, found list"),
+    ("pushed.json", '{"registry": "r", "images": {"load_a": 5}, "versions": {}}', "the record.images.load_a: expected str"),
+    ("pushed.json", '{"registry": "r", "images": {}, "versions": {}, "extra": 1}', "the record: unknown key 'extra'"),
+    ("environments.json", '{"definitions": {"load_a": {"name": 1}}}', "the record.definitions.load_a.name: expected str"),
+    ("environments.json", '{"definitions": {}, "applied": {"environments": {"load_a": {"revision_id": []}}}}',
+     "the record.applied.environments.load_a.revision_id: expected str"),
+])
+def test_a_tampered_record_is_refused_in_one_line(records, capsys, which, text, said):
+    """build/pushed.json and build/environments.json are read back as the typed records they were written as: a
+    hand edit or a file cut short is one line that names the key and the command that writes a good one."""
+    (environments.ENVIRONMENTS if which == "environments.json" else environments.PUSHED).write_text(text)
+    code, out, err = run_with(capsys)
+    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    again = "make push REGISTRY=host:port/prefix" if which == "pushed.json" else "make environments"
+    assert said in err, err
+    assert err.rstrip().endswith(f"it was not written by `{again}` as it is: run that again"), err

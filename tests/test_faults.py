@@ -440,3 +440,22 @@ def test_without_the_cache_sources_are_not_hashed(tmp_path, endless_source):
                           text=True, timeout=240)
     assert proc.returncode == 1, proc.stderr
     assert f"input data_path: {endless_source} is not a valid parquet file" in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_while_publishing_names_the_directory_and_still_shows_the_table(tmp_path, small_disk):
+    """The issue's example: a full disk while the flow's outputs were copied to RUN_DIR/outputs said "no space
+    left on the device" without the directory, and printed no stage table."""
+    env = {**os.environ, "STAGEFLOW_CACHE": str(tmp_path / "cache")}
+    warm = tmp_path / "warm"
+    assert stageflow_run(warm, env).returncode == 0  # fills the cache: the next run restores every stage
+    kept = [p for p in warm.rglob("*") if p.is_file() and "outputs" != p.relative_to(warm).parts[0]
+            and p.name != "report.html"]
+    room = pages(kept) + 4 * 4096  # the stages' trees, logs and run.json fit; the published copies do not
+    run_dir = small_disk(tmp_path / "run", f"{room // 1024}k")
+    proc = stageflow_run(run_dir, env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"the run failed: no space left on the device holding {run_dir / 'outputs'}" in proc.stderr, proc.stderr
+    assert "task " in proc.stdout and "succeeded" in proc.stdout  # the table, every stage having succeeded
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["outputs"] == {}

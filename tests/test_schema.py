@@ -268,10 +268,13 @@ IRIS_ROWS = "5.1,3.5,1.4,0.2,Iris-setosa\n4.9,3.0,1.4,0.2,Iris-setosa\n"
      "missing required column SepalLengthCm (found Id, sepal length (cm), SepalWidthCm, PetalLengthCm, PetalWidthCm, "
      "Species); did you mean sepal length (cm) for SepalLengthCm? Rename the column in the file or in the schema "
      "({schema})"),
+    (" Id ,SepalLengthCm,SepalWidthCm,PetalLengthCm,PetalWidthCm,Species",  # issue 20: "did you mean Id for Id"
+     "missing required column Id (found ' Id ', SepalLengthCm, SepalWidthCm, PetalLengthCm, PetalWidthCm, Species); "
+     "did you mean ' Id ' for Id? Rename the column in the file or in the schema ({schema})"),
 ])
 def test_a_column_spelt_another_way_is_suggested(wf_root, tmp_path, header, message):
     source = tmp_path / "iris.csv"
-    source.write_text(header + "\n" + "".join(f"{i},{row}" if header.startswith(("id,", "Id,")) else row
+    source.write_text(header + "\n" + "".join(f"{i},{row}" if header.lstrip().lower().startswith("id") else row
                                               for i, row in enumerate(IRIS_ROWS.splitlines(True), 1)))
     (wf_root / "inputs" / "data_path").write_text(str(source))
     status, error = run_main(load_a, wf_root)

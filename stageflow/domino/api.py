@@ -129,24 +129,44 @@ def run_token() -> dict[str, str]:
     return {"Authorization": "Bearer " + token.removeprefix("Bearer ").strip()}
 
 
+class BadUrl(DominoError):
+    """DOMINO_API_HOST or DOMINO_API_PROXY set to something that is not a URL: said, never taken for unset."""
+
+
 def configured(env: Mapping[str, str] = os.environ) -> bool:
     """Whether `connect` has what it needs: the proxy, or a host and a way to authenticate there (asked of
-    `connect` itself, which only builds the client, so the two cannot disagree)."""
+    `connect` itself, which only builds the client, so the two cannot disagree). A variable set to what is not
+    a URL is raised (BadUrl), not taken for "not configured"."""
     try:
         connect(env)
+    except BadUrl:
+        raise
     except DominoError:
         return False
     return True
 
 
+def checked_url(name: str, url: str) -> str:
+    """An http(s) URL with a host, or one line naming the variable that holds something else."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as err:
+        raise BadUrl(f"{name}={url}: not a URL ({err}); expected http(s)://host[:port]") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadUrl(f"{name}={url}: not an http(s) URL with a host; expected http(s)://host[:port]")
+    return url
+
+
 def connect(env: Mapping[str, str] = os.environ) -> Api:
     """The client for where this runs: the run's proxy inside Domino, else the host with a token or key."""
     if env.get(PROXY_ENV):
-        proxy = bare_url(env[PROXY_ENV])
+        proxy = checked_url(PROXY_ENV, bare_url(env[PROXY_ENV]))
         return Api(proxy, dict, f"Domino's API proxy {proxy}", direct=True)
     host = env.get(HOST_ENV)
     if not host:
         raise DominoError(f"{HOST_ENV} is not set: set {CREDENTIALS} (inside Domino, {PROXY_ENV} is set for you)")
+    checked_url(HOST_ENV, host)
     if env.get(TOKEN_ENV):
         token = env[TOKEN_ENV]
         return Api(host, lambda: {"Authorization": f"Bearer {token}"}, host)

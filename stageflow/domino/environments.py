@@ -52,11 +52,54 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+# The two records this project writes and reads back, typed: what each holds, key by key, with nothing else
+# allowed (a misspelt or hand-edited key is a mistake, not something to ignore). {str: X} is a map of names.
+ENTRY = {"environment_id": str, "revision_id": str, "image": str, "version": str, "status": str, "name": str}
+RECORDS = {
+    "pushed.json": {"registry": str, "images": {str: str}, "versions": {str: str}},
+    "environments.json": {"definitions": {str: {"name": str, "image": str, "dockerfileInstructions": str,
+                                               "description": str}},
+                          "applied": ({"via": str, "visibility": str, "environments": {str: ENTRY}}, None)},
+}
+
+
+def shape_problem(value, spec, where: str) -> str | None:
+    """Where `value` departs from `spec` (a type; a tuple of alternatives; {str: spec}, a map of names; or
+    {key: spec}, an object whose keys are optional and allowed no others), in words; None when it does not."""
+    if isinstance(spec, tuple):
+        problems = [shape_problem(value, alternative, where) for alternative in spec]
+        return None if None in problems else problems[0]
+    if spec is None:
+        return None if value is None else f"{where}: expected null"
+    if isinstance(spec, type):
+        return None if isinstance(value, spec) and not isinstance(value, bool) else \
+            f"{where}: expected {spec.__name__}, found {type(value).__name__}"
+    if not isinstance(value, dict):
+        return f"{where}: expected an object, found {type(value).__name__}"
+    if list(spec) == [str]:
+        return next(filter(None, (shape_problem(v, spec[str], f"{where}.{k}") for k, v in value.items())), None)
+    unknown = sorted(set(value) - set(spec))
+    if unknown:
+        return f"{where}: unknown key {unknown[0]!r}"
+    return next(filter(None, (shape_problem(value[k], spec[k], f"{where}.{k}") for k in spec if k in value)), None)
+
+
 def read_record(path: Path) -> dict | None:
+    """pushed.json or environments.json, checked to be what `make push` and `make environments` write; None
+    when there is none. A record that is not (a hand edit, a cut-short file) is refused in one line that says
+    how to make a good one."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as err:
+        data, problem = None, f"not JSON ({' '.join(str(err).split())[:80]})"
+    else:
+        problem = shape_problem(data, RECORDS.get(path.name, object), "the record")
+    if problem:
+        again = "make push REGISTRY=host:port/prefix" if path.name == "pushed.json" else "make environments"
+        raise DominoError(f"{shown(path)}: {problem}; it was not written by `{again}` as it is: run that again")
+    return data
 
 
 def push_problems(pushed: dict | None) -> list[str]:

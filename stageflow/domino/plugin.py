@@ -189,7 +189,16 @@ class JobTask(ContainerTask):
             self._metadata = declared
 
     def execute(self, **kwargs) -> Any:
-        """Run this one task through the local runner (flytekit calls this with native values)."""
+        """Run this one task through the local runner (flytekit calls this with native values). What stops it
+        is said here, in one line, and pyflyte stopped without its traceback: flytekit would print ~40 lines of
+        its own frames around any exception raised from a task."""
+        try:
+            return self._execute(**kwargs)
+        except StageError as err:
+            print(f"error: {contract.one_line(err)}", file=sys.stderr, flush=True)
+            raise SystemExit(err.exit_status) from None
+
+    def _execute(self, **kwargs) -> Any:
         from flytekit.types.directory import FlyteDirectory
 
         from stageflow import jobs
@@ -214,8 +223,6 @@ class JobTask(ContainerTask):
             print(f"error: {contract.one_line(err)}", file=sys.stderr, flush=True)
             raise SystemExit(err.exit_status) from None
         if not run.execute():
-            # Said here, once, and pyflyte stopped without its traceback: flytekit would print ~40 lines of
-            # its own frames around any exception raised from a task.
             print(contract.printable("\n\n".join(run.failures()) or f"task {self.name} was interrupted"),
                   file=sys.stderr, flush=True)
             raise SystemExit(130 if run.interrupted else 1)
@@ -223,7 +230,7 @@ class JobTask(ContainerTask):
         for name, kind in outputs.items():
             output = run.record.outputs[name]
             found.append(FlyteFile(output["path"]) if kind is contract.File else
-                         FlyteDirectory(output["path"]) if kind is contract.Directory else run.record.values[name])
+                         FlyteDirectory(output["path"]) if kind is contract.Directory else run.results[self.name].values[name])
         return found[0] if len(found) == 1 else tuple(found)
 
 

@@ -265,7 +265,12 @@ def check(data_paths: list[str], dataset_text: str | None, env=os.environ) -> tu
         except DominoError as err:
             found.append(str(err))
             dataset = {}  # named, but wrongly: no snapshot to look up, no mount to check against
-    if domino_api.configured(env):
+    try:
+        reachable = domino_api.configured(env)
+    except DominoError as err:  # DOMINO_API_HOST that is not a URL: a problem like the others, listed with them
+        found.append(str(err))
+        reachable = False
+    if reachable:
         online, dataset = deployment_problems(env, record, dataset)
         found += online
     return found + path_problems(data_paths, dataset, env), dataset

@@ -241,9 +241,15 @@ def column_names(table: pa.Table | pa.Schema, name: str) -> list[str]:
     return names
 
 
+def spelt(name: str) -> str:
+    """A column's name as a message shows it: quoted when spaces around it or characters a terminal would act on
+    make it look like another (` Id ` is not `Id`)."""
+    return repr(name) if name != name.strip() or not name.isprintable() or not name else name
+
+
 def listed(names: list[str], limit: int = 10) -> str:
     """Names for a message: all of a few, the first `limit` of many (a header can hold a million)."""
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(map(spelt, names[:limit]))
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
@@ -257,10 +263,11 @@ def _words(name: str) -> list[str]:
 def did_you_mean(missing: list[str], present: list[str]) -> str:
     """`; did you mean id for Id, ...?` for each missing column that a present one matches apart from case,
     spaces, separators or units; empty when none does."""
-    spelt: dict[tuple[str, ...], str] = {}
+    by_words: dict[tuple[str, ...], str] = {}
     for have in present:
-        spelt.setdefault(tuple(_words(have)), have)
-    pairs = [f"{spelt[tuple(_words(wanted))]} for {wanted}" for wanted in missing if tuple(_words(wanted)) in spelt]
+        by_words.setdefault(tuple(_words(have)), have)
+    pairs = [f"{spelt(by_words[tuple(_words(wanted))])} for {wanted}" for wanted in missing
+             if tuple(_words(wanted)) in by_words]
     return f"; did you mean {', '.join(pairs[:10])}?" if pairs else ""
 
 

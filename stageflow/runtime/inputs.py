@@ -44,11 +44,11 @@ def source_format(path: Path) -> str:
 
 
 def data_path(value: str) -> Path:
-    """A source file: a supported extension, there, a regular file (after links), not empty."""
+    """A source file: there, a regular file (after links), a supported extension, not empty. What the path is
+    comes before what it is called: a directory named `a.csv` is a directory."""
     if not value.strip():
         raise InputError("empty; give the path of a source file")
     path = Path(value)
-    source_format(path)
     try:
         path.stat()
     except OSError as err:
@@ -60,6 +60,7 @@ def data_path(value: str) -> Path:
     what = not_a_regular_file(path)
     if what:
         raise InputError(f"{path} is {what}, not a regular file")
+    source_format(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty")
     return path
