@@ -43,7 +43,9 @@ VISIBILITY ?=
 ## ORGANIZATION: with VISIBILITY=Organization, the organization's name
 ORGANIZATION ?=
 export BASE_IMAGE
-# SCHEMA=path/to/schema.toml becomes STAGEFLOW_SCHEMA, which the stages, the runner and the image build read.
+# SCHEMA=path/to/schema.toml switches the data's schema for every target (run, test, images, environments,
+# submit, bench, data): it becomes STAGEFLOW_SCHEMA, which flow.py reads (its text is every stage's input) and
+# the runner, check-schema and the bench read. No image holds it.
 ifneq ($(SCHEMA),)
 export STAGEFLOW_SCHEMA := $(abspath $(SCHEMA))
 endif

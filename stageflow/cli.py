@@ -77,8 +77,16 @@ def print_outcome(run, record: dict, report_path: Path | str) -> int:
         return 1
     for name, output in record["outputs"].items():
         print(contract.printable(f"{name + ':':16} {output['path'] if 'path' in output else contract_text(output['value'])}"))
+    failed = False
+    for tracked, cached in run_report.trackings(run.run_dir, record, run.dag).values():
+        line, failed_here = tracking_line(tracked, cached)
+        failed |= failed_here
+        print(contract.printable(f"{'tracking:':16} {line}"))
     for name, headline in run_report.headlines(run.run_dir, record).items():
         print(contract.printable("\n" + headline_text(name, headline)))
+    if failed:
+        print("\nthe flow succeeded, but its MLflow tracking failed (see tracking above).", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -95,6 +103,26 @@ def last_succeeded(run, succeeded: bool) -> str | None:
     if target is None:
         return f"none yet in {link.parent}"
     return f"{link} -> {target.name}" + (" (this run)" if target.name == run.run_dir.name and succeeded else "")
+
+
+def tracking_line(tracked: dict, cached: str | None) -> tuple[str, bool]:
+    """What became of MLflow tracking, in one line (train records it in its metrics: stageflow/runtime/
+    tracking.py), and whether it failed. A task reused from the cache ran nothing, so logged nothing now."""
+    status = tracked.get("status")
+    if cached:
+        if os.environ.get("MLFLOW_TRACKING_URI") or status != "off":
+            before = f" (it was logged then as MLflow run {tracked['run_id']})" if status == "logged" else ""
+            return (f"skipped: {cached} was reused from the cache, so nothing was logged now{before}; run with "
+                    f"--no-cache to run it and log it"), False
+        return "off (MLFLOW_TRACKING_URI is not set)", False
+    if status == "logged":
+        line = (f"MLflow run {tracked.get('run_id')} in experiment {tracked.get('experiment')} "
+                f"(id {tracked.get('experiment_id')}) at {tracked.get('tracking_uri')}")
+        return line + (f"; but {tracked['warning']}" if tracked.get("warning") else ""), False
+    if status == "failed":
+        return (f"failed: {tracked.get('error')} (tracking URI {tracked.get('tracking_uri')}); the outputs are "
+                f"complete: fix it and run with --no-cache to log them"), True
+    return f"off ({tracked.get('reason') or 'MLFLOW_TRACKING_URI is not set'})", False
 
 
 def contract_text(value) -> str:
@@ -521,18 +549,27 @@ def environments_command(visibility: str, organization: str | None):
     environments.run(say=lambda line: print(line, flush=True), visibility_name=visibility, organization=organization)
 
 
+def training_options(function):
+    """`stageflow submit`'s training settings, one option per input of the train task (flow.py's defaults)."""
+    from stageflow.runtime import inputs
+
+    for name in reversed(inputs.SETTINGS):
+        function = click.option(f"--{name.replace('_', '-')}", name, help=f"the train task's {name} (default: "
+                                f"flow.py's)")(function)
+    return function
+
+
 @cli.command("submit")
 @click.option("--data-path-a", required=True, help="source A, an absolute path as a Domino job sees it")
 @click.option("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
-@click.option("--epochs", help="training epochs (default: flow.py's)")
-@click.option("--batch-size", help="mini-batch size (default: flow.py's)")
+@training_options
 @click.option("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is mounted "
               "for the loads; name alone: its latest snapshot)")
-def submit_command(data_path_a, data_path_b, epochs, batch_size, dataset):
+def submit_command(data_path_a, data_path_b, dataset, **settings):
     """From a Domino workspace: check what a remote run needs, then `pyflyte run --remote flow.py <workflow> ...`."""
     from stageflow.domino import submit
 
-    sys.exit(submit.submit(data_path_a, data_path_b, epochs, batch_size, dataset))
+    sys.exit(submit.submit(data_path_a, data_path_b, settings, dataset))
 
 
 @cli.command("check-schema")

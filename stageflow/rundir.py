@@ -51,6 +51,9 @@ def write_atomic(path: Path, text: str) -> None:
             handle.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk: say which file it was writing
+        err.filename = err.filename or str(path)
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -41,7 +41,7 @@ from stageflow.records import RunRecord, StageResult, json_value, now
 from stageflow.registry import ROOT
 from stageflow import rundir
 from stageflow.rundir import RunDir, RunError, new_run_dir, os_error
-from stageflow.runtime import contract
+from stageflow.runtime import contract, inputs
 
 LOG_TAIL = 20
 
@@ -377,6 +377,7 @@ class Run:
         self.link_problem: str | None = None  # why runs/last-succeeded could not be pointed at this run
         self.setup = setup or jobs.Setup().with_flow(ROOT / "flow.py")
         self.jobs = jobs.plan(dag, self.setup, uuid.uuid4().hex, standard_environment)
+        self._check_inputs()
         backend.check(list(self.jobs.values()))
         if cache:
             cache.check()
@@ -386,6 +387,7 @@ class Run:
             job = self.jobs[name]
             result.task, result.folder = job.node.task.name, self.folders[name]
             result.environment, result.image = job.node.task.environment, job.image
+            result.formats = dict(job.node.formats)
             result.upstream = sorted(job.node.upstream)
         self.handles: dict[str, Handle] = {}
         self.wake: queue.Queue[str | None] = queue.Queue()  # a task's name once it has ended; None: interrupted
@@ -398,6 +400,20 @@ class Run:
     def typed_value(self, src: Source) -> Any:
         """The value of a primitive output of an upstream task, or of a flow input or constant."""
         return self.results[src.stage].values[src.output] if src.stage else self.value_of(src)
+
+    def _check_inputs(self) -> None:
+        """Before anything runs: each input of this project's stages that the registry names (`checked`) and
+        whose value is known now (a flow input, a constant), by the rule the stage itself applies to it."""
+        for name, job in self.jobs.items():
+            for key in job.stage.checked if job.stage else ():
+                _, src = job.node.inputs.get(key, (None, None))
+                if src is None or src.stage:
+                    continue
+                try:
+                    inputs.check(key, self.value_of(src))
+                except inputs.InputError as err:
+                    what = f"flow input {src.flow_input}" if src.flow_input else f"input {key} of task {name}"
+                    raise RunError(f"{what}: {err}") from None
 
     def _refuse_inputs_inside(self) -> None:
         """A source inside the run directory would be cleared or rewritten by the run that reads it."""
@@ -452,6 +468,9 @@ class Run:
                         self._publish_outputs()
                 except OSError as err:  # clearing the directory or publishing the outputs (a full disk)
                     self.record.error = os_error(err)
+                    self.record.outputs = {}
+                    with contextlib.suppress(OSError):  # half the outputs published is none: and room for run.json
+                        files.empty(self.run_dir / "outputs")
                 finally:
                     self.backend.finish_run()
                     self.record.finished_at = now()

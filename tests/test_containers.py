@@ -19,6 +19,7 @@ from stageflow.runner import Run, RunError
 from stageflow import jobs
 from stageflow.jobs import TIERS, Tier
 from stageflow.registry import STAGES
+from stageflow.runtime import inputs
 
 from conftest import ROOT, samples, source_rows
 
@@ -155,8 +156,15 @@ def special_files(tmp_path):
             "/dev/null": "a character device", "/opt": "a directory", str(tmp_path): "a directory"}
 
 
+@pytest.fixture
+def beneath_the_rules(monkeypatch):
+    """This project's loads refuse such a path by their data_path rule, before the run (test_flow.py): set the
+    rule aside to reach the docker backend's own guard, which every task's host files go through."""
+    monkeypatch.setitem(inputs.RULES, "data_path", lambda value: value)
+
+
 def test_docker_backend_mounts_only_regular_data_files(containers, docker_client, tmp_path, special_files,
-                                                       removes_leftovers):
+                                                       removes_leftovers, beneath_the_rules):
     """The Docker socket, devices, FIFOs and directories are refused before a container exists."""
     for n, (path, kind) in enumerate(special_files.items()):
         run_dir = tmp_path / f"run{n}"
@@ -170,7 +178,7 @@ def test_docker_backend_mounts_only_regular_data_files(containers, docker_client
 
 @pytest.mark.parametrize("path, inside", [("/etc/hostname", "/etc"), ("/usr/share/dict/../../lib/os-release", "/usr")])
 def test_docker_backend_never_mounts_over_the_images_directories(containers, docker_client, tmp_path, path, inside,
-                                                                 removes_leftovers):
+                                                                 removes_leftovers, beneath_the_rules):
     run, ok = run_load_a(containers.DockerBackend(), tmp_path, path)
     assert not ok
     assert run.results["load_a"].error == (f"data path {path}: inside {inside}, which belongs to the stage image; "

@@ -71,8 +71,9 @@ def test_a_hard_linked_file_frees_nothing(tmp_path):
     assert freed < 5000 and (tmp_path / "run-output").stat().st_size == 5000
 
 
-def test_gc_leaves_a_directory_it_did_not_make_alone(tmp_path):
+def test_gc_leaves_a_directory_it_did_not_make_alone(tmp_path, monkeypatch):
     """STAGEFLOW_CACHE pointed at an ordinary folder: its old subdirectories are not stage-cache entries."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")  # this test is about the cache only
     folder = tmp_path / "photos"
     for name in ("2019", hashlib.sha256(b"x").hexdigest()):
         (folder / name).mkdir(parents=True)

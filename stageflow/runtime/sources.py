@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import errno
 import gzip
 import json
 import logging
@@ -28,26 +27,17 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stageflow.runtime import dataset, schema as schemas
-from stageflow.runtime.contract import StageError, StageTree, not_a_regular_file, sha256_file
+from stageflow.runtime import dataset, inputs, schema as schemas
+from stageflow.runtime.contract import StageError, StageTree, sha256_file
+from stageflow.runtime.inputs import FORMATS, source_format
 
 log = logging.getLogger("stageflow")
 
-FORMATS = {".csv": "csv", ".csv.gz": "csv.gz", ".parquet": "parquet", ".pq": "parquet",
-           ".jsonl": "jsonl", ".ndjson": "jsonl"}
 CSV_BLOCK = 1 << 20  # bytes of CSV per batch: small blocks keep the reader streaming and its memory flat
 
 
 class ConversionError(Exception):
     """The typed CSV read met a value that does not convert: re-read as text to trim it or name its row."""
-
-
-def source_format(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in sorted(FORMATS, key=len, reverse=True):
-        if name.endswith(suffix):
-            return FORMATS[suffix]
-    raise StageError(f"input data_path: {path} has an unsupported extension; expected one of {', '.join(FORMATS)}")
 
 
 def _csv_batches(path: Path, typed: bool | None) -> Iterator[pa.RecordBatch]:
@@ -99,26 +89,6 @@ def _jsonl_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
 
 
 READERS = {"csv": _csv_batches, "csv.gz": _csv_batches, "parquet": _parquet_batches, "jsonl": _jsonl_batches}
-
-
-def check_source(path: Path) -> str:
-    """The source's format, after turning every way a path can be unusable into one named error: what it is
-    (missing, a link that goes nowhere, a directory, a device) before what it is called (its extension)."""
-    try:
-        path.stat()
-    except OSError as err:
-        if path.is_symlink():  # dangling, or a loop of links
-            raise StageError(f"input data_path: {path} is a link that cannot be followed ({err.strerror})") from None
-        if err.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise StageError(f"input data_path: {path} does not exist") from None
-        raise StageError(f"input data_path: {path} cannot be opened ({err.strerror})") from None
-    what = not_a_regular_file(path)
-    if what:
-        raise StageError(f"input data_path: {path} is {what}, not a regular file")
-    fmt = source_format(path)
-    if path.stat().st_size == 0:
-        raise StageError(f"input data_path: {path} is empty")
-    return fmt
 
 
 def _size(n: int) -> str:
@@ -376,8 +346,9 @@ def _snapshot(path: Path, fmt: str, tmp: Path, typed: bool) -> dict:
 def load(tree: StageTree, output: str) -> None:
     """Snapshot the source named by input `data_path` as output `output`, with its hash and row count."""
     started = time.perf_counter()
-    path = Path(tree.read("data_path", str))
-    fmt = check_source(path)
+    inputs.use_schema(tree)
+    path = inputs.read(tree, "data_path")
+    fmt = source_format(path)
     with tree.output_file(output) as tmp:
         try:
             source = _snapshot(path, fmt, tmp, typed=True)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stageflow.runtime import contract, dataset, schema as schemas
+from stageflow.runtime import contract, dataset, inputs, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
@@ -348,6 +348,7 @@ def engine_union(a: dataset.Snapshot, b: dataset.Snapshot, engine: Engine, label
 
 
 def merge(tree: StageTree) -> None:
+    inputs.use_schema(tree)
     a = dataset.Snapshot(tree.read("datasetA", contract.File), "datasetA")
     b = dataset.Snapshot(tree.read("datasetB", contract.File), "datasetB")
     names = shared_columns(a, b)
@@ -355,7 +356,8 @@ def merge(tree: StageTree) -> None:
     streaming = sorted_by_key(a) and sorted_by_key(b)
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
-    sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
+    sources = [{"input": name, **{k: m["source"][k] for k in ("sha256", "rows", "format")}}
+               for name, m in (("datasetA", a.meta), ("datasetB", b.meta)) if "source" in m]
     labels, found = Labels(), Found()
     with tree.output_file("merged_data") as tmp, \
             tempfile.TemporaryDirectory(prefix=".merge-spill-", dir=tmp.parent) as spill, \
