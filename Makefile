@@ -1,29 +1,51 @@
 # Run `make help` for the list of targets.
 .DEFAULT_GOAL := help
 
+## PYTHON: the Python, 3.10 or later, that creates .venv
 PYTHON ?= python3
+## VENV: the folder of the host environment
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?=
-ROWS ?= 1000000
-BENCH_ARGS ?=
-LOCK_ARGS ?=
-BASE_IMAGE ?=
-REGISTRY ?=
-DOMINO_PYTHON ?= python3
-DATA_A ?=
-DATA_B ?=
-STAGE ?=
-FROM ?=
-INPUTS ?=
-KEEP_DAYS ?= 7
-DATASET ?=
-VISIBILITY ?=
-ORGANIZATION ?=
+## RUN_ARGS: options of `stageflow run` for run and compose, e.g. RUN_ARGS="--epochs 20 --no-cache"
+RUN_ARGS ?=
+## SCHEMA: the data's schema file, for every target (default: $STAGEFLOW_SCHEMA, else schema.toml)
 SCHEMA ?=
+## PYTEST_ARGS: options of pytest for test and test-fast, e.g. PYTEST_ARGS="-x -k merge"
+PYTEST_ARGS ?=
+## ROWS: rows in each source that bench makes
+ROWS ?= 1000000
+## BENCH_ARGS: other options of bench and bench-images (scripts/bench.py --help)
+BENCH_ARGS ?=
+## LOCK_ARGS: options of `uv pip compile` for lock, e.g. LOCK_ARGS="--upgrade-package pyarrow"
+LOCK_ARGS ?=
+## BASE_IMAGE: the image the libraries images start FROM (default: python:3.11-slim-bookworm, else base-image's)
+BASE_IMAGE ?=
+## REGISTRY: where push pushes the images: host:port/prefix
+REGISTRY ?=
+## DOMINO_PYTHON: the Python submit runs with: a Domino workspace's
+DOMINO_PYTHON ?= python3
+## DATA_A: source A for submit, as a Domino job sees it (/mnt/data/...)
+DATA_A ?=
+## DATA_B: source B for submit, as a Domino job sees it
+DATA_B ?=
+## DATASET: for submit, the Domino dataset holding the sources, name:version (name alone: its latest)
+DATASET ?=
+## STAGE: the stage compose-stage runs
+STAGE ?=
+## FROM: the run directory whose outputs feed compose-stage (default runs/latest)
+FROM ?=
+## INPUTS: inputs of compose-stage given by hand, "name=value ..." (win over FROM)
+INPUTS ?=
+## KEEP_DAYS: gc keeps the cache entries used in the last KEEP_DAYS days
+KEEP_DAYS ?= 7
+## VISIBILITY: who may use the environments that environments creates: Private, Organization or Global
+VISIBILITY ?=
+## ORGANIZATION: with VISIBILITY=Organization, the organization's name
+ORGANIZATION ?=
 export BASE_IMAGE
 # SCHEMA=path/to/schema.toml switches the data's schema for every target (run, test, images, environments,
-# submit, bench, data): it becomes STAGEFLOW_SCHEMA, which the stages, the runner and the image build read.
+# submit, bench, data): it becomes STAGEFLOW_SCHEMA, which flow.py reads (its text is every stage's input) and
+# the runner, check-schema and the bench read. No image holds it.
 ifneq ($(SCHEMA),)
 export STAGEFLOW_SCHEMA := $(abspath $(SCHEMA))
 endif
@@ -31,9 +53,14 @@ endif
 .PHONY: help venv lock run test test-fast test-wheels data docker-up base-image wheels images standard-environment push \
         environments submit compose compose-stage compose-file bench bench-images gc clean
 
-## help: list the targets
+## help: list the targets and the variables they take
+# A `## NAME: text` line above a target or a variable describes it; names in capitals are variables.
 help:
-	@awk 'BEGIN {FS = ": "} /^## / {sub(/^## /, ""); split($$0, p, ": "); printf "  %-14s %s\n", p[1], substr($$0, length(p[1]) + 3)}' $(MAKEFILE_LIST)
+	@awk '/^## [^:]+: / {sub(/^## /, ""); name = substr($$0, 1, index($$0, ": ") - 1); \
+	    line = sprintf("  %-14s %s", name, substr($$0, length(name) + 3)); \
+	    if (name ~ /^[A-Z_]+$$/) var = line; else targets = targets line "\n"; next} \
+	    var != "" {split($$0, def, / *\?= */); vars = vars var (def[2] != "" ? " (default " def[2] ")" : "") "\n"; var = ""} \
+	    END {printf "Targets (make TARGET):\n%s\nVariables (make TARGET NAME=value):\n%s", targets, vars}' $(MAKEFILE_LIST)
 
 # scripts/install.py installs the lock with uv (itself a pin of the lock, installed by pip first) from the
 # indexes pip is configured with, else with pip; then the project, editable, from this checkout, with the console
@@ -64,7 +91,7 @@ lock: venv
 	    $(UV_COMPILE) $(IMAGE_PLATFORM) $${lock%.txt}.in -c stages/requirements.txt -o $$lock || exit 1; done
 	$(UV_COMPILE) $(IMAGE_PLATFORM) environments/standard/requirements.in \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o environments/standard/requirements.txt
-	$(UV_COMPILE) --universal --generate-hashes requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
+	$(UV_COMPILE) --universal --generate-hashes requirements.in requirements-dev.in stages/requirements.in $(STAGE_LOCKS:.txt=.in) \
 	    $(addprefix -c ,stages/requirements.txt $(STAGE_LOCKS)) -o requirements-dev.txt
 	$(UV_COMPILE:3.11=3.10) --universal tests/locks/workspace.in -o tests/locks/workspace.txt
 	$(UV_COMPILE) --universal tests/locks/python-domino.in -o tests/locks/python-domino.txt
@@ -81,7 +108,7 @@ test: venv images standard-environment test-wheels
 test-fast: venv test-wheels
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
-## test-wheels: download the wheels of the tests' other venvs (workspace Pythons 3.10-3.13, python-domino) once
+## test-wheels: download the wheels of the tests' other venvs (workspace Pythons 3.10-3.13, python-domino, pip install .) once
 test-wheels: venv
 	$(PY) tests/wheelhouses.py
 

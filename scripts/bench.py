@@ -58,7 +58,7 @@ sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "scripts")) if p not in sys.pa
 
 from stageflow import backends, dag as dag_module, jobs, registry, runner  # noqa: E402
 from stageflow.files import place  # noqa: E402
-from stageflow.runtime import contract, dataset, schema as schemas, sources  # noqa: E402
+from stageflow.runtime import contract, dataset, inputs, schema as schemas, sources  # noqa: E402
 
 CHUNK = 1_000_000
 STAGES = list(registry.STAGES)
@@ -86,7 +86,7 @@ class Shape:
 
 def _read(path: Path) -> pa.Table:
     """A sample source through the load stage's own reader and checks."""
-    fmt = sources.check_source(path)
+    fmt = inputs.source_format(inputs.data_path(str(path)))
     return pa.concat_tables([dataset.conform(table, str(path)) for table in sources.source_tables(path, fmt)])
 
 
@@ -100,7 +100,7 @@ def sample_shape() -> Shape:
         raise SystemExit(f"bench: schema {schema.path} names no sample sources ([samples] data_path_a and "
                          f"data_path_b): the generated rows are drawn like the sample's")
     first = schema.samples["data_path_a"]
-    columns = next(sources.source_tables(first, sources.check_source(first))).column_names
+    columns = next(sources.source_tables(first, inputs.source_format(first))).column_names
     table = pa.concat_tables([_read(path) for path in schema.samples.values()], promote_options="permissive")
     raw = np.asarray(pa.chunked_array(table.column(schema.label)).cast(pa.string()).to_pylist(), dtype=object)
     present = np.asarray([label is not None for label in raw])
@@ -249,9 +249,9 @@ def run_baseline(work: Path, dag, sources: dict[str, Path], params: dict) -> dic
     d = work / "seed"
     d.mkdir()
     results = {}
-    for node in dag.nodes:
-        args = [f"{name}={d / f'{src.stage}.out' if src.stage else {**sources, **params}[src.flow_input]}"
-                for name, (_, src) in node.inputs.items()]
+    for node in dag.nodes:  # constants (the schema's text) are left out: the seed read files of its own
+        args = [f"{name}={d / f'{src.stage}.out' if src.stage else {**dag.defaults, **sources, **params}[src.flow_input]}"
+                for name, (_, src) in node.inputs.items() if src.stage or src.flow_input]
         print(f"  seed-style {node.name} ...", flush=True)
         results[node.name] = measured([sys.executable, str(ROOT / "scripts" / "bench_seed.py"), node.name,
                                        str(d / f"{node.name}.out"), *args], d / f"{node.name}.log")
@@ -359,13 +359,18 @@ def run_peer(work: Path, sources: dict[str, Path], params: dict, label: str) -> 
 
 def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, label: str,
               timeout: float) -> Measure:
-    """The train stage alone as the process backend runs it, on a fresh tree holding `processed`."""
+    """The train stage alone as the process backend runs it, on a fresh tree holding `processed` and its other
+    inputs as the flow gives them (its defaults, and the schema's text)."""
     tree = work / "train-vs-fit" / label
     (tree / "inputs").mkdir(parents=True)
     (tree / "outputs").mkdir()
-    place(processed, tree / "inputs" / "processed_data")
-    (tree / "inputs" / "epochs").write_text(str(epochs))
-    (tree / "inputs" / "batch_size").write_text(str(batch_size))
+    defaults = {**dag_module.load().defaults, "epochs": epochs, "batch_size": batch_size}
+    for name, (_, src) in node.inputs.items():
+        if src.stage:
+            place(processed, tree / "inputs" / name)
+        else:
+            value = defaults[src.flow_input] if src.flow_input else src.value
+            (tree / "inputs" / name).write_text(contract.format_value(value))
     backend = RusageHostBackend()
     job = jobs.plan(dag_module.Dag([node], {}, {}, {}), jobs.Setup(code=ROOT), "bench", None)[node.name]
     started = time.perf_counter()

@@ -31,9 +31,18 @@ from stageflow import registry  # noqa: E402
 from stageflow.runtime import schema as schemas  # noqa: E402
 
 
-def user_network(train, epochs: int, batch_size: int):
+def settings(train, epochs: int, batch_size: int):
+    """The train stage's settings: flow.py's defaults, with these epochs and batch size."""
+    from stageflow import dag
+    from stageflow.runtime import inputs
+
+    given = {**dag.load().defaults, "epochs": epochs, "batch_size": batch_size}
+    return train.Settings(**{name: inputs.check(name, given[name]) for name in inputs.SETTINGS})
+
+
+def user_network(train, settings):
     """The train stage's network as sklearn's own `fit` runs it: `epochs` shuffled passes."""
-    return train.estimator(batch_size).set_params(max_iter=epochs, shuffle=True)
+    return train.estimator(settings).set_params(max_iter=settings.epochs, shuffle=True)
 
 
 def fit(processed: str, epochs: str, batch_size: str) -> None:
@@ -45,11 +54,12 @@ def fit(processed: str, epochs: str, batch_size: str) -> None:
     train = registry.stage("train").module()
     from stageflow.runtime import dataset
 
+    chosen = settings(train, int(epochs), int(batch_size))
     x, codes, names = train.to_arrays(dataset.Snapshot(Path(processed), "processed_data"))
-    x_train, _, c_train, _ = train.split(x, codes, names)
-    y_train = names[c_train]  # the text labels a user's DataFrame would hand the estimator
+    x_train, _, c_train, _ = train.split(x, codes, names, chosen.test_fraction, chosen.seed)
+    y_train = names[c_train]  # the labels a user's DataFrame would hand the estimator
     del x, codes
-    model = make_pipeline(StandardScaler(), user_network(train, int(epochs), int(batch_size)))
+    model = make_pipeline(StandardScaler(), user_network(train, chosen))
     started, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the epochs asked for, not a cap
@@ -76,16 +86,17 @@ def process(out: str, merged_data: str) -> None:
     df.drop(columns=[name for name in schemas.active().dropped if name in df.columns]).to_csv(out, index=False)
 
 
-def train(out: str, processed_data: str, epochs: str, batch_size: str) -> None:
+def train(out: str, processed_data: str, epochs: str, batch_size: str, learning_rate: str, hidden_layers: str,
+          seed: str, test_fraction: str, early_stopping: str) -> None:
     import pandas as pd
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import train_test_split
 
     schema = schemas.active()
     df = pd.read_csv(processed_data)
-    x_train, _, y_train, _ = train_test_split(df[list(schema.features)], df[schema.label], test_size=0.2,
-                                              random_state=42)
-    model = RandomForestClassifier(random_state=42).fit(x_train, y_train)
+    x_train, _, y_train, _ = train_test_split(df[list(schema.features)], df[schema.label],
+                                              test_size=float(test_fraction), random_state=int(seed))
+    model = RandomForestClassifier(random_state=int(seed)).fit(x_train, y_train)
     with open(out, "wb") as handle:
         pickle.dump(model, handle)
 

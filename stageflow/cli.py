@@ -65,6 +65,9 @@ def print_outcome(run, record: dict, report_path: Path | str) -> int:
     """The end of `stageflow run`: the task table, then what failed, or the outputs and their headlines."""
     print(contract.printable("\n" + summary(record)))
     print(f"\n{'run report:':16} {report_path}\n{'record:':16} {run.run_dir / 'run.json'}")
+    newest = last_succeeded(run, record["status"] == "succeeded" and not run.interrupted)
+    if newest:
+        print(f"{'last succeeded:':16} {newest}")
     if run.interrupted:
         print("\ninterrupted; stopped every running task.", file=sys.stderr)
         return 130
@@ -74,9 +77,52 @@ def print_outcome(run, record: dict, report_path: Path | str) -> int:
         return 1
     for name, output in record["outputs"].items():
         print(contract.printable(f"{name + ':':16} {output['path'] if 'path' in output else contract_text(output['value'])}"))
+    failed = False
+    for tracked, cached in run_report.trackings(run.run_dir, record, run.dag).values():
+        line, failed_here = tracking_line(tracked, cached)
+        failed |= failed_here
+        print(contract.printable(f"{'tracking:':16} {line}"))
     for name, headline in run_report.headlines(run.run_dir, record).items():
         print(contract.printable("\n" + headline_text(name, headline)))
+    if failed:
+        print("\nthe flow succeeded, but its MLflow tracking failed (see tracking above).", file=sys.stderr)
+        return 1
     return 0
+
+
+def last_succeeded(run, succeeded: bool) -> str | None:
+    """Where the newest run that succeeded is (runs/latest may be a failed one): runs/last-succeeded, which
+    the runner points at each run in runs/ that succeeds. Nothing to say after a success elsewhere."""
+    from stageflow import rundir
+
+    if run.link_problem:
+        return run.link_problem
+    link, target = rundir.runs_dir() / rundir.SUCCEEDED, rundir.pointed(rundir.SUCCEEDED)
+    if succeeded and not rundir.in_runs(run.run_dir):
+        return None
+    if target is None:
+        return f"none yet in {link.parent}"
+    return f"{link} -> {target.name}" + (" (this run)" if target.name == run.run_dir.name and succeeded else "")
+
+
+def tracking_line(tracked: dict, cached: str | None) -> tuple[str, bool]:
+    """What became of MLflow tracking, in one line (train records it in its metrics: stageflow/runtime/
+    tracking.py), and whether it failed. A task reused from the cache ran nothing, so logged nothing now."""
+    status = tracked.get("status")
+    if cached:
+        if os.environ.get("MLFLOW_TRACKING_URI") or status != "off":
+            before = f" (it was logged then as MLflow run {tracked['run_id']})" if status == "logged" else ""
+            return (f"skipped: {cached} was reused from the cache, so nothing was logged now{before}; run with "
+                    f"--no-cache to run it and log it"), False
+        return "off (MLFLOW_TRACKING_URI is not set)", False
+    if status == "logged":
+        line = (f"MLflow run {tracked.get('run_id')} in experiment {tracked.get('experiment')} "
+                f"(id {tracked.get('experiment_id')}) at {tracked.get('tracking_uri')}")
+        return line + (f"; but {tracked['warning']}" if tracked.get("warning") else ""), False
+    if status == "failed":
+        return (f"failed: {tracked.get('error')} (tracking URI {tracked.get('tracking_uri')}); the outputs are "
+                f"complete: fix it and run with --no-cache to log them"), True
+    return f"off ({tracked.get('reason') or 'MLFLOW_TRACKING_URI is not set'})", False
 
 
 def contract_text(value) -> str:
@@ -149,9 +195,25 @@ def input_options(dag, dashed: bool) -> list[click.Option]:
     return found
 
 
+class Command(click.Command):
+    """A command whose every usage error names the command: click's parser leaves its context out of some (an
+    option given no value), and without it `main` could not print that command's usage."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            err.ctx = err.ctx or ctx
+            raise
+
+
+class Group(Command, click.Group):
+    command_class = Command
+
+
 def parse_inputs(dag, words: list[str], prog: str, extra: list[click.Option] = ()) -> dict:
     """The workflow's inputs (and `extra` options) from `words`; --help lists them."""
-    command = click.Command(prog, params=[*extra, *input_options(dag, dashed=True)],
+    command = Command(prog, params=[*extra, *input_options(dag, dashed=True)],
                             help=f"Run workflow {dag.name}; its inputs:" if dag.name else None,
                             context_settings={"max_content_width": 110})
     with command.make_context(prog, list(words)) as ctx:
@@ -223,12 +285,12 @@ def split_words(words: list[str]) -> tuple[list[str], list[str]] | None:
 
 
 def parse_options(params: list[click.Option], words: list[str], **settings) -> dict:
-    command = click.Command("stageflow run", params=params, context_settings=settings)
+    command = Command("stageflow run", params=params, context_settings=settings)
     with command.make_context("stageflow run", list(words)) as ctx:
         return dict(ctx.params)
 
 
-@click.command("run", add_help_option=False,
+@click.command("run", cls=Command, add_help_option=False,
                context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("words", nargs=-1, type=click.UNPROCESSED)
 def run_command(words):
@@ -325,7 +387,7 @@ def execute(dag, options: dict, params: dict, flow_file: Path) -> int:
 
 # ---------------------------------------------------------------- the other commands
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(version(), "--version", prog_name="stageflow", message="%(prog)s %(version)s")
 def cli():
     """stageflow: run a Domino flow locally, build its images, submit it to Domino."""
@@ -493,18 +555,27 @@ def environments_command(visibility: str, organization: str | None):
     environments.run(say=lambda line: print(line, flush=True), visibility_name=visibility, organization=organization)
 
 
+def training_options(function):
+    """`stageflow submit`'s training settings, one option per input of the train task (flow.py's defaults)."""
+    from stageflow.runtime import inputs
+
+    for name in reversed(inputs.SETTINGS):
+        function = click.option(f"--{name.replace('_', '-')}", name, help=f"the train task's {name} (default: "
+                                f"flow.py's)")(function)
+    return function
+
+
 @cli.command("submit")
 @click.option("--data-path-a", required=True, help="source A, an absolute path as a Domino job sees it")
 @click.option("--data-path-b", required=True, help="source B, an absolute path as a Domino job sees it")
-@click.option("--epochs", help="training epochs (default: flow.py's)")
-@click.option("--batch-size", help="mini-batch size (default: flow.py's)")
+@training_options
 @click.option("--dataset", help="the Domino dataset holding the sources, as name:version (its snapshot is mounted "
               "for the loads; name alone: its latest snapshot)")
-def submit_command(data_path_a, data_path_b, epochs, batch_size, dataset):
+def submit_command(data_path_a, data_path_b, dataset, **settings):
     """From a Domino workspace: check what a remote run needs, then `pyflyte run --remote flow.py <workflow> ...`."""
     from stageflow.domino import submit
 
-    sys.exit(submit.submit(data_path_a, data_path_b, epochs, batch_size, dataset))
+    sys.exit(submit.submit(data_path_a, data_path_b, settings, dataset))
 
 
 @cli.command("check-schema")
@@ -519,22 +590,44 @@ def check_schema_command(schema: str | None, files: tuple[str, ...]):
     sys.exit(check.check([Path(p) for p in files]))
 
 
+@cli.command("draft-schema")
+@click.argument("source", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), metavar="PATH",
+              help="write the draft there (default: print it); an existing file is kept unless --force")
+@click.option("--force", is_flag=True, help="replace the file -o names")
+def draft_schema_command(source: Path, output: Path | None, force: bool):
+    """Draft a schema.toml from a source file (CSV, CSV.gz, Parquet, JSON Lines): its columns with the types the
+    load takes for every value, a guessed key and label, for you to edit (docs/own-data.md)."""
+    from stageflow import draft
+
+    text = draft.write(source, output, force)
+    if text is not None:
+        print(text, end="")
+
+
 class ActionFailed(StageError):
     exit_status = 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """Every command, every error in one place: one line, no traceback, an exit status that says which."""
+    if not os.environ.get(schemas.ENV) and schemas.DEFAULT != ROOT / "schema.toml":
+        os.environ[schemas.ENV] = str(ROOT / "schema.toml")  # installed apart from the project: the project's
     try:
         with cli.make_context("stageflow", list(sys.argv[1:] if argv is None else argv)) as ctx:
             result = cli.invoke(ctx)
         return result if isinstance(result, int) else 0
     except click.exceptions.Exit as done:  # --help, --version
         return done.exit_code
-    except click.ClickException as err:  # a bad option or argument: that command's usage, then the problem
+    except click.exceptions.NoArgsIsHelpError as err:  # `stageflow` alone: what it can do
+        click.echo(err.ctx.get_help())
+        return err.exit_code
+    except click.ClickException as err:  # a bad option or argument: that command's usage, the problem, the help
         if err.ctx is not None:
             click.echo(err.ctx.get_usage(), err=True)
-        click.echo(f"error: {err.format_message()}", err=True)
+        click.echo(f"error: {' '.join(err.format_message().split())}", err=True)  # one line: a choice's list too
+        if err.ctx is not None:
+            click.echo(f"(`{err.ctx.command_path} --help` lists its options)", err=True)
         return err.exit_code
     except click.exceptions.Abort:
         return 130

@@ -11,6 +11,7 @@ stageflow/domino/standin is put on the path, after everything else, only when th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.util
@@ -25,13 +26,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-from stageflow.registry import ROOT
-from stageflow.runtime import contract
+from stageflow.registry import PACKAGE, ROOT
+from stageflow.runtime import contract, schema as schemas
 from stageflow.runtime.contract import StageError
 
 FLOW_FILE = ROOT / "flow.py"
 DAG_CACHE = ROOT / ".cache" / "dag"
-STANDIN = ROOT / "stageflow" / "domino" / "standin"  # Domino's plugin for flows compiled without it
+STANDIN = PACKAGE / "domino" / "standin"  # Domino's plugin for flows compiled without it
 
 
 class FlowError(StageError):
@@ -189,17 +190,20 @@ def load(flow_file: Path = FLOW_FILE, workflow_name: str | None = None) -> Dag:
 
     Compiling means importing flytekit (about 1.5 s here), which would dominate a run whose stages all
     come from the cache; the compiled graph is the same as long as the flow file, this package and flytekit
-    are (a flow that imports other files of its own is compiled every time: their content is not known here).
+    are (a flow that imports other files of its own is compiled every time: their content is not known here),
+    and as long as the active schema is: this checkout's flow.py passes its text to the stages as a constant.
     """
     flow_file = Path(flow_file)
     checked(flow_file)
     digest = hashlib.sha256(f"{workflow_name or ''}\0{metadata.version('flytekit')}\0{flow_file.resolve()}\0".encode())
     digest.update(flow_file.read_bytes() + b"\0")
-    for path in sorted((ROOT / "stageflow").rglob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         digest.update(path.read_bytes() + b"\0")
     for name, value in sorted(os.environ.items()):  # flow.py reads its pins from the environment
         if name.startswith("STAGEFLOW_"):
             digest.update(f"{name}={value}\0".encode())
+    with contextlib.suppress(OSError):
+        digest.update(schemas.path().read_bytes())
     cached = DAG_CACHE / f"{digest.hexdigest()}.json"
     try:
         return from_json(json.loads(cached.read_text()))

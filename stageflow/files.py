@@ -104,14 +104,17 @@ def freeze(path: Path, what: str = "") -> None:
 def copy(src: Path, dst: Path, what: str = "") -> None:
     """Copy the checked file `src` to the new file `dst`: a reflink where the file system has them (no data
     copied, and a write to either leaves the other as it was), else the bytes, in the kernel."""
-    with opened(src, what) as source, open(dst, "xb", buffering=0) as target:
+    with opened(src, what) as source, open(dst, "xb") as target:
         try:
             fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
             return
         except OSError:
             pass
         try:
+            # Buffered: a raw write on a disk that fills up returns short without an error, and
+            # copyfileobj would take the cut copy for a whole one; a buffered one raises.
             shutil.copyfileobj(source, target, 1 << 20)
+            target.flush()
         except OSError as err:  # a full disk: say which file it was writing
             err.filename = err.filename or str(dst)
             raise

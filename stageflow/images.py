@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from stageflow.registry import (ROOT, STAGES, content_hash, libraries_image, libraries_version, registry_prefix,
-                                runtime_image, runtime_version, schema_file)
+                                runtime_image, runtime_version)
 from stageflow.runtime.contract import StageError
 
 WHEELS = ROOT / "wheels"
@@ -179,7 +179,7 @@ def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
     image, then each runtime image on it (the shared ones first, then one per stage with libraries of its own),
     then each stage's image on its runtime image. IMAGE: the tag a Dockerfile's build stages are labelled with,
     for `stageflow gc`."""
-    schema, base = schema_in_context(), base_image()
+    base = base_image()
     sets = {None: "", **{stage.requirements: f"+{stage.name}" for stage in STAGES.values() if stage.requirements}}
     libraries, runtimes = {}, {}
     for lock, suffix in sets.items():
@@ -189,24 +189,10 @@ def targets() -> list[tuple[str, str, str, str, dict[str, str]]]:
                                    {"BASE_IMAGE": base, "IMAGE": tag, **own}))
         runtimes.setdefault(runtime_image(requirements=lock), (
             f"runtime{suffix}", runtime_image(requirements=lock), "stages/Dockerfile", runtime_version(lock),
-            {"LIBRARIES_IMAGE": tag, "SCHEMA": schema}))
+            {"LIBRARIES_IMAGE": tag}))
     return [*libraries.values(), *runtimes.values()] + [
         (stage.name, stage.image(), f"stages/{stage.name}/Dockerfile", stage.version,
          {"RUNTIME_IMAGE": stage.runtime_image(), "IMAGE": stage.image()}) for stage in STAGES.values()]
-
-
-def schema_in_context() -> str:
-    """The active schema's path in the build context (the repository root), for the runtime image's COPY."""
-    path = schema_file().resolve()
-    if not path.is_relative_to(ROOT):
-        raise ImageError(f"schema {path} is outside the repository {ROOT}, the images' build context; move it "
-                         f"into the repository (e.g. examples/<name>/schema.toml) to build images with it")
-    relative = path.relative_to(ROOT).as_posix()
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
-    if relative.split("/")[0] in ignored:
-        raise ImageError(f"schema {path} is in {relative.split('/')[0]}/, which .dockerignore keeps out of the "
-                         f"build context; put it elsewhere in the repository (e.g. examples/<name>/schema.toml)")
-    return relative
 
 
 def build_shown(name: str, tag: str, dockerfile: str, version: str, buildargs: dict[str, str], force: bool) -> str:

@@ -1,10 +1,11 @@
-"""Loading a trained model safely: check its sha256 against the metrics before unpickling it.
+"""Loading a trained model safely: check its sha256 against the metrics, then rebuild it with skops.
 
-Unpickling runs whatever code the file asks for, so a model file swapped or altered after training is
-arbitrary code execution. The train stage records the model's hash in its metrics (and the runner in
-run.json); a model that does not match is refused before a single byte of it is unpickled.
+The model is a skops file (stageflow/runtime/modelfile.py), which rebuilds only the types it trusts, so
+loading it runs no code the file asks for. The sha256 check comes first all the same: the train stage records
+the model's hash in its metrics (and the runner in run.json), and a model swapped or altered after training
+is refused before it is read as a model at all, whatever it holds.
 
-The file is read once, and the bytes that were hashed are the bytes unpickled: hashing the file and then
+The file is read once, and the bytes that were hashed are the bytes loaded: hashing the file and then
 opening it again would check one file and run another (a file replaced in between, or a FIFO that feeds
 each reader something different). Only a regular file is read at all.
 """
@@ -14,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import stat
 from pathlib import Path
 
+from stageflow.runtime import modelfile
 from stageflow.runtime.contract import StageError, file_kind
 
 
@@ -60,7 +61,7 @@ def verified_bytes(model_path: Path, metrics_path: Path) -> tuple[bytes, str]:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ModelError(f"model {model_path}: sha256 {actual} does not match {expected} recorded in "
-                         f"{metrics_path}; refusing to load it (unpickling an untrusted file runs code)")
+                         f"{metrics_path}; refusing to load it (it is not the model train wrote)")
     return data, actual
 
 
@@ -70,6 +71,10 @@ def verify(model_path: Path, metrics_path: Path) -> str:
 
 
 def load(model_path: Path, metrics_path: Path):
-    """The scikit-learn pipeline in `model_path`, unpickled from the very bytes `verify` checked."""
+    """The scikit-learn pipeline in `model_path`, rebuilt by skops from the very bytes `verify` checked. It
+    takes a table of exactly its feature columns, in the schema's order (`model.feature_names_in_`)."""
     data, _ = verified_bytes(model_path, metrics_path)
-    return pickle.loads(data)  # noqa: S301 - these bytes matched the recorded hash just above
+    try:
+        return modelfile.loads(data)
+    except StageError as err:
+        raise ModelError(f"model {model_path}: {err}") from None

@@ -41,6 +41,7 @@ class StageResult:
     environment: str | None = None
     image: str | None = None
     upstream: list[str] = field(default_factory=list)  # the nodes whose outputs it takes: the DAG's edges
+    formats: dict[str, str] = field(default_factory=dict)  # file output -> the format it declares (parquet, json)
 
 
 def json_value(value: Any) -> Any:
@@ -158,6 +159,9 @@ def shape_problem(data: Any) -> str | None:
         for key in ("inputs", "outputs"):
             if not isinstance(stage.get(key, {}), dict) or not all(isinstance(v, str) for v in stage.get(key, {}).values()):
                 return f"stages.{name}.{key}: expected an object of sha256 texts"
+        if not isinstance(stage.get("formats", {}), dict) or not all(
+                isinstance(v, str) for v in stage.get("formats", {}).values()):
+            return f"stages.{name}.formats: expected an object of format names"
         if not isinstance(stage.get("upstream", []), list) or not all(isinstance(u, str) and u in data["stages"]
                                                                      for u in stage.get("upstream", [])):
             return f"stages.{name}.upstream: expected a list of the run's stages"

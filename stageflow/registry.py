@@ -6,12 +6,15 @@ added, renamed or moved to another tier changes everywhere at once. Adding a sta
 
 Images, from what changes least to what changes most: a libraries image (stages/libraries.Dockerfile: Domino's
 job user, the runtime's libraries and the stage's own if it has a requirements.txt), a runtime image on it
-(stages/Dockerfile: the `stageflow.runtime` package and the active schema), the stage image on that (its
-script). Stages without libraries of their own share the first two; the shared libraries' layer is the same in
+(stages/Dockerfile: the `stageflow.runtime` package), the stage image on that (its script). No image holds
+the schema or a training setting: those reach a stage as task inputs (flow.py passes the schema's text), so
+editing them never changes an image, and Domino's cache keys on them with the other inputs. Stages without libraries of their own share the first two; the shared libraries' layer is the same in
 every libraries image, so it is stored once. An image's version is a hash of exactly what it holds, so an edit to
 host-side code (the runner, the CLI, tests, docs) changes no version: nothing rebuilds, nothing is pushed again,
 and neither the local cache nor Domino's (keyed on `cache_version`) misses.
-Another schema is other content: other versions, images, cache keys and environments.
+
+Each stage names the inputs the runner checks before the first stage of a run starts (`checked`), by the rules
+in stageflow/runtime/inputs.py, which the stage applies to them too.
 """
 
 from __future__ import annotations
@@ -24,10 +27,33 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from stageflow.runtime import schema as schemas
 from stageflow.runtime.contract import StageError
+from stageflow.runtime.inputs import SETTINGS
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+
+
+def is_project(folder: Path) -> bool:
+    return (folder / "flow.py").is_file() and (folder / "stages").is_dir()
+
+
+def project_root() -> Path:
+    """The project the tool works on: the checkout holding flow.py, stages/ and schema.toml.
+
+    Run from a checkout, or installed from one as editable, it is the folder above the package. Installed
+    (`pip install .`), the package lives among the site's packages, so the project is the current directory or
+    the nearest folder above it that holds flow.py and stages/; elsewhere, the current directory (a flow of
+    your own runs from there, and a command about this project's flow names the file it misses)."""
+    if is_project(PACKAGE.parent):
+        return PACKAGE.parent
+    try:
+        here = Path.cwd()
+    except OSError:  # a current directory since removed
+        return PACKAGE.parent
+    return next((folder for folder in (here, *here.parents) if is_project(folder)), here)
+
+
+ROOT = project_root()
 IMAGE_CODE_DIR = "/opt/stageflow"  # where an image holds the runtime package and the stage script
 REGISTRY_ENV = "STAGEFLOW_REGISTRY"
 DEFAULT_REGISTRY = "stageflow"
@@ -52,11 +78,6 @@ def registry_prefix(registry: str | None = None) -> str:
     return (registry or os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY)).rstrip("/")
 
 
-def schema_file() -> Path:
-    """The active schema, checked: the runtime image holds it as /opt/stageflow/schema.toml."""
-    return schemas.active().path
-
-
 def libraries_version(requirements: Path | None = None) -> str:
     """Hash of a libraries image's files and of the pins of the lock of the stage's own libraries it installs,
     if any (by what they pin, not by the lock's comments, which name the file it was compiled from: stages
@@ -71,14 +92,13 @@ def libraries_image(registry: str | None = None, requirements: Path | None = Non
 
 
 def runtime_version(requirements: Path | None = None) -> str:
-    """Hash of a runtime image's files, of the schema it holds (by content: where the file lies on this machine
-    is not in the image) and of the libraries image it starts from."""
-    return _runtime_version(schema_file().read_bytes(), libraries_version(requirements))
+    """Hash of a runtime image's files and of the libraries image it starts from."""
+    return _runtime_version(libraries_version(requirements))
 
 
 @cache
-def _runtime_version(schema_text: bytes, libraries: str) -> str:
-    return content_hash([ROOT / part for part in RUNTIME_PARTS], schema_text.decode("utf-8", "replace"), libraries)
+def _runtime_version(libraries: str) -> str:
+    return content_hash([ROOT / part for part in RUNTIME_PARTS], libraries)
 
 
 def runtime_image(registry: str | None = None, requirements: Path | None = None) -> str:
@@ -97,6 +117,8 @@ class Stage:
     # Does its work on a Dask cluster when its job has one: on Domino the task is given an on-demand cluster
     # (DASK below); locally `stageflow run --dask N` starts one (stageflow/dask_cluster.py).
     cluster: bool = False
+    # Inputs the runner checks before the first stage runs, each by its rule in stageflow.runtime.inputs.
+    checked: tuple[str, ...] = ("schema",)
 
     @property
     def folder(self) -> Path:
@@ -148,11 +170,13 @@ class Stage:
 
 
 STAGES = {stage.name: stage for stage in (
-    Stage("load_a", "Small", "Snapshot source A as typed Parquet", cache=False, cluster=True),
-    Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False, cluster=True),
+    Stage("load_a", "Small", "Snapshot source A as typed Parquet", cache=False, cluster=True,
+          checked=("schema", "data_path")),
+    Stage("load_b", "Small", "Snapshot source B as typed Parquet", cache=False, cluster=True,
+          checked=("schema", "data_path")),
     Stage("merge", "Medium", "Union of A and B on the schema's key", cluster=True),
     Stage("process", "Medium", "Drop noise, invalid rows; normalise labels", cluster=True),
-    Stage("train", "Large", "Mini-batch training; model and metrics"),
+    Stage("train", "Large", "Mini-batch training; model and metrics", checked=("schema", *SETTINGS)),
 )}
 
 

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import quote
 
 from stageflow import files
 from stageflow.runtime.report import DASH, Html, cards, fmt, link, page, section, svg, table, text
@@ -108,20 +109,37 @@ def published(record: Mapping[str, Any]) -> dict[str, Mapping[str, str]]:
             if isinstance(output, Mapping) and "path" in output}
 
 
-def headlines(run_dir: Path, record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The `headline` object of each JSON flow output that has one (the stage that writes the output
-    decides what it holds), read from the run directory's outputs/ wherever the directory now is."""
+def json_field(run_dir: Path, record: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    """The object under `key` in each JSON flow output that has one (the stage that writes the output decides
+    what it holds), read from the run directory's outputs/ wherever the directory now is."""
     found = {}
     for name, output in published(record).items():
         path = Path(run_dir) / "outputs" / Path(output["path"]).name
         if path.suffix != ".json":
             continue
         try:
-            headline = json.loads(files.read_bytes(path, f"flow output {name}")).get("headline")
+            value = json.loads(files.read_bytes(path, f"flow output {name}")).get(key)
         except (OSError, ValueError, AttributeError, files.UnsafeFile):
             continue
-        if isinstance(headline, dict) and headline:
-            found[name] = headline
+        if isinstance(value, dict) and value:
+            found[name] = value
+    return found
+
+
+def headlines(run_dir: Path, record: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `headline` of each JSON flow output that has one: what the summary and the report show of it."""
+    return json_field(run_dir, record, "headline")
+
+
+def trackings(run_dir: Path, record: Mapping[str, Any], dag) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """The `tracking` record of each JSON flow output that has one (train's metrics: where MLflow logged the
+    run), with the task that wrote the output when it was reused from the cache rather than run."""
+    found = {}
+    for name, tracked in json_field(run_dir, record, "tracking").items():
+        source = dag.outputs.get(name)
+        producer = source.stage if source else None
+        cached = producer if producer and record.get("stages", {}).get(producer, {}).get("cached") else None
+        found[name] = (tracked, cached)
     return found
 
 
@@ -130,9 +148,38 @@ def outputs_section(record: Mapping[str, Any]) -> Html:
     outputs = published(record)
     if not outputs:
         return section("Outputs", Html("<p>No outputs: the flow did not finish.</p>"))
-    rows = [(name, link(f"outputs/{Path(output['path']).name}", Path(output["path"]).name),
-             Html("<span class=mono>{}</span>").format(output.get("sha256", ""))) for name, output in outputs.items()]
+    rows = []
+    for name, output in outputs.items():
+        file = Path(output["path"]).name
+        extension = file.rsplit(".", 1)[1] if "." in file else ""
+        target = link(f"outputs/{file}", file) if extension in SHOWN else Html(
+            '<a href="{}" download="{}">{}</a> ({}, downloads)').format(quote(f"outputs/{file}"), file, file,
+                                                                       KINDS.get(extension, "file"))
+        rows.append((name, target, Html("<span class=mono>{}</span>").format(output.get("sha256", ""))))
     return section("Outputs", table(["output", "file", "sha256"], rows))
+
+
+# What a stage's output file is, by the format its task declares: a browser shows few of them, so the report
+# says what a link will download.
+KINDS = {"parquet": "Parquet table", "skops": "skops model", "pkl": "Python pickle", "json": "JSON",
+         "html": "HTML page", "csv": "CSV table", "txt": "text"}
+SHOWN = {"json", "html", "txt", "csv"}  # what a browser opens as a page when its name says what it is
+
+
+def output_cell(folder: str, name: str, digest: str, extension: str | None, copies: Mapping[str, str]) -> Html:
+    """A stage output in the stage table. The file in the stage's folder has the bare name the contract gives
+    it (no extension), so a browser cannot tell what it is: a flow output links to its published copy
+    (outputs/<name>.<format>, which it opens by its extension); any other link downloads under a name with
+    its extension, and says what the file is."""
+    kind = KINDS.get(extension or "", f"{extension} file" if extension else "file")
+    if digest in copies and extension in SHOWN:
+        target, what = link(f"outputs/{copies[digest]}", name), ""
+    else:
+        path = f"outputs/{copies[digest]}" if digest in copies else f"{folder}/outputs/{name}"
+        target = Html('<a href="{}" download="{}">{}</a>').format(quote(path), f"{name}.{extension}" if extension
+                                                                  else name, name)
+        what = f" ({kind}, downloads)"
+    return Html('<span class=nowrap>{}{} <span class=mono>{}</span></span>').format(target, what, digest[:12])
 
 
 def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[tuple[str, str]],
@@ -142,14 +189,16 @@ def run_report(record: Mapping[str, Any], order: Sequence[str], edges: Sequence[
     zipped whole. `shown` holds the headline of each flow output that has one (see `headlines`)."""
     shown = shown or {}
     stages = record.get("stages", {})
+    copies = {output.get("sha256"): Path(output["path"]).name for output in published(record).values()}
     errors = any(stages.get(name, {}).get("error") for name in order)
     rows = []
     for name in order:
         stage = stages.get(name, {})
         status = stage.get("status", "pending")
         folder = stage.get("folder") or name
-        outputs = Html("<br>").join(Html('<span class=nowrap>{} <span class=mono>{}</span></span>').format(
-            link(f"{folder}/outputs/{out}", out), digest[:12]) for out, digest in stage.get("outputs", {}).items()) or DASH
+        formats = stage.get("formats", {})
+        outputs = Html("<br>").join(output_cell(folder, out, digest, formats.get(out), copies)
+                                    for out, digest in stage.get("outputs", {}).items()) or DASH
         row = [Html('<span id="stage-{0}">{0}</span>').format(name),
                Html('<span class="status {0}">{0}</span>').format(status),
                fmt(seconds(stage), ".2f"), fmt(stage.get("peak_rss_mb"), ",.0f"), rows_cell(stage),

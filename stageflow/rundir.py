@@ -135,23 +135,91 @@ class RunDir:
         (self.path / "logs").mkdir()
 
 
+LATEST, SUCCEEDED = "latest", "last-succeeded"  # the runner's links in runs/: the newest run, the newest success
+
+
+def runs_dir() -> Path:
+    from stageflow.registry import ROOT
+
+    return ROOT / "runs"
+
+
+def in_runs(run_dir: Path, runs: Path | None = None) -> bool:
+    """Whether `run_dir` is one of runs/, which the links follow (a run elsewhere, a pyflyte task, the compose
+    directory: not)."""
+    return Path(os.path.realpath(run_dir)).parent == Path(os.path.realpath(runs or runs_dir()))
+
+
+def _in_the_way(link: Path) -> str | None:
+    """What stands at `link` that is not the runner's link (a user's folder, file or link elsewhere); None when
+    nothing does. The runner's link holds a run's name: a folder beside it."""
+    if link.is_symlink():
+        target = os.readlink(link)
+        return None if "/" not in target else f"a link to {target}"
+    if link.exists():
+        return "a directory" if link.is_dir() else "a file"
+    return None
+
+
+def check_run_dir_name(run_dir: Path) -> None:
+    """A run directory of runs/ may not take a name the runner keeps a link under (the link itself is fine: it
+    names the run it points at)."""
+    if run_dir.name in (LATEST, SUCCEEDED) and not run_dir.is_symlink() and in_runs(run_dir):
+        raise RunError(f"run directory {shown(run_dir)}: {run_dir.name} is the name of the runner's link to a run; "
+                       f"give another name")
+
+
+def check_links(runs: Path) -> None:
+    """Refuse, before a run starts, when a name the runner keeps a link under is taken by something else: it
+    is never replaced."""
+    for name, what in ((LATEST, "the newest run"), (SUCCEEDED, "the newest run that succeeded")):
+        found = _in_the_way(runs / name)
+        if found:
+            raise RunError(f"{shown(runs / name)}: {found} where the runner keeps a link to {what}; move it away or "
+                           f"give --run-dir outside {shown(runs)}")
+
+
+def point(name: str, run_dir: Path) -> None:
+    """Make runs/<name> point at `run_dir`, one of runs/: a new link renamed over the runner's old one, so a
+    reader sees the old link or the new. Anything else standing there stays, and RunError says what."""
+    run_dir = Path(os.path.realpath(run_dir))  # `--run-dir runs/latest`: the run it points at
+    link = run_dir.parent / name
+    found = _in_the_way(link)
+    if found:
+        raise RunError(f"{shown(link)}: not updated: {found} stands there, not the runner's link; move it away")
+    tmp = run_dir.parent / f".{name}.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name)
+        os.replace(tmp, link)
+    except OSError as err:
+        raise RunError(f"{shown(link)}: not updated: {os_error(err)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pointed(name: str, runs: Path | None = None) -> Path | None:
+    """The run directory runs/<name> points at, when it is the runner's link and that run is still there."""
+    link = (runs or runs_dir()) / name
+    if not link.is_symlink() or _in_the_way(link) or not link.is_dir():
+        return None
+    return link.parent / os.readlink(link)
+
+
 def new_run_dir(prefix: str = "", runs: Path | None = None) -> Path:
     """runs/<prefix><UTC time>, plus runs/latest pointing at it; never reuses a directory by accident.
 
     What is in the way is said in one line before anything is made: `runs` that is not a directory, or a
-    `runs/latest` that is not the runner's link (a user's folder or file there is never replaced)."""
+    `runs/latest` or `runs/last-succeeded` that is not the runner's link (a user's folder or file there is
+    never replaced)."""
     import datetime as dt
 
-    from stageflow.registry import ROOT
-
-    runs = runs or ROOT / "runs"
-    latest = runs / "latest"
+    runs = runs or runs_dir()
     if (runs.exists() or runs.is_symlink()) and not runs.is_dir():
         raise RunError(f"{shown(runs)}: not a directory, where runs keep their run directories; move it away "
                        f"or give --run-dir")
-    if (latest.exists() or latest.is_symlink()) and not latest.is_symlink():
-        raise RunError(f"{shown(latest)}: a {'directory' if latest.is_dir() else 'file'} where the runner keeps a "
-                       f"link to the newest run; move it away or give --run-dir")
+    if runs.is_dir():
+        check_links(runs)
     try:
         runs.mkdir(exist_ok=True)
         stamp = prefix + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -162,13 +230,7 @@ def new_run_dir(prefix: str = "", runs: Path | None = None) -> Path:
                 break
             except FileExistsError:
                 continue
-        tmp = runs / f".latest.{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        try:
-            tmp.symlink_to(path.name)
-            os.replace(tmp, latest)
-        finally:
-            tmp.unlink(missing_ok=True)
     except OSError as err:
         raise RunError(f"run directory under {shown(runs)}: {os_error(err)}") from None
+    point(LATEST, path)
     return path

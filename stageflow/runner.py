@@ -39,8 +39,9 @@ from stageflow.cache import Cache, Sources, key as cache_key
 from stageflow.dag import Dag, Node, Source, check_params
 from stageflow.records import RunRecord, StageResult, json_value, now
 from stageflow.registry import ROOT
+from stageflow import rundir
 from stageflow.rundir import RunDir, RunError, new_run_dir, os_error
-from stageflow.runtime import contract
+from stageflow.runtime import contract, inputs
 
 LOG_TAIL = 20
 
@@ -370,12 +371,17 @@ class Run:
         if self.run_dir:
             RunDir(self.run_dir, list(self.folders.values())).check()
             self._refuse_inputs_inside()
+            if rundir.in_runs(self.run_dir):
+                rundir.check_run_dir_name(self.run_dir)
+                rundir.check_links(Path(os.path.realpath(self.run_dir)).parent)
+        self.link_problem: str | None = None  # why runs/last-succeeded could not be pointed at this run
         self.setup = setup or jobs.Setup().with_flow(ROOT / "flow.py")
         self.jobs = jobs.plan(dag, self.setup, uuid.uuid4().hex, standard_environment)
         if self.setup.dask is not None and backend.name != "host":
             raise RunError(f"--dask: the cluster stages run beside a cluster of host processes, and the {backend.name} "
                            f"backend runs stages in containers with no network, which cannot reach it; use "
                            f"--backend host (docs/performance.md, \"Past one machine\")")
+        self._check_inputs()
         backend.check(list(self.jobs.values()))
         if cache:
             cache.check()
@@ -385,6 +391,7 @@ class Run:
             job = self.jobs[name]
             result.task, result.folder = job.node.task.name, self.folders[name]
             result.environment, result.image = job.node.task.environment, job.image
+            result.formats = dict(job.node.formats)
             result.upstream = sorted(job.node.upstream)
         self.handles: dict[str, Handle] = {}
         self.wake: queue.Queue[str | None] = queue.Queue()  # a task's name once it has ended; None: interrupted
@@ -397,6 +404,20 @@ class Run:
     def typed_value(self, src: Source) -> Any:
         """The value of a primitive output of an upstream task, or of a flow input or constant."""
         return self.results[src.stage].values[src.output] if src.stage else self.value_of(src)
+
+    def _check_inputs(self) -> None:
+        """Before anything runs: each input of this project's stages that the registry names (`checked`) and
+        whose value is known now (a flow input, a constant), by the rule the stage itself applies to it."""
+        for name, job in self.jobs.items():
+            for key in job.stage.checked if job.stage else ():
+                _, src = job.node.inputs.get(key, (None, None))
+                if src is None or src.stage:
+                    continue
+                try:
+                    inputs.check(key, self.value_of(src))
+                except inputs.InputError as err:
+                    what = f"flow input {src.flow_input}" if src.flow_input else f"input {key} of task {name}"
+                    raise RunError(f"{what}: {err}") from None
 
     def _refuse_inputs_inside(self) -> None:
         """A source inside the run directory would be cleared or rewritten by the run that reads it."""
@@ -431,6 +452,7 @@ class Run:
     def execute(self) -> bool:
         """Run every task whose upstream succeeded, then publish the flow's outputs; True if all succeeded."""
         with self._signals():
+            given = self.run_dir is not None
             self.run_dir = self.run_dir or new_run_dir()
             self.dir = RunDir(self.run_dir, list(self.folders.values()))
             self.setup.exclude = [self.run_dir, *([self.cache.root] if self.cache else [])]
@@ -439,6 +461,8 @@ class Run:
                 for notice in self.setup.notices:
                     print(f"notice: {notice}", flush=True)
             with self.dir:
+                if given and rundir.in_runs(self.run_dir):  # `--run-dir runs/NAME`: the newest run all the same
+                    rundir.point(rundir.LATEST, self.run_dir)
                 self.backend.prepare_run(self.run_dir, self.dir.lock_fd)
                 self.record.write(self.run_dir / "run.json")  # at once: an earlier run's record must not stand
                 try:
@@ -456,6 +480,12 @@ class Run:
                     self.backend.finish_run()
                     self.record.finished_at = now()
                     self.record.write(self.run_dir / "run.json")
+            succeeded = self.record.succeeded and self.record.error is None and not self.interrupted
+            if succeeded and rundir.in_runs(self.run_dir):
+                try:
+                    rundir.point(rundir.SUCCEEDED, self.run_dir)
+                except RunError as err:  # (checked before the run: something took the name since)
+                    self.link_problem = str(err)
         return self.record.succeeded and self.record.error is None
 
     @contextlib.contextmanager

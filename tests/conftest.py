@@ -223,15 +223,33 @@ def bad_source(path: Path) -> str:
     return f"input data_path: {path}: column {first} must be {what} in every row, found 'x' in row 1"
 
 
+# The train task's settings as flow.py gives them by default (its signature's defaults).
+TRAIN_DEFAULTS = {"learning_rate": "0.05", "hidden_layers": "16", "seed": "42", "test_fraction": "0.2",
+                  "early_stopping": "0"}
+
+
+def write_settings(root: Path, **settings) -> None:
+    """The train task's setting inputs in a fake tree: flow.py's defaults, but for those given."""
+    for name, value in {**TRAIN_DEFAULTS, **{k: str(v) for k, v in settings.items()}}.items():
+        (root / "inputs" / name).write_text(value)
+
+
 @pytest.fixture
 def train_root(wf_root):
     """A fake /workflow tree holding the train stage's inputs: 60 rows of the active schema (20 per class),
-    5 epochs of 16-row batches."""
+    5 epochs of 16-row batches, flow.py's other defaults."""
     table = source_table(range(1, 61)).drop_columns(list(schemas.active().dropped))
     write_snapshot(wf_root / "inputs" / "processed_data", table)
-    (wf_root / "inputs" / "epochs").write_text("5")
-    (wf_root / "inputs" / "batch_size").write_text("16")
+    write_settings(wf_root, epochs=5, batch_size=16)
+    (wf_root / "inputs" / "schema").write_text(schemas.path().read_text())  # as flow.py passes it
     return wf_root
+
+
+@pytest.fixture(autouse=True)
+def schema_from_file():
+    """A stage run in the test's process may have made its input `schema` the active one: not for the next test."""
+    yield
+    schemas.use(None)
 
 
 def copy_project(dest: Path) -> None:

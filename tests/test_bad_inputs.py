@@ -15,7 +15,7 @@ import pytest
 
 from stageflow.runtime import dataset
 
-from conftest import IRIS_FEATURES, ROOT, write_snapshot
+from conftest import IRIS_FEATURES, ROOT, write_settings, write_snapshot
 
 pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
@@ -248,8 +248,7 @@ def test_process_refuses_an_unknown_label(tmp_path):
 def train_tree(tmp_path, rows, epochs="10", batch_size="32"):
     tree = make_tree(tmp_path)
     snapshot(tree / "inputs" / "processed_data", rows)
-    (tree / "inputs" / "epochs").write_text(epochs)
-    (tree / "inputs" / "batch_size").write_text(batch_size)
+    write_settings(tree, epochs=epochs, batch_size=batch_size)
     return tree
 
 

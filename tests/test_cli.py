@@ -16,6 +16,7 @@ import time
 import pytest
 
 from stageflow import cli
+from stageflow.registry import STAGES
 
 from conftest import ROOT, samples
 
@@ -94,8 +95,11 @@ def stageflow(*args, cwd=ROOT, env=None, timeout=300):
 
 
 def test_version_and_help():
+    import tomllib
+
     proc = stageflow("--version")
-    assert proc.returncode == 0 and proc.stdout.startswith("stageflow ")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert proc.returncode == 0 and proc.stdout == f"stageflow {version}\n", proc.stdout + proc.stderr
     proc = stageflow("run", "--help")
     assert proc.returncode == 0 and "--data-path-a" in proc.stdout and "--backend" in proc.stdout
 
@@ -104,6 +108,56 @@ def test_a_bad_option_prints_that_commands_usage():
     proc = stageflow("gc", "--keep-dayz", "3")
     assert proc.returncode == 2
     assert proc.stderr.startswith("Usage: stageflow gc [OPTIONS]") and "Did you mean '--keep-days'" in proc.stderr
+
+
+def value_option(name: str) -> str:
+    """An option of `stageflow NAME` that takes a value (for `run`, one of the run's own)."""
+    params = cli.RUN_OPTIONS if cli.cli.commands[name] is cli.run_command else cli.cli.commands[name].params
+    return next(p.opts[0] for p in params if isinstance(p, cli.click.Option) and not p.is_flag and p.nargs == 1)
+
+
+def has_value_option(name: str) -> bool:
+    try:
+        value_option(name)
+    except StopIteration:
+        return False
+    return True
+
+
+FLOW_RUN = ["run", "flow.py", "model_training"]  # `stageflow run` given a flow file: it parses the words itself
+BAD_USES = (
+    [[name, "--no-such-option"] for name in sorted(cli.cli.commands)] + [[*FLOW_RUN, "--no-such-option"]]
+    + [[name, value_option(name)] for name in sorted(cli.cli.commands) if has_value_option(name)]
+    + [[*FLOW_RUN, "--epochs"], ["run", "--epochs"]])
+
+
+@pytest.mark.parametrize("argv", BAD_USES, ids=" ".join)
+def test_every_command_given_a_bad_option_or_an_option_without_its_value_prints_its_usage(argv, capsys):
+    """Whichever the command: its usage line, the problem in one line, where its options are listed. An option
+    given no value (`stageflow gc --keep-days`) used to print the problem alone."""
+    command = " ".join(argv[:-1])
+    status = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    usage, problem, hint = err.splitlines()
+    assert usage.startswith(f"Usage: stageflow {command} [OPTIONS]"), err
+    assert problem in (f"error: No such option '{argv[-1]}'.", f"error: Option '{argv[-1]}' requires an argument."), err
+    assert hint == f"(`stageflow {command} --help` lists its options)"
+
+
+def test_stageflow_alone_prints_its_help_once():
+    """It printed the usage, then `error: ` and the whole help again."""
+    proc = stageflow()
+    assert proc.returncode == 2 and proc.stderr == ""
+    assert proc.stdout.count("Usage: stageflow") == 1 and "error" not in proc.stdout
+    assert all(re.search(rf"^  {name} ", proc.stdout, re.M) for name in cli.cli.commands)
+
+
+def test_a_missing_argument_is_one_line_even_with_a_list_of_choices():
+    proc = stageflow("compose-stage")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[1] == f"error: Missing argument 'STAGE'. Choose from: {', '.join(STAGES)}", \
+        proc.stderr
 
 
 def run_json(run_dir, **changes) -> None:

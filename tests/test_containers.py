@@ -19,6 +19,7 @@ from stageflow.runner import Run, RunError
 from stageflow import jobs
 from stageflow.jobs import TIERS, Tier
 from stageflow.registry import STAGES
+from stageflow.runtime import inputs
 
 from conftest import ROOT, samples, source_rows
 
@@ -155,8 +156,15 @@ def special_files(tmp_path):
             "/dev/null": "a character device", "/opt": "a directory", str(tmp_path): "a directory"}
 
 
+@pytest.fixture
+def beneath_the_rules(monkeypatch):
+    """This project's loads refuse such a path by their data_path rule, before the run (test_flow.py): set the
+    rule aside to reach the docker backend's own guard, which every task's host files go through."""
+    monkeypatch.setitem(inputs.RULES, "data_path", lambda value: value)
+
+
 def test_docker_backend_mounts_only_regular_data_files(containers, docker_client, tmp_path, special_files,
-                                                       removes_leftovers):
+                                                       removes_leftovers, beneath_the_rules):
     """The Docker socket, devices, FIFOs and directories are refused before a container exists."""
     for n, (path, kind) in enumerate(special_files.items()):
         run_dir = tmp_path / f"run{n}"
@@ -170,7 +178,7 @@ def test_docker_backend_mounts_only_regular_data_files(containers, docker_client
 
 @pytest.mark.parametrize("path, inside", [("/etc/hostname", "/etc"), ("/usr/share/dict/../../lib/os-release", "/usr")])
 def test_docker_backend_never_mounts_over_the_images_directories(containers, docker_client, tmp_path, path, inside,
-                                                                 removes_leftovers):
+                                                                 removes_leftovers, beneath_the_rules):
     run, ok = run_load_a(containers.DockerBackend(), tmp_path, path)
     assert not ok
     assert run.results["load_a"].error == (f"data path {path}: inside {inside}, which belongs to the stage image; "
@@ -366,6 +374,39 @@ def test_compose_harness_runs_the_flow(both_runs):
     process_run, _ = both_runs
     assert comparable(ROOT / ".workflow" / "train" / "outputs" / "metrics") == \
         comparable(process_run.output_path("metrics"))
+
+
+def test_compose_reads_the_tags_from_the_environment_and_up_starts_no_stage():
+    """As compose itself reads docker-compose.yml: without the tags it refuses, saying how to set them; with
+    them each service names its stage's image; `up` starts no stage, only the service saying why."""
+    import yaml
+
+    from stageflow import containers as harness
+
+    compose = harness.compose_command()
+    env = {**os.environ, **harness.compose_env()}
+    bare = {k: v for k, v in os.environ.items() if not k.endswith("_IMAGE")}
+    refused = subprocess.run([*compose, "config"], cwd=ROOT, env=bare, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "stageflow compose-env" in refused.stderr, refused.stderr
+    config = yaml.safe_load(subprocess.run([*compose, "--profile", "stage", "config"], cwd=ROOT, env=env,
+                                           capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert {name: service["image"] for name, service in config["services"].items() if name in STAGES} == \
+        {name: stage.image() for name, stage in STAGES.items()}
+    project = f"stageflow-up-test-{os.getpid()}"
+    try:
+        up = subprocess.run([*compose, "-p", project, "up"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+        started = subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
+                                  "--format", "{{.Label \"com.docker.compose.service\"}}"], capture_output=True,
+                                 text=True, check=True).stdout.split()
+        assert started == ["up"], up.stdout + up.stderr
+        assert "docker compose up does not run this flow" in up.stdout + up.stderr
+    finally:
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        subprocess.run(["docker", "network", "rm", f"{project}_default"], capture_output=True)
 
 
 def test_push_prints_digests_and_pulls_back_by_digest(registry, docker_client, capsys, monkeypatch, tmp_path):

@@ -20,6 +20,7 @@ from flytekit.types.file import FlyteFile
 
 from stageflow.domino import environments, plugin as domino
 from stageflow.registry import STAGES
+from stageflow.runtime import schema as schemas
 
 from conftest import ROOT, STANDIN
 
@@ -32,22 +33,32 @@ JOBS = {  # stage: (environment, hardware tier)
     "process": ("stageflow-process", "Medium"),
     "train": ("stageflow-train", "Large"),
 }
+# The schema's text is a constant input of every stage: ("constant", "schema") stands for the active schema's text.
+SCHEMA = ("schema", "str", ("constant", "schema"))
 INPUTS = {  # stage: [(input, type, where its value comes from: (stage or "flow", output or flow input))]
-    "load_a": [("data_path", "str", ("flow", "data_path_a"))],
-    "load_b": [("data_path", "str", ("flow", "data_path_b"))],
+    "load_a": [("data_path", "str", ("flow", "data_path_a")), SCHEMA],
+    "load_b": [("data_path", "str", ("flow", "data_path_b")), SCHEMA],
     "merge": [("datasetA", "file:parquet", ("load_a", "datasetA")),
-              ("datasetB", "file:parquet", ("load_b", "datasetB"))],
-    "process": [("merged_data", "file:parquet", ("merge", "merged_data"))],
+              ("datasetB", "file:parquet", ("load_b", "datasetB")), SCHEMA],
+    "process": [("merged_data", "file:parquet", ("merge", "merged_data")), SCHEMA],
     "train": [("processed_data", "file:parquet", ("process", "processed_data")),
-              ("epochs", "int", ("flow", "epochs")), ("batch_size", "int", ("flow", "batch_size"))],
+              ("epochs", "int", ("flow", "epochs")), ("batch_size", "int", ("flow", "batch_size")),
+              ("learning_rate", "float", ("flow", "learning_rate")), ("hidden_layers", "str", ("flow", "hidden_layers")),
+              ("seed", "int", ("flow", "seed")), ("test_fraction", "float", ("flow", "test_fraction")),
+              ("early_stopping", "int", ("flow", "early_stopping")), SCHEMA],
 }
 OUTPUTS = {
     "load_a": [("datasetA", "file:parquet")],
     "load_b": [("datasetB", "file:parquet")],
     "merge": [("merged_data", "file:parquet")],
     "process": [("processed_data", "file:parquet")],
-    "train": [("model", "file:pkl"), ("metrics", "file:json"), ("report", "file:html")],
+    "train": [("model", "file:skops"), ("metrics", "file:json"), ("report", "file:html")],
 }
+
+
+def constant(value):
+    """A constant input as INPUTS names it: the active schema's text is ("constant", "schema")."""
+    return ("constant", "schema") if value == schemas.text() else ("constant", value)
 
 
 def load_flow(monkeypatch):
@@ -136,7 +147,7 @@ def test_the_stages_that_read_the_sources_list_the_dataset_snapshot(standin, mon
 def test_the_model_and_the_report_are_flow_artifacts_with_explicit_types(calls, standin):
     from flytekitplugins.domino.artifact import FILES
 
-    assert FILES == [{"artifact": "Model", "kind": "MODEL", "name": "model.pkl", "type": "pkl"},
+    assert FILES == [{"artifact": "Model", "kind": "MODEL", "name": "model.skops", "type": "skops"},
                      {"artifact": "Training report", "kind": "REPORT", "name": "report.html", "type": "html"}]
 
 
@@ -165,6 +176,9 @@ def test_each_call_declares_typed_inputs_bound_to_upstream_outputs(calls):
     for name, call in calls.items():
         found = []
         for item in call["inputs"]:
+            if not hasattr(item.value, "ref"):
+                found.append((item.name, kind(item.type), constant(item.value)))
+                continue
             ref = item.value.ref
             source = ("flow", ref.var) if ref.node_id == GLOBAL_INPUT_NODE_ID else (node_names[ref.node_id], ref.var)
             found.append((item.name, kind(item.type), source))
@@ -195,7 +209,7 @@ def test_without_standin_flow_uses_the_real_plugin_or_the_fallback(monkeypatch, 
 
 # ---------------------------------------------------------------- plain flytekit: raw-container tasks
 
-LITERAL_KINDS = {SimpleType.STRING: "str", SimpleType.INTEGER: "int"}
+LITERAL_KINDS = {SimpleType.STRING: "str", SimpleType.INTEGER: "int", SimpleType.FLOAT: "float"}
 
 
 def literal_kind(literal_type) -> str:
@@ -248,14 +262,19 @@ def test_serialised_workflow_binds_each_input_to_its_source(serialised):
         found = set()
         for binding in node.inputs:
             ref = binding.binding.promise
+            if ref is None:  # a constant, serialised into the workflow: what Domino's cache keys on
+                found.add((binding.var, constant(binding.binding.scalar.primitive.string_value)))
+                continue
             found.add((binding.var, ("flow", ref.var) if ref.node_id == GLOBAL_INPUT_NODE_ID else (names[ref.node_id], ref.var)))
         name = names[node.id]
         assert found == {(input_name, source) for input_name, _, source in INPUTS[name]}, name
-        assert {names[up] for up in node.upstream_node_ids} == {s for _, _, (s, _) in INPUTS[name]} - {"flow"}
+        assert {names[up] for up in node.upstream_node_ids} == {s for _, _, (s, _) in INPUTS[name]} - {"flow", "constant"}
     assert {(o.var, names[o.binding.promise.node_id], o.binding.promise.var) for o in workflow.outputs} == {
         ("model", "train", "model"), ("metrics", "train", "metrics"), ("report", "train", "report")}
     assert {v: literal_kind(t.type) for v, t in workflow.interface.inputs.items()} == {
-        "data_path_a": "str", "data_path_b": "str", "epochs": "int", "batch_size": "int"}
+        "data_path_a": "str", "data_path_b": "str", "epochs": "int", "batch_size": "int", "learning_rate": "float",
+        "hidden_layers": "str", "seed": "int", "test_fraction": "float", "early_stopping": "int"}
+
 
 
 # ---------------------------------------------------------------- the cluster stages' on-demand Dask cluster

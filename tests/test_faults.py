@@ -15,7 +15,7 @@ import pytest
 
 from stageflow import dag as dag_module, model
 
-from stageflow.runtime import schema as schemas
+from stageflow.runtime import contract, schema as schemas
 
 from conftest import IRIS_FEATURES, ROOT, downstream, write_snapshot
 
@@ -265,7 +265,7 @@ def test_verified_model_loads(trained):
     assert list(model.load(model_path, metrics_path).classes_) == sorted(schemas.active().classes)
 
 
-def test_tampered_model_is_refused_before_unpickling(trained, tmp_path):
+def test_tampered_model_is_refused_before_it_is_read_as_a_model(trained, tmp_path):
     model_path, metrics_path, _ = trained
     evil = tmp_path / "model"
     marker = tmp_path / "pwned"
@@ -280,10 +280,43 @@ def test_tampered_model_is_refused_before_unpickling(trained, tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: model {evil}: sha256 ")
-    assert "refusing to load it (unpickling an untrusted file runs code)" in proc.stderr
+    assert "refusing to load it (it is not the model train wrote)" in proc.stderr
     with pytest.raises(model.ModelError):
         model.load(evil, metrics_path)
     assert not marker.exists()  # the payload never ran
+
+
+def test_the_model_is_a_skops_file_that_rebuilds_only_the_types_it_trusts(trained, tmp_path):
+    """Even with its hash matching, a model holding a type outside skops's defaults and TRUSTED_TYPES is refused
+    before it is built; pickle.loads would have built it (and run what it asked for)."""
+    import pickle
+    import zipfile
+
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
+
+    from stageflow.runtime import modelfile
+
+    model_path, metrics_path, _ = trained
+    assert zipfile.is_zipfile(model_path)  # skops's format, not a pickle
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(model_path.read_bytes())
+    assert skops.io.get_untrusted_types(file=model_path) == list(modelfile.TRUSTED_TYPES)
+    evil, metrics = tmp_path / "model", tmp_path / "metrics"
+    evil.write_bytes(skops.io.dumps(FunctionTransformer(func=os.system)))
+    metrics.write_text(json.dumps({"model_sha256": contract.sha256_file(evil)}))
+    with pytest.raises(model.ModelError, match=rf"^model {evil}: not a model this flow writes: .*[Uu]ntrusted"):
+        model.load(evil, metrics)
+
+
+def test_the_same_model_gives_the_same_file(trained, tmp_path):
+    """skops names objects by their address in memory and stamps the time: the file is rewritten so that
+    training the same data with the same settings gives the same bytes (and sha256) every time."""
+    from stageflow.runtime import modelfile
+
+    model_path, metrics_path, _ = trained
+    loaded = model.load(model_path, metrics_path)
+    assert modelfile.dumps(loaded) == model_path.read_bytes()
 
 
 def test_verify_model_cli_accepts_the_real_model(trained):

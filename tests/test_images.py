@@ -4,7 +4,6 @@ edit redoes, what Domino's environment layers keep of a stage image, and the loc
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -114,7 +113,7 @@ def versions():
     ("stages/libraries.Dockerfile", set(STAGES)),
     ("stages/requirements.txt", set(STAGES)),
     ("stages/train/requirements.in", set()),  # the lock's source: the image installs the lock
-    ("schema.toml", set(STAGES)),  # the active schema: the runtime image holds it
+    ("schema.toml", set()),  # the active schema: the stages are given its text as an input, no image holds it
     ("examples/wine/schema.toml", set()),  # a schema not in use
 ])
 def test_version_changes_exactly_when_the_image_content_does(tree_copy, edit, changed):
@@ -186,17 +185,18 @@ def test_a_build_context_holds_only_the_wheels_its_dockerfile_installs(tree_copy
     assert not {name.split("/")[0] for name in script} & {"tests", "data", "scripts", ".git", ".venv"}
 
 
-def test_the_schema_counts_by_content_not_by_where_it_lies(tree_copy, monkeypatch):
-    """Switching schema gives other images (and cache keys, and Domino environments); the same schema from
-    another place gives the same ones, since the image holds the content, not the path."""
+def test_no_image_holds_the_schema_so_switching_it_changes_no_version(tree_copy, monkeypatch):
+    """Another schema is an input of the stages, not other images: no rebuild, no push, no new Domino
+    environment revision; Domino's cache still tells the schemas apart by the task input (test_flow.py)."""
     iris = versions()
-    (tree_copy / "elsewhere").mkdir()
-    shutil.copy(tree_copy / "schema.toml", tree_copy / "elsewhere" / "schema.toml")
-    monkeypatch.setenv(schemas.ENV, str(tree_copy / "elsewhere" / "schema.toml"))
-    assert versions() == iris
     monkeypatch.setenv(schemas.ENV, str(tree_copy / "examples" / "wine" / "schema.toml"))
-    wine = versions()
-    assert all(wine[name] != iris[name] for name in STAGES)
+    assert versions() == iris
+
+
+def test_the_runtime_image_copies_the_runtime_code_and_no_schema():
+    copied = re.findall(r"^COPY (?:--\S+ )*(\S+)", (ROOT / "stages" / "Dockerfile").read_text(), re.M)
+    assert copied == ["stageflow/__init__.py", "stageflow/runtime/"]
+    assert all("SCHEMA" not in buildargs for *_, buildargs in images.targets())
 
 
 def test_compose_file_is_generated_from_the_registry():
@@ -209,12 +209,57 @@ def test_compose_file_hardens_every_service():
     import yaml
 
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert set(spec["services"]) == set(STAGES)
+    assert set(spec["services"]) == {"up", *STAGES}
     for name, service in spec["services"].items():
         assert service["network_mode"] == "none" and service["read_only"] is True
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
-        assert f"./.workflow/{name}/inputs:/workflow/inputs:ro" in service["volumes"]
-        assert service["mem_limit"] == jobs.TIERS[STAGES[name].tier].memory
+        if name in STAGES:
+            assert f"./.workflow/{name}/inputs:/workflow/inputs:ro" in service["volumes"]
+            assert service["mem_limit"] == jobs.TIERS[STAGES[name].tier].memory
+
+
+def test_compose_file_names_only_the_tags_the_image_build_makes():
+    """Each stage's image is the tag of its version, from a variable compose_env() sets (the file named
+    `stageflow/<stage>:dev` defaults, which no build makes, and built every stage FROM one runtime image, which is
+    not merge's nor train's); compose neither builds nor pulls. tests/test_containers.py has compose read it."""
+    import yaml
+
+    from stageflow import containers
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert ":dev" not in text and "build" not in text and "RUNTIME_IMAGE" not in text
+    env = containers.compose_env()
+    for name, service in yaml.safe_load(text)["services"].items():
+        variable, message = re.fullmatch(r"\$\{(\w+):\?([^}]+)\}", service["image"]).groups()
+        assert env[variable] == STAGES.get(name, STAGES["load_a"]).image() and "compose-env" in message
+        assert service["pull_policy"] == "never"
+
+
+def test_compose_up_starts_no_stage():
+    """`docker compose up` would start every stage at once, merge before the loads wrote its inputs: the stages
+    are run one at a time (a profile `up` leaves out), and `up` starts only the service that says so."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert {name for name, service in services.items() if not service.get("profiles")} == {"up"}
+    assert "does not run this flow" in " ".join(services["up"]["entrypoint"])
+    assert all(services[name]["profiles"] == ["stage"] and "depends_on" not in services[name] for name in STAGES)
+
+
+def test_make_help_lists_every_variable_with_its_description():
+    """Every variable a user may set (`NAME ?= default`) is listed with a line saying what it is for, and the
+    Makefile reads no variable it does not define (RUN_ARGS was read by `make run` and listed nowhere)."""
+    text = (ROOT / "Makefile").read_text()
+    out = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    listed = dict(re.findall(r"^  ([A-Z_]+) +(.+)$", out.split("\nVariables", 1)[1], re.M))
+    settable = re.findall(r"^([A-Z_]+) \?=", text, re.M)
+    assert {"RUN_ARGS", "SCHEMA", "PYTEST_ARGS", "REGISTRY", "STAGE"} <= set(settable)
+    assert list(listed) == settable
+    assert all(len(description.split()) >= 3 for description in listed.values()), listed
+    defined = set(re.findall(r"^(?:export )?([A-Z_]+) *[:?]?=", text, re.M)) | {"MAKEFILE_LIST"}
+    read = set(re.findall(r"\$\(([A-Z_]+)[:)]", text))
+    assert read <= defined, f"the Makefile reads {sorted(read - defined)} without defining them"
+    assert re.search(r"^  KEEP_DAYS +.+ \(default 7\)$", out, re.M)
 
 
 def test_make_help_lists_every_target():

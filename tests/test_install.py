@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -85,8 +86,9 @@ def project(tmp_path: Path, wheels: dict) -> tuple[Path, dict]:
     are in a pip.conf: no PIP_* or UV_* variables, no user or XDG configuration, no uv on PATH."""
     dest = tmp_path / "checkout"
     dest.mkdir()
-    for name in ("Makefile", "pyproject.toml", "scripts/install.py"):
-        (dest / name).parent.mkdir(exist_ok=True)
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]["dependencies"]
+    for name in ("Makefile", "pyproject.toml", "scripts/install.py", *dependencies["file"]):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
     shutil.copytree(ROOT / "stageflow", dest / "stageflow", ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "requirements-dev.txt").write_text(wheels["lock"])

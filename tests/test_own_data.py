@@ -7,7 +7,6 @@ Each runs the whole flow with `stageflow run` (host backend) and switches the sc
 import gzip
 import json
 import os
-import pickle
 import re
 import shlex
 import subprocess
@@ -19,7 +18,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from stageflow.runtime import schema as schemas
+from stageflow.runtime import modelfile, schema as schemas
 
 from conftest import IRIS_SCHEMA, ROOT, WINE_SCHEMA, as_typed, fenced
 
@@ -33,7 +32,7 @@ def stageflow_run(run_dir, *args, env=None):
 
 def outputs(run_dir):
     metrics = json.loads((run_dir / "train" / "outputs" / "metrics").read_text())
-    model = pickle.loads((run_dir / "train" / "outputs" / "model").read_bytes())
+    model = modelfile.loads((run_dir / "train" / "outputs" / "model").read_bytes())
     return metrics, model
 
 
@@ -46,8 +45,13 @@ def test_the_wine_example_runs_with_one_setting(tmp_path):
     wine = schemas.load(WINE_SCHEMA)
     assert (tmp_path / "load_b" / "inputs" / "data_path").read_text() == str(ROOT / "examples/wine/source_b.parquet")
     metrics, model = outputs(tmp_path)
-    assert metrics["classes"] == ["1", "2", "3"] and list(model.classes_) == ["1", "2", "3"]
+    assert metrics["classes"] == ["1", "2", "3"] and model.classes_.tolist() == [1, 2, 3]  # integers, as declared
+    assert metrics["label"] == {"column": "cultivar", "type": "int"}
     assert metrics["feature_names"] == list(wine.features) == list(model.feature_names_in_)
+    rows = pq.read_table(ROOT / "examples" / "wine" / "source_b.parquet").to_pandas()
+    predicted = model.predict(rows[list(model.feature_names_in_)])
+    assert predicted.dtype.kind == "i" and set(predicted.tolist()) <= {1, 2, 3}  # not '1', '2', '3'
+    assert (predicted == rows["cultivar"].to_numpy()).mean() >= 0.9
     assert metrics["n_train"] + metrics["n_test"] == 178
     assert metrics["accuracy"] >= 0.9  # the classes are separable; a model that learnt nothing scores ~0.4
     assert re.search(r"^  F1 1 +1\.0$", proc.stdout, re.M)  # the headline names the classes as labelled
@@ -123,11 +127,13 @@ def write_csv_gz(path, columns):
         pcsv.write_csv(pa.table(columns), handle)
 
 
-CASES = {
+CASES = {  # the model's classes: text unless the schema declares integer labels
     "text key, mixed-case labels, csv + jsonl": (PENGUINS, penguin_like, write_csv, "a.csv", write_jsonl, "b.jsonl",
                                                  ["Adelie", "Chinstrap", "Gentoo"]),
     "integer labels, classes learnt, parquet + csv.gz": (SENSORS, sensor_like, write_parquet, "a.parquet",
                                                          write_csv_gz, "b.csv.gz", ["0", "1", "2"]),
+    "integer labels declared, classes learnt": (SENSORS + 'type = "int"\n', sensor_like, write_csv, "a.csv",
+                                                write_parquet, "b.parquet", [0, 1, 2]),
 }
 
 
@@ -146,7 +152,9 @@ def test_a_data_set_described_by_its_schema_file_alone_runs_end_to_end(tmp_path,
                          env={schemas.ENV: str(tmp_path / "schema.toml")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics, model = outputs(run_dir)
-    assert metrics["classes"] == classes and list(model.classes_) == classes
+    assert metrics["classes"] == [str(c) for c in classes] and model.classes_.tolist() == classes
+    frame = pa.table(columns).to_pandas()  # with more columns than the model takes: it takes its own, by name
+    assert {type(c) for c in model.predict(frame[list(model.feature_names_in_)]).tolist()} == {type(classes[0])}
     assert metrics["n_train"] + metrics["n_test"] == 240
     assert metrics["accuracy"] >= 0.9
     features = list(schemas.load(tmp_path / "schema.toml").features)
@@ -179,22 +187,48 @@ def guide_command(prefix):
     return shlex.split(found[0])
 
 
+def test_the_guide_draft_command_writes_the_draft_the_guide_shows(tmp_path):
+    """Step 1 as written: the command on the guide's file writes the guide's draft, which loads and fits the file;
+    the same command again keeps the file it wrote."""
+    draft_text, _ = guide_blocks("toml")  # the draft, then the edited schema
+    (tmp_path / "my_a.csv").write_text(guide_blocks()[0])
+    argv = guide_command("stageflow draft-schema")
+    proc = as_typed(argv, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "my_schema.toml").read_text() == draft_text
+    proc = as_typed(["stageflow", "check-schema", "--schema", "my_schema.toml", "my_a.csv"], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1].startswith("ok     my_a.csv: 2 rows, 2 usable")
+    again = as_typed(argv, tmp_path)
+    assert again.returncode == 2 and "exists; give another path, or --force" in again.stderr
+    assert (tmp_path / "my_schema.toml").read_text() == draft_text
+
+
 def test_the_guide_example_schema_fits_its_example_file_and_a_misspelt_column_gets_the_line_shown(tmp_path):
-    schema_text, = guide_blocks("toml")
+    _, schema_text = guide_blocks("toml")
     example, _, error = guide_blocks()  # the user's file, the wine check's output, the error it shows
-    (tmp_path / "schema.toml").write_text(schema_text)
+    (tmp_path / "my_schema.toml").write_text(schema_text)
     (tmp_path / "my_a.csv").write_text(example)
     rows = pcsv.read_csv(tmp_path / "my_a.csv")
     pq.write_table(rows.set_column(0, "patient_id", pa.array(["P-0003", "P-0004"])), tmp_path / "my_b.parquet")
-    env = {schemas.ENV: str(tmp_path / "schema.toml")}
-    proc = as_typed(guide_command("stageflow check-schema my_a.csv"), tmp_path, env)
+    proc = as_typed(guide_command("stageflow check-schema --schema my_schema.toml"), tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-2:] == ["ok     my_a.csv: 2 rows, 2 usable; labels: Improved 1, No change 1",
                                              "ok     my_b.parquet: 2 rows, 2 usable; labels: Improved 1, No change 1"]
     (tmp_path / "my_a.csv").write_text(example.replace(",Outcome\n", ",outcome\n"))
-    proc = as_typed(["stageflow", "check-schema", "my_a.csv"], tmp_path, env)
+    proc = as_typed(["stageflow", "check-schema", "--schema", "my_schema.toml", "my_a.csv"], tmp_path)
     assert proc.returncode == 1
-    assert error.replace("/repo/schema.toml", str(tmp_path / "schema.toml")) in proc.stdout
+    assert error.replace("/repo/my_schema.toml", str(tmp_path / "my_schema.toml")) in proc.stdout
+
+
+def test_the_guides_toml_error_is_what_an_unquoted_name_gets(tmp_path):
+    """The guide's example of a schema that is not TOML: its edited schema with a name's quotes left out."""
+    _, schema_text = guide_blocks("toml")
+    shown = " ".join(re.search(r"`(schema /repo/my_schema.toml: not valid TOML[^`]+)`", GUIDE.read_text(), re.S)[1]
+                     .split())
+    (tmp_path / "my_schema.toml").write_text(schema_text.replace('"Age (years)"', "Age (years)"))
+    proc = as_typed(["stageflow", "check-schema", "--schema", "my_schema.toml", "x.csv"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {shown.replace('/repo/', f'{tmp_path}/')}\n"
 
 
 def test_the_guide_check_command_prints_what_the_guide_shows():
@@ -206,48 +240,40 @@ def test_the_guide_check_command_prints_what_the_guide_shows():
 # ------------------------------------------------------------------ the same setting for the images
 
 
-def test_images_are_built_with_the_active_schema_under_other_tags(monkeypatch):
+def test_another_schema_needs_no_other_image_wherever_it_lies(tmp_path, monkeypatch):
+    """The images hold code only: switching schema, even to one outside the repository (the images' build
+    context), builds nothing new; the schema reaches the stages as their input `schema`."""
     from stageflow import images
 
     monkeypatch.setenv(schemas.ENV, str(IRIS_SCHEMA))
     iris = images.targets()
-    monkeypatch.setenv(schemas.ENV, str(WINE_SCHEMA))
-    wine = images.targets()
-    runtime = [name for name, *_ in iris].index("runtime")
-    assert iris[runtime][4]["SCHEMA"] == "schema.toml" and wine[runtime][4]["SCHEMA"] == "examples/wine/schema.toml"
-    # Every image holding the schema (runtime and stage images) gets other tags; the libraries stay the same.
-    def split(targets):
-        libraries = {tag for _, tag, dockerfile, *_ in targets if dockerfile == "stages/libraries.Dockerfile"}
-        return libraries, {tag for _, tag, *_ in targets} - libraries
-    (iris_libraries, iris_rest), (wine_libraries, wine_rest) = split(iris), split(wine)
-    assert iris_libraries == wine_libraries and iris_rest and not iris_rest & wine_rest
-
-
-def test_a_schema_the_build_cannot_see_is_refused_in_one_line(tmp_path, monkeypatch):
-    from stageflow import images
-
     (tmp_path / "schema.toml").write_bytes(WINE_SCHEMA.read_bytes())
     monkeypatch.setenv(schemas.ENV, str(tmp_path / "schema.toml"))
-    with pytest.raises(images.ImageError, match=rf"^schema {tmp_path}/schema.toml is outside the repository {ROOT}, "
-                                                rf"the images' build context; move it into the repository"):
-        images.targets()
+    assert images.targets() == iris
 
 
 @pytest.mark.docker
-def test_the_runtime_image_holds_the_schema_it_was_built_with(monkeypatch):
-    """`make images SCHEMA=examples/wine/schema.toml` bakes that file in: a stage in the image reads it with no
-    setting at all, as a Domino job does."""
-    from stageflow import images
+def test_a_stage_in_its_image_reads_the_schema_it_is_given(tmp_path):
+    """No schema in the image: load_a, run in its image as a Domino job would be, takes the wine schema from its
+    input `schema` (the text flow.py passes), and refuses to run without one."""
+    from stageflow import containers, images
+    from stageflow.registry import STAGES
 
-    monkeypatch.setenv(schemas.ENV, str(WINE_SCHEMA))
-    name, tag, dockerfile, version, buildargs = next(target for target in images.targets() if target[0] == "runtime")
+    tree = tmp_path / "tree"
+    (tree / "inputs").mkdir(parents=True)
+    (tree / "outputs").mkdir()
+    source = ROOT / "examples" / "wine" / "source_a.csv"
+    (tree / "inputs" / "data_path").write_text(str(source))
+    containers.prepare_tree(tree)
     client = images.client()
-    existed = bool(client.images.list(name=tag))
-    try:
-        images.build(tag, dockerfile, version, buildargs)
-        out = client.containers.run(tag, ["python", "-c", "from stageflow.runtime import schema; s = schema.active(); "
-                                          "print(s.path, s.key, s.label)"], remove=True, network_mode="none")
-        assert out.decode().split() == ["/opt/stageflow/schema.toml", "sample", "cultivar"]
-    finally:
-        if not existed:
-            client.images.remove(tag)
+    run = dict(image=STAGES["load_a"].image(), user=containers.stage_user(), network_mode="none", read_only=True,
+               volumes={str(tree): {"bind": "/workflow", "mode": "rw"}, str(source): {"bind": str(source), "mode": "ro"}})
+    import docker
+
+    with pytest.raises(docker.errors.ContainerError):  # exits 1 without a schema
+        client.containers.run(**run, remove=True)
+    assert (tree / "outputs" / "_ERROR").read_text().startswith("input schema: missing;")
+    (tree / "inputs" / "schema").write_text(WINE_SCHEMA.read_text())
+    client.containers.run(**run, remove=True)
+    written = pq.read_metadata(tree / "outputs" / "datasetA")
+    assert written.schema.names[:2] == ["sample", "alcohol"] and written.num_rows > 50

@@ -3,13 +3,13 @@ local runner."""
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from stageflow import model as models
 from stageflow.domino import plugin as domino
 from stageflow.registry import STAGES
 from stageflow.backends import HostBackend
@@ -41,7 +41,8 @@ def flat(text: str) -> str:
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pyflyte")
-    proc = pyflyte(run_dir, "--data_path_a", SAMPLE_A, "--data_path_b", SAMPLE_B, "--epochs", "3", "--batch_size", "16")
+    proc = pyflyte(run_dir, "--data_path_a", SAMPLE_A, "--data_path_b", SAMPLE_B, "--epochs", "3", "--batch_size", "16",
+                   "--hidden_layers", "12", "--seed", "3")
     return run_dir, proc
 
 
@@ -61,12 +62,13 @@ def test_pyflyte_runs_every_stage_through_the_runner(bundled):
 def test_pyflyte_returns_the_model_and_metrics(bundled):
     run_dir, proc = bundled
     outputs = run_dir / "train" / "outputs"  # the train stage's run directory publishes its outputs there
-    model, metrics = outputs / "model.pkl", outputs / "metrics.json"
+    model, metrics = outputs / "model.skops", outputs / "metrics.json"
     assert f"TrainingOutputs(model={model}, metrics={metrics}, report={outputs / 'report.html'})" in proc.stdout
     assert (outputs / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     figures = json.loads(metrics.read_text())
     assert (figures["epochs"], figures["batch_size"]) == (3, 16) and figures["accuracy"] >= 0.8
-    assert list(pickle.loads(model.read_bytes()).classes_) == sorted(schemas.active().classes)
+    assert (figures["hidden_layers"], figures["seed"], figures["learning_rate"]) == ([12], 3, 0.05)
+    assert list(models.load(model, metrics).classes_) == sorted(schemas.active().classes)
 
 
 @pytest.mark.slow
@@ -89,6 +91,18 @@ def test_pyflyte_fails_loudly_on_a_failing_stage(tmp_path):
     assert f"--- last 20 lines of {tmp_path / 'run' / 'load_b' / 'logs' / 'load_b.log'} ---" in out
     assert not (tmp_path / "run" / "merge").exists()  # nothing downstream ran
     assert "TrainingOutputs(" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_task_input_its_stage_would_refuse_is_one_line_before_that_task_starts(tmp_path):
+    """pyflyte runs the tasks one by one: each task's inputs are checked, by the stage's own rule, before it
+    starts and without flytekit's traceback."""
+    missing = tmp_path / "nowhere.csv"
+    proc = pyflyte(tmp_path / "run", "--data_path_a", str(missing), "--data_path_b", SAMPLE_B)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: input data_path of task load_a: {missing} does not exist"
+    assert "Traceback" not in proc.stderr and "╭" not in proc.stderr
+    assert not (tmp_path / "run" / "load_a").exists()
 
 
 def test_forced_backend_must_be_known(monkeypatch):

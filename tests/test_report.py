@@ -1,5 +1,6 @@
 """The reports: training report (train stage output), run report, the CLI's summary, progress lines."""
 
+import html
 import io
 import json
 import logging
@@ -30,12 +31,22 @@ METRICS = {
     "per_class": {"setosa": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 10},
                   "versicolor": {"precision": 1.0, "recall": 0.8, "f1": 0.8889, "support": 10},
                   "virginica": {"precision": 0.8333, "recall": 1.0, "f1": 0.9091, "support": 10}},
-    "loss_per_epoch": [0.9, 0.5, 0.31, 0.2], "n_train": 120, "n_test": 30, "epochs": 4,
+    "loss_per_epoch": [0.9, 0.5, 0.31, 0.2], "holdout_loss_per_epoch": [0.8, 0.45, 0.35, 0.3],
+    "n_train": 120, "n_test": 30, "epochs": 4, "batch_size": 32, "effective_batch_size": 32, "hidden_layers": [16],
+    "learning_rate": 0.05, "seed": 42, "test_fraction": 0.2, "early_stopping": 0, "seconds": 0.1,
     "class_counts": {"train": {"setosa": 40, "versicolor": 40, "virginica": 40},
                      "test": {"setosa": 10, "versicolor": 10, "virginica": 10}},
-    "model_sha256": "ab" * 32,
+    "feature_names": ["SepalLengthCm", "PetalWidthCm"],
+    "features": {"SepalLengthCm": {"type": "float", "min": 4.3, "max": 7.9, "mean": 5.84, "std": 0.83, "missing": 2},
+                 "PetalWidthCm": {"type": "float", "min": 0.1, "max": 2.5, "mean": 1.2, "std": 0.76, "missing": 0}},
+    "label": {"column": "Species", "type": "text"},
+    "data": {"sources": [{"input": "datasetA", "sha256": "c" * 64, "rows": 76, "format": "csv"},
+                         {"input": "datasetB", "sha256": "d" * 64, "rows": 76, "format": "jsonl"}],
+             "overlap": 0, "merged_rows": 152, "rows": 150, "dropped": 2, "dropped_by": {"SepalLengthCm missing": 2}},
+    "model": {"estimator": "MLPClassifier(hidden_layer_sizes=(16,))", "preprocessing": "StandardScaler",
+              "format": "skops", "trusted_types": ["sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]},
+    "scikit_learn_version": "1.9.1", "model_sha256": "ab" * 32,
 }
-PARAMS = {"epochs": 4, "batch_size": 32, "hidden_layers": [16], "learning_rate": 0.05}
 
 
 def plots(page):
@@ -67,7 +78,7 @@ def line_points(drawing):
 
 @pytest.fixture(scope="module")
 def training_page():
-    return report.training_report(METRICS, PARAMS)
+    return report.training_report(METRICS)
 
 
 def card(label, value):
@@ -77,18 +88,42 @@ def card(label, value):
 def test_training_report_shows_the_metrics(training_page):
     assert card("accuracy", "0.933") in training_page and card("macro F1", "0.933") in training_page
     assert card("final loss", "0.2000") in training_page and card("test rows", "30") in training_page
-    text = " ".join(re.sub(r"<svg.*?</svg>|<[^>]+>", " ", training_page, flags=re.S).split())  # the visible text
+    assert card("hold-out loss", "0.3000") in training_page
+    text = visible(training_page)
     for row in ("setosa 1.000 1.000 1.000 10", "versicolor 1.000 0.800 0.889 10", "virginica 0.833 1.000 0.909 10"):
         assert row in text
-    assert "class train test setosa 40 10 versicolor 40 10 virginica 40 10" in text  # class balance
-    assert "hidden_layers 16" in text and "learning_rate 0.05" in text
-    assert f"Model sha256: {'ab' * 32}" in text
+    assert "hidden layers (16,)" in text and "learning rate 0.05" in text and "early stopping off" in text
+    assert "seed 42" in text and "test fraction 0.2" in text
+    assert f"sha256 {'ab' * 32}" in text
+
+
+def visible(page):
+    """A page's text as a reader sees it, plots left out."""
+    return html.unescape(" ".join(re.sub(r"<svg.*?</svg>|<[^>]+>", " ", page, flags=re.S).split()))
+
+
+def test_training_report_says_what_was_trained_on_what(training_page):
+    text = visible(training_page)
+    assert "estimator MLPClassifier(hidden_layer_sizes=(16,))" in text
+    assert "preprocessing StandardScaler: each feature to mean 0 and standard deviation 1" in text
+    assert "features 2, in this order: SepalLengthCm, PetalWidthCm" in text
+    assert "scikit-learn 1.9.1" in text and "skops" in text
+    assert f"datasetA 76 csv {'c' * 64}" in text and f"datasetB 76 jsonl {'d' * 64}" in text
+    assert "Merged: 152 rows (0 in both sources). Dropped: 2 row(s): SepalLengthCm missing 2." in text
+    assert "Used: 120 to train on, 30 to test on." in text
+    assert "SepalLengthCm float 4.3 7.9 5.84 0.83 2" in text and "PetalWidthCm float 0.1 2.5 1.2 0.76 0" in text
+
+
+def test_the_class_balance_is_a_plot_not_also_a_table(training_page):
+    text = visible(training_page)
+    assert "Class balance" not in text.replace("Class balance of the data, per split", "")
+    assert "class train test" not in text
 
 
 def test_training_report_draws_three_named_svg_plots_and_nothing_else(training_page):
     drawings = plots(training_page)
     assert [d.get("aria-label").split(":")[0] for d in drawings] == [
-        "Confusion matrix", "Training loss per epoch", "Rows per class in each split"]
+        "Confusion matrix", "Loss per epoch", "Rows per class in each split"]
     assert all(d.get("role") == "img" and d.find("title").text == d.get("aria-label") for d in drawings)
     assert "<img" not in training_page and not [ref for ref in references(training_page) if ref.startswith("data:")]
     assert_self_contained(training_page)
@@ -119,18 +154,32 @@ def test_loss_line_has_a_point_per_epoch_scaled_inside_the_plot(training_page):
     drawing, losses = plots(training_page)[1], METRICS["loss_per_epoch"]
     left, top, right, bottom = plot_area(drawing)
     points = line_points(drawing)
-    assert len(points) == len(losses) and len(drawing.findall("circle")) == len(losses)
+    assert len(points) == len(losses) and len(drawing.findall("circle")) == 2 * len(losses)
     assert points[0][0] == left and points[-1][0] == right and [x for x, _ in points] == sorted({x for x, _ in points})
     assert all(top <= y <= bottom for _, y in points)
     heights = [bottom - y for _, y in points]  # height above the 0 line in proportion to the loss
     assert [h / heights[0] for h in heights] == pytest.approx([v / losses[0] for v in losses], abs=0.01)
     labels = [shown(label) for label in texts(drawing)]
-    assert {"1", "2", "3", "4", "epoch", "training loss (mean over batches)"} <= set(labels)
+    assert {"1", "2", "3", "4", "epoch", "loss (mean cross-entropy)", "training", "hold-out"} <= set(labels)
+
+
+def test_the_hold_out_loss_is_drawn_beside_the_training_loss(training_page):
+    drawing = plots(training_page)[1]
+    lines = drawing.findall("polyline")
+    assert len(lines) == 2 and lines[0].get("stroke") != lines[1].get("stroke")
+    _, top, _, bottom = plot_area(drawing)
+    train_line = [tuple(map(float, p.split(","))) for p in lines[0].get("points").split()]
+    holdout = [tuple(map(float, p.split(","))) for p in lines[1].get("points").split()]
+    assert [x for x, _ in holdout] == [x for x, _ in train_line]  # the same epochs
+    ratio = [(bottom - y) / (bottom - train_line[0][1]) for _, y in holdout]
+    assert ratio == pytest.approx([v / METRICS["loss_per_epoch"][0] for v in METRICS["holdout_loss_per_epoch"]], abs=0.01)
+    tips = [c.find("title").text for c in drawing.findall("circle")]
+    assert "hold-out, epoch 4: 0.3000" in tips and "training, epoch 1: 0.9000" in tips
 
 
 def test_loss_over_ten_thousand_epochs_keeps_every_point_but_few_ticks_and_no_markers():
     losses = [1 / (1 + i / 100) for i in range(10_000)]
-    drawing = ElementTree.fromstring(report.loss_plot(losses))
+    drawing = ElementTree.fromstring(report.loss_plot({"training": losses}))
     left, top, right, bottom = plot_area(drawing)
     points = line_points(drawing)
     assert len(points) == 10_000 and points[-1][0] == right and all(top <= y <= bottom for _, y in points)
@@ -144,7 +193,7 @@ def test_loss_over_ten_thousand_epochs_keeps_every_point_but_few_ticks_and_no_ma
 
 
 def test_a_diverged_epoch_leaves_a_gap_not_a_broken_report():
-    drawing = ElementTree.fromstring(report.loss_plot([0.9, float("nan"), 0.3, float("inf")]))
+    drawing = ElementTree.fromstring(report.loss_plot({"training": [0.9, float("nan"), 0.3, float("inf")]}))
     assert len(line_points(drawing)) == 2 and len(drawing.findall("circle")) == 2
 
 
@@ -205,14 +254,14 @@ def test_many_classes_show_every_kth_name_at_least_a_line_apart():
 
 
 def test_training_report_is_deterministic(training_page):
-    assert report.training_report(METRICS, PARAMS) == training_page  # same run, same bytes (cache-friendly)
+    assert report.training_report(METRICS) == training_page  # same run, same bytes (cache-friendly)
 
 
 def test_values_from_the_data_are_escaped():
     metrics = {**METRICS, "classes": ["<b>x</b>", "y"], "confusion_matrix": [[1, 0], [0, 1]],
                "per_class": {c: METRICS["per_class"]["setosa"] for c in ("<b>x</b>", "y")},
                "class_counts": {'<i a="b">s</i>': {"<b>x</b>": 1, "y": 2}}}
-    page = report.training_report(metrics, PARAMS)
+    page = report.training_report(metrics)
     assert "<b>" not in page and "<i " not in page and "&lt;b&gt;x&lt;/b&gt;" in page
     assert len(plots(page)) == 3  # still well-formed: every plot parses
 
@@ -226,7 +275,7 @@ def test_train_stage_writes_the_report_output(train_root, monkeypatch):
     assert metrics["headline"] == train.headline(metrics)
     assert contract.sha256_file(outputs / "model") in page
     assert f"{metrics['accuracy']:.3f}" in page and len(plots(page)) == 3
-    assert len(line_points(plots(page)[1])) == metrics["epochs"]
+    assert len(line_points(plots(page)[1])) == metrics["epochs"] == len(metrics["holdout_loss_per_epoch"])
     names = sorted(classes(schemas.active()))
     assert metrics["class_counts"] == {"train": dict.fromkeys(names, 16), "test": dict.fromkeys(names, 4)}
     assert_self_contained(page)
@@ -300,7 +349,7 @@ RECORD = {
                    "error": "exit status 1: input data_path: <bad> value", "exit_code": 1},
         "merge": {"status": "skipped", "seconds": 0.0, "outputs": {}},
         "train": {"status": "succeeded", "seconds": 3.0, "cached": True, "log": "/x/logs/train.log",
-                  "outputs": {"model": "a" * 64, "report": "b" * 64}},
+                  "outputs": {"model": "a" * 64, "report": "b" * 64}, "formats": {"model": "skops", "report": "html"}},
     },
 }
 ORDER = ["load_a", "load_b", "merge", "train"]
@@ -332,10 +381,20 @@ def test_run_report_draws_the_dag_with_each_stage_and_edge(run_page):
 def test_run_report_table_links_logs_and_outputs_relatively(run_page):
     refs = references(run_page)
     assert {"logs/load_a.log", "logs/load_b.log", "load_a/outputs/datasetA", "train/outputs/model",
-            "train/outputs/report", "outputs/report.html", "run.json"} <= set(refs)
+            "outputs/report.html", "run.json"} <= set(refs)
     assert not any(ref.startswith("/") for ref in refs)
     assert "152 " in run_page.replace("<", " ") and "1,000 → 1,000" in run_page  # peak MB, rows in → out
     assert_self_contained(run_page)
+
+
+def test_a_stage_outputs_link_opens_a_page_or_says_what_it_downloads(run_page):
+    """A stage's outputs have bare names (no extension), which a browser cannot show: one the flow publishes
+    links to its copy outputs/<name>.<format>, any other downloads under a name with its format, and says so."""
+    train_row = run_page[run_page.index('id="stage-train"'):].split("</tr>")[0]
+    assert '<a href="outputs/report.html">report</a>' in train_row and "train/outputs/report" not in train_row
+    assert '<a href="train/outputs/model" download="model.skops">model</a> (skops model, downloads)' in train_row
+    load_row = run_page[run_page.index('id="stage-load_a"'):].split("</tr>")[0]
+    assert 'download="datasetA">datasetA</a> (file, downloads)' in load_row  # no format recorded (an older run.json)
 
 
 def test_run_report_shows_errors_escaped_and_dashes_for_missing_fields(run_page):
@@ -354,7 +413,7 @@ def test_run_report_escapes_every_value_from_run_json():
     evil = '<script>pwned()</script><img src=x onerror="pwned()">'
     record = {**RECORD, "flow": evil, "backend": evil, "status": evil, "started_at": evil, "params": {evil: evil},
               "stages": {"load_a": {"status": evil, "error": evil, "log": evil, "cached": evil,
-                                    "outputs": {evil: evil, "javascript:pwned()": evil}}},
+                                    "outputs": {evil: "e" * 64, "javascript:pwned()": "e" * 64}}},
               "outputs": {evil: {"path": f"/x/outputs/{evil}", "sha256": evil}}}
     page = run_report.run_report(record, ORDER, EDGES, {evil: {evil: evil}})
     assert "<script" not in page and "<img" not in page and page.count("&lt;script&gt;") >= 11
@@ -408,10 +467,10 @@ def test_headline_text_lines_up_labels_and_values():
 
 
 def test_train_headline_holds_what_the_cli_printed_before():
-    metrics = {**METRICS, "loss_per_epoch": [0.9, 0.05374]}
+    metrics = {**METRICS, "loss_per_epoch": [0.9, 0.05374], "holdout_loss_per_epoch": [0.8, 0.07129]}
     assert train.headline(metrics) == {
-        "hold-out accuracy": 0.933, "macro F1": 0.933, "train rows": 120, "test rows": 30, "epochs": 4,
-        "final loss": 0.0537, "F1 setosa": 1.0, "F1 versicolor": 0.889, "F1 virginica": 0.909}
+        "hold-out accuracy": 0.933, "macro F1": 0.933, "train rows": 120, "test rows": 30, "epochs": 2,
+        "final loss": 0.0537, "hold-out loss": 0.0713, "F1 setosa": 1.0, "F1 versicolor": 0.889, "F1 virginica": 0.909}
 
 
 class Terminal(io.StringIO):
@@ -447,3 +506,49 @@ def test_durations_read_well(seconds, text):
 
 def test_progress_line_without_values():
     assert progress_line("batch", 1, 4, 2.0, {}) == "batch 1/4: 2.0 s, ETA 6.0 s"
+
+
+def test_a_report_on_1500_classes_stays_small_and_says_what_it_leaves_out():
+    classes = [f"class-{i:04d}" for i in range(1500)]
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": (i % 100) / 100, "support": 1 + i % 3}
+                 for i, c in enumerate(classes)}
+    metrics = {**METRICS, "classes": classes, "per_class": per_class,
+               "confusion_nonzero": [[i, (i * 7) % 1500, 1] for i in range(1500)],
+               "class_counts": {"train": {c: 4 + i % 5 for i, c in enumerate(classes)},
+                                "test": {c: 1 + i % 3 for i, c in enumerate(classes)}}}
+    del metrics["confusion_matrix"]
+    page = report.training_report(metrics)
+    assert len(page.encode()) < 300_000  # it was 324 MB
+    confusion, _, balance = plots(page)
+    shown_classes = largest = report.largest_classes(metrics, 30)
+    assert len(largest) == 30 and sum(1 for r in confusion.iter("rect")) == 30 * 30
+    assert len([r for r in balance.iter("rect") if r.find("title") is not None]) == 2 * 30
+    sizes = {c: metrics["class_counts"]["train"][c] + metrics["class_counts"]["test"][c] for c in classes}
+    assert min(sizes[c] for c in shown_classes) >= max(sizes[c] for c in classes if c not in shown_classes)
+    text = visible(page)
+    assert text.count("the 30 largest of 1,500 classes (metrics.json holds every class)") == 2
+    assert "The 25 classes with the lowest F1 of 1,500; F1 over all of them: lowest 0.000, median 0.500, highest " \
+           "0.990. metrics.json holds every class." in text
+    rows = re.findall(r"<tr><td>class-\d{4}</td>", page)
+    assert len(rows) == 25  # the per-class table: only those
+    assert "1,500 classes" in text
+
+
+def test_the_confusion_matrix_of_chosen_classes_comes_from_either_form():
+    dense = {"classes": ["a", "b", "c"], "confusion_matrix": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
+    sparse = {"classes": ["a", "b", "c"], "confusion_nonzero": [[t, p, 3 * t + p + 1] for t in range(3) for p in range(3)]}
+    assert report.confusion_of(dense, ["a", "c"]) == report.confusion_of(sparse, ["a", "c"]) == [[1, 3], [7, 9]]
+
+
+def test_early_stopping_says_when_it_stopped_and_which_epoch_the_model_is():
+    metrics = {**METRICS, "early_stopping": 3, "tolerance": 1e-4, "validation_fraction": 0.1, "best_epoch": 2,
+               "stopped_early": True, "epochs": 20, "n_validation": 12,
+               "validation_loss_per_epoch": [0.7, 0.4, 0.41, 0.42]}
+    page = report.training_report(metrics)
+    text = visible(page)
+    assert ("early stopping after 3 epochs without a fall of the validation loss by 0.0001 (validation: 10% of the "
+            "training rows); stopped after epoch 4, the model is epoch 2's") in text
+    assert card("epochs", "4 of 20") in page
+    assert "(12 of the training rows held out for early stopping)" in text
+    drawing = plots(page)[1]
+    assert len(drawing.findall("polyline")) == 3 and "validation" in {shown(label) for label in texts(drawing)}

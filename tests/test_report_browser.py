@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,33 +41,39 @@ def hostile(i):
 def crafted_metrics():
     classes = [hostile(0), hostile(1), hostile(5)]
     score = {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    feature = {"type": hostile(2), "min": 0.0, "max": 1.0, "mean": 0.5, "std": 0.1, "missing": 0}
     return {"accuracy": 0.5, "macro_f1": 0.5, "classes": classes, "confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
-            "per_class": {c: score for c in classes}, "loss_per_epoch": [0.9, 0.4], "n_train": hostile(3),
-            "n_test": hostile(4), "epochs": 2, "class_counts": {hostile(0): {c: 1 for c in classes}},
-            "model_sha256": hostile(1)}
+            "per_class": {c: score for c in classes}, "loss_per_epoch": [0.9, 0.4], "n_train": 3, "n_test": 3,
+            "holdout_loss_per_epoch": [0.8, 0.5], "epochs": 2, "class_counts": {hostile(0): {c: 1 for c in classes}},
+            "hidden_layers": hostile(3), "learning_rate": hostile(4), "feature_names": [hostile(1), hostile(2)],
+            "features": {hostile(1): feature, hostile(2): feature}, "label": {"column": hostile(3), "type": hostile(4)},
+            "data": {"sources": [{"input": hostile(0), "sha256": hostile(1), "rows": 1, "format": hostile(2)}],
+                     "overlap": 0, "merged_rows": 3, "rows": 3, "dropped": 1, "dropped_by": {hostile(3): 1}},
+            "model": {"estimator": hostile(0), "preprocessing": hostile(1), "format": hostile(2),
+                      "trusted_types": [hostile(3)]}, "scikit_learn_version": hostile(4), "model_sha256": hostile(1)}
 
 
 def crafted_run_dir(path):
     """A run directory as `stageflow report` finds it, every free-text field of it hostile."""
     metrics = crafted_metrics()
-    params = {"epochs": 2, hostile(2): [hostile(3), 1], "batch_size": hostile(4)}
     outputs = path / "train" / "outputs"
     outputs.mkdir(parents=True)
     (outputs / "metrics").write_text(json.dumps(metrics))
-    (outputs / "report").write_text(report.training_report(metrics, params))  # as the train stage writes it
+    (outputs / "report").write_text(report.training_report(metrics))  # as the train stage writes it
     published = path / "outputs"  # as the runner publishes the flow's outputs
     published.mkdir()
     (published / "report.html").write_text((outputs / "report").read_text())
     (published / "metrics.json").write_text(json.dumps({**metrics, "headline": {hostile(i): hostile(i + 1)
                                                                               for i in range(len(HOSTILE))}}))
-    record = {"flow": hostile(0), "backend": hostile(1), "status": hostile(2), "started_at": hostile(3),
+    # Free text where run.json has text; what `stageflow report` checks the shape of (times, statuses) is valid.
+    record = {"flow": hostile(0), "backend": hostile(1), "status": hostile(2), "started_at": "2026-01-02T03:04:05+00:00",
               "outputs": {"report": {"path": str(published / "report.html"), "sha256": hostile(1)},
                           "metrics": {"path": str(published / "metrics.json"), "sha256": hostile(2)},
                           hostile(2): {"path": hostile(3), "sha256": hostile(4)}},
               "params": {hostile(i): hostile(i + 1) for i in range(len(HOSTILE))},
-              "stages": {"load_a": {"status": hostile(2), "error": hostile(0), "log": hostile(1),
+              "stages": {"load_a": {"status": "failed", "error": hostile(0), "log": hostile(1), "upstream": [],
                                     "outputs": {hostile(i): hostile(i + 1) for i in range(len(HOSTILE))}},
-                         "train": {"status": "succeeded", "seconds": 1.0, "cached": hostile(4), "outputs": {
+                         "train": {"status": "succeeded", "seconds": 1.0, "cached": hostile(4), "upstream": [], "outputs": {
                              "metrics": hostile(0), "report": hostile(1), hostile(2): hostile(3)}}}}
     (path / "run.json").write_text(json.dumps(record))
     return path
@@ -135,7 +142,11 @@ class Chromium:
         return self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)["result"]["value"]
 
     def screenshot(self, path):
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", session=True, format="png")["data"]))
+        """The whole page as drawn, not only the window's height of it."""
+        size = self.call("Page.getLayoutMetrics", session=True)["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        data = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True, clip=clip)
+        path.write_bytes(base64.b64decode(data["data"]))
 
     def close(self):
         os.close(self._commands)  # the browser exits when its pipe closes
@@ -204,3 +215,65 @@ CLASHES = """[...document.querySelectorAll('svg.plot')].flatMap(svg => {
     ).map(([u]) => 'overlap: ' + t.textContent + ' / ' + u.textContent));
     return outside.concat(overlaps);
 })"""
+
+
+SHOTS_ENV = "STAGEFLOW_SCREENSHOTS"  # a folder to keep the screenshots in, to look at them (default: pytest's tmp)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """The bundled flow run as a user runs it, with early stopping on so that the loss plot has all three."""
+    run_dir = tmp_path_factory.mktemp("real-run")
+    proc = subprocess.run([sys.executable, "-m", "stageflow", "run", "--run-dir", str(run_dir), "--no-cache",
+                           "--epochs", "40", "--early-stopping", "3", "--learning-rate", "0.2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def shots(tmp_path):
+    folder = os.environ.get(SHOTS_ENV)
+    return Path(folder) if folder else tmp_path
+
+
+def test_the_training_report_says_what_was_trained_on_what(browser, real_run, tmp_path):
+    metrics = json.loads((real_run / "outputs" / "metrics.json").read_text())
+    browser.open((real_run / "outputs" / "report.html").as_uri())
+    browser.screenshot(shots(tmp_path) / "training-report.png")
+    headings = browser.evaluate("[...document.querySelectorAll('h2')].map(h => h.textContent)")
+    assert headings == ["Hold-out metrics per class", "Plots", "Model", "Data", "Training settings"]
+    text = browser.evaluate("document.body.innerText")
+    for shown in ("MLPClassifier(hidden_layer_sizes=(16,))", "StandardScaler", *metrics["feature_names"],
+                  *(source["sha256"] for source in metrics["data"]["sources"]), "early stopping",
+                  f"scikit-learn\t{metrics['scikit_learn_version']}"):
+        assert shown in text, shown
+    assert "class\ttrain\ttest" not in text  # the class balance is a plot only
+    losses = browser.evaluate("[...document.querySelectorAll('svg.plot')][1].querySelectorAll('polyline').length")
+    assert losses == 3  # training, hold-out, validation
+    widths = browser.evaluate(PLOT_WIDTHS)
+    assert len(widths) == 3 and min(widths) > 250 and max(widths) - min(widths) < 1
+    assert browser.evaluate(CLASHES) == []
+
+
+LINKS = """[...document.querySelectorAll('a[href]')].filter(a => !a.getAttribute('href').startsWith('#'))
+    .map(a => [a.href, a.hasAttribute('download'), (a.closest('td') || a.parentElement).textContent])"""
+
+
+def test_every_link_of_the_run_report_opens_a_page_or_says_what_it_downloads(browser, real_run, tmp_path):
+    """A stage output's file has no extension, so a browser cannot tell what it is: the run report links a flow
+    output's published copy, which opens by its extension, and marks every other link as a download of what
+    it is (a Parquet table, a skops model)."""
+    browser.open((real_run / "report.html").as_uri())
+    browser.screenshot(shots(tmp_path) / "run-report.png")
+    links = browser.evaluate(LINKS)
+    assert len(links) >= 12
+    downloads = [(href, cell) for href, download, cell in links if download]
+    assert {href.rsplit("/", 3)[-3] for href, _ in downloads} >= {"load_a", "load_b", "merge", "process"}
+    assert all("downloads" in cell for _, cell in downloads)
+    for href, download, cell in links:
+        if download:
+            continue
+        browser.open(href)
+        kind = browser.evaluate("document.contentType")
+        assert kind.startswith("text/") or kind == "application/json", (href, kind)  # shown, not downloaded
+        assert browser.evaluate("document.body.innerText.length") > 0, href

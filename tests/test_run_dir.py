@@ -135,3 +135,92 @@ def test_the_runs_own_names_taken_by_something_else_are_refused(made_run, name, 
     finally:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
         moved.rename(target)
+
+
+# ------------------------------------------------------------------ runs/latest and runs/last-succeeded
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """runs/ somewhere of the test's own: the checkout's is left alone."""
+    from stageflow import rundir
+
+    monkeypatch.setattr(rundir, "runs_dir", lambda: tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def run_here(capsys, *args):
+    """`stageflow run ARGS` in this process (so `runs` applies): its exit status and the summary's
+    `last succeeded:` line."""
+    from stageflow import cli
+
+    status = cli.main(["run", *args])
+    out = capsys.readouterr().out
+    said = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("last succeeded:")]
+    return status, said
+
+
+def links(runs):
+    return {name: os.readlink(runs / name) for name in ("latest", "last-succeeded") if (runs / name).is_symlink()}
+
+
+@pytest.mark.slow
+def test_latest_is_the_newest_run_and_last_succeeded_the_newest_that_succeeded(runs, tmp_path, capsys):
+    """After a failed run runs/latest holds no model: the summary says where the newest good one is."""
+    status, said = run_here(capsys, "--run-dir", str(runs / "good"))
+    assert status == 0 and links(runs) == {"latest": "good", "last-succeeded": "good"}  # --run-dir in runs/: too
+    assert said == [f"{runs}/last-succeeded -> good (this run)"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("not,the,columns\n1,2,3\n")
+    status, said = run_here(capsys, "--data-path-a", str(bad))
+    newest = links(runs)["latest"]
+    assert status == 1 and newest != "good" and (runs / newest / "run.json").is_file()
+    assert links(runs)["last-succeeded"] == "good" and said == [f"{runs}/last-succeeded -> good"]
+    assert (runs / "last-succeeded" / "outputs").is_dir()
+    status, said = run_here(capsys, "--run-dir", str(tmp_path / "elsewhere"), "--data-path-a", str(bad))
+    assert status == 1 and links(runs)["latest"] == newest and said == [f"{runs}/last-succeeded -> good"]
+
+
+@pytest.mark.parametrize("make, what", [(lambda p: p.mkdir(), "a directory"),
+                                        (lambda p: p.write_text("mine"), "a file"),
+                                        (lambda p: p.symlink_to("/etc"), "a link to /etc")])
+def test_a_last_succeeded_that_is_not_the_runners_link_is_refused_before_the_run_and_kept(runs, make, what):
+    from stageflow.rundir import RunError, new_run_dir
+
+    runs.mkdir()
+    make(runs / "last-succeeded")
+    before = snapshot(runs)
+    with pytest.raises(RunError, match=f"^{runs}/last-succeeded: {what} where the runner keeps a link to the newest "
+                                       f"run that succeeded; move it away or give --run-dir outside {runs}$"):
+        new_run_dir(runs=runs)
+    assert snapshot(runs) == before and not (runs / "latest").exists()
+
+
+def test_a_name_taken_while_a_run_ran_is_left_and_said(runs):
+    """Checked before the run, and again when it succeeds: what took the name since is not replaced."""
+    from stageflow import rundir
+
+    (runs / "one").mkdir(parents=True)
+    rundir.point(rundir.SUCCEEDED, runs / "one")
+    rundir.point(rundir.SUCCEEDED, runs / "one")  # the runner's own link: replaced
+    assert os.readlink(runs / "last-succeeded") == "one" and rundir.pointed(rundir.SUCCEEDED) == runs / "one"
+    (runs / "last-succeeded").unlink()
+    (runs / "last-succeeded").mkdir()
+    (runs / "last-succeeded" / "notes").write_text("mine")
+    with pytest.raises(rundir.RunError, match="last-succeeded: not updated: a directory stands there"):
+        rundir.point(rundir.SUCCEEDED, runs / "one")
+    assert (runs / "last-succeeded" / "notes").read_text() == "mine" and rundir.pointed(rundir.SUCCEEDED) is None
+    assert sorted(os.listdir(runs)) == ["last-succeeded", "one"]  # no temporary link left
+    rundir.point(rundir.LATEST, runs / "one")
+    rundir.point(rundir.LATEST, runs / "latest")  # `--run-dir runs/latest`: the run it points at, not itself
+    assert os.readlink(runs / "latest") == "one"
+
+
+def test_a_run_directory_named_like_a_link_is_refused(runs, capsys):
+    from stageflow import cli
+
+    for name in ("latest", "last-succeeded"):
+        assert cli.main(["run", "--run-dir", str(runs / name)]) == 2
+        assert capsys.readouterr().err == (f"error: run directory {runs / name}: {name} is the name of the runner's "
+                                           f"link to a run; give another name\n")
+    assert not runs.exists()

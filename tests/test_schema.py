@@ -71,7 +71,7 @@ MISTAKES = {
                               "colour: unknown key; expected one of key, features, label, dropped, samples"),
     "missing label table": (VALID.split("[label]")[0], "label: missing; it is required"),
     "misspelt label key": (VALID.replace("classes =", "clases ="),
-                           "label.clases: unknown key; expected one of column, match, strip_prefixes, classes"),
+                           "label.clases: unknown key; expected one of column, type, match, strip_prefixes, classes"),
     "missing key column": (VALID.replace('column = "k"', 'type = "int"'), "key.column: missing; it is required"),
     "unknown key type": (VALID.replace('column = "k"', 'column = "k"\ntype = "uuid"'),
                          "key.type: must be one of 'int', 'text', found 'uuid'"),
@@ -99,7 +99,29 @@ MISTAKES = {
     "samples of another flow input": (VALID + '[samples]\ndata_path_c = "c.csv"\n',
                                       "samples.data_path_c: unknown key; expected one of data_path_a, data_path_b"),
     "not TOML": (VALID.replace("[features]", "[features"),
-                 "not valid TOML (Expected ']' at the end of a table declaration (at line 4, column 10))"),
+                 "not valid TOML at line 4 ('[features'): Expected ']' at the end of a table declaration; a table "
+                 "header is a name in brackets on a line of its own: [features]"),
+    # What usually makes a schema not TOML, each said with its fix (a name with a space was `not valid TOML
+    # (Expected '=' after a key in a key/value pair (at line 6, column 5))`, which says nothing of quotes):
+    "a name with spaces unquoted": (VALID.replace('x = "float"', 'Age (years) = "float"'),
+                                    "not valid TOML at line 5 ('Age (years) = \"float\"'): Expected '=' after a key in "
+                                    "a key/value pair; a column name with spaces or other characters than letters, "
+                                    "digits, _ and - must be quoted: \"Age (years)\" = \"float\""),
+    "a name with other letters unquoted": (VALID.replace('x = "float"', 'Größe = "float"'),
+                                           "not valid TOML at line 5 ('Größe = \"float\"'): Expected '=' after a key "
+                                           "in a key/value pair; a column name with spaces or other characters than "
+                                           "letters, digits, _ and - must be quoted: \"Größe\" = \"float\""),
+    "a dotted name unquoted": (VALID.replace('x = "float"', 'sepal.length = "float"'),
+                               "features.sepal: a column name holding a dot must be quoted: \"sepal.length\" = ..."),
+    "a type unquoted": (VALID.replace('x = "float"', "x = float"),
+                        "not valid TOML at line 5 ('x = float'): Invalid value; a type or a word as a value must be "
+                        "quoted: x = \"float\""),
+    "a column named twice": (VALID.replace('n = "int"', 'x = "int"'),
+                             "not valid TOML at line 6 ('x = \"int\"'): Cannot overwrite a value; a name is given "
+                             "twice: a column has one line, a table ([name]) one header"),
+    "an unclosed quote": (VALID.replace('x = "float"', 'x = "float'),
+                          "not valid TOML at line 5 ('x = \"float'): Illegal character '\\n'; a quoted value must end "
+                          "with a quote on its own line"),
 }
 
 
@@ -208,6 +230,34 @@ def test_an_integer_label_outside_the_declared_classes_is_refused(wf_root, tmp_p
     pq.write_table(wine_table([1, 4, 4]), wf_root / "inputs" / "merged_data")
     assert run_main(process, wf_root) == (1, "input merged_data: column cultivar has unknown label '4' in 2 row(s); "
                                              "expected one of 1, 2, 3\n")
+
+
+@pytest.mark.parametrize("label, kind", [
+    ('classes = [0, 1]', "int"), ('classes = ["0", "1"]', "text"), ('classes = ["0", "1"]\ntype = "int"', "int"),
+    ("", "text"), ('type = "int"', "int"), ('classes = [0, 1]\ntype = "text"', "text")])
+def test_integer_classes_declare_integer_labels_unless_the_type_says_otherwise(tmp_path, label, kind):
+    schema = schemas.load(write_schema(tmp_path, VALID.replace('classes = ["Barolo", "Grignolino", "Barbera"]', label)))
+    assert schema.label_type == kind
+
+
+def test_integer_labels_are_one_label_however_they_are_padded(tmp_path):
+    schema = schemas.load(write_schema(tmp_path, VALID.replace('classes = ["Barolo", "Grignolino", "Barbera"]',
+                                                               'classes = [0, 1]')))
+    assert [schema.canonical(v) for v in ("1", " 01", "+1", "0", "00")] == ["1", "1", "1", "0", "0"]
+    assert schema.classes == ("0", "1")
+    with pytest.raises(schemas.SchemaError, match=r'label.classes: label.type is "int", but \'a\' is not an integer'):
+        schemas.load(write_schema(tmp_path, VALID.replace('match = "ignore-case"', 'type = "int"')
+                                  .replace('["Barolo", "Grignolino", "Barbera"]', '[1, "a"]')))
+
+
+def test_a_label_that_is_not_an_integer_is_refused_where_labels_are_integers(wf_root, tmp_path, monkeypatch):
+    path = write_schema(tmp_path, WINE_SCHEMA.read_text().replace("classes = [1, 2, 3]", 'type = "int"'))
+    use(monkeypatch, path)
+    table = wine_table([1, 2, 2]).set_column(wine_table([1]).schema.get_field_index("cultivar"), "cultivar",
+                                             pa.array(["1", "two", "2"]))
+    pq.write_table(table, wf_root / "inputs" / "merged_data")
+    assert run_main(process, wf_root) == (1, "input merged_data: column cultivar has unknown label 'two' in 1 "
+                                             "row(s); expected an integer (label.type is \"int\")\n")
 
 
 def test_fractional_labels_are_refused_not_guessed(wf_root, tmp_path, monkeypatch):

@@ -15,10 +15,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.neural_network import MLPClassifier
 
 from stageflow import jobs, registry
-from stageflow.runtime import dataset, schema as schemas, sources
+from stageflow.runtime import contract, dataset, inputs, schema as schemas, sources
 from stageflow.runtime.contract import StageError
 
-from conftest import IRIS_FEATURES, ROOT, iris_like, load_source, load_stage, run_main, write_snapshot
+from conftest import (IRIS_FEATURES, ROOT, TRAIN_DEFAULTS, iris_like, load_source, load_stage, run_main,
+                      write_snapshot)
 
 pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
@@ -324,7 +325,9 @@ def test_process_drops_noise_normalises_labels_and_counts_dropped(wf_root, capsy
     assert out.read().column("Id").to_pylist() == [1, 2, 4]
     assert out.read().column("Species").to_pylist() == ["setosa", "versicolor", "setosa"]
     assert out.meta == {"sources": [], "rows": 3, "dropped": 2,
-                        "dropped_by": {"PetalWidthCm NaN": 1, "Species missing": 1}}
+                        "dropped_by": {"PetalWidthCm NaN": 1, "Species missing": 1},
+                        "missing_by_feature": {"SepalLengthCm": 0, "SepalWidthCm": 0, "PetalLengthCm": 0,
+                                               "PetalWidthCm": 1}}
     assert ("dropped 2 of 5 rows that cannot be trained on: Species missing in 1, PetalWidthCm NaN in 1"
             in capsys.readouterr().err)
 
@@ -365,11 +368,23 @@ def test_a_missing_label_is_a_dropped_row_whatever_the_format(wf_root, tmp_path,
 # ------------------------------------------------------------------ train
 
 
+def settings(**given):
+    """The train task's settings: flow.py's defaults, but for those given."""
+    values = {**TRAIN_DEFAULTS, "epochs": "10", "batch_size": "32", **{k: str(v) for k, v in given.items()}}
+    return train.Settings(**{name: inputs.parsed(name, values[name]) for name in inputs.SETTINGS})
+
+
+def split(x, codes, names, fraction=0.2, seed=42):
+    return train.split(x, codes, names, fraction, seed)
+
+
 def test_fit_honours_epochs_and_learns():
     x, codes, names = iris_like()
-    x_train, x_test, c_train, c_test = train.split(x, codes, names)
-    model, losses = train.fit(x_train, c_train, names, epochs=7, batch_size=8)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    model, history = train.fit(x_train, c_train, names, settings(epochs=7, batch_size=8), (x_test.copy(), c_test))
+    losses = history.loss
     assert len(losses) == 7 and losses[-1] < losses[0]
+    assert len(history.holdout) == 7 and history.holdout[-1] < history.holdout[0]
     assert list(model.classes_) == ["setosa", "versicolor", "virginica"]  # the model predicts names
     assert train.evaluate(model, x_test, c_test, names)["accuracy"] >= 0.9
 
@@ -377,17 +392,17 @@ def test_fit_honours_epochs_and_learns():
 def test_each_batch_is_one_gradient_step_of_batch_size_rows():
     """sklearn's default would cut a partial_fit call into 200-row steps: 240 rows would be 2 steps."""
     x, codes, names = iris_like(n_per_class=100)
-    x_train, _, c_train, _ = train.split(x, codes, names)
+    x_train, _, c_train, _ = split(x, codes, names)
     assert len(c_train) == 240
-    model, losses = train.fit(x_train, c_train, names, epochs=3, batch_size=240)
+    model, losses = train.fit(x_train, c_train, names, settings(epochs=3, batch_size=240))
     assert model.named_steps["classify"]._optimizer.t == 3  # Adam's step counter: one step per epoch
-    model, _ = train.fit(x_train, c_train, names, epochs=2, batch_size=100)
+    model, _ = train.fit(x_train, c_train, names, settings(epochs=2, batch_size=100))
     assert model.named_steps["classify"]._optimizer.t == 2 * 3  # batches of 100, 100 and 40
 
 
 def test_fit_is_reproducible_to_the_model_bytes():
     x, codes, names = iris_like(n_per_class=50)
-    models = [train.fit(x.copy(), codes, names, epochs=3, batch_size=16)[0] for _ in range(2)]
+    models = [train.fit(x.copy(), codes, names, settings(epochs=3, batch_size=16))[0] for _ in range(2)]
     assert pickle.dumps(models[0], protocol=5) == pickle.dumps(models[1], protocol=5)
 
 
@@ -402,7 +417,7 @@ def test_each_epoch_passes_over_every_row_in_a_new_order(monkeypatch):
     monkeypatch.setattr(MLPClassifier, "partial_fit", recording)
     monkeypatch.setattr(train, "STEP_ROWS", 40)  # calls of 40 rows (whole batches of 8), the last one shorter
     x, codes, names = iris_like(n_per_class=50)
-    train.fit(x, codes, names, epochs=3, batch_size=8)
+    train.fit(x, codes, names, settings(epochs=3, batch_size=8))
     assert [len(rows) for rows in seen] == [40, 40, 40, 30] * 3
     epochs = [np.concatenate(seen[i:i + 4]) for i in range(0, 12, 4)]
     assert all(sorted(rows) == sorted(x[:, 0]) for rows in epochs)  # every row once (x was scaled in place)
@@ -416,7 +431,7 @@ def test_a_model_trained_on_codes_and_named_is_the_model_trained_on_names(n_clas
     x, codes, names = iris_like(n_per_class=30)
     keep = codes < n_classes
     x, codes, names = x[keep], codes[keep].astype(np.uint8), names[:n_classes]
-    on_codes, on_names = train.estimator(8), train.estimator(8)
+    on_codes, on_names = train.estimator(settings(batch_size=8)), train.estimator(settings(batch_size=8))
     for _ in range(2):
         on_codes.partial_fit(x, codes, classes=np.arange(n_classes, dtype=np.uint8))
         on_names.partial_fit(x, names[codes], classes=names)
@@ -428,8 +443,8 @@ def test_a_model_trained_on_codes_and_named_is_the_model_trained_on_names(n_clas
 
 def test_evaluate_agrees_with_sklearn_on_names():
     x, codes, names = iris_like(seed=3)
-    x_train, x_test, c_train, c_test = train.split(x, codes, names)
-    model, _ = train.fit(x_train, c_train, names, epochs=1, batch_size=4)  # one short epoch: some mistakes
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    model, _ = train.fit(x_train, c_train, names, settings(epochs=1, batch_size=4))  # one short epoch: some mistakes
     got = train.evaluate(model, x_test, c_test, names)
     y_true, y_pred = names[c_test], model.predict(x_test)
     classes = list(names)
@@ -464,7 +479,7 @@ def test_a_missing_label_is_refused(tmp_path):
 
 def test_split_is_stratified_and_seeded():
     x, codes, names = iris_like()
-    first, second = train.split(x, codes, names), train.split(x, codes, names)
+    first, second = split(x, codes, names), split(x, codes, names)
     assert np.array_equal(first[1], second[1])
     assert np.bincount(first[3]).tolist() == [4, 4, 4]  # 20% of 20 per class
     # every row lands in exactly one half
@@ -474,30 +489,112 @@ def test_split_is_stratified_and_seeded():
 def test_split_keeps_a_row_of_each_class_on_both_sides():
     x, codes, names = iris_like()
     codes, x = np.concatenate([codes[:2], codes[20:]]), np.concatenate([x[:2], x[20:]])  # setosa: 2 rows
-    x_train, x_test, c_train, c_test = train.split(x, codes, names)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
     assert np.bincount(c_test).tolist() == [1, 4, 4] and np.bincount(c_train).tolist() == [1, 16, 16]
 
 
 def test_single_class_is_refused():
     x, codes, names = iris_like()
     with pytest.raises(StageError, match=r"only one class \(setosa\) is left"):
-        train.split(x[:20], codes[:20], names[:1])
+        split(x[:20], codes[:20], names[:1])
 
 
 def test_too_few_rows_for_a_split_are_refused():
     x, codes, names = iris_like(n_per_class=2)
     codes[0] = 2  # setosa left with one row
     with pytest.raises(StageError, match=r"6 rows are too few for a stratified hold-out split \(setosa has 1 row\(s\)"):
-        train.split(x, codes, names)
+        split(x, codes, names)
 
 
-@pytest.mark.parametrize("epochs, batch_size, message", [
-    (0, 32, "input epochs: must be at least 1, found 0"),
-    (-3, 32, "input epochs: must be at least 1, found -3"),
-    (10, 0, "input batch_size: must be at least 1, found 0"),
-    (10**9, 32, "input epochs: 1000000000 is more than the limit of 10000"),
-    (10, 10**12, "input batch_size: 1000000000000 is more than the limit of 10000000"),
+@pytest.mark.parametrize("name, value, message", [
+    ("epochs", "0", "input epochs: must be at least 1, found 0"),
+    ("epochs", "-3", "input epochs: must be at least 1, found -3"),
+    ("batch_size", "0", "input batch_size: must be at least 1, found 0"),
+    ("epochs", str(10**9), "input epochs: 1000000000 is more than the limit of 10000"),
+    ("batch_size", str(10**12), "input batch_size: 1000000000000 is more than the limit of 10000000"),
+    ("learning_rate", "0", "input learning_rate: must be a number above 0 and at most 10, found 0.0"),
+    ("learning_rate", "nan", "input learning_rate: must be a number above 0 and at most 10, found nan"),
+    ("hidden_layers", "16,0", "input hidden_layers: a layer holds 1 to 4096 units, found 0"),
+    ("hidden_layers", "sixteen", "input hidden_layers: expected units per layer separated by commas, such as 16 or "
+                                 "32,16; found 'sixteen'"),
+    ("hidden_layers", ",".join(["4"] * 11), "input hidden_layers: 11 layers are more than the limit of 10"),
+    ("seed", "-1", "input seed: must be at least 0, found -1"),
+    ("seed", str(2**32), "input seed: 4294967296 is more than the limit of 4294967295"),
+    ("test_fraction", "1", "input test_fraction: must be a fraction above 0 and below 1 (0.2 holds out a fifth), "
+                           "found 1.0"),
+    ("test_fraction", "0", "input test_fraction: must be a fraction above 0 and below 1 (0.2 holds out a fifth), "
+                           "found 0.0"),
+    ("early_stopping", "-1", "input early_stopping: must be at least 0, found -1"),
 ])
-def test_bad_training_parameters_are_refused(epochs, batch_size, message):
-    with pytest.raises(StageError, match=message):
-        train.check_params(epochs, batch_size)
+def test_bad_training_settings_are_refused_by_the_stage(train_root, name, value, message):
+    (train_root / "inputs" / name).write_text(value)
+    assert run_main(train, train_root) == (1, message + "\n")
+    assert sorted(p.name for p in (train_root / "outputs").iterdir()) == [contract.ERROR_FILE]
+
+
+@pytest.mark.parametrize("text, layers", [("16", (16,)), ("32,16", (32, 16)), ("(16,)", (16,)),
+                                           (" (32, 16) ", (32, 16)), ("8, 8, 4", (8, 8, 4))])
+def test_hidden_layers_are_read_as_written_and_shown_as_python_writes_them(text, layers):
+    assert inputs.check("hidden_layers", text) == layers
+    assert inputs.layers_text(layers) == repr(layers)
+
+
+def test_early_stopping_is_off_by_default_and_stops_on_the_validation_loss_when_on():
+    x, codes, names = iris_like(n_per_class=40)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    _, off = train.fit(x_train.copy(), c_train, names, settings(epochs=40, batch_size=8), (x_test.copy(), c_test))
+    assert len(off.loss) == len(off.holdout) == 40 and off.validation == [] and not off.stopped_early
+    model, on = train.fit(x_train.copy(), c_train, names, settings(epochs=200, batch_size=8, learning_rate=0.5,
+                                                                  early_stopping=3), (x_test.copy(), c_test))
+    assert on.stopped_early and len(on.loss) == len(on.validation) == len(on.holdout) < 200
+    best = min(range(len(on.validation)), key=on.validation.__getitem__) + 1
+    assert on.best_epoch == best  # the model keeps the weights of the epoch with the lowest validation loss
+    best_so_far, without = math.inf, []  # epochs in a row not beating the best so far by the tolerance
+    for loss in on.validation:
+        without.append(without[-1] + 1 if without and loss > best_so_far - train.TOLERANCE else
+                       (1 if loss > best_so_far - train.TOLERANCE else 0))
+        best_so_far = min(best_so_far, loss)
+    assert without[-1] == 3 and max(without[:-1]) < 3  # it stopped at the first third epoch without a fall
+    assert on.n_validation == round(0.1 * 32) * 3  # a tenth of each class's training rows, not the hold-out rows
+    assert len(model.named_steps["classify"].coefs_) == 2
+
+
+def test_early_stopping_keeps_the_best_epochs_weights():
+    x, codes, names = iris_like(n_per_class=40)
+    x_train, x_test, c_train, c_test = split(x, codes, names)
+    chosen = settings(epochs=200, batch_size=8, learning_rate=0.5, early_stopping=3)
+    model, history = train.fit(x_train.copy(), c_train, names, chosen, (x_test.copy(), c_test))
+    again, _ = train.fit(x_train.copy(), c_train, names, settings(epochs=history.best_epoch, batch_size=8,
+                                                                  learning_rate=0.5, early_stopping=1000))
+    for kept, trained in zip(model.named_steps["classify"].coefs_, again.named_steps["classify"].coefs_):
+        assert np.array_equal(kept, trained)  # the weights of epoch best_epoch, not of the last one
+
+
+def test_integer_labels_are_trained_and_predicted_as_integers_without_sklearns_private_binarizer(monkeypatch):
+    """Integer labels go to sklearn as they are (as fast as codes); only text labels are named afterwards."""
+    x, codes, _ = iris_like()
+    names = np.array([0, 1, 7])
+    named = []
+    monkeypatch.setattr(train, "name_classes", lambda model, names: named.append(names))
+    model, _ = train.fit(x, codes, names, settings(epochs=2, batch_size=8))
+    assert named == [] and model.classes_.tolist() == [0, 1, 7]
+    assert {type(v) for v in model.predict(x).tolist()} == {int}
+
+
+def test_many_classes_keep_the_confusion_matrix_to_its_nonzero_cells():
+    rng = np.random.default_rng(0)
+    names = np.asarray([f"c{i:03d}" for i in range(60)], dtype=object)
+    codes = np.repeat(np.arange(60), 3)
+    x = rng.normal(codes[:, None] * 0.1, 1.0, (len(codes), 2))
+
+    class Guess:  # predicts the true class for the first half of the rows, class c000 for the rest
+        def predict(self, rows):
+            return np.where(np.arange(len(rows)) < len(rows) // 2, names[codes[:len(rows)]], names[0])
+
+    found = train.evaluate(Guess(), x, codes, names)
+    assert "confusion_matrix" not in found
+    cells = {(t, p): n for t, p, n in found["confusion_nonzero"]}
+    assert sum(cells.values()) == len(codes) and len(cells) <= len(codes)
+    assert cells[(0, 0)] == 3 and cells[(59, 0)] == 3 and (59, 59) not in cells
+    small = train.evaluate(Guess(), x[:150], codes[:150], names[:50])
+    assert len(small["confusion_matrix"]) == 50 and "confusion_nonzero" not in small

@@ -95,6 +95,19 @@ def test_a_workspace_submits_what_was_made_from_outside(ready, domino, capsys):
     assert f"/api/datasetrw/v1/datasets/{domino.iris['id']}/snapshots" in read
 
 
+def test_the_training_settings_are_passed_on_once_the_train_stages_rules_accept_them(ready, domino, capsys):
+    code, _, err = run(capsys, *DATA, *IRIS, "--learning-rate", "0.01", "--hidden-layers", "32,16", "--seed", "7",
+                       "--early-stopping", "5")
+    assert code == 0, err
+    assert (ready / "pyflyte.args").read_text().split("\n")[:-1][-8:] == [
+        "--learning_rate", "0.01", "--hidden_layers", "32,16", "--seed", "7", "--early_stopping", "5"]
+    code, _, err = run(capsys, *DATA, *IRIS, "--epochs", "0", "--test-fraction", "1.5")
+    assert code == 2
+    assert problems(err)[:2] == ["--epochs: must be at least 1, found 0",
+                                 "--test-fraction: must be a fraction above 0 and below 1 (0.2 holds out a fifth), "
+                                 "found 1.5"]
+
+
 def test_a_dataset_without_version_takes_its_latest_active_snapshot_by_dominos_number(ready, domino, capsys):
     domino.numbered = True
     domino.iris["snapshots"][1]["status"] = "markForDeletion"  # numbers as Domino gives them, with a gap at 3

@@ -38,10 +38,11 @@ UV = Path(sys.executable).with_name("uv")
 class Wheelhouse:
     name: str
     pythons: tuple[str, ...]  # the minor versions that install it
+    source: Path | None = None  # its lock, when not tests/locks/<name>.txt
 
     @property
     def lock(self) -> Path:
-        return LOCKS / f"{self.name}.txt"
+        return self.source or LOCKS / f"{self.name}.txt"
 
     @property
     def folder(self) -> Path:
@@ -50,7 +51,10 @@ class Wheelhouse:
 
 WORKSPACE = Wheelhouse("workspace", ("3.10", "3.11", "3.12", "3.13"))
 PYTHON_DOMINO = Wheelhouse("python-domino", (f"{sys.version_info.major}.{sys.version_info.minor}",))
-ALL = (WORKSPACE, PYTHON_DOMINO)
+# The host lock, for `pip install .` into a fresh venv (tests/test_packaging.py): stageflow's dependencies are
+# resolved from here alone, at the versions the project is tested with.
+HOST = Wheelhouse("host", (f"{sys.version_info.major}.{sys.version_info.minor}",), ROOT / "requirements-dev.txt")
+ALL = (WORKSPACE, PYTHON_DOMINO, HOST)
 
 
 def environment(full_version: str) -> dict[str, str]:
@@ -64,8 +68,8 @@ def environment(full_version: str) -> dict[str, str]:
 def pins(lock: Path, *full_versions: str) -> list[Requirement]:
     """The lock's pins whose markers hold for any of `full_versions`, markers dropped."""
     found = []
-    for line in lock.read_text().splitlines():
-        line = line.split("#")[0].strip()
+    for line in re.sub(r"\\\n", " ", lock.read_text()).splitlines():  # a hashed lock's continued lines joined
+        line = re.sub(r"--hash=\S+", "", line.split("#")[0]).strip()
         if not line:
             continue
         req = Requirement(line)

@@ -312,7 +312,11 @@ class JobTask(ContainerTask):
         setup = jobs.Setup().with_flow(Path.cwd() / "flow.py")
         CALLS[self.name] = CALLS.get(self.name, 0) + 1  # a task called twice runs twice, in folders of its own
         folder = dag.folders()[self.name] + (f"-{CALLS[self.name]}" if CALLS[self.name] > 1 else "")
-        run = Run(dag, run_dir / folder, backend, {}, setup=setup)
+        try:
+            run = Run(dag, run_dir / folder, backend, {}, setup=setup)  # checks the task's inputs first
+        except StageError as err:  # one line, as `stageflow run` says it, and not flytekit's traceback of it
+            print(f"error: {contract.one_line(err)}", file=sys.stderr, flush=True)
+            raise SystemExit(err.exit_status) from None
         if not run.execute():
             print(contract.printable("\n\n".join(run.failures()) or f"task {self.name} was interrupted"),
                   file=sys.stderr, flush=True)

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from stageflow.domino import api as domino_api, environments
 from stageflow.domino.api import Api, DominoError, items, squeeze, unwrap
 from stageflow.registry import ROOT, STAGES
+from stageflow.runtime import inputs
 from stageflow.runtime.schema import SchemaError
 
 WORKSPACE_VARS = ("DOMINO_PROJECT_ID", "DOMINO_PROJECT_OWNER", "DOMINO_PROJECT_NAME", "DOMINO_RUN_ID")  # every run
@@ -304,20 +305,35 @@ def pyflyte_problems(pyflyte: str) -> list[str]:
             f"{supported}: use a workspace Python it supports (DOMINO_PYTHON=python3.12)"]
 
 
-def command(data_path_a: str, data_path_b: str, epochs: str | None, batch_size: str | None) -> list[str]:
+def command(data_path_a: str, data_path_b: str, settings: dict[str, str | None]) -> list[str]:
     args = [pyflyte_path(), "run", "--remote", "flow.py", "model_training",
             "--data_path_a", data_path_a, "--data_path_b", data_path_b]
-    for flag, value in (("--epochs", epochs), ("--batch_size", batch_size)):
+    for name, value in settings.items():
         if value is not None:
-            args += [flag, str(value)]
+            args += [f"--{name}", str(value)]
     return args
 
 
-def submit(data_path_a: str, data_path_b: str, epochs: str | None = None, batch_size: str | None = None,
+def setting_problems(settings: dict[str, str | None]) -> list[str]:
+    """Each training setting given that the train stage would refuse, by the stage's own rule: said before
+    the run, not by train after every stage upstream of it ran."""
+    found = []
+    for name, value in settings.items():
+        try:
+            if value is not None:
+                inputs.parsed(name, value)
+        except inputs.InputError as err:
+            found.append(f"--{name.replace('_', '-')}: {err}")
+    return found
+
+
+def submit(data_path_a: str, data_path_b: str, settings: dict[str, str | None] | None = None,
            dataset: str | None = None) -> int:
+    settings = settings or {}
     for line in git_warnings(ROOT):
         print(f"warning: {line}", file=sys.stderr)
     found, snapshot = check([data_path_a, data_path_b], dataset)
+    found = setting_problems(settings) + found
     if found:
         print("error: not submitting to Domino; to do first:\n" + "\n".join(f"  - {line}" for line in found),
               file=sys.stderr)
@@ -329,6 +345,6 @@ def submit(data_path_a: str, data_path_b: str, epochs: str | None = None, batch_
         resolved = "" if snapshot.get("checked") else ", which Domino resolves when the run is submitted"
         print(f"dataset {snapshot['name']} (id {snapshot.get('id')}): snapshot version {snapshot['version']}{resolved}; "
               f"mounted in the jobs that read the sources", flush=True)
-    args = command(data_path_a, data_path_b, epochs, batch_size)
+    args = command(data_path_a, data_path_b, settings)
     print("submitting: " + shlex.join([f"{k}={v}" for k, v in pins.items()] + args), flush=True)
     return subprocess.run(args, cwd=ROOT, env={**os.environ, **pins}).returncode

@@ -112,7 +112,8 @@ class Cluster:
         module = sys.modules.get(work.__module__)
         if module is not None and module.__name__ != "__main__" and not module.__name__.startswith("stageflow."):
             cloudpickle.register_pickle_by_value(module)
-        frame = dd.from_map(_partition, units, args=(cloudpickle.dumps(work), str(self.shared), args),
+        frame = dd.from_map(_partition, units,
+                            args=(cloudpickle.dumps(work), str(self.shared), schemas.active(), args),
                             meta=pd.DataFrame({"report": pd.Series([], dtype=object)}), enforce_metadata=False)
         try:
             reports = frame.compute(scheduler=self.client)
@@ -131,26 +132,22 @@ def cluster_failure(err: BaseException) -> str:
     return f"cluster: the work could not finish ({name}: {' '.join(str(err).split())[:200]})"
 
 
-def _partition(unit, work: bytes, shared: str, args: tuple):
-    """One partition, on a worker: the stage's work under the job's schema, its report as a one-row frame."""
+def _partition(unit, work: bytes, shared: str, schema: schemas.Schema, args: tuple):
+    """One partition, on a worker: the stage's work under the job's schema (the one its input `schema` gave the
+    job, which travels with the work), its report as a one-row frame."""
     import cloudpickle
     import pandas as pd
 
-    schema_file = Path(shared) / "schema.toml"
-    if not schema_file.is_file():  # the job wrote it; a worker on other storage would not see it
+    if not (Path(shared) / "parts").is_dir():  # the job made it; a worker on other storage would not see it
         raise ClusterFailed(f"cluster: a worker does not see the shared storage {shared}; the job and its workers "
                             f"must share it ({SHARED_ENV})")
-    previous = os.environ.get(schemas.ENV)
-    os.environ[schemas.ENV] = str(schema_file)
+    # Set for the worker process and left set: its threads may run other partitions at the same moment, all
+    # of one run, whose stages share one schema. (Two runs with different schemas on one cluster would not.)
+    schemas.use(schema)
     try:
         report = cloudpickle.loads(work)(unit, *args)
     except StageError:  # the rows are refused: the job names the problem on the one-machine path
         report = {"refused": True}
-    finally:
-        if previous is None:
-            os.environ.pop(schemas.ENV, None)
-        else:
-            os.environ[schemas.ENV] = previous
     return pd.DataFrame({"report": [json.dumps(report)]})
 
 
@@ -175,7 +172,6 @@ def attached() -> Iterator[Cluster | None]:
         raise StageError(f"cluster: cannot use the shared storage {root} ({err.strerror})") from None
     client = None
     try:
-        shutil.copyfile(schemas.active().path, shared / "schema.toml")
         (shared / "parts").mkdir()
         try:
             client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)

@@ -253,7 +253,7 @@ def listed(names: list[str], limit: int = 10) -> str:
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
 
-def _words(name: str) -> list[str]:
+def name_words(name: str) -> list[str]:
     """A column name as lower-case words, whatever its case, separators and units: `SepalLengthCm`,
     `sepal_length` and `sepal length (cm)` are all sepal, length (and cm)."""
     words = [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", name)]
@@ -265,9 +265,9 @@ def did_you_mean(missing: list[str], present: list[str]) -> str:
     spaces, separators or units; empty when none does."""
     by_words: dict[tuple[str, ...], str] = {}
     for have in present:
-        by_words.setdefault(tuple(_words(have)), have)
-    pairs = [f"{spelt(by_words[tuple(_words(wanted))])} for {wanted}" for wanted in missing
-             if tuple(_words(wanted)) in by_words]
+        by_words.setdefault(tuple(name_words(have)), have)
+    pairs = [f"{spelt(by_words[tuple(name_words(wanted))])} for {wanted}" for wanted in missing
+             if tuple(name_words(wanted)) in by_words]
     return f"; did you mean {', '.join(pairs[:10])}?" if pairs else ""
 
 
@@ -295,6 +295,18 @@ def _column(values: pa.ChunkedArray, kind: str, col: str, name: str, first_row: 
     if feature:
         _in_range(values, col, name, first_row)
     return values
+
+
+def column_as(values: pa.ChunkedArray, kind: str, feature: bool = False) -> pa.ChunkedArray | None:
+    """`values` as conform holds a column of schema type `kind` ("label" for the label column), or None where
+    conform would refuse one of them: what draft-schema infers types from, so that a type it writes is one the
+    load takes for every value."""
+    try:
+        if kind == "label":
+            return _label_column(values, "", "", 0)
+        return _column(values, kind, "", "", 0, feature)
+    except StageError:
+        return None
 
 
 def conform(table: pa.Table, name: str, first_row: int = 0) -> pa.Table:

@@ -108,6 +108,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterabl
                              for i, cell in enumerate(row))
 
     body = Html("").join(Html("<tr>{}</tr>").format(cells("td", row)) for row in rows)
+    if not header:  # facts, one per row: a heading over them would say nothing
+        return Html("<table><tbody>{}</tbody></table>").format(body)
     return Html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>").format(cells("th", header), body)
 
 
@@ -302,30 +304,40 @@ def confusion_plot(classes: Sequence[str], matrix: Sequence[Sequence[int]]) -> H
     return svg(W, H, f"Confusion matrix: {len(classes)} classes, true by row, predicted by column", parts, "plot")
 
 
-def loss_plot(losses: Sequence[float]) -> Html:
-    """The loss per epoch as a line, a dot per epoch up to 50 of them with its value as a tooltip. A diverged
-    epoch's loss (inf, nan) is left out of the line."""
-    n, drawn = len(losses), [v for v in losses if math.isfinite(v)]
+def loss_plot(series: Mapping[str, Sequence[float]]) -> Html:
+    """Each loss per epoch as a line (training, hold-out, validation), a dot per epoch up to 50 of them with
+    its value as a tooltip, a legend when there is more than one. A diverged epoch's loss (inf, nan) is left
+    out of its line."""
+    series = {name: list(values) for name, values in series.items()}
+    n = max((len(values) for values in series.values()), default=0)
+    drawn = [v for values in series.values() for v in values if math.isfinite(v)]
     ticks = value_ticks(max(drawn, default=1))
     names = [f"{t:g}" for t in ticks]
     widest = text_width(str(n))  # the last epoch's label, the widest, centred under the plot's right edge
-    top, left, right, bottom = 10, left_margin(names), W - max(12, widest / 2 + 4), H - TITLE - 2 * TICK - 6
+    top = 10 if len(series) == 1 else 30
+    left, right, bottom = left_margin(names), W - max(12, widest / 2 + 4), H - TITLE - 2 * TICK - 6
     x, y = scale(1, n, left, right), scale(0, ticks[-1], bottom, top)
     step = int(nice_step(n - 1, (right - left) / (widest + 16), whole=True))
-    parts = [y_axis(ticks, names, y, left, right, "training loss (mean over batches)"), frame(left, top, right, bottom)]
+    title = "loss (mean cross-entropy)" if len(series) > 1 else f"{next(iter(series), 'training')} loss"
+    parts = [y_axis(ticks, names, y, left, right, title), frame(left, top, right, bottom)]
+    if len(series) > 1:
+        parts.append(legend(list(series), left, right))
     for epoch in range(1, n + 1) if step == 1 else range(step, n + 1, step):
         parts.append(Html('<line x1="{0:.1f}" y1="{1:.1f}" x2="{0:.1f}" y2="{2:.1f}" stroke="{3}"/>').format(
             x(epoch), bottom, bottom + 4, AXIS))
         parts.append(text(x(epoch), bottom + 6 + TICK, epoch, fill=MUTED))
-    points = [(x(i), y(v), i, v) for i, v in enumerate(losses, 1) if math.isfinite(v)]
-    parts.append(Html('<polyline points="{}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"/>'
-                      ).format(" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in points), SERIES[0]))
-    if n <= 50:
-        parts += [Html('<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"><title>epoch {}: {:.4f}</title></circle>'
-                       ).format(px, py, SERIES[0], i, v) for px, py, i, v in points]
+    for k, (name, values) in enumerate(series.items()):
+        colour = SERIES[k % len(SERIES)]
+        points = [(x(i), y(v), i, v) for i, v in enumerate(values, 1) if math.isfinite(v)]
+        parts.append(Html('<polyline points="{}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"'
+                          '{}/>').format(" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in points), colour,
+                                         Html(' stroke-dasharray="6 3"') if k else ""))
+        if n <= 50:
+            parts += [Html('<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"><title>{}, epoch {}: {:.4f}</title>'
+                           "</circle>").format(px, py, colour, name, i, v) for px, py, i, v in points]
     parts.append(x_title(left, right, "epoch"))
-    summary = f", from {losses[0]:.4f} to {losses[-1]:.4f}" if losses else ""
-    return svg(W, H, f"Training loss per epoch: {n} epochs{summary}", parts, "plot")
+    summary = "; ".join(f"{name} from {values[0]:.4f} to {values[-1]:.4f}" for name, values in series.items() if values)
+    return svg(W, H, f"Loss per epoch: {n} epochs" + (f", {summary}" if summary else ""), parts, "plot")
 
 
 def legend(names: Sequence[str], left: float, right: float) -> Html:
@@ -365,31 +377,148 @@ def balance_plot(counts: Mapping[str, Mapping[str, int]]) -> Html:
 
 # ---------------------------------------------------------------- the training report
 
-def training_report(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> str:
-    """The page a data scientist opens after training: is the model good, and what was it trained on?"""
+MAX_PLOT_CLASSES = 30  # classes a plot draws; beyond, the ones with the most rows, and its caption says so
+MAX_TABLE_CLASSES = 50  # classes the per-class table lists; beyond, those with the lowest F1 and a summary
+LOWEST_SHOWN = 25  # of those, how many
+
+
+def largest_classes(metrics: Mapping[str, Any], most: int) -> list[str]:
+    """The `most` classes with the most rows (train and test), in class order: what a bounded plot shows."""
     classes = metrics["classes"]
-    per_class = metrics["per_class"]
-    losses = metrics["loss_per_epoch"]
+    if len(classes) <= most:
+        return list(classes)
     counts = metrics.get("class_counts", {})
+    size = {c: sum(split.get(c, 0) for split in counts.values()) for c in classes}
+    chosen = set(sorted(classes, key=lambda c: (-size[c], c))[:most])
+    return [c for c in classes if c in chosen]
+
+
+def confusion_of(metrics: Mapping[str, Any], chosen: Sequence[str]) -> list[list[int]]:
+    """The confusion matrix between the `chosen` classes, from the whole matrix or from its nonzero cells."""
+    index = {c: i for i, c in enumerate(metrics["classes"])}
+    if metrics.get("confusion_matrix") is not None:
+        matrix = metrics["confusion_matrix"]
+        return [[matrix[index[t]][index[p]] for p in chosen] for t in chosen]
+    where = {index[c]: k for k, c in enumerate(chosen)}
+    found = [[0] * len(chosen) for _ in chosen]
+    for true, predicted, count in metrics.get("confusion_nonzero", []):
+        if true in where and predicted in where:
+            found[where[true]][where[predicted]] = count
+    return found
+
+
+def plot_caption(text: str, shown: int, total: int) -> str:
+    if shown == total:
+        return text
+    return f"{text}: the {shown} largest of {total:,} classes (metrics.json holds every class)"
+
+
+def per_class_table(metrics: Mapping[str, Any]) -> Html:
+    """Precision, recall, F1 and support per class: every class up to MAX_TABLE_CLASSES, else the LOWEST_SHOWN
+    with the lowest F1, and a line on the spread of F1 over all of them."""
+    per_class, classes = metrics["per_class"], metrics["classes"]
+    shown = classes if len(classes) <= MAX_TABLE_CLASSES else \
+        sorted(classes, key=lambda c: (per_class[c]["f1"], c))[:LOWEST_SHOWN]
+    rows = [(c, f"{per_class[c]['precision']:.3f}", f"{per_class[c]['recall']:.3f}", f"{per_class[c]['f1']:.3f}",
+             f"{per_class[c]['support']:,}") for c in shown]
+    found = table(["class", "precision", "recall", "F1", "support"], rows, numeric=range(1, 5))
+    if len(shown) == len(classes):
+        return found
+    f1 = sorted(scores["f1"] for scores in per_class.values())
+    note = Html("<p>The {} classes with the lowest F1 of {:,}; F1 over all of them: lowest {:.3f}, median {:.3f}, "
+                "highest {:.3f}. metrics.json holds every class.</p>").format(
+        len(shown), len(classes), f1[0], f1[len(f1) // 2], f1[-1])
+    return Html("{}{}").format(note, found)
+
+
+def model_section(metrics: Mapping[str, Any]) -> Html:
+    model, label = metrics.get("model", {}), metrics.get("label", {})
+    features = metrics.get("feature_names", [])
+    rows = [("estimator", Html("<code>{}</code>").format(model.get("estimator", DASH))),
+            ("preprocessing", f"{model.get('preprocessing', DASH)}: each feature to mean 0 and standard deviation 1, "
+                              f"from the training rows"),
+            ("features", f"{len(features)}, in this order: {', '.join(features)}"),
+            ("label", f"{label.get('column', DASH)} ({label.get('type', 'text')}; predicted as "
+                      f"{'integers' if label.get('type') == 'int' else 'text'})"),
+            ("file", f"{model.get('format', DASH)} (loads without running code; trusted types beyond skops's own: "
+                     f"{', '.join(model.get('trusted_types', [])) or 'none'})"),
+            ("scikit-learn", metrics.get("scikit_learn_version", DASH)),
+            ("sha256", Html("<code>{}</code>").format(metrics.get("model_sha256", DASH)))]
+    return section("Model", table([], rows))
+
+
+def data_section(metrics: Mapping[str, Any]) -> Html:
+    """What the model was trained on: the sources (rows, sha256), the rows merged, dropped and why, the split,
+    and each feature's range and missing values."""
+    data = metrics.get("data", {})
+    sources = table(["source", "rows", "format", "sha256"],
+                    [(s.get("input", DASH), f"{s.get('rows', 0):,}", s.get("format", DASH),
+                      Html("<code>{}</code>").format(s.get("sha256", DASH))) for s in data.get("sources", [])],
+                    numeric=(1,))
+    dropped = data.get("dropped_by", {})
+    lines = [Html("<p>Merged: {} rows ({} in both sources). Dropped: {} row(s){}. Used: {:,} to train on, {:,} to "
+                  "test on{}.</p>").format(
+        fmt(data.get("merged_rows"), ","), fmt(data.get("overlap"), ","), fmt(data.get("dropped"), ","),
+        ": " + "; ".join(f"{reason} {count:,}" for reason, count in dropped.items()) if dropped else "",
+        metrics.get("n_train", 0), metrics.get("n_test", 0),
+        f" ({metrics['n_validation']:,} of the training rows held out for early stopping)"
+        if metrics.get("n_validation") else "")]
+    features = metrics.get("features", {})
+    per_feature = table(["feature", "type", "min", "max", "mean", "std", "missing"],
+                        [(name, f["type"], f"{f['min']:.4g}", f"{f['max']:.4g}", f"{f['mean']:.4g}", f"{f['std']:.4g}",
+                          f"{f['missing']:,}") for name, f in features.items()], numeric=range(2, 7))
+    caption = Html("<p>Features over the rows used; missing: rows of the merged data without a value (or NaN), "
+                   "which were dropped.</p>")
+    return section("Data", sources, Html("").join(lines), caption if features else "", per_feature if features else "")
+
+
+def settings_rows(metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    stop = metrics.get("early_stopping", 0)
+    stopping = "off" if not stop else (
+        f"after {stop} epochs without a fall of the validation loss by {metrics.get('tolerance', 0):g} "
+        f"(validation: {metrics.get('validation_fraction', 0):.0%} of the training rows)")
+    if stop and metrics.get("best_epoch"):
+        ran = len(metrics.get("loss_per_epoch", []))
+        stopping += (f"; stopped after epoch {ran}" if metrics.get("stopped_early") else f"; ran all {ran} epochs")
+        stopping += f", the model is epoch {metrics['best_epoch']}'s"
+    layers = metrics.get("hidden_layers")
+    return [("epochs", fmt(metrics.get("epochs"))), ("batch size", fmt(metrics.get("batch_size"))),
+            ("effective batch size", fmt(metrics.get("effective_batch_size"))),
+            ("learning rate", fmt(metrics.get("learning_rate"))),
+            ("hidden layers", repr(tuple(layers)) if isinstance(layers, list) else fmt(layers)),
+            ("seed", fmt(metrics.get("seed"))), ("test fraction", fmt(metrics.get("test_fraction"))),
+            ("early stopping", stopping), ("training seconds", fmt(metrics.get("seconds")))]
+
+
+def training_report(metrics: Mapping[str, Any]) -> str:
+    """The page a data scientist opens after training: is the model good, what is it, and what was it trained
+    on? Its size is bounded whatever the number of classes: the plots draw at most MAX_PLOT_CLASSES and the
+    table lists at most MAX_TABLE_CLASSES, each saying what it leaves out (metrics.json holds all of it)."""
+    classes = metrics["classes"]
+    losses = metrics["loss_per_epoch"]
+    holdout = metrics.get("holdout_loss_per_epoch", [])
+    counts = metrics.get("class_counts", {})
+    ran = f"{len(losses)} of {metrics['epochs']}" if metrics.get("epochs", len(losses)) != len(losses) else len(losses)
     headline = cards([("accuracy", f"{metrics['accuracy']:.3f}"), ("macro F1", f"{metrics['macro_f1']:.3f}"),
-                      ("test rows", metrics.get("n_test", DASH)), ("epochs", len(losses)),
-                      ("final loss", f"{losses[-1]:.4f}" if losses else DASH)])
-    scores = table(["class", "precision", "recall", "F1", "support"],
-                   [(c, f"{per_class[c]['precision']:.3f}", f"{per_class[c]['recall']:.3f}",
-                     f"{per_class[c]['f1']:.3f}", per_class[c]["support"]) for c in classes], numeric=range(1, 5))
-    balance = table(["class", *counts], [(c, *(split.get(c, 0) for split in counts.values())) for c in classes],
-                    numeric=range(1, len(counts) + 1)) if counts else Html("")
-    plots = [figure(confusion_plot(classes, metrics["confusion_matrix"]), "Confusion matrix on the hold-out set"),
-             figure(loss_plot(losses), "Loss per epoch")]
+                      ("test rows", f"{metrics.get('n_test', 0):,}"), ("epochs", ran),
+                      ("final loss", f"{losses[-1]:.4f}" if losses else DASH),
+                      ("hold-out loss", f"{holdout[-1]:.4f}" if holdout else DASH)])
+    series = {"training": losses, **({"hold-out": holdout} if holdout else {}),
+              **({"validation": metrics["validation_loss_per_epoch"]} if metrics.get("validation_loss_per_epoch") else {})}
+    shown = largest_classes(metrics, MAX_PLOT_CLASSES)
+    plots = [figure(confusion_plot(shown, confusion_of(metrics, shown)),
+                    plot_caption("Confusion matrix on the hold-out set", len(shown), len(classes))),
+             figure(loss_plot(series), "Loss per epoch: on the training batches, and on the hold-out rows after each "
+                                       "epoch" + (" and on the validation rows early stopping watches"
+                                                  if "validation" in series else ""))]
     if counts:
-        plots.append(figure(balance_plot(counts), "Class balance of the data, per split"))
-    parameters = table(["parameter", "value"], [(k, ", ".join(map(str, v)) if isinstance(v, list) else fmt(v))
-                                                for k, v in params.items()])
-    model = Html("<p>Model sha256: <code>{}</code></p>").format(metrics.get("model_sha256", DASH))
-    return page("Training report", f"{metrics.get('n_train', DASH)} training rows, {metrics.get('n_test', DASH)} "
-                                   f"hold-out rows, {len(classes)} classes",
+        plots.append(figure(balance_plot({split: {c: per_class.get(c, 0) for c in shown}
+                                          for split, per_class in counts.items()}),
+                            plot_caption("Class balance of the data, per split", len(shown), len(classes))))
+    return page("Training report", f"{fmt(metrics.get('n_train'), ',')} training rows, "
+                                   f"{fmt(metrics.get('n_test'), ',')} hold-out rows, {len(classes):,} classes",
                 headline,
-                section("Hold-out metrics per class", scores),
+                section("Hold-out metrics per class", per_class_table(metrics)),
                 section("Plots", Html('<div class="plots">{}</div>').format(Html("").join(plots))),
-                section("Class balance", balance) if counts else "",
-                section("Training parameters", parameters, model))
+                model_section(metrics), data_section(metrics),
+                section("Training settings", table(["setting", "value"], settings_rows(metrics))))

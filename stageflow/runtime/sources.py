@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import datetime as dt
-import errno
 import gzip
 import json
 import logging
@@ -30,13 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stageflow.runtime import cluster, dataset, schema as schemas
-from stageflow.runtime.contract import StageError, StageTree, not_a_regular_file, sha256_file
+from stageflow.runtime import cluster, dataset, inputs, schema as schemas
+from stageflow.runtime.contract import StageError, StageTree, sha256_file
+from stageflow.runtime.inputs import FORMATS, source_format
 
 log = logging.getLogger("stageflow")
 
-FORMATS = {".csv": "csv", ".csv.gz": "csv.gz", ".parquet": "parquet", ".pq": "parquet",
-           ".jsonl": "jsonl", ".ndjson": "jsonl"}
 CSV_BLOCK = 1 << 20  # bytes of CSV per batch: small blocks keep the reader streaming and its memory flat
 
 
@@ -44,15 +42,7 @@ class ConversionError(Exception):
     """The typed CSV read met a value that does not convert: re-read as text to trim it or name its row."""
 
 
-def source_format(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in sorted(FORMATS, key=len, reverse=True):
-        if name.endswith(suffix):
-            return FORMATS[suffix]
-    raise StageError(f"input data_path: {path} has an unsupported extension; expected one of {', '.join(FORMATS)}")
-
-
-def _csv_batches(path: Path, typed: bool, source=None) -> Iterator[pa.RecordBatch]:
+def _csv_batches(path: Path, typed: bool | None, source=None) -> Iterator[pa.RecordBatch]:
     """The CSV at `path` (or `source`, a stream of part of it) a batch at a time."""
     import pyarrow.csv as pcsv
 
@@ -60,16 +50,22 @@ def _csv_batches(path: Path, typed: bool, source=None) -> Iterator[pa.RecordBatc
     # us re-read everything as text so that `dataset.conform` can trim it or name the row that is wrong.
     # Integers are read as text even then, for conform to convert: Arrow's integer parser takes `0x10` for 16.
     # Conform's check that they are decimal digits, and its cast, cost a few percent of a load (measured).
-    types = {name: kind if typed and kind != pa.int64() else pa.string()
-             for name, kind in dataset.arrow_types(schemas.active()).items()}
+    # `typed` None: no schema at all (draft-schema), every column as its text.
+    # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
+    # Only an empty field is missing (not NA, NULL, N/A...: pyarrow's default list), and text is checked
+    # for UTF-8 by `dataset.conform`, which names the row, rather than by the reader, which does not.
+    def reader(types: dict[str, pa.DataType]):
+        return pcsv.open_csv(path if source is None else source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
+                             convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""],
+                                                                 check_utf8=False))
     try:
-        # One thread: the streaming reader's threads cost more in hand-offs than they save (measured).
-        # Only an empty field is missing (not NA, NULL, N/A...: pyarrow's default list), and text is checked
-        # for UTF-8 by `dataset.conform`, which names the row, rather than by the reader, which does not.
-        reader = pcsv.open_csv(path if source is None else source, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK, use_threads=False),
-                               convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""],
-                                                                   check_utf8=False))
-        yield from reader
+        if typed is None:
+            with reader({}) as first:  # the header: a block read, its types guessed and left unused
+                types = dict.fromkeys(dataset.column_names(first.schema, f"input data_path: {path}"), pa.string())
+        else:
+            types = {name: kind if typed and kind != pa.int64() else pa.string()
+                     for name, kind in dataset.arrow_types(schemas.active()).items()}
+        yield from reader(types)
     except pa.ArrowInvalid as err:
         if typed and "conversion error" in str(err):
             raise ConversionError() from None
@@ -96,26 +92,6 @@ def _jsonl_batches(path: Path, typed: bool) -> Iterator[pa.RecordBatch]:
 
 
 READERS = {"csv": _csv_batches, "csv.gz": _csv_batches, "parquet": _parquet_batches, "jsonl": _jsonl_batches}
-
-
-def check_source(path: Path) -> str:
-    """The source's format, after turning every way a path can be unusable into one named error: what it is
-    (missing, a link that goes nowhere, a directory, a device) before what it is called (its extension)."""
-    try:
-        path.stat()
-    except OSError as err:
-        if path.is_symlink():  # dangling, or a loop of links
-            raise StageError(f"input data_path: {path} is a link that cannot be followed ({err.strerror})") from None
-        if err.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise StageError(f"input data_path: {path} does not exist") from None
-        raise StageError(f"input data_path: {path} cannot be opened ({err.strerror})") from None
-    what = not_a_regular_file(path)
-    if what:
-        raise StageError(f"input data_path: {path} is {what}, not a regular file")
-    fmt = source_format(path)
-    if path.stat().st_size == 0:
-        raise StageError(f"input data_path: {path} is empty")
-    return fmt
 
 
 def _size(n: int) -> str:
@@ -275,8 +251,10 @@ def _unreadable(path: Path, fmt: str, err: Exception, rows: int) -> StageError:
     return StageError(f"input data_path: {path} is not a valid {fmt} file ({reason[:200]})")
 
 
-def source_tables(path: Path, fmt: str, typed: bool = True) -> Iterator[pa.Table]:
-    """The source as raw (unchecked) tables, batch by batch; any unreadable part is one named error."""
+def source_tables(path: Path, fmt: str, typed: bool | None = True) -> Iterator[pa.Table]:
+    """The source as raw (unchecked) tables, batch by batch; any unreadable part is one named error. A CSV's
+    columns come as the schema's types (`typed`), as text where the schema names them (False), or all as text
+    without a schema (None)."""
     batches = READERS[fmt](path, typed)
     rows = 0
     while True:
@@ -471,8 +449,9 @@ def _snapshot_on(dask: cluster.Cluster, path: Path, fmt: str, tmp: Path) -> dict
 def load(tree: StageTree, output: str) -> None:
     """Snapshot the source named by input `data_path` as output `output`, with its hash and row count."""
     started = time.perf_counter()
-    path = Path(tree.read("data_path", str))
-    fmt = check_source(path)
+    inputs.use_schema(tree)
+    path = inputs.read(tree, "data_path")
+    fmt = source_format(path)
     if fmt not in SPLITTABLE and cluster.scheduler_address():
         log.info("a %s source is read whole: it is loaded on one machine, not on the cluster", fmt)
     with tree.output_file(output) as tmp:

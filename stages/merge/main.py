@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stageflow.runtime import cluster, contract, dataset, schema as schemas
+from stageflow.runtime import cluster, contract, dataset, inputs, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
@@ -465,13 +465,15 @@ def merge_on(dask: cluster.Cluster, tree: StageTree, a: dataset.Snapshot, b: dat
 
 
 def merge(tree: StageTree) -> None:
+    inputs.use_schema(tree)
     a = dataset.Snapshot(tree.read("datasetA", contract.File), "datasetA")
     b = dataset.Snapshot(tree.read("datasetB", contract.File), "datasetB")
     names = shared_columns(a, b)
     schema = a.empty().select(names).schema
     # Lineage without load times: the merged data depends only on the sources' content, so the same
     # sources give a byte-identical file wherever and whenever the stage runs.
-    sources = [{k: m["source"][k] for k in ("sha256", "rows", "format")} for m in (a.meta, b.meta) if "source" in m]
+    sources = [{"input": name, **{k: m["source"][k] for k in ("sha256", "rows", "format")}}
+               for name, m in (("datasetA", a.meta), ("datasetB", b.meta)) if "source" in m]
     with cluster.attached() as dask:
         if dask and merge_on(dask, tree, a, b, names, schema, sources):
             return

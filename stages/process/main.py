@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stageflow.runtime import cluster, contract, dataset, schema as schemas
+from stageflow.runtime import cluster, contract, dataset, inputs, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree
 
 log = logging.getLogger("stageflow")
@@ -34,15 +34,15 @@ def normalise_labels(labels: pa.ChunkedArray, schema: schemas.Schema) -> pa.Chun
 
 
 def unknown_labels(labels: pa.ChunkedArray, schema: schemas.Schema) -> dict[str, int]:
-    """Each label other than the declared classes, with its number of rows (nulls are not labels); none
-    when the schema declares no classes."""
-    if schema.classes is None:
+    """Each label other than the declared classes, or not an integer where the schema's labels are, with its
+    number of rows (nulls are not labels); none when the schema declares no classes and text labels."""
+    if schema.classes is None and schema.label_type != "int":
         return {}
     counts = pc.value_counts(labels)
     values = pc.cast(counts.field("values"), pa.string()).to_pylist()
     found: dict[str, int] = {}
     for value, count in zip(values, counts.field("counts").to_pylist()):
-        if value is not None and value not in schema.classes:
+        if value is not None and (not schema.is_label(value) or schema.classes and value not in schema.classes):
             found[value] = found.get(value, 0) + count
     return found
 
@@ -50,8 +50,10 @@ def unknown_labels(labels: pa.ChunkedArray, schema: schemas.Schema) -> dict[str,
 def check_labels(unknown: dict[str, int], schema: schemas.Schema) -> None:
     if unknown:
         shown = ", ".join(repr(v) for v in sorted(unknown)[:5])
+        expected = (f"expected one of {', '.join(schema.classes)}" if schema.classes else
+                    'expected an integer (label.type is "int")')
         raise StageError(f"input merged_data: column {schema.label} has unknown label {shown} "
-                         f"in {sum(unknown.values())} row(s); expected one of {', '.join(schema.classes)}")
+                         f"in {sum(unknown.values())} row(s); {expected}")
 
 
 def check_not_empty(kept: int, total: int, dropped: dict[str, int]) -> None:
@@ -71,6 +73,17 @@ def drop_reasons(table: pa.Table, schema: schemas.Schema) -> list[tuple[str, pa.
         if pa.types.is_floating(values.type):
             reasons.append((f"{name} NaN", pc.fill_null(pc.is_nan(values), False)))
     return reasons
+
+
+def missing_values(table: pa.Table, schema: schemas.Schema) -> dict[str, int]:
+    """Rows in which each feature is missing (or NaN), whatever else the row lacks: the training report's
+    data summary (the drop counts say why each row went, under its first reason only)."""
+    found = {}
+    for name in schema.features:
+        values = table.column(name)
+        missing = pc.is_null(values, nan_is_null=pa.types.is_floating(values.type))
+        found[name] = pc.sum(missing).as_py() or 0
+    return found
 
 
 def usable_rows(table: pa.Table, schema: schemas.Schema) -> tuple[pa.ChunkedArray, dict[str, int]]:
@@ -96,14 +109,14 @@ def add_counts(total: dict[str, int], more: dict[str, int]) -> None:
         total[key] = total.get(key, 0) + count
 
 
-def clean_table(table: pa.Table, schema: schemas.Schema) -> tuple[pa.Table, dict[str, int]]:
+def clean_table(table: pa.Table, schema: schemas.Schema) -> tuple[pa.Table, dict[str, int], dict[str, int]]:
     """Drop the dropped columns, normalise labels and keep the usable rows (the checks need every row group);
-    with the rows dropped, by reason."""
+    with the rows dropped, by reason, and the missing values of each feature."""
     table = table.drop_columns([name for name in schema.dropped if name in table.column_names])
     labels = normalise_labels(table.column(schema.label), schema)
     table = table.set_column(table.schema.get_field_index(schema.label), schema.label, labels)
     keep, dropped = usable_rows(table, schema)
-    return table.filter(keep), dropped
+    return table.filter(keep), dropped, missing_values(table, schema)
 
 
 def clean_part(item: tuple[tuple[int, int, int], str], path: str) -> dict:
@@ -111,9 +124,9 @@ def clean_part(item: tuple[tuple[int, int, int], str], path: str) -> dict:
     (group, start, rows), part = item
     table = dataset.Snapshot(Path(path), "merged_data").rows(group, start, rows)
     schema = schemas.active()
-    cleaned, dropped = clean_table(table, schema)
+    cleaned, dropped, absent = clean_table(table, schema)
     cluster.write_part(cleaned, Path(part))
-    return {"rows": cleaned.num_rows, "dropped": dropped,
+    return {"rows": cleaned.num_rows, "dropped": dropped, "missing": absent,
             "unknown": unknown_labels(cleaned.column(schema.label), schema)}
 
 
@@ -127,16 +140,17 @@ def process_on(dask: cluster.Cluster, tree: StageTree, snapshot: dataset.Snapsho
     if any(report.get("refused") for report in reports):
         log.info("a partition's rows were refused: naming the problem on one machine")
         return None
-    unknown, reasons = {}, {}
+    unknown, reasons, missing = {}, {}, dict.fromkeys(schemas.active().features, 0)
     for report in reports:
         add_counts(reasons, report["dropped"])
         add_counts(unknown, report["unknown"])
-    write_output(tree, snapshot, cluster.read_parts([Path(p) for p in parts]), reasons, unknown)
+        add_counts(missing, report["missing"])
+    write_output(tree, snapshot, cluster.read_parts([Path(p) for p in parts]), reasons, unknown, missing)
     return reasons
 
 
 def write_output(tree: StageTree, snapshot: dataset.Snapshot, cleaned, reasons: dict[str, int],
-                 unknown: dict[str, int]) -> None:
+                 unknown: dict[str, int], missing: dict[str, int]) -> None:
     """The cleaned rows as processed_data, once the whole is known to be trainable."""
     with tree.output_file("processed_data") as tmp, dataset.Writer(tmp) as writer:
         for table in cleaned:
@@ -144,30 +158,33 @@ def write_output(tree: StageTree, snapshot: dataset.Snapshot, cleaned, reasons: 
         kept = writer.rows
         check_not_empty(kept, snapshot.num_rows, reasons)
         check_labels(unknown, schemas.active())
-        writer.meta = {**snapshot.meta, "rows": kept, "dropped": snapshot.num_rows - kept, "dropped_by": reasons}
+        writer.meta = {**snapshot.meta, "rows": kept, "dropped": snapshot.num_rows - kept, "dropped_by": reasons,
+                       "missing_by_feature": missing}
 
 
 def process(tree: StageTree) -> None:
     """Clean a row group at a time: memory stays at one row group whatever the data's size. With a cluster,
     the workers clean the row groups and the job writes what they made, in order."""
+    schema = inputs.use_schema(tree)
     snapshot = dataset.Snapshot(tree.read("merged_data", contract.File), "merged_data")
     with cluster.attached() as dask:
         reasons = process_on(dask, tree, snapshot) if dask else None
     if reasons is not None:
         report(snapshot, reasons)
         return
-    schema = schemas.active()
     unknown: dict[str, int] = {}
-    reasons: dict[str, int] = {}
+    reasons = {}
+    missing = dict.fromkeys(schema.features, 0)
 
     def cleaned():
         for table in snapshot.tables():
-            kept, dropped = clean_table(table, schema)
+            kept, dropped, absent = clean_table(table, schema)
             add_counts(reasons, dropped)
+            add_counts(missing, absent)
             add_counts(unknown, unknown_labels(kept.column(schema.label), schema))
             yield kept
 
-    write_output(tree, snapshot, cleaned(), reasons, unknown)
+    write_output(tree, snapshot, cleaned(), reasons, unknown, missing)
     report(snapshot, reasons)
 
 
