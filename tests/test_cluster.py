@@ -289,7 +289,7 @@ def test_stageflow_run_dask_2_gives_the_outputs_of_a_run_on_one_machine(tmp_path
     assert "dask: cluster stages on the scheduler at 127.0.0.1:" in log
     alone = stageflow_run("--run-dir", str(tmp_path / "a"), *common)
     assert alone.communicate(timeout=600)[1] is None and alone.returncode == 0
-    for path in ("merge/outputs/merged_data", "process/outputs/processed_data", "outputs/model.pkl"):
+    for path in ("merge/outputs/merged_data", "process/outputs/processed_data", "outputs/model.skops"):
         assert (tmp_path / "c" / path).read_bytes() == (tmp_path / "a" / path).read_bytes(), path
     metrics = [json.loads((tmp_path / run / "outputs" / "metrics.json").read_text()) for run in ("c", "a")]
     for found in metrics:
