@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from stageflow import cli, dag as dag_module
-from stageflow.runtime import schema as schemas
 from stageflow.runtime.contract import StageError
 
 from conftest import ROOT, fenced
