@@ -158,3 +158,23 @@ def test_early_stopping_streams_too(streamed_root, monkeypatch):
     assert len(streamed["validation_loss_per_epoch"]) == len(streamed["loss_per_epoch"])
     assert streamed["best_epoch"] == 1 + int(np.argmin(streamed["validation_loss_per_epoch"]))
     assert abs(streamed["accuracy"] - held["accuracy"]) <= 0.01
+
+
+@pytest.mark.parametrize("budget", [None, "1m"])
+def test_no_rows_to_train_on_is_one_line_on_either_path(train_root, monkeypatch, budget):
+    if budget:
+        monkeypatch.setenv(train.MEMORY_ENV, budget)
+    write_snapshot(train_root / "inputs" / "processed_data", overlapping(3).slice(0, 0))
+    assert run_main(train, train_root) == (1, "input processed_data: holds no rows, so there is nothing to train "
+                                              "on\n")
+    assert [p.name for p in (train_root / "outputs").iterdir()] == ["_ERROR"]
+
+
+def test_row_groups_holding_none_of_a_parts_rows_stream(train_root, monkeypatch):
+    """Row groups of 3 rows: most hold no hold-out row, some no validation row, a few nothing to train on."""
+    monkeypatch.setattr(dataset, "ROW_GROUP", 3)
+    write_snapshot(train_root / "inputs" / "processed_data", overlapping(60))
+    write_settings(train_root, epochs=2, batch_size=4, early_stopping=1)
+    metrics = run_train(train_root, monkeypatch, "1m")
+    assert metrics["n_test"] == sum(metrics["class_counts"]["test"].values()) == 12
+    assert len(metrics["validation_loss_per_epoch"]) >= 1

@@ -98,7 +98,7 @@ def memory_budget(environ=os.environ) -> int:
 def in_memory_bytes(rows: int, n_features: int) -> int:
     """The in-memory path's estimated peak: BASE_BYTES, and per row its features twice (the matrix read, then
     the split's two halves) with its code, mask and order (measured: 521 MiB at 2M rows, 1,678 MiB at 20M,
-    four features; this says 544 and 1,926)."""
+    four features; this says 553 and 1,926)."""
     return BASE_BYTES + rows * (16 * n_features + 16)
 
 
@@ -259,6 +259,8 @@ class Summary:
 
     def add(self, x: np.ndarray) -> "Summary":
         n = len(x)
+        if not n:
+            return self
         low, high = x.min(axis=0), x.max(axis=0)
         mean = np.array([x[:, i].mean() for i in range(x.shape[1])])
         var = np.array([x[:, i].var() for i in range(x.shape[1])])
@@ -268,8 +270,7 @@ class Summary:
             var = (self.var * self.n + var * n) / total + delta ** 2 * (self.n * n) / total ** 2
             mean = self.mean + delta * (n / total)
             low, high = np.minimum(self.low, low), np.maximum(self.high, high)
-        if n:
-            self.n, self.low, self.high, self.mean, self.var = self.n + n, low, high, mean, var
+        self.n, self.low, self.high, self.mean, self.var = self.n + n, low, high, mean, var
         return self
 
     def features(self, missing: dict[str, int]) -> dict[str, dict]:
@@ -396,7 +397,8 @@ class Streamed:
         for group in range(len(self.sizes)):
             x, _, test, _ = self.group(group)
             self.summary.add(x)
-            self.scaler.partial_fit(x[~test])
+            if not test.all():
+                self.scaler.partial_fit(x[~test])
             if sum(map(len, examples)) < 5:
                 examples.append(x[test][:5])
         self.example = example_rows(np.concatenate(examples)[:5])
@@ -421,7 +423,7 @@ class Streamed:
             for group in order[start:start + self.window]:
                 x, codes, test, validation = self.group(group)
                 kept = ~(test | validation)
-                xs.append(self.scaler.transform(x[kept]))
+                xs.append(self.scaled(x[kept]))
                 labels.append(as_labels(codes[kept], self.names))
             x, labels = np.concatenate(xs), np.concatenate(labels)
             del xs
@@ -433,7 +435,10 @@ class Streamed:
         for group in range(len(self.sizes)):
             x, codes, test, validation = self.group(group)
             mask = test if part == "holdout" else validation
-            yield from chunks(self.scaler.transform(x[mask]), codes[mask])
+            yield from chunks(self.scaled(x[mask]), codes[mask])
+
+    def scaled(self, x: np.ndarray) -> np.ndarray:
+        return self.scaler.transform(x) if len(x) else x  # (a group may hold none of a part's rows)
 
 
 @dataclass
@@ -601,6 +606,8 @@ def train(tree: StageTree) -> None:
     schema = inputs.use_schema(tree)
     snapshot = dataset.Snapshot(tree.read("processed_data", contract.File), "processed_data")
     settings = Settings.read(tree)
+    if not snapshot.num_rows:
+        raise StageError("input processed_data: holds no rows, so there is nothing to train on")
     budget, need = memory_budget(), in_memory_bytes(snapshot.num_rows, len(schema.features))
     rng = np.random.default_rng(settings.seed)  # each epoch's order (and the validation rows)
     if need <= budget * HEADROOM:
