@@ -70,7 +70,8 @@ def test_streaming_scores_within_a_hundredth_of_the_in_memory_model(streamed_roo
     held = run_train(streamed_root, monkeypatch, None)
     assert "streaming" not in capsys.readouterr().err
     streamed = run_train(streamed_root, monkeypatch, "1m")
-    assert "streaming 30000 rows a row group at a time" in capsys.readouterr().err
+    log = capsys.readouterr().err
+    assert "streaming 30000 rows a row group at a time" in log and "ordered by class" not in log
     assert streamed.keys() == held.keys() and streamed["features"].keys() == held["features"].keys()
     assert 0.7 < held["accuracy"] < 0.99  # data on which a model can be better or worse
     assert abs(streamed["accuracy"] - held["accuracy"]) <= 0.01
@@ -178,3 +179,14 @@ def test_row_groups_holding_none_of_a_parts_rows_stream(train_root, monkeypatch)
     metrics = run_train(train_root, monkeypatch, "1m")
     assert metrics["n_test"] == sum(metrics["class_counts"]["test"].values()) == 12
     assert len(metrics["validation_loss_per_epoch"]) >= 1
+
+
+def test_streaming_rows_ordered_by_class_is_warned_of(train_root, monkeypatch, capsys):
+    """Windows of two row groups mix only neighbouring rows: rows sorted by class would train one class at a time."""
+    monkeypatch.setattr(dataset, "ROW_GROUP", 1000)
+    monkeypatch.setattr(train, "WINDOW_ROWS", 2000)
+    table = overlapping(9000)
+    write_snapshot(train_root / "inputs" / "processed_data", table.sort_by("Species"))
+    write_settings(train_root, epochs=1, batch_size=256)
+    run_train(train_root, monkeypatch, "1m")
+    assert "WARNING the rows are ordered by class" in capsys.readouterr().err

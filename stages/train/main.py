@@ -55,6 +55,7 @@ MEMORY_ENV = "STAGEFLOW_TRAIN_MEMORY"  # bytes train may use (k, m, g suffixes):
 BASE_BYTES = 400 << 20  # the in-memory path's peak without rows: Python, NumPy, scikit-learn, a row group read
 HEADROOM = 0.75  # the in-memory path is taken while its estimate is at most this share of the budget
 WINDOW_ROWS = 2_000_000  # streaming: rows of consecutive row groups (in the epoch's order) mixed and held at once
+MIXED = 1.0  # streaming warns when a row group's class shares differ from the whole's by more (in sum; 2 at most)
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
 
 
@@ -350,19 +351,23 @@ class Streamed:
     """The snapshot read a row group at a time on every pass, never held: the path for data that does not fit.
     Memory is bounded by WINDOW_ROWS rows, whatever the row count.
 
-    A first pass reads the labels only, counting each class's rows per row group. The split then holds out as
-    many rows of each class as the in-memory path (`quota`), drawn uniformly over the whole snapshot (`spread`
-    gives each group its count, a generator seeded by the seed and the group picks which of its rows), so
-    every later pass finds the same rows held out without storing a mask. Early stopping's validation rows
-    are drawn from the training rows the same way. A second pass fits the scaler (`partial_fit`: the same
-    mean and variance as `fit`, to rounding) and the feature summary on the training rows.
+    A first pass checks every row group (as the in-memory path does) and counts each class's rows per group.
+    The split then holds out as many rows of each class as the in-memory path (`quota`), drawn uniformly over
+    the whole snapshot (`spread` gives each group its count; a generator seeded by the seed and the group picks
+    which of its rows), so every later pass finds the same rows held out without storing a mask. Early
+    stopping's validation rows are drawn from the training rows the same way. A second pass fits the scaler
+    on the training rows (`partial_fit`: `fit`'s mean and variance, to rounding) and the feature summary on
+    every row.
 
     An epoch's randomness: the row groups in a new order (drawn from `rng`, the generator the in-memory path
     draws its orders from), taken WINDOW_ROWS rows of them at a time, each window's rows in a new order; so
-    rows far apart in the snapshot meet in a batch only when their groups share a window. Data sorted by class
-    over many row groups would train a window's classes in turn: process keeps the merged rows' order, so
-    such sources should be shuffled beforehand (`--shuffle` in scripts/bench.py). Each window's last call may
-    end in a batch shorter than batch_size, one more short step per window than in memory."""
+    rows far apart in the snapshot meet in a batch only when their groups share a window. Rows ordered by
+    class (merge sorts by the key, and a key can follow the class, as the seed's Id did) would then train a
+    window's classes in turn: the stage warns when a row group's mix of classes is far from the whole's.
+    Each window's last call may end in a batch shorter than batch_size, one more short step per window than
+    in memory. Each epoch reads the snapshot three times (training, hold-out and validation rows): reading
+    and checking a row group costs far less than training on it.
+    """
 
     has_holdout = True
 
@@ -383,16 +388,21 @@ class Streamed:
         counts[:, self.code_of[present]] = per_group[:, present]
         totals = counts.sum(axis=0)
         check_classes(totals, self.names)
-        self.test = spread(counts, quota(totals, settings.test_fraction, 1), np.random.default_rng(settings.seed))
-        trained = counts - self.test
-        self.validation = np.zeros_like(trained)
+        mix = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        if len(counts) > self.window and np.abs(mix - totals / totals.sum()).sum(axis=1).max() > MIXED:
+            log.warning("the rows are ordered by class (a row group's mix of classes is far from the whole's): "
+                        "streamed epochs mix %d rows at a time, so shuffle the rows upstream for a model as good "
+                        "as one trained in memory", WINDOW_ROWS)
+        self.test_quota = spread(counts, quota(totals, settings.test_fraction, 1), np.random.default_rng(settings.seed))
+        trained = counts - self.test_quota
+        self.validation_quota = np.zeros_like(trained)
         if settings.early_stopping:
-            self.validation = spread(trained, quota(trained.sum(axis=0), VALIDATION_FRACTION, 0), rng)
-            if not self.validation.any() or (self.validation == trained).all():
+            self.validation_quota = spread(trained, quota(trained.sum(axis=0), VALIDATION_FRACTION, 0), rng)
+            if not self.validation_quota.any() or (self.validation_quota == trained).all():
                 raise_too_few(int(trained.sum()))
-        self.n_train, self.n_test = int(trained.sum()), int(self.test.sum())
-        self.n_validation = int(self.validation.sum())
-        self.counts = class_counts(self.names, train=trained.sum(axis=0), test=self.test.sum(axis=0))
+        self.n_train, self.n_test = int(trained.sum()), int(self.test_quota.sum())
+        self.n_validation = int(self.validation_quota.sum())
+        self.counts = class_counts(self.names, train=trained.sum(axis=0), test=self.test_quota.sum(axis=0))
         self.scaler, self.summary, examples = StandardScaler(), Summary(), []
         for group in range(len(self.sizes)):
             x, _, test, _ = self.group(group)
@@ -408,12 +418,12 @@ class Streamed:
         table = self.snapshot.rows(group, 0, self.sizes[group])
         x = feature_matrix(table)
         codes = self.code_of[self.labels.codes(table, int(self.starts[group]))]
-        test = pick(codes, self.test[group], np.random.default_rng((self.settings.seed, group, 0)))
+        test = pick(codes, self.test_quota[group], np.random.default_rng((self.settings.seed, group, 0)))
         validation = np.zeros_like(test)
         if self.settings.early_stopping:
             kept = np.flatnonzero(~test)
             rng = np.random.default_rng((self.settings.seed, group, 1))
-            validation[kept[pick(codes[kept], self.validation[group], rng)]] = True
+            validation[kept[pick(codes[kept], self.validation_quota[group], rng)]] = True
         return x, codes, test, validation
 
     def epoch(self, rng: np.random.Generator, step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
