@@ -146,9 +146,10 @@ def test_a_bad_memory_budget_is_one_line_naming_the_variable(train_root, monkeyp
 @pytest.mark.parametrize("value, expected", [("8g", 8 << 30), ("512M", 512 << 20), ("1000", 1000), ("64KiB", 64 << 10)])
 def test_the_memory_budget_is_the_variable_when_set_else_the_smaller_of_the_cgroup_limit_and_the_machine(
         value, expected):
-    assert train.memory_budget({train.MEMORY_ENV: value}) == expected
+    assert train.memory_budget({train.MEMORY_ENV: value}) == (expected, train.MEMORY_ENV)
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert 0 < train.memory_budget({}) <= physical
+    budget, origin = train.memory_budget({})
+    assert 0 < budget <= physical and (origin == "the machine's memory") == (budget == physical)
 
 
 def test_early_stopping_streams_too(streamed_root, monkeypatch):

@@ -76,24 +76,26 @@ class Settings:
         return cls(**{name: inputs.read(tree, name) for name in inputs.SETTINGS})
 
 
-def memory_budget(environ=os.environ) -> int:
-    """The bytes train may use: MEMORY_ENV when set, else the cgroup's limit (a container's: on Domino and with
-    the docker backend, the hardware tier's memory), else the machine's memory. The limit, not what is free
-    now: the tier is what the job was given, and free memory on a shared host changes from one second to the next."""
+def memory_budget(environ=os.environ) -> tuple[int, str]:
+    """The bytes train may use, and where that figure came from: MEMORY_ENV when set, else the cgroup's limit
+    (a container's: on Domino and with the docker backend, the hardware tier's memory), else the machine's
+    memory. The limit, not what is free now: the tier is what the job was given, and free memory on a shared
+    host changes from one second to the next."""
     text = environ.get(MEMORY_ENV, "").strip()
     if text:
         found = re.fullmatch(r"(\d+)\s*([kmg]?)i?b?", text.lower())
         if not found or not int(found[1]):
             raise StageError(f"{MEMORY_ENV}: expected a number of bytes above 0 with an optional k, m or g "
                              f"suffix (such as 8g), found {text!r}")
-        return int(found[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[found[2]]
-    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+        return int(found[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[found[2]], MEMORY_ENV
+    found = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "the machine's memory")
     for path in CGROUP_LIMITS:
         try:
-            limits.append(int(Path(path).read_text().strip()))
+            limit = int(Path(path).read_text().strip())
         except (OSError, ValueError):  # absent, or "max": no limit there
-            pass
-    return min(limits)
+            continue
+        found = min(found, (limit, f"its memory limit, {path}"))
+    return found
 
 
 def in_memory_bytes(rows: int, n_features: int) -> int:
@@ -618,14 +620,14 @@ def train(tree: StageTree) -> None:
     settings = Settings.read(tree)
     if not snapshot.num_rows:
         raise StageError("input processed_data: holds no rows, so there is nothing to train on")
-    budget, need = memory_budget(), in_memory_bytes(snapshot.num_rows, len(schema.features))
+    (budget, origin), need = memory_budget(), in_memory_bytes(snapshot.num_rows, len(schema.features))
     rng = np.random.default_rng(settings.seed)  # each epoch's order (and the validation rows)
     if need <= budget * HEADROOM:
         rows = InMemory.read(snapshot, settings, rng)
     else:
         log.info("streaming %d rows a row group at a time: held in memory they would take about %d MiB, more "
-                 "than %d%% of the %d MiB train may use (%s)", snapshot.num_rows, need >> 20, HEADROOM * 100,
-                 budget >> 20, MEMORY_ENV)
+                 "than %d%% of the %d MiB train may use (%s; %s sets it)", snapshot.num_rows, need >> 20,
+                 HEADROOM * 100, budget >> 20, origin, MEMORY_ENV)
         rows = Streamed(snapshot, settings, rng)
     if settings.batch_size > rows.n_train:
         log.warning("batch_size %d is more than the %d training rows: each epoch is one full batch",
