@@ -626,8 +626,8 @@ def train(tree: StageTree) -> None:
         rows = InMemory.read(snapshot, settings, rng)
     else:
         log.info("streaming %d rows a row group at a time: held in memory they would take about %d MiB, more "
-                 "than %d%% of the %d MiB train may use (%s; %s sets it)", snapshot.num_rows, need >> 20,
-                 HEADROOM * 100, budget >> 20, origin, MEMORY_ENV)
+                 "than %d%% of the %d MiB train may use (%s)", snapshot.num_rows, need >> 20, HEADROOM * 100,
+                 budget >> 20, origin if origin == MEMORY_ENV else f"{origin}; {MEMORY_ENV} sets another")
         rows = Streamed(snapshot, settings, rng)
     if settings.batch_size > rows.n_train:
         log.warning("batch_size %d is more than the %d training rows: each epoch is one full batch",
