@@ -367,8 +367,9 @@ class Streamed:
     class (merge sorts by the key, and a key can follow the class, as the seed's Id did) would then train a
     window's classes in turn: the stage warns when a row group's mix of classes is far from the whole's.
     Each window's last call may end in a batch shorter than batch_size, one more short step per window than
-    in memory. Each epoch reads the snapshot three times (training, hold-out and validation rows): reading
-    and checking a row group costs far less than training on it.
+    in memory. Each epoch reads the snapshot twice (its training rows, then its hold-out rows), three times
+    with early stopping (the validation rows): reading and checking a row group costs less than training on
+    it at any but large batches (measured in docs/performance.md).
     """
 
     has_holdout = True
