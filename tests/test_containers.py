@@ -251,6 +251,19 @@ def test_memory_limit_is_enforced_and_reported_as_oom(containers, tmp_path, monk
     assert run.results["load_a"].error == "killed: out of memory (the hardware tier's memory limit, 10m)"
 
 
+def test_train_streams_in_its_container_when_its_tier_holds_less_than_its_rows_would_take(containers, tmp_path,
+                                                                                          monkeypatch):
+    """The container's memory limit is its tier's, and train reads it there: in 512 MiB (three quarters of
+    which is less than holding even no rows is estimated to take) it streams, and the model is as good."""
+    monkeypatch.setitem(TIERS, "Large", Tier(cpus=2, memory="512m"))
+    run, ok = run_flow(containers.DockerBackend(), tmp_path)
+    assert ok, run.failures()
+    log = (tmp_path / "logs" / "train.log").read_text()
+    assert re.search(r"streaming \d+ rows a row group at a time: .* of the 512 MiB train may use \(its memory "
+                     r"limit, /sys/fs/cgroup/.*; STAGEFLOW_TRAIN_MEMORY sets another\)", log), log
+    assert json.loads((tmp_path / "outputs" / "metrics.json").read_text())["accuracy"] >= 0.9
+
+
 def job_of(name):
     """A stage's job, as the runner plans it from flow.py."""
     return jobs.plan(dag_module.load(), jobs.Setup(code=ROOT), "test", None)[name]
