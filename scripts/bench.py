@@ -386,6 +386,61 @@ def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, l
     return Measure(seconds, outcome.peak_rss_mb, backend.usage[node.name], loop)
 
 
+class PhaseBackend(RusageHostBackend):
+    """The process backend running each stage under scripts/bench_phases.py, which notes its phases in a file."""
+
+    def __init__(self, times: Path):
+        super().__init__()
+        self.times = times
+
+    def command(self, job) -> list[str]:
+        return [sys.executable, str(ROOT / "scripts" / "bench_phases.py"), str(self.times), str(ROOT / job.stage.script)]
+
+
+PHASES = ("python up", "imports", "work", "writing")
+
+
+def run_phases(work: Path, dag, run: runner.Run, label: str, timeout: float) -> dict[str, dict[str, float]]:
+    """Each stage again as a fresh process, in a copy of its tree from `run`, under the phase probe: seconds from
+    the process's start until its interpreter is up, until its first input is read (its imports), then the work
+    and the writing up to its exit."""
+    phases = {}
+    for node in dag.nodes:
+        tree = work / "phases" / f"{node.name}-{label}"
+        shutil.copytree(run.tree(node.name) / "inputs", tree / "inputs", symlinks=True)
+        (tree / "outputs").mkdir()
+        backend = PhaseBackend(tree / "times.json")
+        job = jobs.plan(dag_module.Dag([node], {}, {}, {}), jobs.Setup(code=ROOT), "bench", None)[node.name]
+        started = time.monotonic()
+        handle = backend.start(job, tree, timeout, [])
+        with open(tree / "stage.log", "w") as log:
+            log.writelines(handle.lines())
+        outcome = handle.wait()
+        ended = time.monotonic()
+        if outcome.exit_code != 0:
+            raise SystemExit(f"bench: stage {node.name} failed under the phase probe; see {tree / 'stage.log'}")
+        marks = json.loads((tree / "times.json").read_text())
+        read = marks["read"] or ended
+        phases[node.name] = dict(zip(PHASES, (marks["up"] - started, read - marks["up"],
+                                              ended - read - marks["writing"], marks["writing"])))
+        shutil.rmtree(tree)
+    return phases
+
+
+def show_phases(dag, n: int, rounds: list[dict[str, dict[str, float]]]) -> None:
+    print(f"\nwhere each stage's time goes, {n:,} rows per source, fresh processes under scripts/bench_phases.py "
+          f"(seconds, median of {len(rounds)}): python up = process start to interpreter ready; imports = to its "
+          f"first input read; work; writing = inside the snapshot writer (or an output's block)")
+    lines = [["stage", *PHASES, "total"]]
+    for node in dag.nodes:
+        values = [statistics.median(r[node.name][p] for r in rounds) for p in PHASES]
+        lines.append([node.name, *(f"{v:.3f}" for v in values),
+                      f"{statistics.median(sum(r[node.name].values()) for r in rounds):.3f}"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    for row in lines:
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
 def run_fit(work: Path, processed: Path, epochs: int, batch_size: int, label: str) -> Measure:
     """scikit-learn's own fit on the rows the stage trains on, as a fresh process."""
     log = work / "train-vs-fit" / f"{label}.fit.log"
@@ -562,6 +617,8 @@ def arguments() -> argparse.ArgumentParser:
                              "--repeat times (repeatable)")
     parser.add_argument("--dask", type=int, metavar="N", help="after the flow, run it again with the data stages on "
                         "a Dask cluster of N local worker processes, side by side")
+    parser.add_argument("--phases", action="store_true", help="after the flow, run each stage again --repeat times "
+                        "as a fresh process under scripts/bench_phases.py: its start-up, imports, work and writing")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
     parser.add_argument("--task-overhead", type=int, metavar="N", help="only measure what the runner adds to one task "
                         "of a foreign flow against `docker run` of the same command on the same image, N times each")
@@ -697,6 +754,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
                 processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
             if any(node.name == "merge" for node in dag.nodes):
                 merge_inputs = run.tree("merge") / "inputs"
+    phases = [run_phases(work, dag, run, str(i), args.timeout) for i in range(args.repeat)] if args.phases else []
     on_cluster = None
     if args.dask:
         print(f"stageflow, process backend, the data stages on a Dask cluster of {args.dask} local workers", flush=True)
@@ -729,6 +787,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             shutil.rmtree(work / "merge-vs")
 
     show_flow(dag, args.rows, shape, seed, rounds, docker_note)
+    if phases:
+        show_phases(dag, args.rows, phases)
     if on_cluster:
         show_cluster(dag, args.rows, rounds[0].ours, rounds[0].wall, *on_cluster, args.dask)
     if merges:

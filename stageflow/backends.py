@@ -153,12 +153,15 @@ class HostBackend:
     def image_id(self, image: str) -> str:
         return image
 
+    def command(self, job: Job) -> list[str]:
+        return [sys.executable, str(ROOT / job.stage.script)]
+
     def start(self, job: Job, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
         # The active schema by its absolute path: the stage runs from ROOT, wherever this process runs from.
         env = {**os.environ, **job.environment, "HOME": os.environ.get("HOME", "/"), "WORKFLOW_ROOT": str(tree),
                "PYTHONUNBUFFERED": "1", schemas.ENV: str(schemas.path()),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.Popen([sys.executable, str(ROOT / job.stage.script)], cwd=ROOT, env=env,
+        proc = subprocess.Popen(self.command(job), cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True,
                                 preexec_fn=functools.partial(die_with, os.getpid()),

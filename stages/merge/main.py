@@ -502,4 +502,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    cluster.keep_pandas_out()
     main()
