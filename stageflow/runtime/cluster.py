@@ -37,13 +37,13 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from stageflow.runtime import schema as schemas
 from stageflow.runtime.contract import StageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("stageflow")
 
@@ -229,6 +229,8 @@ def write_part(table: pa.Table, path: Path) -> None:
     """A partition's rows, written where the job will read them; under a temporary name first, so that a retry
     after a worker died mid-write replaces a whole file, never a prefix. The folder is the job's: a partition
     still running after its stage ended (killed, say) finds it gone and writes nothing."""
+    import pyarrow.parquet as pq  # here, not above: the runner reads this module's names, and needs no pyarrow
+
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(table, tmp, compression="none")
     os.replace(tmp, path)
@@ -236,6 +238,8 @@ def write_part(table: pa.Table, path: Path) -> None:
 
 def read_parts(paths: list[Path]) -> Iterator[pa.Table]:
     """The parts' rows in order, a row group at a time: the job holds one at a time."""
+    import pyarrow.parquet as pq
+
     for path in paths:
         handle = pq.ParquetFile(path)
         for group in range(handle.num_row_groups):
