@@ -77,14 +77,14 @@ def shared_root(environ=os.environ) -> Path:
 
 
 def keep_pandas_out(environ=os.environ) -> None:
-    """In a data stage's own process, when its job has no cluster: mark pandas absent, so that nothing imports it.
+    """In a data stage's own process (dataset.own_process), when its job has no cluster: pandas as absent.
 
     One machine's path is Arrow alone, but pyarrow imports pandas, where it is installed (every image has it:
     Dask needs it), the first time it is handed a Python value (a list to `pa.array`, a scalar to a compute
     function), only to ask whether that is a pandas object: 0.2-0.4 s, a third of a small stage's time
-    (docs/performance.md). Answered "not installed", it asks no more. Called from a stage's
-    `if __name__ == "__main__"` only: never in a process that imports the stage's logic (a test's), where it
-    would hide pandas from everything else; and not with a cluster, where Dask works on pandas frames."""
+    (docs/performance.md). Answered "not installed", it asks no more. Never in a process that imports the
+    stage's logic (a test's), where it would hide pandas from everything else; and not with a cluster, where
+    Dask works on pandas frames."""
     if not (environ.get(HOST_ENV, "").strip() or environ.get(PORT_ENV, "").strip()) and "pandas" not in sys.modules:
         sys.meta_path.insert(0, _NoPandas())
 

@@ -201,5 +201,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cluster.keep_pandas_out()
+    dataset.own_process()
     main()
