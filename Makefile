@@ -30,6 +30,8 @@ DATA_A ?=
 DATA_B ?=
 ## DATASET: for submit, the Domino dataset holding the sources, name:version (name alone: its latest)
 DATASET ?=
+## DASK: for submit, 1 gives the data stages on-demand Dask clusters on Domino (stageflow/registry.py's DASK)
+DASK ?=
 ## STAGE: the stage compose-stage runs
 STAGE ?=
 ## FROM: the run directory whose outputs feed compose-stage (default runs/latest)

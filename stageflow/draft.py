@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stageflow.rundir import write_atomic
-from stageflow.runtime import dataset, sources
+from stageflow.runtime import dataset, inputs, sources
 from stageflow.runtime.contract import StageError
 
 # Words of a column's name (dataset.name_words) that make it the likely key, or the likely label.
@@ -116,7 +116,7 @@ def read(path: Path) -> tuple[list[Column], int, str]:
     """Each column of the source, its row count and its format, through the loads' readers."""
     name = f"input data_path: {path}"
     try:
-        fmt = sources.check_source(path)
+        fmt = inputs.source_format(inputs.data_path(str(path)))  # the loads' own rule for a data path
         columns: list[Column] = []
         rows = 0
         for table in sources.source_tables(path, fmt, typed=None):

@@ -44,24 +44,43 @@ def sources(tmp_path):
 ALL = set(STAGES)
 
 
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """One first run for the tests that start from a warm cache and change no source: its sources, its run
+    directory and record, and its cache, which `warm` copies for each test (a test may damage its copy)."""
+    where = tmp_path_factory.mktemp("first")
+    a, b = (shutil.copy(path, where / path.name) for path in samples())
+    env = {**os.environ, "STAGEFLOW_CACHE": str(where / "cache")}
+    sources = ["--data-path-a", a, "--data-path-b", b]
+    states, record = run(env, where / "r1", *sources)
+    assert cached_stages(states) == set()
+    return {"sources": sources, "record": record, "run_dir": where / "r1", "cache": where / "cache"}
+
+
+@pytest.fixture
+def warm(first_run, env, tmp_path):
+    """`env` with a copy of the first run's cache."""
+    shutil.copytree(first_run["cache"], tmp_path / "cache", symlinks=True)
+    return env
+
+
 def cached_stages(states):
     return {name for name, cached in states.items() if cached}
 
 
-def test_second_run_reuses_every_stage_with_the_same_outputs(env, tmp_path, sources):
-    first, record1 = run(env, tmp_path / "r1", *sources)
-    second, record2 = run(env, tmp_path / "r2", *sources)
-    assert cached_stages(first) == set() and cached_stages(second) == ALL
+def test_second_run_reuses_every_stage_with_the_same_outputs(warm, tmp_path, first_run):
+    record1 = first_run["record"]
+    second, record2 = run(warm, tmp_path / "r2", *first_run["sources"])
+    assert cached_stages(second) == ALL
     for name in ALL:
         assert record2["stages"][name]["outputs"] == record1["stages"][name]["outputs"]
         assert record2["stages"][name]["rows_out"] == record1["stages"][name]["rows_out"]
     assert (tmp_path / "r2" / "train" / "outputs" / "model").read_bytes() == \
-        (tmp_path / "r1" / "train" / "outputs" / "model").read_bytes()
+        (first_run["run_dir"] / "train" / "outputs" / "model").read_bytes()
 
 
-def test_changing_epochs_reruns_only_train(env, tmp_path, sources):
-    run(env, tmp_path / "r1", *sources)
-    states, _ = run(env, tmp_path / "r2", *sources, "--epochs", "3")
+def test_changing_epochs_reruns_only_train(warm, tmp_path, first_run):
+    states, _ = run(warm, tmp_path / "r2", *first_run["sources"], "--epochs", "3")
     assert cached_stages(states) == ALL - {"train"}
 
 
@@ -73,15 +92,14 @@ def test_editing_one_source_reruns_its_load_and_everything_downstream(env, tmp_p
     assert record["stages"]["merge"]["rows_out"] == before["stages"]["merge"]["rows_out"] - 1
 
 
-def test_no_cache_forces_a_full_run(env, tmp_path, sources):
-    run(env, tmp_path / "r1", *sources)
-    states, _ = run(env, tmp_path / "r2", *sources, "--no-cache")
+def test_no_cache_forces_a_full_run(warm, tmp_path, first_run):
+    states, _ = run(warm, tmp_path / "r2", *first_run["sources"], "--no-cache")
     assert cached_stages(states) == set()
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "delete", "manifest"])
-def test_damaged_cache_entry_is_detected_and_rerun(env, tmp_path, sources, damage):
-    _, record = run(env, tmp_path / "r1", *sources)
+def test_damaged_cache_entry_is_detected_and_rerun(warm, tmp_path, first_run, damage):
+    record = first_run["record"]
     entries = [p for p in (tmp_path / "cache").iterdir() if (p / "processed_data").exists()]
     assert len(entries) == 1
     target = entries[0] / "processed_data"
@@ -94,7 +112,7 @@ def test_damaged_cache_entry_is_detected_and_rerun(env, tmp_path, sources, damag
         target.unlink()
     else:
         (entries[0] / "manifest.json").write_text("{not json")
-    states, record2 = run(env, tmp_path / "r2", *sources)
+    states, record2 = run(warm, tmp_path / "r2", *first_run["sources"])
     # process runs again and writes the same bytes, so train's inputs are unchanged: train stays cached
     assert cached_stages(states) == ALL - {"process"}
     assert record2["stages"]["process"]["outputs"] == {"processed_data": record["stages"]["process"]["outputs"][
@@ -145,18 +163,18 @@ def test_a_source_changed_while_its_load_runs_is_not_cached_under_its_old_conten
     assert "changed while the task ran" in (tmp_path / "r1" / "logs" / "load_a.log").read_text()
 
 
-def test_runs_do_not_share_files_with_the_cache_or_each_other(env, tmp_path, sources):
+def test_runs_do_not_share_files_with_the_cache_or_each_other(warm, tmp_path, first_run):
     """Appending to one run's model (as its owner or root may, read-only or not) changes nothing else."""
-    _, record1 = run(env, tmp_path / "r1", *sources)
-    states, _ = run(env, tmp_path / "r2", *sources)
+    record1, sources = first_run["record"], first_run["sources"]
+    states, _ = run(warm, tmp_path / "r2", *sources)
     assert cached_stages(states) == ALL
     model = tmp_path / "r2" / "train" / "outputs" / "model"
     model.chmod(0o644)
     with open(model, "ab") as handle:
         handle.write(b"x")
     digest = record1["stages"]["train"]["outputs"]["model"]
-    assert hashlib.sha256((tmp_path / "r1" / "train" / "outputs" / "model").read_bytes()).hexdigest() == digest
-    states, record3 = run(env, tmp_path / "r3", *sources)
+    assert hashlib.sha256((first_run["run_dir"] / "train" / "outputs" / "model").read_bytes()).hexdigest() == digest
+    states, record3 = run(warm, tmp_path / "r3", *sources)
     assert cached_stages(states) == ALL and record3["stages"]["train"]["outputs"]["model"] == digest
     assert hashlib.sha256((tmp_path / "r3" / "train" / "outputs" / "model").read_bytes()).hexdigest() == digest
 

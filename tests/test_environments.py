@@ -13,6 +13,7 @@ from domino_server import CREATE_PATH as CREATE
 from stageflow import cli, dag as dag_module, jobs
 from stageflow.domino import api as domino_api, environments
 from stageflow.registry import STAGES
+from stageflow.runtime import schema as schemas
 
 from conftest import ROOT, samples
 
@@ -309,6 +310,7 @@ def test_an_environment_built_from_its_definition_runs_the_flow_command(tmp_path
         source = tmp_path / samples()[0].name
         shutil.copy(samples()[0], source)
         (tmp_path / "inputs" / "data_path").write_text(str(source))
+        (tmp_path / "inputs" / "schema").write_text(schemas.text())  # as flow.py passes it
         containers.prepare_tree(tmp_path)
         job = jobs.plan(dag_module.load(), jobs.Setup(code=ROOT), "test", None)[name]
         client.containers.run(tag, entrypoint=["/bin/sh", "-c", stage.command], user=containers.stage_user(), remove=True,

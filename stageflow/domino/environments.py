@@ -58,19 +58,24 @@ ENTRY = {"environment_id": str, "revision_id": str, "image": str, "version": str
 RECORDS = {
     "pushed.json": {"registry": str, "images": {str: str}, "versions": {str: str}},
     "environments.json": {"definitions": {str: {"name": str, "image": str, "dockerfileInstructions": str,
-                                               "description": str}},
+                                               "description": str, "supportedClusters": [str]}},
                           "applied": ({"via": str, "visibility": str, "environments": {str: ENTRY}}, None)},
 }
 
 
 def shape_problem(value, spec, where: str) -> str | None:
-    """Where `value` departs from `spec` (a type; a tuple of alternatives; {str: spec}, a map of names; or
-    {key: spec}, an object whose keys are optional and allowed no others), in words; None when it does not."""
+    """Where `value` departs from `spec` (a type; a tuple of alternatives; [spec], a list of such; {str: spec},
+    a map of names; or {key: spec}, an object whose keys are optional and allowed no others), in words; None
+    when it does not."""
     if isinstance(spec, tuple):
         problems = [shape_problem(value, alternative, where) for alternative in spec]
         return None if None in problems else problems[0]
     if spec is None:
         return None if value is None else f"{where}: expected null"
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return f"{where}: expected a list, found {type(value).__name__}"
+        return next(filter(None, (shape_problem(v, spec[0], f"{where}[{i}]") for i, v in enumerate(value))), None)
     if isinstance(spec, type):
         return None if isinstance(value, spec) and not isinstance(value, bool) else \
             f"{where}: expected {spec.__name__}, found {type(value).__name__}"

@@ -13,9 +13,15 @@ from flytekit.types.file import FlyteFile
 from flytekitplugins.domino.helpers import Input, Output, run_domino_job_task
 
 from stageflow.registry import stage
+from stageflow.runtime import schema as schemas
 
 Parquet, Json = FlyteFile[TypeVar("parquet")], FlyteFile[TypeVar("json")]
-Pickle, Html = FlyteFile[TypeVar("pkl")], FlyteFile[TypeVar("html")]
+Skops, Html = FlyteFile[TypeVar("skops")], FlyteFile[TypeVar("html")]
+SCHEMA = schemas.text()  # the data's description, an input of every stage as flow.py passes it
+
+
+def schema() -> Input:
+    return Input(name="schema", type=str, value=SCHEMA)
 
 
 def job(name: str) -> dict:
@@ -28,22 +34,23 @@ def train(processed, epochs: int) -> dict:
     return run_domino_job_task(**job("train"),
                                inputs=[Input(name="processed_data", type=Parquet, value=processed),
                                        Input(name="epochs", type=int, value=epochs),
-                                       Input(name="batch_size", type=int, value=16)],
-                               output_specs=[Output(name="model", type=Pickle), Output(name="metrics", type=Json),
+                                       Input(name="batch_size", type=int, value=16), schema()],
+                               output_specs=[Output(name="model", type=Skops), Output(name="metrics", type=Json),
                                              Output(name="report", type=Html)])
 
 
 @workflow
 def compare(data_path_a: str, data_path_b: str) -> str:
-    load_a = run_domino_job_task(**job("load_a"), inputs=[Input(name="data_path", type=str, value=data_path_a)],
+    load_a = run_domino_job_task(**job("load_a"), inputs=[Input(name="data_path", type=str, value=data_path_a), schema()],
                                  output_specs=[Output(name="datasetA", type=Parquet)])
-    load_b = run_domino_job_task(**job("load_b"), inputs=[Input(name="data_path", type=str, value=data_path_b)],
+    load_b = run_domino_job_task(**job("load_b"), inputs=[Input(name="data_path", type=str, value=data_path_b), schema()],
                                  output_specs=[Output(name="datasetB", type=Parquet)])
     merge = run_domino_job_task(**job("merge"), inputs=[Input(name="datasetA", type=Parquet, value=load_a["datasetA"]),
-                                                        Input(name="datasetB", type=Parquet, value=load_b["datasetB"])],
+                                                        Input(name="datasetB", type=Parquet, value=load_b["datasetB"]),
+                                                        schema()],
                                 output_specs=[Output(name="merged_data", type=Parquet)])
     process = run_domino_job_task(**job("process"),
-                                  inputs=[Input(name="merged_data", type=Parquet, value=merge["merged_data"])],
+                                  inputs=[Input(name="merged_data", type=Parquet, value=merge["merged_data"]), schema()],
                                   output_specs=[Output(name="processed_data", type=Parquet)])
     short, long = train(process["processed_data"], 1), train(process["processed_data"], 30)
     pick = run_domino_job_task(flyte_task_name="Pick Better", command="python3 /mnt/code/tests/flows/two_trains/pick.py",
