@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -220,7 +219,7 @@ class Engine:
     copies of both snapshots, or the rows of one streamed round whose Ids both hold. Connected on first use."""
 
     def __init__(self, connection: Callable[[], duckdb.DuckDBPyConnection], names: list[str]):
-        self.connection, self.names = connection, names
+        self.connection, self.names, self._con = connection, names, None
         cols = engine_names(names)
         self.key, label = cols[names.index(dataset.key())], cols[names.index(dataset.label())]
         # Per column: does B's value differ from A's? Two missing values are equal, and so are two NaNs (in
@@ -229,9 +228,12 @@ class Engine:
                         for name, col in zip(names, cols) if col != self.key}
         self.any_differs = " OR ".join(self.differs.values()) or "false"
 
-    @cached_property
+    @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        return self.connection()
+        # (not functools.cached_property: its lock could not travel to a cluster's workers with merge_range)
+        if self._con is None:
+            self._con = self.connection()
+        return self._con
 
     def compare(self, found: Found) -> bool:
         """Count the Ids a and b both hold and those that differ; keep the first that differ. False when an
