@@ -171,9 +171,11 @@ def test_gc_removes_old_images_under_its_prefix_and_nothing_else(prefix, tmp_pat
         return image.id
 
     current = images.current_images()  # libraries and runtime images, stages, standard environment
-    runtimes = {stage.runtime_image(): stage.libraries_image() for stage in STAGES.values()}
-    # One runtime per libraries image: stages whose locks pin the same (the cluster stages) share both.
-    assert len(runtimes) == len({stage.libraries_image() for stage in STAGES.values()}) < len(STAGES)
+    # The shared pair (no stage's own libraries), then one runtime per libraries image: stages whose locks pin
+    # the same (the cluster stages) share both.
+    runtimes = {images.runtime_image(): images.libraries_image(),
+                **{stage.runtime_image(): stage.libraries_image() for stage in STAGES.values()}}
+    assert len(runtimes) == 1 + len({stage.libraries_image() for stage in STAGES.values()}) < 1 + len(STAGES)
     assert {*runtimes, *runtimes.values(), images.standard_environment()} < set(current)
     for runtime, libraries in runtimes.items():
         tiny(libraries)

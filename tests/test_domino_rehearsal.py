@@ -150,5 +150,5 @@ def test_the_guide_on_a_rehearsal_domino(places, registry, tmp_path):
         reads_sources = name in ("load_a", "load_b")
         assert call["dataset_snapshots"] == ([{"Name": "iris", "Version": 3, "Id": iris["id"]}] if reads_sources
                                              else None)
-    assert [(a["kind"], a["name"], a["type"]) for a in record["artifacts"]] == [("MODEL", "model.pkl", "pkl"),
+    assert [(a["kind"], a["name"], a["type"]) for a in record["artifacts"]] == [("MODEL", "model.skops", "skops"),
                                                                                ("REPORT", "report.html", "html")]

@@ -188,4 +188,4 @@ def test_pip_install_of_the_checkout_gives_a_working_tool(tmp_path):
     assert Path(where[0]).is_relative_to(tmp_path / "venv") and where[1] == "None"  # no plugin installed
     out = run(tmp_path / "venv" / "bin" / "stageflow", "run", "--run-dir", tmp_path / "run", "--no-cache",
               cwd=ROOT / "docs")  # inside the checkout: its flow.py, stages and schema.toml
-    assert "hold-out accuracy" in out and (tmp_path / "run" / "outputs" / "model.pkl").is_file(), out
+    assert "hold-out accuracy" in out and (tmp_path / "run" / "outputs" / "model.skops").is_file(), out

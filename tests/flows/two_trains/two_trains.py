@@ -34,7 +34,12 @@ def train(processed, epochs: int) -> dict:
     return run_domino_job_task(**job("train"),
                                inputs=[Input(name="processed_data", type=Parquet, value=processed),
                                        Input(name="epochs", type=int, value=epochs),
-                                       Input(name="batch_size", type=int, value=16), schema()],
+                                       Input(name="batch_size", type=int, value=16),
+                                       Input(name="learning_rate", type=float, value=0.05),
+                                       Input(name="hidden_layers", type=str, value="16"),
+                                       Input(name="seed", type=int, value=42),
+                                       Input(name="test_fraction", type=float, value=0.2),
+                                       Input(name="early_stopping", type=int, value=0), schema()],
                                output_specs=[Output(name="model", type=Skops), Output(name="metrics", type=Json),
                                              Output(name="report", type=Html)])
 
