@@ -63,6 +63,7 @@ from stageflow.runtime import contract, dataset, inputs, schema as schemas, sour
 CHUNK = 1_000_000
 STAGES = list(registry.STAGES)
 TRAIN = "train"  # the stage measured against scikit-learn's own fit
+FLOOR_UNTIL = "process"  # the last stage of the data path the DuckDB floor does in one query
 PYFLYTE = Path(sys.executable).with_name("pyflyte")
 
 
@@ -357,6 +358,31 @@ def run_peer(work: Path, sources: dict[str, Path], params: dict, label: str) -> 
                     d / "pyflyte.log", cwd=d, env={**os.environ, "TMPDIR": str(d)})
 
 
+def floor_query(sources: dict[str, Path], out: Path) -> str:
+    """The whole data path as one DuckDB query, the floor the data stages are measured against: read both
+    sources, A's rows and those of B whose key A lacks, without the rows process drops (a label or a feature
+    missing, a feature NaN) and the columns it drops, sorted by the key, written as zstd Parquet. No schema
+    checks, no conflict check, no snapshot metadata, no label spelling: what the stages do beyond this is theirs."""
+    schema = schemas.active()
+    key, label = f'"{schema.key}"', f'"{schema.label}"'
+    kept = ", ".join(f'"{name}"' for name in schema.required)
+    usable = " AND ".join([f"{label} IS NOT NULL"] + [f'"{f}" IS NOT NULL AND NOT isnan(CAST("{f}" AS DOUBLE))'
+                                                    for f in schema.features])
+    a, b = (str(sources[name]).replace("'", "''") for name in ("data_path_a", "data_path_b"))
+    return (f"COPY (WITH a AS (SELECT * FROM read_csv('{a}')), b AS (SELECT * FROM read_csv('{b}')) "
+            f"SELECT {kept} FROM (SELECT * FROM a UNION ALL BY NAME (SELECT * FROM b ANTI JOIN a USING ({key}))) "
+            f"WHERE {usable} ORDER BY {key}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+
+
+def run_floor(work: Path, sources: dict[str, Path], label: str) -> Measure:
+    """The floor query as a fresh process: Python, DuckDB's import and the query, as a user's one script would."""
+    out = work / f"floor{label}.parquet"
+    m = measured([sys.executable, "-c", "import sys, duckdb; duckdb.sql(sys.argv[1])", floor_query(sources, out)],
+                 work / f"floor{label}.log")
+    out.unlink()
+    return m
+
+
 def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, label: str,
               timeout: float) -> Measure:
     """The train stage alone as the process backend runs it, on a fresh tree holding `processed` and its other
@@ -384,6 +410,61 @@ def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, l
     loop = json.loads((tree / "outputs" / "metrics").read_text())["seconds"]
     shutil.rmtree(tree)  # a copy of the data, the model, the report: not needed, and repeats add up
     return Measure(seconds, outcome.peak_rss_mb, backend.usage[node.name], loop)
+
+
+class PhaseBackend(RusageHostBackend):
+    """The process backend running each stage under scripts/bench_phases.py, which notes its phases in a file."""
+
+    def __init__(self, times: Path):
+        super().__init__()
+        self.times = times
+
+    def command(self, job) -> list[str]:
+        return [sys.executable, str(ROOT / "scripts" / "bench_phases.py"), str(self.times), str(ROOT / job.stage.script)]
+
+
+PHASES = ("python up", "imports", "work", "writing")
+
+
+def run_phases(work: Path, dag, run: runner.Run, label: str, timeout: float) -> dict[str, dict[str, float]]:
+    """Each stage again as a fresh process, in a copy of its tree from `run`, under the phase probe: seconds from
+    the process's start until its interpreter is up, until its first input is read (its imports), then the work
+    and the writing up to its exit."""
+    phases = {}
+    for node in dag.nodes:
+        tree = work / "phases" / f"{node.name}-{label}"
+        shutil.copytree(run.tree(node.name) / "inputs", tree / "inputs", symlinks=True)
+        (tree / "outputs").mkdir()
+        backend = PhaseBackend(tree / "times.json")
+        job = jobs.plan(dag_module.Dag([node], {}, {}, {}), jobs.Setup(code=ROOT), "bench", None)[node.name]
+        started = time.monotonic()
+        handle = backend.start(job, tree, timeout, [])
+        with open(tree / "stage.log", "w") as log:
+            log.writelines(handle.lines())
+        outcome = handle.wait()
+        ended = time.monotonic()
+        if outcome.exit_code != 0:
+            raise SystemExit(f"bench: stage {node.name} failed under the phase probe; see {tree / 'stage.log'}")
+        marks = json.loads((tree / "times.json").read_text())
+        read = marks["read"] or ended
+        phases[node.name] = dict(zip(PHASES, (marks["up"] - started, read - marks["up"],
+                                              ended - read - marks["writing"], marks["writing"])))
+        shutil.rmtree(tree)
+    return phases
+
+
+def show_phases(dag, n: int, rounds: list[dict[str, dict[str, float]]]) -> None:
+    print(f"\nwhere each stage's time goes, {n:,} rows per source, fresh processes under scripts/bench_phases.py "
+          f"(seconds, median of {len(rounds)}): python up = process start to interpreter ready; imports = to its "
+          f"first input read; work; writing = inside the snapshot writer (or an output's block)")
+    lines = [["stage", *PHASES, "total"]]
+    for node in dag.nodes:
+        values = [statistics.median(r[node.name][p] for r in rounds) for p in PHASES]
+        lines.append([node.name, *(f"{v:.3f}" for v in values),
+                      f"{statistics.median(sum(r[node.name].values()) for r in rounds):.3f}"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    for row in lines:
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
 
 
 def run_fit(work: Path, processed: Path, epochs: int, batch_size: int, label: str) -> Measure:
@@ -554,6 +635,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--no-docker", action="store_true", help="skip the docker backend")
     parser.add_argument("--no-peer", action="store_true", help="skip the plain flytekit tasks (pyflyte run)")
     parser.add_argument("--no-fit", action="store_true", help="skip train against sklearn's own fit")
+    parser.add_argument("--no-floor", action="store_true", help="skip the data path as one DuckDB query")
     parser.add_argument("--interleave", action="store_true", help="odd Ids in A, even in B (default: A 1..N, B N+1..2N)")
     parser.add_argument("--shuffle", action="store_true", help="each source's Ids in random order (merge cannot stream)")
     parser.add_argument("--merge-against", action="append", default=[], metavar="REV|dask",
@@ -562,6 +644,8 @@ def arguments() -> argparse.ArgumentParser:
                              "--repeat times (repeatable)")
     parser.add_argument("--dask", type=int, metavar="N", help="after the flow, run it again with the data stages on "
                         "a Dask cluster of N local worker processes, side by side")
+    parser.add_argument("--phases", action="store_true", help="after the flow, run each stage again --repeat times "
+                        "as a fresh process under scripts/bench_phases.py: its start-up, imports, work and writing")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds before a stage is killed")
     parser.add_argument("--task-overhead", type=int, metavar="N", help="only measure what the runner adds to one task "
                         "of a foreign flow against `docker run` of the same command on the same image, N times each")
@@ -643,6 +727,7 @@ class Round:
     wall: float  # the process backend's whole run
     docker: dict[str, Measure] | None = None
     peer: Measure | None = None
+    floor: Measure | None = None  # the data path as one DuckDB query
 
 
 def make_sources(args: argparse.Namespace, work: Path) -> tuple[dict[str, Path], str]:
@@ -676,9 +761,10 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         seed = run_baseline(work, dag, sources, params)
     docker, docker_note = (None, "--no-docker") if args.no_docker else docker_backend(dag)
     with_peer = with_train and not args.no_peer
+    with_floor = not args.no_floor and any(node.name == FLOOR_UNTIL for node in dag.nodes)
     start = cli_start(work).seconds if with_peer else 0.0
     rounds: list[Round] = []
-    for i in range(args.repeat if docker or with_peer else 1):
+    for i in range(args.repeat if docker or with_peer or with_floor else 1):
         label = f"-{i + 1}"
         print(f"stageflow, process backend, run {i + 1}", flush=True)
         ours, wall, run = run_flow(work, dag, RusageHostBackend(), flow_params, args.timeout, label)
@@ -692,11 +778,15 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         if with_peer:
             print(f"the same stages as plain flytekit tasks, pyflyte run, run {i + 1}", flush=True)
             rounds[-1].peer = run_peer(work, sources, params, label)
+        if with_floor:
+            print(f"the data path as one DuckDB query, run {i + 1}", flush=True)
+            rounds[-1].floor = run_floor(work, sources, label)
         if i == 0:
             if with_train:
                 processed = run.tree(TRAIN) / "inputs" / "processed_data"  # what train-vs-fit trains on
             if any(node.name == "merge" for node in dag.nodes):
                 merge_inputs = run.tree("merge") / "inputs"
+    phases = [run_phases(work, dag, run, str(i), args.timeout) for i in range(args.repeat)] if args.phases else []
     on_cluster = None
     if args.dask:
         print(f"stageflow, process backend, the data stages on a Dask cluster of {args.dask} local workers", flush=True)
@@ -729,6 +819,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             shutil.rmtree(work / "merge-vs")
 
     show_flow(dag, args.rows, shape, seed, rounds, docker_note)
+    if phases:
+        show_phases(dag, args.rows, phases)
     if on_cluster:
         show_cluster(dag, args.rows, rounds[0].ours, rounds[0].wall, *on_cluster, args.dask)
     if merges:
@@ -758,6 +850,16 @@ def show_flow(dag, n: int, shape: str, seed: dict[str, Measure] | None, rounds: 
     path = max(ours[r].seconds for r in roots) + sum(ours[name].seconds for name in data_stages if name not in roots)
     print(f"\nprocess backend: {', '.join(roots)} run in parallel; data stages' critical path {path:.2f} s, "
           f"flow wall clock {first.wall:.2f} s")
+    floors = [r for r in rounds if r.floor]
+    if floors:
+        def critical(r: Round) -> float:
+            return max(r.ours[x].seconds for x in roots) + sum(r.ours[x].seconds for x in data_stages if x not in roots)
+        print(f"data path: the data stages' critical path (each a whole process) / one DuckDB query doing it in one "
+              f"process (scripts/bench.py floor_query):")
+        for i, r in enumerate(floors, 1):
+            print(f"  run {i}: {critical(r):.2f} s / {r.floor.seconds:.2f} s = {critical(r) / r.floor.seconds:.2f}x "
+                  f"(floor cpu {r.floor.cpu:.2f} s, peak {r.floor.rss_mb:.0f} MiB)")
+        print(f"  data path / floor: {spread([critical(r) / r.floor.seconds for r in floors])}")
     if seed:
         for label, group in (("data stages", data_stages), ("whole flow ", names if TRAIN in names else [])):
             if group:

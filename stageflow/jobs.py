@@ -78,6 +78,11 @@ class Setup:
         return self
 
     @cached_property
+    def git_based(self) -> bool:
+        """Whether the code directory is a git checkout: asked once a run, though every task's variables say it."""
+        return git_top(self.code or Path.cwd()) is not None
+
+    @cached_property
     def code_digest(self) -> str:
         """The content of /mnt/code, as a cache key: every file a task would see, by path and content."""
         digest = hashlib.sha256()
@@ -225,7 +230,7 @@ def variables(setup: Setup, run_id: str, folder: str, number: int, tier: str) ->
         "DOMINO_USER_NAME": owner,
         "DOMINO_HARDWARE_TIER_ID": tier,
         "DOMINO_WORKING_DIR": str(CODE),
-        "DOMINO_IS_GIT_BASED": "true" if git_top(code) else "false",
+        "DOMINO_IS_GIT_BASED": "true" if setup.git_based else "false",
         "DOMINO_DATASETS_DIR": str(DATA),
         "DOMINO_GROUP": "ubuntu",
         "DOMINO_GROUP_ID": str(UID),

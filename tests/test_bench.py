@@ -9,6 +9,7 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 import pytest
 
 from stageflow import dag as dag_module, registry
@@ -90,6 +91,27 @@ def test_the_fit_baseline_and_the_peer_train_the_stages_network():
     assert f"random_state={settings.seed}" in source
 
 
+def test_the_floor_query_does_the_data_path(tmp_path):
+    """The DuckDB floor gives what process gives on sources process keeps whole: A's rows, then B's, by key,
+    without the dropped columns; and drops what process drops."""
+    import duckdb
+
+    bench.generate(tmp_path / "a.csv", 300, 1, seed=1)
+    bench.generate(tmp_path / "b.csv", 300, 151, seed=2)  # 151..300 in both: A's rows are kept
+    schema = schemas.active()
+    text = (tmp_path / "b.csv").read_text().splitlines()
+    row = text[-1].split(",")
+    row[text[0].split(",").index(next(iter(schema.features)))] = ""  # a feature missing: dropped
+    (tmp_path / "b.csv").write_text("\n".join(text[:-1] + [",".join(row)]) + "\n")
+    out = tmp_path / "floor.parquet"
+    duckdb.sql(bench.floor_query({"data_path_a": tmp_path / "a.csv", "data_path_b": tmp_path / "b.csv"}, out))
+    floor = pq.read_table(out)
+    assert floor.column_names == list(schema.required)
+    assert floor.column(schema.key).to_pylist() == list(range(1, 450))
+    a = pcsv.read_csv(tmp_path / "a.csv")
+    assert floor.slice(0, 300).column(schema.label).to_pylist() == a.column(schema.label).to_pylist()
+
+
 def test_upto_keeps_a_stage_and_what_it_needs():
     dag = bench.upto(dag_module.load(), "merge")
     assert {node.name for node in dag.nodes} == {"merge"} | dag.node("merge").upstream
@@ -101,7 +123,7 @@ def test_bench_runs_and_prints_every_comparison(tmp_path):
     work = tmp_path / "work"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "2000", "--epochs", "1",
                            "--batch-size", "256", "--fit-batch-sizes", "64", "--repeat", "2", "--no-docker",
-                           "--work-dir", str(work)],
+                           "--phases", "--work-dir", str(work)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cells = [line.split() for line in proc.stdout.splitlines()]
@@ -114,6 +136,11 @@ def test_bench_runs_and_prints_every_comparison(tmp_path):
     assert "batch 64:\n  run 1: train " in proc.stdout and "  run 2: train " in proc.stdout
     assert "train / fit, wall: median " in proc.stdout and "train / fit, loop: median " in proc.stdout
     assert "docker backend: skipped (--no-docker)" in proc.stdout
+    assert re.search(r"^  run 2: [0-9.]+ s / [0-9.]+ s = [0-9.]+x \(floor cpu", proc.stdout, re.M)  # the DuckDB floor
+    assert "  data path / floor: median " in proc.stdout
+    phases = {row[0]: row for row in cells if len(row) == 6 and row[0] in registry.STAGES}
+    assert set(phases) == set(registry.STAGES)  # each stage's start-up, imports, work, writing and total
+    assert all(float(row[-1]) >= max(map(float, row[1:-1])) for row in phases.values())
     assert not work.exists()  # generated data is deleted unless --keep
 
 

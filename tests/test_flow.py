@@ -444,3 +444,32 @@ def test_an_edit_of_the_schema_reaches_the_stages_without_a_stale_compiled_dag(t
     assert dag_module.load().node("merge").inputs["schema"][1].value == schema.read_text()
     schema.write_text(schema.read_text() + "\n# edited\n")
     assert dag_module.load().node("merge").inputs["schema"][1].value.endswith("# edited\n")
+
+
+def test_the_runner_starts_without_the_stages_libraries():
+    """`stageflow run` imports what runs the flow, not what the stages compute with: pyarrow and numpy cost
+    the runner 0.5 s before its first stage (runtime.cluster imported them for its variable names)."""
+    proc = subprocess.run([sys.executable, "-c", "import sys; from stageflow import backends, cli, dag, dask_cluster, "
+                           "jobs, runner; cli.setup_from({}, cli.FLOW); print(sorted({m.partition('.')[0] for m in "
+                           "sys.modules} & {'pyarrow', 'numpy', 'pandas', 'duckdb', 'flytekit'}))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_the_host_backend_gives_the_stages_the_packages_bytecode(tmp_path, monkeypatch):
+    """As an install and the images have it: with PYTHONDONTWRITEBYTECODE=1 each stage process would compile
+    the runtime from source, every time."""
+    import importlib.util
+
+    from stageflow import backends
+
+    package = tmp_path / "package"
+    (package / "runtime").mkdir(parents=True)
+    modules = [package / "__init__.py", package / "runtime" / "contract.py"]
+    for path in modules:
+        path.write_text("VALUE = 1\n")
+    monkeypatch.setattr(backends, "PACKAGE", package)
+    HostBackend().prepare_run(tmp_path, 0)
+    for path in modules:
+        assert os.path.isfile(importlib.util.cache_from_source(str(path))), path

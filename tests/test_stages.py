@@ -6,6 +6,9 @@ import json
 import math
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -598,3 +601,96 @@ def test_many_classes_keep_the_confusion_matrix_to_its_nonzero_cells():
     assert cells[(0, 0)] == 3 and cells[(59, 0)] == 3 and (59, 59) not in cells
     small = train.evaluate(Guess(), x[:150], codes[:150], names[:50])
     assert len(small["confusion_matrix"]) == 50 and "confusion_nonzero" not in small
+
+
+# ------------------------------------------------------------------ a data stage as its own process
+
+# Runs a stage's main.py as its own process does (as `__main__`), then notes what the process loaded.
+LOADED = """import json, runpy, sys
+try:
+    runpy.run_path(sys.argv[1], run_name="__main__")
+except SystemExit as done:
+    status = done.code
+import pyarrow
+json.dump({"status": status, "modules": sorted(m for m, v in sys.modules.items() if v is not None),
+           "pool": pyarrow.default_memory_pool().backend_name}, open(sys.argv[2], "w"))
+"""
+
+
+def own_process(stage: str, root: Path, **env) -> dict:
+    """Stage `stage` as its own process on the tree at `root`: its exit status, the modules it loaded and
+    the allocator behind Arrow's memory."""
+    report = root / "loaded.json"
+    subprocess.run([sys.executable, "-c", LOADED, str(ROOT / registry.stage(stage).script), str(report)],
+                   cwd=ROOT, check=True, timeout=300,
+                   env={**os.environ, "WORKFLOW_ROOT": str(root), schemas.ENV: str(schemas.path()),
+                        "PYTHONPATH": str(ROOT), **env})
+    return json.loads(report.read_text())
+
+
+def stage_tree(root: Path, **inputs: Path | str) -> Path:
+    (root / "outputs").mkdir(parents=True)
+    (root / "inputs").mkdir()
+    for name, value in inputs.items():
+        target = root / "inputs" / name
+        target.write_bytes(value.read_bytes()) if isinstance(value, Path) else target.write_text(value)
+    return root
+
+
+def jemalloc_built() -> bool:
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return False
+    return True
+
+
+def loaded_modules(names: set[str]) -> set[str]:
+    return {name.partition(".")[0] for name in names}
+
+
+def test_the_data_stages_own_processes_load_no_pandas_and_take_arrows_memory_from_jemalloc(tmp_path):
+    """pyarrow imports pandas (0.2-0.4 s) the first time it is handed a Python value, only to ask whether it
+    is a pandas object; a data stage without a cluster never needs it. Through the whole data path, sources
+    overlapping, so that merge's engine runs too."""
+    source = tmp_path / "a.csv"
+    source.write_text(HEADER + "\n" + "".join(f"{i},5.1,3.5,0.2,1.4,0.2,Iris-setosa\n" for i in range(1, 41)))
+    reports = {}
+    for name in ("load_a", "load_b"):
+        reports[name] = own_process(name, stage_tree(tmp_path / name, data_path=str(source)))
+    merge_root = stage_tree(tmp_path / "merge", datasetA=tmp_path / "load_a" / "outputs" / "datasetA",
+                            datasetB=tmp_path / "load_b" / "outputs" / "datasetB")
+    reports["merge"] = own_process("merge", merge_root)
+    reports["process"] = own_process("process", stage_tree(tmp_path / "process",
+                                                           merged_data=merge_root / "outputs" / "merged_data"))
+    assert dataset.Snapshot(tmp_path / "process" / "outputs" / "processed_data", "processed_data").num_rows == 40
+    for name, report in reports.items():
+        assert report["status"] == 0, name
+        assert "pandas" not in loaded_modules(report["modules"]), name
+        assert report["pool"] == ("jemalloc" if jemalloc_built() else pa.default_memory_pool().backend_name), name
+    assert "duckdb" in loaded_modules(reports["merge"]["modules"])  # the Ids both hold compared by the engine
+
+
+def test_with_a_cluster_a_data_stage_keeps_pandas_for_dask(tmp_path, monkeypatch):
+    """keep_pandas_out steps aside when the job has a cluster (Dask works on pandas frames)."""
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.delitem(sys.modules, "pandas", raising=False)
+    from stageflow.runtime import cluster
+
+    cluster.keep_pandas_out({cluster.HOST_ENV: "127.0.0.1", cluster.PORT_ENV: "8786"})
+    import pandas  # noqa: F401 - importable still
+    monkeypatch.delitem(sys.modules, "pandas")
+    cluster.keep_pandas_out({})
+    with pytest.raises(ModuleNotFoundError, match="kept out of this stage's process"):
+        import pandas  # noqa: F401,F811
+
+
+def test_merge_of_sources_sharing_no_id_never_loads_its_engine(tmp_path):
+    """The streamed merge needs DuckDB only for Ids both sources hold (0.1 s and 48 MiB otherwise)."""
+    a = write_snapshot(tmp_path / "a", table([(1, "Iris-setosa"), (2, "Iris-setosa")]))
+    b = write_snapshot(tmp_path / "b", table([(3, "Iris-setosa"), (4, "Iris-versicolor")]))
+    report = own_process("merge", stage_tree(tmp_path / "merge", datasetA=a, datasetB=b))
+    assert report["status"] == 0
+    merged = dataset.Snapshot(tmp_path / "merge" / "outputs" / "merged_data", "merged_data")
+    assert merged.column("Id").to_pylist() == [1, 2, 3, 4]
+    assert "duckdb" not in loaded_modules(report["modules"])

@@ -37,13 +37,13 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from stageflow.runtime import schema as schemas
 from stageflow.runtime.contract import StageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("stageflow")
 
@@ -74,6 +74,30 @@ def shared_root(environ=os.environ) -> Path:
         raise StageError(f"cluster: no storage the workers share with the job; set {SHARED_ENV} to a directory "
                          f"that both see")
     return Path(environ.get("DOMINO_DATASETS_DIR", "/mnt/data")) / project
+
+
+def keep_pandas_out(environ=os.environ) -> None:
+    """In a data stage's own process (dataset.own_process), when its job has no cluster: pandas as absent.
+
+    One machine's path is Arrow alone, but pyarrow imports pandas, where it is installed (every image has it:
+    Dask needs it), the first time it is handed a Python value (a list to `pa.array`, a scalar to a compute
+    function), only to ask whether that is a pandas object: 0.2-0.4 s, a third of a small stage's time
+    (docs/performance.md). Answered "not installed", it asks no more. Never in a process that imports the
+    stage's logic (a test's), where it would hide pandas from everything else; and not with a cluster, where
+    Dask works on pandas frames."""
+    if not (environ.get(HOST_ENV, "").strip() or environ.get(PORT_ENV, "").strip()) and "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+
+
+class _NoPandas:
+    """An import finder that answers "not installed" for pandas. (A None in sys.modules would not do: pyarrow's
+    compiled import takes whatever sys.modules holds.)"""
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"No module named {name!r} (kept out of this stage's process: "
+                                      f"stageflow.runtime.cluster.keep_pandas_out)", name=name)
+        return None
 
 
 class ClusterFailed(StageError):
@@ -205,6 +229,8 @@ def write_part(table: pa.Table, path: Path) -> None:
     """A partition's rows, written where the job will read them; under a temporary name first, so that a retry
     after a worker died mid-write replaces a whole file, never a prefix. The folder is the job's: a partition
     still running after its stage ended (killed, say) finds it gone and writes nothing."""
+    import pyarrow.parquet as pq  # here, not above: the runner reads this module's names, and needs no pyarrow
+
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(table, tmp, compression="none")
     os.replace(tmp, path)
@@ -212,6 +238,8 @@ def write_part(table: pa.Table, path: Path) -> None:
 
 def read_parts(paths: list[Path]) -> Iterator[pa.Table]:
     """The parts' rows in order, a row group at a time: the job holds one at a time."""
+    import pyarrow.parquet as pq
+
     for path in paths:
         handle = pq.ParquetFile(path)
         for group in range(handle.num_row_groups):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stageflow.runtime import schema as schemas
+from stageflow.runtime import cluster, schema as schemas
 from stageflow.runtime.contract import StageError
 
 LABEL_TYPE = pa.dictionary(pa.int32(), pa.string())
@@ -30,6 +30,21 @@ ROW_GROUP = 1_000_000  # rows per Parquet row group: what a streaming stage hold
 # Unit words a column name may carry or drop (`SepalLengthCm`, `sepal length (cm)`, `sepal_length`).
 UNITS = {"cm", "mm", "m", "km", "in", "ft", "g", "kg", "mg", "lb", "ml", "l", "s", "ms", "min", "h", "pct",
          "percent"}
+
+
+def own_process() -> None:
+    """A data stage's own process, set up before its work. Called from the stage's `if __name__ == "__main__"`
+    only, never where its logic is imported (a test's process): both settings are the whole process's.
+
+    Arrow's memory comes from jemalloc where pyarrow has it (its Linux wheels): with pyarrow's default,
+    mimalloc, each stage spent 0.3-0.4 s more of system time handing row groups' memory to and from the
+    kernel, at 1,000,000 rows a row group (measured side by side, docs/performance.md). And pandas is kept
+    out (cluster.keep_pandas_out)."""
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a pyarrow built without it
+        pass
+    cluster.keep_pandas_out()
 
 
 def key() -> str:

@@ -4,7 +4,7 @@ The snapshot pins the source as it was at this moment (its sha256, row count and
 file's metadata), so later stages never see a source that changed under them.
 """
 
-from stageflow.runtime import contract, sources
+from stageflow.runtime import contract, dataset, sources
 
 
 def main() -> None:
@@ -12,4 +12,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    dataset.own_process()
     main()

@@ -201,4 +201,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    dataset.own_process()
     main()
