@@ -22,7 +22,7 @@ from stageflow.runtime import contract, dataset, inputs, schema as schemas, sour
 from stageflow.runtime.contract import StageError
 
 from conftest import (IRIS_FEATURES, ROOT, TRAIN_DEFAULTS, iris_like, load_source, load_stage, run_main,
-                      write_snapshot)
+                      samples, write_snapshot)
 
 pytestmark = pytest.mark.iris  # iris columns, labels and messages
 
@@ -669,6 +669,25 @@ def test_the_data_stages_own_processes_load_no_pandas_and_take_arrows_memory_fro
         assert "pandas" not in loaded_modules(report["modules"]), name
         assert report["pool"] == ("jemalloc" if jemalloc_built() else pa.default_memory_pool().backend_name), name
     assert "duckdb" in loaded_modules(reports["merge"]["modules"])  # the Ids both hold compared by the engine
+
+
+def test_train_without_tracking_loads_no_pandas(tmp_path):
+    """scikit-learn imports pandas only if it is there (0.36 s of a small run); only MLflow's logging needs it."""
+    trees = {}
+    for name, source in zip(("load_a", "load_b"), samples()):
+        trees[name] = stage_tree(tmp_path / name, data_path=str(source))
+        assert own_process(name, trees[name])["status"] == 0
+    merged = stage_tree(tmp_path / "merge", datasetA=trees["load_a"] / "outputs" / "datasetA",
+                        datasetB=trees["load_b"] / "outputs" / "datasetB")
+    assert own_process("merge", merged)["status"] == 0
+    processed = stage_tree(tmp_path / "process", merged_data=merged / "outputs" / "merged_data")
+    assert own_process("process", processed)["status"] == 0
+    settings = {"epochs": "2", "batch_size": "32", "learning_rate": "0.05", "hidden_layers": "16", "seed": "42",
+                "test_fraction": "0.2", "early_stopping": "0"}
+    report = own_process("train", stage_tree(tmp_path / "train", processed_data=processed / "outputs" /
+                                             "processed_data", **settings), MLFLOW_TRACKING_URI="")
+    assert report["status"] == 0 and "pandas" not in loaded_modules(report["modules"])
+    assert (tmp_path / "train" / "outputs" / "model").is_file()
 
 
 def test_with_a_cluster_a_data_stage_keeps_pandas_for_dask(tmp_path, monkeypatch):
