@@ -383,6 +383,18 @@ def run_floor(work: Path, sources: dict[str, Path], label: str) -> Measure:
     return m
 
 
+def run_alone(backend, node, tree: Path, timeout: float):
+    """Node `node` as one job of `backend` in the prepared `tree`, its log in tree/stage.log: its outcome, and
+    the monotonic clock when it was started and when it ended."""
+    job = jobs.plan(dag_module.Dag([node], {}, {}, {}), jobs.Setup(code=ROOT), "bench", None)[node.name]
+    started = time.monotonic()
+    handle = backend.start(job, tree, timeout, [])
+    with open(tree / "stage.log", "w") as log:
+        log.writelines(handle.lines())
+    outcome = handle.wait()
+    return outcome, started, time.monotonic()
+
+
 def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, label: str,
               timeout: float) -> Measure:
     """The train stage alone as the process backend runs it, on a fresh tree holding `processed` and its other
@@ -398,13 +410,8 @@ def run_train(work: Path, node, processed: Path, epochs: int, batch_size: int, l
             value = defaults[src.flow_input] if src.flow_input else src.value
             (tree / "inputs" / name).write_text(contract.format_value(value))
     backend = RusageHostBackend()
-    job = jobs.plan(dag_module.Dag([node], {}, {}, {}), jobs.Setup(code=ROOT), "bench", None)[node.name]
-    started = time.perf_counter()
-    handle = backend.start(job, tree, timeout, [])
-    with open(tree / "stage.log", "w") as log:
-        log.writelines(handle.lines())
-    outcome = handle.wait()
-    seconds = time.perf_counter() - started
+    outcome, started, ended = run_alone(backend, node, tree, timeout)
+    seconds = ended - started
     if outcome.exit_code != 0:
         raise SystemExit(f"bench: the train stage failed ({outcome.exit_code}); see {tree / 'stage.log'}")
     loop = json.loads((tree / "outputs" / "metrics").read_text())["seconds"]
@@ -435,14 +442,7 @@ def run_phases(work: Path, dag, run: runner.Run, label: str, timeout: float) -> 
         tree = work / "phases" / f"{node.name}-{label}"
         shutil.copytree(run.tree(node.name) / "inputs", tree / "inputs", symlinks=True)
         (tree / "outputs").mkdir()
-        backend = PhaseBackend(tree / "times.json")
-        job = jobs.plan(dag_module.Dag([node], {}, {}, {}), jobs.Setup(code=ROOT), "bench", None)[node.name]
-        started = time.monotonic()
-        handle = backend.start(job, tree, timeout, [])
-        with open(tree / "stage.log", "w") as log:
-            log.writelines(handle.lines())
-        outcome = handle.wait()
-        ended = time.monotonic()
+        outcome, started, ended = run_alone(PhaseBackend(tree / "times.json"), node, tree, timeout)
         if outcome.exit_code != 0:
             raise SystemExit(f"bench: stage {node.name} failed under the phase probe; see {tree / 'stage.log'}")
         marks = json.loads((tree / "times.json").read_text())
