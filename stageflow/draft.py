@@ -143,11 +143,7 @@ def read(path: Path) -> tuple[list[Column], int, str]:
 
 def _fraction(text: str) -> bool:
     """A number other than a whole one (`5.1`, `1e3`): what a header row never holds and a data row often does."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return not text.strip().lstrip("+-").isdigit()
+    return sources.is_number(text) and not text.strip().lstrip("+-").isdigit()
 
 
 def guess_key(columns: list[Column], rows: int, path: Path) -> tuple[Column, str]:

@@ -269,7 +269,7 @@ def source_tables(path: Path, fmt: str, typed: bool | None = True) -> Iterator[p
             yield pa.Table.from_batches([batch])
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -281,7 +281,7 @@ def check_header(names: list[str], path: Path) -> None:
     """A CSV whose first line is data lends its values to the columns as names; say so, instead of
     reporting every column of the schema missing."""
     schema = schemas.active()
-    if any(name in schema.types for name in names) or not any(_is_number(name) for name in names):
+    if any(name in schema.types for name in names) or not any(is_number(name) for name in names):
         return
     optional = f" (and optionally {', '.join(schema.dropped)})" if schema.dropped else ""
     raise StageError(f"input data_path: {path}: the header row is missing: the first row "
