@@ -854,8 +854,8 @@ def show_flow(dag, n: int, shape: str, seed: dict[str, Measure] | None, rounds: 
     if floors:
         def critical(r: Round) -> float:
             return max(r.ours[x].seconds for x in roots) + sum(r.ours[x].seconds for x in data_stages if x not in roots)
-        print(f"data path: the data stages' critical path (each a whole process) / one DuckDB query doing it in one "
-              f"process (scripts/bench.py floor_query):")
+        print("data path: the data stages' critical path (each a whole process) / one DuckDB query doing it in one "
+              "process (scripts/bench.py floor_query):")
         for i, r in enumerate(floors, 1):
             print(f"  run {i}: {critical(r):.2f} s / {r.floor.seconds:.2f} s = {critical(r) / r.floor.seconds:.2f}x "
                   f"(floor cpu {r.floor.cpu:.2f} s, peak {r.floor.rss_mb:.0f} MiB)")

@@ -159,7 +159,7 @@ RUN_OPTIONS = [
                  "holding FLOW.py, else its folder); each task gets a copy of its own"),
     click.Option(["--environment-image", "environment_images"], multiple=True, metavar='"ENVIRONMENT NAME=IMAGE"',
                  help="the local image that runs the tasks of a Domino environment (repeatable; also read from "
-                 f"environment-images.txt in the code directory)"),
+                 "environment-images.txt in the code directory)"),
     click.Option(["--dataset", "datasets"], multiple=True, metavar="NAME=DIR",
                  help="a local folder mounted read-only where Domino mounts dataset NAME for a job (/mnt/data/NAME; "
                  "repeatable)"),

@@ -8,7 +8,6 @@ variables, no network, the limits of its hardware tier, and no privileges.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess

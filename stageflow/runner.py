@@ -37,7 +37,7 @@ from stageflow import files, jobs
 from stageflow.backends import Handle, Outcome
 from stageflow.cache import Cache, Sources, key as cache_key
 from stageflow.dag import Dag, Node, Source, check_params
-from stageflow.records import RunRecord, StageResult, json_value, now
+from stageflow.records import RunRecord, json_value, now
 from stageflow.registry import ROOT
 from stageflow import rundir
 from stageflow.rundir import RunDir, RunError, new_run_dir, os_error

@@ -3,7 +3,6 @@
 The fuzzer runs every command against bad arguments and bad environments, in this process (cli.main is what
 the console script calls), and fails on any traceback or any exit that is not a refusal."""
 
-import itertools
 import json
 import os
 import random

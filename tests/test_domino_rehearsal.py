@@ -12,7 +12,6 @@ checkouts are new, and all go when the test ends.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -7,7 +7,6 @@ entrypoint (the backend's one hook for what runs); everything after that is the 
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from stageflow.runtime import cluster, dataset, inputs, schema as schemas
 from stageflow.runtime.contract import StageError, StageTree, sha256_file
-from stageflow.runtime.inputs import FORMATS, source_format
+from stageflow.runtime.inputs import source_format
 
 log = logging.getLogger("stageflow")
 
