@@ -48,6 +48,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def stopping(run) -> bool:
+    """Whether `run` was interrupted; if so, the process ignores any further Ctrl-C or SIGTERM from now on.
+    The run has ended every task and written its record; what is left is the summary and the exit, which a
+    signal arriving a moment later (the runner's own handlers are gone by then) must not cut short into a
+    KeyboardInterrupt at exit, nor into a second message."""
+    if run.interrupted:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+    return run.interrupted
+
+
 def headline_text(name: str, headline: dict) -> str:
     """A flow output's headline as aligned `label  value` lines under the output's name."""
     width = max(map(len, headline))
@@ -376,6 +387,7 @@ def execute(dag, options: dict, params: dict, flow_file: Path) -> int:
     run = Run(dag, Path(run_dir).resolve() if run_dir else None, backend, params, timeout=options["timeout"],
               cache=None if options.get("no_cache") else Cache(), setup=setup_from(options, flow_file))
     run.execute()
+    stopping(run)
     record = run.record.as_json()
     try:
         report_path = write_run_report(run.run_dir, record, [n.name for n in dag.nodes],
@@ -511,7 +523,7 @@ def compose_stage_command(stage: str, from_dir: str | None, given: tuple[str, ..
     print(f"running stage {stage} through docker-compose.yml in {containers.COMPOSE_DIR}"
           + (f", inputs from {run_dir}" if run_dir else ""), flush=True)
     run = containers.compose_stage(one, timeout)
-    if run.interrupted:
+    if stopping(run):
         sys.exit(130)
     if run.failures():
         print("\n" + "\n\n".join(run.failures()), file=sys.stderr)

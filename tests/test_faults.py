@@ -198,6 +198,29 @@ def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source)
     assert {stages[name]["status"] for name in downstream(dag, sources)} == {"skipped"}
 
 
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_signals_until_the_runner_exits_end_it_in_one_line_with_130(tmp_path, big_source, number):
+    """Any number of signals at any moment: a stream of them from a stage's start until the process is gone
+    meets the run, its summary and its exit alike (one arriving after the run's handlers were gone made the
+    process die of the signal, -2, once in a full run)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
+                             "--data-path-a", str(big_source), "--data-path-b", str(big_source)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not processes_with_root(run_dir):
+        assert proc.poll() is None and time.monotonic() < deadline, "no stage process started"
+        time.sleep(0.01)
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(number)
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("interrupted") == 1, err
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert processes_with_root(run_dir) == []
+
+
 def holds(pid, path):
     """Whether process `pid` has `path` open (as a stage holds its run directory's lock)."""
     fds = f"/proc/{pid}/fd"
