@@ -145,7 +145,10 @@ def with_uv(lock: Path, project: Path, lock_pins: dict[str, str]) -> None:
     say(f"installing the {len(lock_pins)} pins of {lock} with uv {version}, from {', '.join(places)} "
         f"(pip's configuration)")
     target = [str(uv), "pip", "install", "--python", sys.executable]
-    if run([*target, *args, "-r", str(lock)], env):
+    # Bytecode now, as pip compiles at install: where PYTHONDONTWRITEBYTECODE is set, Python never caches it,
+    # and every process (the runner and each stage) compiled the libraries it imports from source: 0.1-0.3 s a
+    # process here (docs/performance.md). About 10 s more on the first install.
+    if run([*target, *args, "--compile-bytecode", "-r", str(lock)], env):
         raise Unusable("uv could not install the lock (above)")
     say(f"installing {project_name(project)} (editable, from {project}) with uv")
     if run([*target, "--no-deps", "--no-build-isolation", "--offline", "--editable", str(project)], env):

@@ -144,6 +144,9 @@ class DockerBackend:
     def owner(self) -> int | None:
         return STAGE_UID if os.getuid() == 0 else None
 
+    def warm(self, job: Job, tree: Path) -> None:
+        """A container starts when its task does: its tree is mounted when it is created."""
+
     def finish_run(self) -> None:
         """The run is over: the reaper finds nothing of it left and ends."""
         reaper, self.reaper = getattr(self, "reaper", None), None
@@ -267,6 +270,9 @@ class ComposeBackend:
 
     def owner(self) -> int | None:
         return self.docker.owner()
+
+    def warm(self, job: Job, tree: Path) -> None:
+        self.docker.warm(job, tree)
 
     def image_id(self, image: str) -> str:
         return self.docker.image_id(image)

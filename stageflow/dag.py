@@ -87,6 +87,15 @@ class Dag:
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
+    def downstream(self, name: str) -> list[Node]:
+        """The nodes that depend on node `name`, directly or not, in the DAG's order."""
+        below, grew = {name}, True
+        while grew:
+            found = {node.name for node in self.nodes if node.upstream & below}
+            grew = not found <= below
+            below |= found
+        return [node for node in self.nodes if node.name in below - {name}]
+
     def folders(self) -> dict[str, str]:
         """Each node's folder in a run directory: its name made safe for a path, unique in the run."""
         found: dict[str, str] = {}

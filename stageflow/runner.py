@@ -166,6 +166,7 @@ class StageRun:
             if self._reuse():
                 return None
         self._check()
+        self.run.warm_downstream(self.node.name)
         if self.job.sees_code:
             jobs.copy_code(self.run.setup.code, self.tree / "code", self.run.backend.owner(), self.run.setup.exclude)
         return self._failure(self._execute())
@@ -566,6 +567,13 @@ class Run:
             else:
                 continue
             del pending[name]
+
+    def warm_downstream(self, name: str) -> None:
+        """Task `name` runs (its outputs were not in the cache), so every task downstream of it will, unless one
+        fails: the backend may get them ready now (the host backend starts their processes to do their imports
+        while this one runs)."""
+        for node in self.dag.downstream(name):
+            self.backend.warm(self.jobs[node.name], self.tree(node.name))
 
     def _worker(self, node: Node, done: queue.Queue) -> None:
         # Ctrl-C must reach the main thread: a signal taken by this thread (blocked in a read) would not
