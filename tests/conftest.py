@@ -33,6 +33,18 @@ def downstream(dag, names) -> set[str]:
     return found
 
 
+def lock_holders(run_dir) -> list[int]:
+    """Live processes holding the run directory's lock open: every stage process of the run, early or not."""
+    lock, found = str(run_dir / ".stageflow-run"), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == lock for fd in os.listdir(f"/proc/{pid}/fd")):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 def load_stage(name: str):
     """Import stages/<name>/main.py as a module; nothing runs at import time, so tests get the logic."""
     return stage_registry.stage(name).module()

@@ -17,7 +17,7 @@ from stageflow import dag as dag_module, model
 
 from stageflow.runtime import contract, schema as schemas
 
-from conftest import IRIS_FEATURES, ROOT, downstream, write_snapshot
+from conftest import IRIS_FEATURES, ROOT, downstream, lock_holders, write_snapshot
 
 
 def load_tree(root, source):
@@ -190,6 +190,7 @@ def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source)
     assert proc.returncode == 130, err
     assert "interrupted; stopped every running task" in err
     assert processes_with_root(run_dir) == []
+    assert lock_holders(run_dir) == []  # the stages started early, waiting for their trees, too
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted"
     stages, dag = record["stages"], dag_module.load()
@@ -242,9 +243,10 @@ def test_kill_9_of_the_runner_kills_its_stages(tmp_path, big_source):
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 120
-    while processes_with_root(run_dir) and time.monotonic() < deadline:
+    while (processes_with_root(run_dir) or lock_holders(run_dir)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_with_root(run_dir) == []
+    assert lock_holders(run_dir) == []  # the stages started early, waiting for their trees, too
     written = [path for path in run_dir.glob("*/outputs/*") if not path.name.startswith(".")]  # not temp files
     assert written == []  # killed before writing any output
     assert locked == [True, True]

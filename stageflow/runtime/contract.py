@@ -375,9 +375,15 @@ def wait_for_inputs(preload: Iterable[str] = ()) -> None:
     with contextlib.suppress(OSError):
         os.write(int(ready), READY.encode())
         os.close(int(ready))
+    line = b""
+    while not line.endswith(b"\n"):  # a byte at a time: sys.stdin would buffer what comes after, if anything
+        byte = os.read(0, 1)
+        if not byte:
+            os._exit(0)
+        line += byte
     try:
-        os.environ["WORKFLOW_ROOT"] = json.loads(sys.stdin.readline())
-    except ValueError:
+        os.environ["WORKFLOW_ROOT"] = json.loads(line)
+    except (ValueError, TypeError):
         os._exit(0)
     devnull = os.open(os.devnull, os.O_RDONLY)  # the stage's stdin is /dev/null, as it is started any other way
     os.dup2(devnull, 0)

@@ -1,0 +1,160 @@
+"""The host backend starts a stage's process early, while the stages upstream of it run: the process does its
+imports, then waits for its tree (contract.wait_for_inputs). What it does must be what a process started late
+does, whatever becomes of the run: a stage that does not wait, a failure upstream, the cache, a timeout."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+from stageflow import dag as dag_module
+from stageflow.backends import HostBackend
+from stageflow.cache import Cache
+from stageflow.dag import Dag
+from stageflow.runner import Run
+from stageflow.runtime import contract
+
+from conftest import ROOT, bad_source, downstream, lock_holders, samples
+
+
+class Recording(HostBackend):
+    """The host backend, noting each process it starts: the stage's name, when, and whether it was started
+    early (to wait for its tree) or as the stage started."""
+
+    def __init__(self, commands: dict[str, list[str]] | None = None):
+        self.commands = commands or {}
+        self.started: list[tuple[str, float, bool]] = []
+        self.begun: dict[str, float] = {}
+
+    def command(self, job):
+        return self.commands.get(job.node.name) or super().command(job)
+
+    def _popen(self, job, tree, extra, **kwargs):
+        self.started.append((job.node.name, time.monotonic(), contract.WAIT_ENV in extra))
+        return super()._popen(job, tree, extra, **kwargs)
+
+    def start(self, job, tree, timeout, mounts):
+        self.begun[job.node.name] = time.monotonic()
+        return super().start(job, tree, timeout, mounts)
+
+    def early(self) -> set[str]:
+        return {name for name, _, early in self.started if early}
+
+
+class Late(HostBackend):
+    """The host backend without early starts: every stage's process started as the stage starts."""
+
+    def warm(self, job, tree):
+        pass
+
+
+def cut(last: str) -> Dag:
+    """The flow up to node `last`."""
+    dag = dag_module.load()
+    names = [node.name for node in dag.nodes]
+    return Dag(dag.nodes[:names.index(last) + 1], dag.inputs, dag.defaults, {}, dag.name, {})
+
+
+def params(**given) -> dict:
+    a, b = samples()
+    return {"data_path_a": str(a), "data_path_b": str(b), **given}
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_stages_downstream_start_early_and_train_the_model_a_late_start_trains(tmp_path):
+    dag = dag_module.load()
+    roots = [node.name for node in dag.nodes if not node.upstream]
+    early = Recording()
+    run = Run(dag, tmp_path / "early", early, params(), echo=False)
+    assert run.execute(), run.failures()
+    assert early.early() == downstream(dag, roots)
+    assert sorted(name for name, _, _ in early.started) == sorted(node.name for node in dag.nodes)  # once each
+    last = dag.nodes[-1].name
+    started = {name: at for name, at, _ in early.started}
+    assert started[last] < min(early.begun[name] for name in dag.node(last).upstream)  # before its inputs existed
+    late = Run(dag, tmp_path / "late", Late(), params(), echo=False)
+    assert late.execute(), late.failures()
+    model = next(name for name in dag.outputs if name == "model")
+    assert digest(tmp_path / "early" / "outputs" / f"{model}.skops") == digest(tmp_path / "late" / "outputs" / f"{model}.skops")
+    assert lock_holders(tmp_path / "early") == []
+
+
+def test_a_stage_that_does_not_wait_for_its_tree_is_started_again_and_touched_nothing(tmp_path):
+    """A stage of one's own need not enter through the contract: started early it cannot know its tree, fails
+    where nothing can be written, and is replaced by a process started as the stage starts."""
+    dag = cut("merge")
+    merge = dag.node("merge")
+    first = next(iter(merge.inputs))
+    copy = ("import os, shutil, sys; root = os.environ['WORKFLOW_ROOT']; print('tree', root); "
+            f"shutil.copy(root + '/inputs/{first}', root + '/outputs/{next(iter(merge.outputs))}')")
+    backend = Recording({"merge": [sys.executable, "-c", copy]})
+    run = Run(dag, tmp_path / "run", backend, params(), echo=False)
+    assert run.execute(), run.failures()
+    assert [early for name, _, early in backend.started if name == "merge"] == [True, False]
+    tree = tmp_path / "run" / run.folders["merge"]
+    assert (tree / "outputs" / next(iter(merge.outputs))).read_bytes() == (tree / "inputs" / first).read_bytes()
+    log = (tmp_path / "run" / "logs" / f"{run.folders['merge']}.log").read_text()
+    assert log == f"tree {tree}\n"  # only the process that ran as the stage: nothing of the one started early
+
+
+def test_after_a_failure_upstream_no_process_started_early_is_left(tmp_path):
+    dag = dag_module.load()
+    broken = tmp_path / "broken.csv"
+    error = bad_source(broken)
+    backend = Recording()
+    run = Run(dag, tmp_path / "run", backend, params(data_path_a=str(broken)), echo=False)
+    assert not run.execute()
+    first = next(node.name for node in dag.nodes if not node.upstream and "data_path_a" in
+                 {src.flow_input for _, src in node.inputs.values()})
+    assert error in run.results[first].error
+    skipped = downstream(dag, [first])
+    assert {run.results[name].status for name in skipped} == {"skipped"}
+    assert backend.early() & skipped  # they had been started early, and are gone
+    assert lock_holders(tmp_path / "run") == []
+
+
+def test_stages_taken_from_the_cache_start_nothing_early(tmp_path):
+    dag, cache = dag_module.load(), Cache(tmp_path / "cache")
+    assert Run(dag, tmp_path / "r1", HostBackend(), params(), echo=False, cache=cache).execute()
+    again = Recording()
+    assert Run(dag, tmp_path / "r2", again, params(), echo=False, cache=cache).execute()
+    assert again.started == []
+    last = dag.nodes[-1].name
+    epochs = Recording()  # a setting of the last stage changed: it alone runs, started as it starts
+    assert Run(dag, tmp_path / "r3", epochs, params(epochs=3), echo=False, cache=cache).execute()
+    assert epochs.started[0][0] == last and [early for _, _, early in epochs.started] == [False]
+
+
+def test_a_stage_that_never_gets_ready_times_out_on_its_own_clock(tmp_path):
+    """Its process hangs before it waits (an import that never returns): the task's clock, running from when
+    the stage starts, kills it, and no second process is started in its place."""
+    dag = cut("merge")
+    backend = Recording({"merge": [sys.executable, "-c", "import time; time.sleep(600)"]})
+    run = Run(dag, tmp_path / "run", backend, params(), echo=False, timeout=3)
+    began = time.monotonic()
+    assert not run.execute()
+    assert time.monotonic() - began < 60
+    assert run.results["merge"].error == "timed out after 3 s"
+    assert [early for name, _, early in backend.started if name == "merge"] == [True]
+    assert lock_holders(tmp_path / "run") == []
+
+
+def test_the_stage_reads_its_tree_from_the_runner_and_its_stdin_is_empty_after(tmp_path):
+    """contract.wait_for_inputs as a process sees it: READY on the pipe once the imports are done, then the tree
+    from stdin, then stdin is /dev/null, as for a stage started any other way."""
+    read, write = os.pipe()
+    script = ("import sys, os; from stageflow.runtime import contract; contract.wait_for_inputs(['json']); "
+              "print(os.environ['WORKFLOW_ROOT']); print(repr(sys.stdin.read()))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, contract.WAIT_ENV: str(write), "WORKFLOW_ROOT": "/dev/null/x"},
+                            pass_fds=(write,), cwd=ROOT)
+    os.close(write)
+    assert os.read(read, 64) == contract.READY.encode()
+    os.close(read)
+    out, _ = proc.communicate(json.dumps(str(tmp_path / "tree")) + "\nmore\n", timeout=30)
+    assert out.splitlines() == [str(tmp_path / "tree"), "''"]
