@@ -38,6 +38,9 @@ PEAK_SAMPLE_SECONDS = 0.02
 # The tree of a process started before it is given one: no file can be made there, not even by root (/dev/null
 # is no directory), so a stage that does not wait for its tree fails at once without touching anything.
 NOWHERE = Path(os.devnull) / "stageflow-tree-not-given-yet"
+# Stage processes waiting for their trees at once, at most: each holds its libraries (100-200 MB), and a wide
+# flow's every stage started at once would also slow the stages that are running.
+MOST_WAITING = 8
 
 
 @dataclass
@@ -205,8 +208,8 @@ class HostBackend:
         while (request := self.requests.get()) is not None:
             job, tree = request
             with self.guard:
-                if job.node.name in self.claimed or job.node.name in self.warming:
-                    continue
+                if job.node.name in self.claimed or job.node.name in self.warming or len(self.warming) >= MOST_WAITING:
+                    continue  # (one beyond the most starts late, or early when a stage nearer to it runs)
                 read, write = os.pipe()
                 try:
                     proc = self._popen(job, NOWHERE, {contract.WAIT_ENV: str(write)},
@@ -243,21 +246,28 @@ class HostBackend:
 
 class Waiting:
     """A stage process started before its inputs, with the pipe on which it says READY (its imports done, at
-    contract.wait_for_inputs)."""
+    contract.wait_for_inputs), and what it printed until then."""
 
     def __init__(self, proc: subprocess.Popen, ready: int):
         self.proc, self.ready = proc, ready
+        self.printed = b""
 
     def give(self, tree: Path) -> bool:
-        """Once the process is ready, hand it its tree (on stdin); False if it ended first, never ready."""
+        """Once the process is ready, hand it its tree (on stdin); False if it ended first, never ready. What it
+        prints meanwhile is read (and kept for its log): a full pipe would stop it before it got ready."""
+        out = self.proc.stdout.fileno()  # read raw, before its reader has buffered anything
         try:
             while True:
-                readable, _, _ = select.select([self.ready], [], [], 0.1)
-                if readable:
+                readable, _, _ = select.select([self.ready, out] if out is not None else [self.ready], [], [], 0.1)
+                if self.ready in readable:
                     said = os.read(self.ready, 64)
                     break
+                if out in readable:
+                    chunk = os.read(out, 65536)
+                    self.printed += chunk
+                    out = out if chunk else None
                 # Ended without a word, and the pipe still open: a process it started holds it.
-                if os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                elif os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                     said = b""
                     break
         finally:
@@ -350,8 +360,20 @@ class StartedEarly(ProcessHandle):
     def lines(self) -> Iterator[str]:
         if not self.waiting.give(self.tree):
             with self.guard:
-                if self.killed_for is None:  # (a kill ended it: that is the stage's outcome)
+                again = self.killed_for is None  # (a kill ended it: that is the stage's outcome)
+                if again:
                     self.waiting.discard()
                     self.proc = self.start()
                     self._watch(self.proc)
-        yield from self.proc.stdout
+            if again:
+                yield from self.proc.stdout
+                return
+        # What it printed while it waited, then the rest; a line cut where the waiting ended is one line.
+        printed = self.waiting.printed.decode("utf-8", "replace").splitlines(keepends=True)
+        cut = printed.pop() if printed and not printed[-1].endswith("\n") else ""
+        yield from printed
+        for line in self.proc.stdout:
+            yield cut + line
+            cut = ""
+        if cut:
+            yield cut

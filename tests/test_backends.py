@@ -158,3 +158,35 @@ def test_the_stage_reads_its_tree_from_the_runner_and_its_stdin_is_empty_after(t
     os.close(read)
     out, _ = proc.communicate(json.dumps(str(tmp_path / "tree")) + "\nmore\n", timeout=30)
     assert out.splitlines() == [str(tmp_path / "tree"), "''"]
+
+
+def test_a_stage_that_prints_much_before_it_waits_is_not_held_up_and_its_log_keeps_every_line(tmp_path):
+    """A pipe holds 64 KiB: a stage printing more before it waits for its tree (noisy imports) would be stuck
+    writing, never ready, if nothing read it meanwhile."""
+    dag = cut("merge")
+    noisy = ("import runpy, sys; sys.stdout.write(''.join(f'noise {i}\\n' for i in range(40000))); sys.stdout.write('cut '); "
+             "sys.stdout.flush(); runpy.run_path('stages/merge/main.py', run_name='__main__')")
+    backend = Recording({"merge": [sys.executable, "-c", noisy]})
+    run = Run(dag, tmp_path / "run", backend, params(), echo=False, timeout=120)
+    assert run.execute(), run.failures()
+    assert [early for name, _, early in backend.started if name == "merge"] == [True]  # the one started early ran
+    lines = (tmp_path / "run" / "logs" / f"{run.folders['merge']}.log").read_text().splitlines()
+    assert lines[:40000] == [f"noise {i}" for i in range(40000)]
+    assert lines[40000].startswith("cut ") and "INFO" in lines[40000]  # the line it was writing, whole
+    assert lines[-1].endswith("done: merged_data")
+
+
+def test_at_most_so_many_stages_wait_at_once(tmp_path, monkeypatch):
+    """A wide flow would otherwise start every stage's process at once."""
+    from stageflow import backends
+
+    monkeypatch.setattr(backends, "MOST_WAITING", 1)
+    dag = dag_module.load()
+    roots = [node.name for node in dag.nodes if not node.upstream]
+    backend = Recording()
+    run = Run(dag, tmp_path / "run", backend, params(), echo=False)
+    assert run.execute(), run.failures()
+    first_wave = [name for name, at, early in backend.started if early and at < min(backend.begun[n] for n in
+                                                                                      downstream(dag, roots))]
+    assert len(first_wave) == 1
+    assert len(backend.early()) > 1  # the others were started early later, as the stages nearer them ran
