@@ -10,11 +10,13 @@ here, so a task is timed out, killed and watched the same way whatever runs it.
 
 from __future__ import annotations
 
+import ast
 import compileall
 import contextlib
 import ctypes
 import functools
 import importlib
+import io
 import json
 import os
 import queue
@@ -24,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,14 +148,14 @@ class HostBackend:
     iterate. Any other task needs its environment's image, so containers.
 
     A stage is started early where the runner says it will soon run (`warm`): its process does its imports
-    while the stages upstream of it run, then waits for its inputs (contract.wait_for_inputs). On 2 x 2,000 rows
-    that took 2.9 s of imports off the critical path of a 7 s run (docs/performance.md). A process that does not
-    wait (a stage of one's own that does not enter through the contract) is found out and started again late:
-    it never knew its tree (NOWHERE), so it touched nothing of the run."""
+    while the stages upstream of it run, then waits to be handed its tree (contract.wait_for_inputs). On 2 x
+    2,000 rows that took train's imports, most of a small run, off its critical path (docs/performance.md). Only
+    a script that enters through the contract waits (`waits_for_its_tree`); any other starts when its stage
+    does, as it would do work before it could know its tree, and would have to do it again."""
 
     name = "host"
     lock_fd: int | None = None
-    warming: dict[str, "Waiting"] | None = None  # by node name: started early, not yet given their tree
+    warming: dict[str, "Waiting"] | None = None  # by node name: started early, not yet handed their trees
 
     def check(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -162,13 +165,13 @@ class HostBackend:
                                  f"containers: use --backend docker")
 
     def prepare_run(self, run_dir: Path, lock_fd: int) -> None:
-        """Before the first stage: every stage process will inherit the run directory's lock, so the lock
-        is held for as long as any of them lives, even one that outlived the runner for a moment. And the
-        package's bytecode, as an install (pip) and the images (compileall in stages/Dockerfile) have it:
-        each stage is a fresh interpreter, which under PYTHONDONTWRITEBYTECODE=1 would otherwise compile the
-        runtime from source every time (0.1-0.3 s a stage here, docs/performance.md). Reading bytecode is
-        what that setting leaves on. Up to date, this costs a stat a file; a package it cannot write (an
-        install of someone else's) is left as it is."""
+        """Before the first stage: every stage process will hold the run directory's lock, so the lock is held
+        for as long as any of them lives, even one that outlived the runner for a moment. And the package's
+        bytecode, as an install (pip) and the images (compileall in stages/Dockerfile) have it: each stage is a
+        fresh interpreter, which under PYTHONDONTWRITEBYTECODE=1 would otherwise compile the runtime from source
+        every time (0.1-0.3 s a stage here, docs/performance.md). Reading bytecode is what that setting leaves
+        on. Up to date, this costs a stat a file; a package it cannot write (an install of someone else's) is
+        left as it is."""
         self.lock_fd = lock_fd
         compileall.compile_dir(PACKAGE, quiet=2)
         self.warming, self.claimed = {}, set()
@@ -197,8 +200,8 @@ class HostBackend:
         return [sys.executable, str(ROOT / job.stage.script)]
 
     def warm(self, job: Job, tree: Path) -> None:
-        """`job` will probably run soon: start its process now, to wait for its inputs once its imports are done."""
-        if self.warming is not None:
+        """`job` will probably run soon: start its process now, to wait for its tree once its imports are done."""
+        if self.warming is not None and waits_for_its_tree(ROOT / job.stage.script):
             self.requests.put((job, tree))
 
     def _spawn_waiting(self) -> None:
@@ -210,28 +213,31 @@ class HostBackend:
             with self.guard:
                 if job.node.name in self.claimed or job.node.name in self.warming or len(self.warming) >= MOST_WAITING:
                     continue  # (one beyond the most starts late, or early when a stage nearer to it runs)
-                read, write = os.pipe()
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 try:
-                    proc = self._popen(job, NOWHERE, {contract.WAIT_ENV: str(write)},
-                                       stdin=subprocess.PIPE, fds=(write,))
+                    # Not the lock: a process not yet handed its tree has no business with the run directory.
+                    proc = self._popen(job, NOWHERE, {contract.WAIT_ENV: f"{theirs.fileno()}:{os.getpid()}"},
+                                       fds=(theirs.fileno(),))
                 except OSError:
-                    os.close(read)
+                    ours.close()
                     continue  # it starts late, as it would have anyway, and says then what is wrong
                 finally:
-                    os.close(write)
-                self.warming[job.node.name] = Waiting(proc, read)
+                    theirs.close()
+                self.warming[job.node.name] = Waiting(proc, ours)
 
-    def _popen(self, job: Job, tree: Path, extra: dict[str, str], stdin=subprocess.DEVNULL,
-               fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    def _popen(self, job: Job, tree: Path, extra: dict[str, str], fds: tuple[int, ...] | None = None
+               ) -> subprocess.Popen:
+        """The stage's process in `tree`, with `extra` variables and the descriptors `fds` (default: the lock)."""
         # The active schema by its absolute path: the stage runs from ROOT, wherever this process runs from.
         env = {**os.environ, **job.environment, "HOME": os.environ.get("HOME", "/"), "WORKFLOW_ROOT": str(tree),
                "PYTHONUNBUFFERED": "1", schemas.ENV: str(schemas.path()),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **extra}
+        if fds is None:
+            fds = () if self.lock_fd is None else (self.lock_fd,)
         return subprocess.Popen(self.command(job), cwd=ROOT, env=env,
-                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", start_new_session=True,
-                                preexec_fn=functools.partial(die_with, os.getpid()),
-                                pass_fds=fds + (() if self.lock_fd is None else (self.lock_fd,)))
+                                preexec_fn=functools.partial(die_with, os.getpid()), pass_fds=fds)
 
     def start(self, job: Job, tree: Path, timeout: float, mounts: list[Path]) -> "ProcessHandle":
         waiting = None
@@ -240,61 +246,90 @@ class HostBackend:
                 self.claimed.add(job.node.name)
                 waiting = self.warming.pop(job.node.name, None)
         if waiting is not None:
-            return StartedEarly(waiting, tree, timeout, functools.partial(self._popen, job, tree, {}))
+            return StartedEarly(waiting, tree, self.lock_fd, timeout, functools.partial(self._popen, job, tree, {}))
         return ProcessHandle(self._popen(job, tree, {}), timeout)
 
 
+def waits_for_its_tree(script: Path) -> bool:
+    """Whether a stage script enters through the contract (calls contract.main or contract.run), which waits
+    for its tree when the stage is started early. Read, not run: a script that does not is never started early."""
+    try:
+        tree = ast.parse(script.read_bytes(), str(script))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("main", "run")
+               and isinstance(node.func.value, ast.Name) and node.func.value.id == "contract" for node in ast.walk(tree))
+
+
 class Waiting:
-    """A stage process started before its inputs, with the pipe on which it says READY (its imports done, at
-    contract.wait_for_inputs), and what it printed until then."""
+    """A stage process started before its inputs: the socket on which it says READY (its imports done, at
+    contract.wait_for_inputs) and is handed its tree, and what it printed until then."""
 
-    def __init__(self, proc: subprocess.Popen, ready: int):
-        self.proc, self.ready = proc, ready
-        self.printed = b""
+    def __init__(self, proc: subprocess.Popen, handover: socket.socket):
+        self.proc, self.handover = proc, handover
+        self.printed = tempfile.TemporaryFile()  # read raw, before the process's own reader buffered anything
 
-    def give(self, tree: Path) -> bool:
-        """Once the process is ready, hand it its tree (on stdin); False if it ended first, never ready. What it
-        prints meanwhile is read (and kept for its log): a full pipe would stop it before it got ready."""
-        out = self.proc.stdout.fileno()  # read raw, before its reader has buffered anything
+    def give(self, tree: Path, lock_fd: int | None) -> bool:
+        """Once the process is ready, hand it its tree and the run directory's lock; False if it ended first,
+        never ready. What it prints meanwhile is kept (for its log): a full pipe would stop it short of ready."""
+        out = self.proc.stdout.fileno()
         try:
             while True:
-                readable, _, _ = select.select([self.ready, out] if out is not None else [self.ready], [], [], 0.1)
-                if self.ready in readable:
-                    said = os.read(self.ready, 64)
-                    break
+                readable, _, _ = select.select([self.handover, out] if out is not None else [self.handover], [], [], 0.1)
+                if self.handover in readable:
+                    if self.handover.recv(64) != contract.READY:
+                        return False
+                    with contextlib.suppress(OSError):  # it died as it was handed the tree: its end is the stage's
+                        socket.send_fds(self.handover, [json.dumps(str(tree)).encode()],
+                                        [] if lock_fd is None else [lock_fd])
+                    return True
                 if out in readable:
-                    chunk = os.read(out, 65536)
-                    self.printed += chunk
+                    chunk = os.read(out, 1 << 16)
+                    self.printed.write(chunk)
                     out = out if chunk else None
-                # Ended without a word, and the pipe still open: a process it started holds it.
+                # Ended without a word, the socket still open: a process it started holds it.
                 elif os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                    said = b""
-                    break
+                    return False
         finally:
-            self._close_ready()
-        if said != contract.READY.encode():
-            return False
-        try:
-            self.proc.stdin.write(json.dumps(str(tree)) + "\n")
-            self.proc.stdin.close()
-        except OSError:  # it died since: its status and its log are the stage's
-            pass
-        return True
+            self.handover.close()
 
-    def _close_ready(self) -> None:
-        if self.ready is not None:
-            os.close(self.ready)
-            self.ready = None
+    def lines(self) -> Iterator[str]:
+        """Its output: what it printed while it waited, then the rest, read as one stream, as a process started
+        late is read (the same decoding and newlines, a line cut at the handover whole)."""
+        self.printed.seek(0)
+        raw = io.FileIO(self.proc.stdout.fileno(), closefd=False)
+        yield from io.TextIOWrapper(io.BufferedReader(Chained(self.printed, raw)), errors="replace")
 
     def discard(self) -> None:
         """Kill it, with anything it started, and reap it."""
-        self._close_ready()
+        self.handover.close()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
+        self.close()
+
+    def close(self) -> None:
+        self.printed.close()
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
+
+
+class Chained(io.RawIOBase):
+    """Two binary streams read as one."""
+
+    def __init__(self, *parts):
+        self.parts = list(parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.parts:
+            count = self.parts[0].readinto(buffer)
+            if count:
+                return count
+            self.parts.pop(0)
+        return 0
 
 
 class ProcessHandle:
@@ -304,6 +339,7 @@ class ProcessHandle:
         self.peak_mb: float | None = None
         self.exited = threading.Event()
         self.guard = threading.Lock()  # a kill and a process taking the place of another happen one at a time
+        self.timeout = timeout
         self.timer = kill_after(timeout, self.kill)
         self._watch(proc)
 
@@ -348,32 +384,33 @@ class ProcessHandle:
 
 
 class StartedEarly(ProcessHandle):
-    """A stage whose process was started early (HostBackend.warm): it gets its tree once it says it is ready.
-    One that ends first, never ready (a stage that does not wait for its tree), is replaced by a process
-    started now, as the stage would have been without the early start; the task's clock, a kill and the
-    memory watch go to whichever process is the stage's."""
+    """A stage whose process was started early (HostBackend.warm): it is handed its tree once it says it is
+    ready. One that ends first, never ready (it failed before it could wait: an import), is replaced by a
+    process started now, on a clock of its own, as the stage would have been without the early start; a kill
+    and the memory watch go to whichever process is the stage's."""
 
-    def __init__(self, waiting: Waiting, tree: Path, timeout: float, start: Callable[[], subprocess.Popen]):
+    def __init__(self, waiting: Waiting, tree: Path, lock_fd: int | None, timeout: float,
+                 start: Callable[[], subprocess.Popen]):
         super().__init__(waiting.proc, timeout)
-        self.waiting, self.tree, self.start = waiting, tree, start
+        self.waiting, self.tree, self.lock_fd, self.start = waiting, tree, lock_fd, start
 
     def lines(self) -> Iterator[str]:
-        if not self.waiting.give(self.tree):
-            with self.guard:
-                again = self.killed_for is None  # (a kill ended it: that is the stage's outcome)
-                if again:
-                    self.waiting.discard()
-                    self.proc = self.start()
-                    self._watch(self.proc)
+        if self.waiting.give(self.tree, self.lock_fd):
+            try:
+                yield from self.waiting.lines()
+            finally:
+                self.waiting.close()
+            return
+        with self.guard:
+            again = self.killed_for is None  # (a kill ended it: that is the stage's outcome)
             if again:
-                yield from self.proc.stdout
-                return
-        # What it printed while it waited, then the rest; a line cut where the waiting ended is one line.
-        printed = self.waiting.printed.decode("utf-8", "replace").splitlines(keepends=True)
-        cut = printed.pop() if printed and not printed[-1].endswith("\n") else ""
-        yield from printed
-        for line in self.proc.stdout:
-            yield cut + line
-            cut = ""
-        if cut:
-            yield cut
+                self.waiting.discard()
+                self.proc = self.start()
+                self.timer.cancel()
+                self.timer = kill_after(self.timeout, self.kill)
+                self._watch(self.proc)
+        if again:
+            yield from self.proc.stdout
+        else:
+            yield from self.waiting.lines()
+            self.waiting.close()

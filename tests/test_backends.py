@@ -5,6 +5,7 @@ does, whatever becomes of the run: a stage that does not wait, a failure upstrea
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -84,9 +85,10 @@ def test_stages_downstream_start_early_and_train_the_model_a_late_start_trains(t
     assert lock_holders(tmp_path / "early") == []
 
 
-def test_a_stage_that_does_not_wait_for_its_tree_is_started_again_and_touched_nothing(tmp_path):
-    """A stage of one's own need not enter through the contract: started early it cannot know its tree, fails
-    where nothing can be written, and is replaced by a process started as the stage starts."""
+def test_a_process_started_early_that_ends_before_it_waits_is_replaced_and_touched_nothing(tmp_path):
+    """As a stage whose import fails would: here a command that never enters the contract. Started early it
+    cannot know its tree, fails where nothing can be written, and is replaced by a process started as the
+    stage starts."""
     dag = cut("merge")
     merge = dag.node("merge")
     first = next(iter(merge.inputs))
@@ -144,33 +146,64 @@ def test_a_stage_that_never_gets_ready_times_out_on_its_own_clock(tmp_path):
     assert lock_holders(tmp_path / "run") == []
 
 
-def test_the_stage_reads_its_tree_from_the_runner_and_its_stdin_is_empty_after(tmp_path):
-    """contract.wait_for_inputs as a process sees it: READY on the pipe once the imports are done, then the tree
-    from stdin, then stdin is /dev/null, as for a stage started any other way."""
-    read, write = os.pipe()
+def test_the_stage_is_handed_its_tree_and_the_lock_only_by_the_runner_that_started_it(tmp_path):
+    """contract.wait_for_inputs as a process sees it: READY on its socket once the imports are done, then its
+    tree and the run directory's lock from there; its stdin is /dev/null throughout, as for a stage started any
+    other way. A process the variable reached but the runner did not start itself (a child of the stage's) does
+    not wait: it was never asked to."""
+    lock = tmp_path / "lock"
+    lock.write_text("")
     script = ("import sys, os; from stageflow.runtime import contract; contract.wait_for_inputs(['json']); "
-              "print(os.environ['WORKFLOW_ROOT']); print(repr(sys.stdin.read()))")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, contract.WAIT_ENV: str(write), "WORKFLOW_ROOT": "/dev/null/x"},
-                            pass_fds=(write,), cwd=ROOT)
-    os.close(write)
-    assert os.read(read, 64) == contract.READY.encode()
-    os.close(read)
-    out, _ = proc.communicate(json.dumps(str(tmp_path / "tree")) + "\nmore\n", timeout=30)
-    assert out.splitlines() == [str(tmp_path / "tree"), "''"]
+              "print(os.environ['WORKFLOW_ROOT']); print(repr(sys.stdin.read())); "
+              f"print(any(os.path.realpath('/proc/self/fd/' + fd) == {str(lock)!r} for fd in os.listdir('/proc/self/fd')))")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = {**os.environ, contract.WAIT_ENV: f"{theirs.fileno()}:{os.getpid()}", "WORKFLOW_ROOT": "/dev/null/x"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            text=True, env=env, pass_fds=(theirs.fileno(),), cwd=ROOT)
+    theirs.close()
+    ours.settimeout(60)
+    assert ours.recv(64) == contract.READY
+    with open(lock) as held:
+        socket.send_fds(ours, [json.dumps(str(tmp_path / "tree")).encode()], [held.fileno()])
+    out, _ = proc.communicate(timeout=60)
+    assert out.splitlines() == [str(tmp_path / "tree"), "''", "True"]
+    ours.close()
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env[contract.WAIT_ENV] = f"{theirs.fileno()}:{os.getpid() + 100000}"  # not this process's child's runner
+    out = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         env=env, pass_fds=(theirs.fileno(),), cwd=ROOT, timeout=60).stdout
+    assert out.splitlines() == ["/dev/null/x", "''", "False"]
 
 
-def test_a_stage_that_prints_much_before_it_waits_is_not_held_up_and_its_log_keeps_every_line(tmp_path):
+def test_only_a_script_that_enters_through_the_contract_is_started_early(tmp_path):
+    from stageflow.backends import waits_for_its_tree
+    from stageflow.registry import STAGES
+
+    assert all(waits_for_its_tree(ROOT / stage.script) for stage in STAGES.values())
+    cases = {"own.py": "import os\nprint(open(os.environ['WORKFLOW_ROOT'] + '/inputs/x').read())\n",
+             "broken.py": "def main(:\n", "named.py": "from stageflow.runtime.contract import main\nmain(print, [])\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        assert not waits_for_its_tree(tmp_path / name), name  # (the last one would wait: it starts late all the same)
+    assert not waits_for_its_tree(tmp_path / "missing.py")
+
+
+def test_a_stage_that_prints_much_before_it_waits_is_not_held_up_and_its_log_is_a_late_starts(tmp_path):
     """A pipe holds 64 KiB: a stage printing more before it waits for its tree (noisy imports) would be stuck
-    writing, never ready, if nothing read it meanwhile."""
+    writing, never ready, if nothing read it meanwhile. Its log reads as a late start's would: newlines
+    translated alike, the line it was writing at the handover whole. And it reads stdin first: /dev/null."""
     dag = cut("merge")
-    noisy = ("import runpy, sys; sys.stdout.write(''.join(f'noise {i}\\n' for i in range(40000))); sys.stdout.write('cut '); "
-             "sys.stdout.flush(); runpy.run_path('stages/merge/main.py', run_name='__main__')")
+    noisy = ("import runpy, sys; sys.stdin.read(); sys.stdout.write(''.join(f'noise {i}\\r\\n' for i in range(40000))); "
+             "sys.stdout.write('cut '); sys.stdout.flush(); runpy.run_path('stages/merge/main.py', run_name='__main__')")
     backend = Recording({"merge": [sys.executable, "-c", noisy]})
     run = Run(dag, tmp_path / "run", backend, params(), echo=False, timeout=120)
     assert run.execute(), run.failures()
     assert [early for name, _, early in backend.started if name == "merge"] == [True]  # the one started early ran
-    lines = (tmp_path / "run" / "logs" / f"{run.folders['merge']}.log").read_text().splitlines()
+    with open(tmp_path / "run" / "logs" / f"{run.folders['merge']}.log", newline="") as log:
+        text = log.read()
+    assert "\r" not in text  # translated, as a late start's output is read
+    lines = text.splitlines()
     assert lines[:40000] == [f"noise {i}" for i in range(40000)]
     assert lines[40000].startswith("cut ") and "INFO" in lines[40000]  # the line it was writing, whole
     assert lines[-1].endswith("done: merged_data")

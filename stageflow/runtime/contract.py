@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import socket
 import stat
 import sys
 import tempfile
@@ -350,44 +351,40 @@ def unwritable(outputs: Path) -> str | None:
         return f"outputs directory {outputs}: not writable by uid {uid} ({reason}); make it writable for uid {uid}"
 
 
-WAIT_ENV = "STAGEFLOW_WAIT_FOR_INPUTS"  # the pipe on which a stage the host backend started early says READY
-READY = "ready\n"
+# Set by the host backend on a stage it starts early: "FD:PID", the socket on which the stage says READY and is
+# handed its tree, and the runner that started it.
+WAIT_ENV = "STAGEFLOW_WAIT_FOR_INPUTS"
+READY = b"ready"
 
 
 def wait_for_inputs(preload: Iterable[str] = ()) -> None:
-    """Where the host backend started this process early: say so once the imports are done, then wait for its
-    tree, which the runner sends on stdin (a JSON string) once the inputs are in place. A stage's start is
-    mostly imports (scikit-learn's alone were 2 s of a small run's 7 s, docs/performance.md); done while the
-    stages upstream run, they leave the critical path. Everything before this point (the script's imports, its
-    process settings) depends on no input, and nothing after it runs before the inputs are there, so the stage
-    does exactly what it does started late. The modules `preload` names are ones the body imports only when it
-    needs them, imported here while waiting. Without the variable (on Domino, in a container, started by hand)
-    this does nothing.
+    """Where the host backend started this process early: say READY once the imports are done, then wait to be
+    handed the tree (with the run directory's lock, which a stage process holds: backends.HostBackend) once the
+    inputs are in place. A stage's start is mostly imports (train's scikit-learn and skops, 1.5 s of a small
+    run's 2.3 s); done while the stages upstream run, they leave the critical path. Everything before this point
+    (the script's imports, its process settings) depends on no input, and nothing after it runs before the
+    inputs are there, so the stage does what it does started late. The modules `preload` names are ones the body
+    imports only where it needs them, imported here while waiting. Without the variable (on Domino, in a
+    container, started by hand) this does nothing, and so in a process the runner did not start itself.
 
     No tree (the runner ended, or took the stage's outputs from its cache) ends the process quietly; the runner
     also kills it, and the kernel does if the runner dies (backends.die_with)."""
-    ready = os.environ.pop(WAIT_ENV, None)
-    if ready is None:
+    given = os.environ.pop(WAIT_ENV, None)
+    fd, _, runner = (given or "").partition(":")
+    if not (fd.isdigit() and runner.isdigit()) or os.getppid() != int(runner):
         return
     for module in preload:
         with contextlib.suppress(ImportError):  # the body's own import says what is missing, as it would anyway
             importlib.import_module(module)
-    with contextlib.suppress(OSError):
-        os.write(int(ready), READY.encode())
-        os.close(int(ready))
-    line = b""
-    while not line.endswith(b"\n"):  # a byte at a time: sys.stdin would buffer what comes after, if anything
-        byte = os.read(0, 1)
-        if not byte:
-            os._exit(0)
-        line += byte
+    handover = socket.socket(fileno=int(fd))
     try:
-        os.environ["WORKFLOW_ROOT"] = json.loads(line)
-    except (ValueError, TypeError):
+        handover.sendall(READY)
+        tree, _, _, _ = socket.recv_fds(handover, 65536, 1)  # the lock's descriptor stays open: held from now on
+        os.environ["WORKFLOW_ROOT"] = json.loads(tree)
+    except (OSError, ValueError, TypeError):  # no tree: not needed after all
         os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)  # the stage's stdin is /dev/null, as it is started any other way
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    finally:
+        handover.close()
 
 
 def run(body: Callable[[StageTree], None], outputs: Iterable[str], root: Path | None = None,
