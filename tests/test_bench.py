@@ -131,7 +131,7 @@ def test_bench_runs_and_prints_every_comparison(tmp_path):
     for stage in registry.STAGES:
         assert len(rows[stage]) == 2 + 2 * len(bench.UNITS), rows[stage]  # seed-style and process columns
     assert "data stages, seed-style / ours: wall" in proc.stdout
-    assert "/ the same stages as plain flytekit tasks (pyflyte run):\n  run 1: " in proc.stdout
+    assert "/ the same stages as plain flytekit tasks (`pyflyte run`), one after the other:\n  run 1: " in proc.stdout
     assert "  stageflow / flytekit: median " in proc.stdout  # --repeat 2: the flow and the peer twice
     assert "batch 64:\n  run 1: train " in proc.stdout and "  run 2: train " in proc.stdout
     assert "train / fit, wall: median " in proc.stdout and "train / fit, loop: median " in proc.stdout
