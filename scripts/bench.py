@@ -548,7 +548,7 @@ def docker_backend(dag):
         return None, "this checkout has no docker backend (stageflow.containers)"
     try:
         backend = DockerBackend()
-        backend.check(dag)
+        backend.check(list(jobs.plan(dag, jobs.Setup(code=ROOT), "bench", None).values()))
     except Exception as err:  # noqa: BLE001 - any reason the backend cannot run is a reason to skip it
         return None, contract.one_line(err)
     return backend, None

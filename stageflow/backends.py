@@ -147,11 +147,12 @@ class HostBackend:
     """Each of this project's stages as a Python process on this host: no Docker needed, the fastest way to
     iterate. Any other task needs its environment's image, so containers.
 
-    A stage is started early where the runner says it will soon run (`warm`): its process does its imports
-    while the stages upstream of it run, then waits to be handed its tree (contract.wait_for_inputs). On 2 x
-    2,000 rows that took train's imports, most of a small run, off its critical path (docs/performance.md). Only
-    a script that enters through the contract waits (`waits_for_its_tree`); any other starts when its stage
-    does, as it would do work before it could know its tree, and would have to do it again."""
+    A stage the registry marks `early` is started early where the runner says it will soon run (`warm`): its
+    process does its imports while the stages upstream of it run, then waits to be handed its tree
+    (contract.wait_for_inputs). On 2 x 2,000 rows that took train's imports, most of a small run, off its
+    critical path (docs/performance.md). Only a script that enters through the contract waits
+    (`waits_for_its_tree`); any other starts when its stage does, as it would do work before it could know its
+    tree, and would have to do it again."""
 
     name = "host"
     lock_fd: int | None = None
@@ -201,8 +202,12 @@ class HostBackend:
 
     def warm(self, job: Job, tree: Path) -> None:
         """`job` will probably run soon: start its process now, to wait for its tree once its imports are done."""
-        if self.warming is not None and waits_for_its_tree(ROOT / job.stage.script):
+        if self.warming is not None and self.starts_early(job):
             self.requests.put((job, tree))
+
+    def starts_early(self, job: Job) -> bool:
+        """A stage the registry marks `early`, whose script waits for its tree."""
+        return job.stage.early and waits_for_its_tree(ROOT / job.stage.script)
 
     def _spawn_waiting(self) -> None:
         """The thread that starts every waiting process: for the kernel, their parent (backends.die_with), and

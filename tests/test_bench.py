@@ -161,3 +161,11 @@ def test_bench_runs_part_of_the_flow_on_shuffled_ids_and_merge_against_other_eng
     for contender in ("stage", "at HEAD", "dask"):
         assert re.search(rf"^ +{contender}, run 1: [0-9.]+ s wall, [0-9.]+ s cpu, [0-9]+ MiB", proc.stdout, re.M), contender
     assert proc.stdout.count("x peak of the stage's") == 2
+
+
+@pytest.mark.docker
+def test_the_docker_backend_is_a_contender_where_the_images_are_built():
+    """Without it the bench prints the docker comparison as skipped, and the container overhead goes unmeasured
+    (it did, after the runner's backends began to check jobs rather than a DAG)."""
+    backend, why = bench.docker_backend(dag_module.load())
+    assert why is None and backend is not None
