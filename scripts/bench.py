@@ -481,7 +481,8 @@ def show_phases(dag, n: int, rounds: list[dict[str, dict[str, float]]]) -> None:
 
 
 def run_fit(work: Path, processed: Path, epochs: int, batch_size: int, label: str) -> Measure:
-    """scikit-learn's own fit on the rows the stage trains on, as a fresh process."""
+    """scikit-learn's own fit on the rows the stage trains on, then the model saved with skops.io.dump, as the
+    stage saves it, as a fresh process."""
     log = work / "train-vs-fit" / f"{label}.fit.log"
     m = measured([sys.executable, str(ROOT / "scripts" / "bench_seed.py"), "fit", str(processed), str(epochs),
                   str(batch_size)], log)
