@@ -360,7 +360,7 @@ READY = b"ready"
 def wait_for_inputs(preload: Iterable[str] = ()) -> None:
     """Where the host backend started this process early: say READY once the imports are done, then wait to be
     handed the tree (with the run directory's lock, which a stage process holds: backends.HostBackend) once the
-    inputs are in place. A stage's start is mostly imports (train's scikit-learn and skops, 1.5 s of a small
+    inputs are in place. A stage's start is mostly imports (train's scikit-learn and skops, 1.3 s of a small
     run's 2.3 s); done while the stages upstream run, they leave the critical path. Everything before this point
     (the script's imports, its process settings) depends on no input, and nothing after it runs before the
     inputs are there, so the stage does what it does started late. The modules `preload` names are ones the body
