@@ -175,7 +175,7 @@ class HostBackend:
         left as it is."""
         self.lock_fd = lock_fd
         compileall.compile_dir(PACKAGE, quiet=2)
-        self.warming, self.claimed = {}, set()
+        self.warming, self.claimed, self.eligible = {}, set(), {}
         self.guard = threading.Lock()
         self.requests: queue.Queue[tuple[Job, Path] | None] = queue.Queue()
         self.spawner = threading.Thread(target=self._spawn_waiting, daemon=True)
@@ -201,8 +201,9 @@ class HostBackend:
         return [sys.executable, str(ROOT / job.stage.script)]
 
     def warm(self, job: Job, tree: Path) -> None:
-        """`job` will probably run soon: start its process now, to wait for its tree once its imports are done."""
-        if self.warming is not None and self.starts_early(job):
+        """`job` will probably run soon: start its process now, to wait for its tree once its imports are done
+        (on the spawner thread, which also reads the script: nothing of it on the stage's own way to start)."""
+        if self.warming is not None:
             self.requests.put((job, tree))
 
     def starts_early(self, job: Job) -> bool:
@@ -218,6 +219,10 @@ class HostBackend:
             with self.guard:
                 if job.node.name in self.claimed or job.node.name in self.warming or len(self.warming) >= MOST_WAITING:
                     continue  # (one beyond the most starts late, or early when a stage nearer to it runs)
+                if job.node.name not in self.eligible:  # each stage upstream of it asks again: read its script once
+                    self.eligible[job.node.name] = self.starts_early(job)
+                if not self.eligible[job.node.name]:
+                    continue
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 try:
                     # Not the lock: a process not yet handed its tree has no business with the run directory.
@@ -303,7 +308,10 @@ class Waiting:
         late is read (the same decoding and newlines, a line cut at the handover whole)."""
         self.printed.seek(0)
         raw = io.FileIO(self.proc.stdout.fileno(), closefd=False)
-        yield from io.TextIOWrapper(io.BufferedReader(Chained(self.printed, raw)), errors="replace")
+        try:
+            yield from io.TextIOWrapper(io.BufferedReader(Chained(self.printed, raw)), errors="replace")
+        finally:
+            self.close()
 
     def discard(self) -> None:
         """Kill it, with anything it started, and reap it."""
@@ -401,10 +409,7 @@ class StartedEarly(ProcessHandle):
 
     def lines(self) -> Iterator[str]:
         if self.waiting.give(self.tree, self.lock_fd):
-            try:
-                yield from self.waiting.lines()
-            finally:
-                self.waiting.close()
+            yield from self.waiting.lines()
             return
         with self.guard:
             again = self.killed_for is None  # (a kill ended it: that is the stage's outcome)
@@ -414,8 +419,4 @@ class StartedEarly(ProcessHandle):
                 self.timer.cancel()
                 self.timer = kill_after(self.timeout, self.kill)
                 self._watch(self.proc)
-        if again:
-            yield from self.proc.stdout
-        else:
-            yield from self.waiting.lines()
-            self.waiting.close()
+        yield from self.proc.stdout if again else self.waiting.lines()

@@ -26,21 +26,23 @@ IRIS_FEATURES = ("SepalLengthCm", "SepalWidthCm", "PetalLengthCm", "PetalWidthCm
 
 def downstream(dag, names) -> set[str]:
     """The stages that depend, directly or not, on any of `names`, from the DAG the runner runs."""
-    found: set[str] = set()
-    for node in dag.nodes:  # flow.py's order is topological
-        if node.upstream & (set(names) | found):
-            found.add(node.name)
-    return found
+    return {node.name for name in names for node in dag.downstream(name)}
+
+
+def holds(pid, path) -> bool:
+    """Whether process `pid` has `path` open (as a stage holds its run directory's lock)."""
+    fds = f"/proc/{pid}/fd"
+    return any(os.readlink(f"{fds}/{fd}") == str(path) for fd in os.listdir(fds))
 
 
 def lock_holders(run_dir) -> list[int]:
     """Live processes holding the run directory's lock open: every stage process of the run, early or not."""
-    lock, found = str(run_dir / ".stageflow-run"), []
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == lock for fd in os.listdir(f"/proc/{pid}/fd")):
+            if holds(pid, run_dir / ".stageflow-run"):
                 found.append(int(pid))
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
     return found
 

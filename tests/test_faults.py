@@ -17,7 +17,7 @@ from stageflow import dag as dag_module, model
 
 from stageflow.runtime import contract, schema as schemas
 
-from conftest import IRIS_FEATURES, ROOT, downstream, lock_holders, write_snapshot
+from conftest import IRIS_FEATURES, ROOT, downstream, holds, lock_holders, write_snapshot
 
 
 def load_tree(root, source):
@@ -176,15 +176,21 @@ def processes_with_root(run_dir):
     return found
 
 
+def start_run(run_dir, source, stages: int = 1, **popen) -> subprocess.Popen:
+    """`stageflow run` on `source` as both sources, once `stages` of its stage processes are running."""
+    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
+                             "--data-path-a", str(source), "--data-path-b", str(source)], cwd=ROOT,
+                            **(popen or {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}))
+    deadline = time.monotonic() + 60
+    while len(processes_with_root(run_dir)) < stages:
+        assert proc.poll() is None and time.monotonic() < deadline, "the stages did not start"
+        time.sleep(0.01)
+    return proc
+
+
 def test_ctrl_c_stops_stage_processes_and_leaves_no_orphan(tmp_path, big_source):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
-                             "--data-path-a", str(big_source), "--data-path-b", str(big_source)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not processes_with_root(run_dir):
-        assert proc.poll() is None and time.monotonic() < deadline, "no stage process started"
-        time.sleep(0.01)
+    proc = start_run(run_dir, big_source)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -204,14 +210,8 @@ def test_signals_until_the_runner_exits_end_it_in_one_line_with_130(tmp_path, bi
     """Any number of signals at any moment: a stream of them from a stage's start until the process is gone
     meets the run, its summary and its exit alike (one arriving after the run's handlers were gone made the
     process die of the signal, -2, once in a full run)."""
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
-                             "--data-path-a", str(big_source), "--data-path-b", str(big_source)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not processes_with_root(run_dir):
-        assert proc.poll() is None and time.monotonic() < deadline, "no stage process started"
-        time.sleep(0.01)
+    run_dir, deadline = tmp_path / "run", time.monotonic() + 60
+    proc = start_run(run_dir, big_source)
     while proc.poll() is None and time.monotonic() < deadline:
         proc.send_signal(number)
         time.sleep(0.005)
@@ -222,23 +222,11 @@ def test_signals_until_the_runner_exits_end_it_in_one_line_with_130(tmp_path, bi
     assert processes_with_root(run_dir) == []
 
 
-def holds(pid, path):
-    """Whether process `pid` has `path` open (as a stage holds its run directory's lock)."""
-    fds = f"/proc/{pid}/fd"
-    return any(os.readlink(f"{fds}/{fd}") == str(path) for fd in os.listdir(fds))
-
-
 def test_kill_9_of_the_runner_kills_its_stages(tmp_path, big_source):
     """Whatever kills the runner kills its stages: none may live on to write into the run directory (or
     into the next run there), and each holds the directory's lock as long as it lives."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "stageflow", "run", "--no-cache", "--run-dir", str(run_dir),
-                             "--data-path-a", str(big_source), "--data-path-b", str(big_source)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while len(processes_with_root(run_dir)) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, "the loads did not start"
-        time.sleep(0.01)
+    proc = start_run(run_dir, big_source, stages=2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the loads
     locked = [holds(pid, run_dir / ".stageflow-run") for pid in processes_with_root(run_dir)]
     proc.kill()
     proc.wait()
